@@ -1,0 +1,214 @@
+//! One slot's queues: the allocated set in service order and the waitlist in
+//! promotion order, both ordered maps keyed by (priority, arrival sequence),
+//! so every insert, removal, head and tail lookup is O(log n).
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::civil::{Date, Time};
+
+use super::fenwick::Fenwick;
+use super::model::{DoctorId, PatientId, Priority, SlotId, SlotSpec, SlotSummary};
+
+/// Index of a token in the engine's arena.
+pub(super) type TokenKey = u32;
+
+/// A token's place in either queue: smaller keys are served and promoted
+/// first, and the largest allocated key is the bump victim.
+pub(super) type QueueKey = (Priority, u64);
+
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) id: SlotId,
+    pub(super) doctor: DoctorId,
+    pub(super) date: Date,
+    pub(super) start: Time,
+    pub(super) end: Time,
+    pub(super) capacity: u32,
+    allocated: BTreeMap<QueueKey, TokenKey>,
+    /// Kept so that "only emergencies remain allocated" is O(1) to ask.
+    allocated_emergencies: u32,
+    waitlist: BTreeMap<QueueKey, TokenKey>,
+    /// Per priority, a 0/1 element for every arrival of that priority: 1
+    /// while that token waits. Gives waitlist positions in O(log n).
+    waitlist_ranks: [Fenwick; 5],
+    waitlist_counts: [u32; 5],
+    /// The active token of each patient, for the one-per-slot rule.
+    active_patients: HashMap<PatientId, TokenKey>,
+}
+
+impl Slot {
+    pub(super) fn new(spec: SlotSpec) -> Slot {
+        Slot {
+            id: spec.id,
+            doctor: spec.doctor,
+            date: spec.date,
+            start: spec.start,
+            end: spec.end,
+            capacity: spec.capacity.get(),
+            allocated: BTreeMap::new(),
+            allocated_emergencies: 0,
+            waitlist: BTreeMap::new(),
+            waitlist_ranks: Default::default(),
+            waitlist_counts: [0; 5],
+            active_patients: HashMap::new(),
+        }
+    }
+
+    pub(super) fn summary(&self) -> SlotSummary {
+        SlotSummary {
+            id: self.id.clone(),
+            doctor: self.doctor.clone(),
+            date: self.date,
+            start: self.start,
+            end: self.end,
+            capacity: self.capacity,
+            allocated: self.allocated_count(),
+            waitlisted: self.waitlist_count(),
+        }
+    }
+
+    pub(super) fn allocated_count(&self) -> u32 {
+        len_u32(self.allocated.len())
+    }
+
+    pub(super) fn waitlist_count(&self) -> u32 {
+        len_u32(self.waitlist.len())
+    }
+
+    pub(super) fn has_free_seat(&self) -> bool {
+        self.allocated_count() < self.capacity
+    }
+
+    pub(super) fn non_emergency_allocated(&self) -> u32 {
+        self.allocated_count() - self.allocated_emergencies
+    }
+
+    /// Reserves an arrival index in the waitlist rank of `priority`; every
+    /// token gets one at creation, in arrival order.
+    pub(super) fn next_arrival(&mut self, priority: Priority) -> u32 {
+        self.waitlist_ranks[priority.bucket()].push()
+    }
+
+    pub(super) fn active_token_of(&self, patient: &PatientId) -> Option<TokenKey> {
+        self.active_patients.get(patient).copied()
+    }
+
+    pub(super) fn activate(&mut self, patient: PatientId, token: TokenKey) {
+        let previous = self.active_patients.insert(patient, token);
+        assert!(previous.is_none(), "a patient holds two active tokens in one slot");
+    }
+
+    pub(super) fn deactivate(&mut self, patient: &PatientId) {
+        let removed = self.active_patients.remove(patient);
+        assert!(removed.is_some(), "deactivating a patient with no active token");
+    }
+
+    pub(super) fn insert_allocated(&mut self, key: QueueKey, token: TokenKey) {
+        assert!(self.allocated.insert(key, token).is_none(), "token allocated twice");
+        if key.0 == Priority::EMERGENCY {
+            self.allocated_emergencies += 1;
+        }
+    }
+
+    pub(super) fn remove_allocated(&mut self, key: QueueKey) {
+        assert!(self.allocated.remove(&key).is_some(), "token was not allocated");
+        if key.0 == Priority::EMERGENCY {
+            self.allocated_emergencies -= 1;
+        }
+    }
+
+    pub(super) fn insert_waitlisted(&mut self, key: QueueKey, arrival: u32, token: TokenKey) {
+        assert!(self.waitlist.insert(key, token).is_none(), "token waitlisted twice");
+        self.waitlist_ranks[key.0.bucket()].set(arrival, true);
+        self.waitlist_counts[key.0.bucket()] += 1;
+    }
+
+    pub(super) fn remove_waitlisted(&mut self, key: QueueKey, arrival: u32) {
+        assert!(self.waitlist.remove(&key).is_some(), "token was not waitlisted");
+        self.waitlist_ranks[key.0.bucket()].set(arrival, false);
+        self.waitlist_counts[key.0.bucket()] -= 1;
+    }
+
+    /// The allocated token a request of `priority` would bump: the least
+    /// important, latest arrival, and only if strictly less important.
+    pub(super) fn bump_victim(&self, priority: Priority) -> Option<TokenKey> {
+        self.allocated
+            .last_key_value()
+            .filter(|((victim, _), _)| *victim > priority)
+            .map(|(_, token)| *token)
+    }
+
+    /// The allocated token a capacity cut demotes first, if any is not an
+    /// emergency.
+    pub(super) fn demotion_candidate(&self) -> Option<TokenKey> {
+        self.allocated
+            .last_key_value()
+            .filter(|((priority, _), _)| *priority != Priority::EMERGENCY)
+            .map(|(_, token)| *token)
+    }
+
+    pub(super) fn waitlist_head(&self) -> Option<TokenKey> {
+        self.waitlist.first_key_value().map(|(_, token)| *token)
+    }
+
+    /// The 1-based waitlist position of a waiting token, in O(log n).
+    pub(super) fn waitlist_position(&self, priority: Priority, arrival: u32) -> u32 {
+        let ahead_by_priority: u32 = self.waitlist_counts[..priority.bucket()].iter().sum();
+        let ahead_or_same = self.waitlist_ranks[priority.bucket()].prefix(arrival as usize + 1);
+        ahead_by_priority + ahead_or_same
+    }
+
+    pub(super) fn allocated_tokens(&self) -> impl Iterator<Item = TokenKey> + '_ {
+        self.allocated.values().copied()
+    }
+
+    pub(super) fn waitlisted_tokens(&self) -> impl Iterator<Item = TokenKey> + '_ {
+        self.waitlist.values().copied()
+    }
+
+    pub(super) fn active_patient_count(&self) -> usize {
+        self.active_patients.len()
+    }
+
+    /// O(1) checks that run after every mutation, in every build.
+    pub(super) fn check_counts(&self) {
+        assert!(
+            self.non_emergency_allocated() <= self.capacity,
+            "slot {} holds more non-emergency tokens than its capacity",
+            self.id
+        );
+        assert!(
+            self.waitlist.is_empty() || self.allocated_count() >= self.capacity,
+            "slot {} has a waitlist while seats are free",
+            self.id
+        );
+        assert_eq!(
+            self.active_patients.len(),
+            self.allocated.len() + self.waitlist.len(),
+            "slot {}: active patients and queued tokens disagree",
+            self.id
+        );
+        assert_eq!(
+            self.waitlist_counts.iter().sum::<u32>(),
+            self.waitlist_count(),
+            "slot {}: waitlist counts drifted",
+            self.id
+        );
+    }
+
+    pub(super) fn allocated_entries(&self) -> impl Iterator<Item = (&QueueKey, &TokenKey)> {
+        self.allocated.iter()
+    }
+
+    pub(super) fn waitlist_entries(&self) -> impl Iterator<Item = (&QueueKey, &TokenKey)> {
+        self.waitlist.iter()
+    }
+
+    pub(super) fn allocated_emergencies(&self) -> u32 {
+        self.allocated_emergencies
+    }
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).expect("queue lengths are bounded far below u32::MAX")
+}

@@ -1,0 +1,2 @@
+//! OPD Token Engine.
+pub mod engine;

@@ -1,2 +1,163 @@
-//! OPD Token Engine.
+//! OPD Token Engine: hands out out-patient department tokens for doctors'
+//! time slots.
+//!
+//! Modules in reading order:
+//! - [`engine`]: the pure allocation state machine (no I/O, no clock);
+//! - [`service`]: the engine behind a lock, with idempotency and the
+//!   decide → persist → acknowledge write path;
+//! - [`store`]: durable storage in embedded SQLite with group commit;
+//! - [`http`]: routes, JSON shapes, validation and problem+json errors;
+//! - [`config`] and [`schedule`]: start-up settings and the demo schedule.
+//!
+//! [`Application::build`] prepares everything and binds the listener;
+//! [`Application::serve`] runs until the shutdown future completes.
+
+pub mod config;
 pub mod engine;
+pub mod http;
+pub mod schedule;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use engine::{Engine, Limits};
+use service::{Clock, Service};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unknown time zone {0:?}")]
+    TimeZone(String),
+    #[error("cannot read schedule {path}: {message}")]
+    Schedule { path: String, message: String },
+    #[error("cannot load slot {slot}: {message}")]
+    Slot { slot: String, message: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    service: Arc<Service>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        Application::build_with_clock(config, Arc::new(jiff::Timestamp::now)).await
+    }
+
+    /// Like [`Application::build`], reading time from `clock`.
+    pub async fn build_with_clock(config: Config, clock: Clock) -> Result<Application, StartError> {
+        let zone = TimeZone::get(&config.timezone)
+            .map_err(|_| StartError::TimeZone(config.timezone.clone()))?;
+        let limits = Limits {
+            waitlist_max: config.waitlist_max,
+        };
+        let service = if config.in_memory {
+            tracing::warn!("running in memory: nothing survives a restart");
+            Service::new(Engine::new(limits), Vec::new(), None, clock, zone)
+        } else {
+            let started = std::time::Instant::now();
+            let loaded = store::open(&config.data_dir, limits, clock())?;
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                slots = loaded.engine.slot_count(),
+                tokens = loaded.tokens,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rebuilt from storage"
+            );
+            Service::new(loaded.engine, loaded.idempotency, Some(loaded.journal), clock, zone)
+        };
+        let service = Arc::new(service);
+        load_schedule(&config, &service).await?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        let state = http::AppState {
+            service: service.clone(),
+            body_limit_bytes: config.body_limit_bytes,
+        };
+        let router = http::router(state, Duration::from_secs(config.request_timeout_secs));
+        Ok(Application {
+            listener,
+            router,
+            service,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn service(&self) -> Arc<Service> {
+        self.service.clone()
+    }
+
+    /// Serves until `shutdown` completes, then lets requests in flight
+    /// finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+}
+
+/// Creates the configured (or demo) slots that do not exist yet.
+async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartError> {
+    let today = service.today();
+    let specs = match &config.schedule {
+        Some(path) => {
+            let schedule_error = |message: String| StartError::Schedule {
+                path: path.display().to_string(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|error| schedule_error(error.to_string()))?;
+            http::slots::schedule(&text, today).map_err(schedule_error)?
+        }
+        None => schedule::demo(today),
+    };
+    for spec in specs {
+        let id = spec.id.clone();
+        let exists = service
+            .read(|engine| engine.slot_summary(&id).is_some())
+            .await
+            .map_err(|error| StartError::Slot {
+                slot: id.to_string(),
+                message: error.to_string(),
+            })?;
+        if !exists {
+            service
+                .create_slot(spec)
+                .await
+                .map_err(|error| StartError::Slot {
+                    slot: id.to_string(),
+                    message: error.to_string(),
+                })?;
+        }
+    }
+    Ok(())
+}

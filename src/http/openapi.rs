@@ -1,0 +1,91 @@
+//! The OpenAPI 3.1 document, generated from the route annotations and DTO
+//! types, served at `/openapi.json`, with Swagger UI at `/docs` from assets
+//! embedded in the binary (no network needed to read the docs).
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::{dto, error::FieldError, health, slots, tokens, AppState};
+
+/// An RFC 9457 problem, as every error is answered.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Problem {
+    /// A URN naming the code, e.g. `urn:opd:problem:slot-not-found`.
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Machine-readable, e.g. `SLOT_NOT_FOUND`.
+    code: String,
+    /// Present on VALIDATION_FAILED.
+    errors: Option<Vec<FieldError>>,
+    /// Present on DUPLICATE_BOOKING.
+    #[schema(rename = "existingTokenId")]
+    existing_token_id: Option<uuid::Uuid>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "OPD Token Engine",
+        description = "Hands out out-patient department tokens for doctors' time slots: \
+            priority bumping, emergency overbooking, waitlists and promotion.",
+    ),
+    paths(
+        tokens::book,
+        tokens::token,
+        tokens::cancel,
+        tokens::no_show,
+        slots::create,
+        slots::list,
+        slots::slot,
+        slots::set_capacity,
+        health::healthz,
+    ),
+    components(schemas(
+        Problem,
+        FieldError,
+        dto::TokenDto,
+        dto::TokenDetailDto,
+        dto::HistoryDto,
+        dto::BookingDto,
+        dto::ActionDto,
+        dto::ChangeDto,
+        dto::SlotSummaryDto,
+        dto::SlotDetailDto,
+        dto::CapacityChangeDto,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tokens", description = "Book, read, cancel and no-show tokens"),
+        (name = "slots", description = "Doctors' time slots and their queues"),
+        (name = "operations", description = "Health"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the `Authorization: Bearer <key>` scheme used when API keys
+/// are configured.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "apiKey",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// `/openapi.json` and the offline Swagger UI under `/docs`.
+pub fn router() -> Router<AppState> {
+    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}

@@ -1,0 +1,234 @@
+//! Slot routes: create, list, read with queues, change capacity. Also the
+//! schedule file, which is a list of `POST /slots` bodies.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Map, Value};
+
+use super::dto::{CapacityChangeDto, SlotDetailDto, SlotSummaryDto};
+use super::error::{ApiError, FieldError, Result};
+use super::input::{self, Fields};
+use super::{AppState, Caller};
+use crate::engine::{DoctorId, EngineError, SlotId, SlotSpec};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/slots", get(list).post(create))
+        .route("/slots/{slot_id}", get(slot).patch(set_capacity))
+}
+
+/// Reads a slot body; a missing `date` means `today`.
+pub fn slot_spec(object: &Map<String, Value>, today: jiff::civil::Date) -> Result<SlotSpec> {
+    let mut fields = Fields::new(object);
+    let id = fields.id("slotId", SlotId::parse);
+    let doctor = fields.id("doctorId", DoctorId::parse);
+    let date = fields.optional_date("date");
+    let start = fields.time("startTime");
+    let end = fields.time("endTime");
+    let capacity = fields.capacity("capacity");
+    fields.finish()?;
+    match (id, doctor, date, start, end, capacity) {
+        (Some(id), Some(doctor), Some(date), Some(start), Some(end), Some(capacity)) => Ok(SlotSpec {
+            id,
+            doctor,
+            date: date.unwrap_or(today),
+            start,
+            end,
+            capacity,
+        }),
+        _ => unreachable!("finish() refuses requests with a missing field"),
+    }
+}
+
+/// Parses a schedule file: `{"slots": [ <POST /slots body>, ... ]}`.
+pub fn schedule(text: &str, today: jiff::civil::Date) -> Result<Vec<SlotSpec>, String> {
+    let document: Value = serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))?;
+    let slots = document
+        .get("slots")
+        .and_then(Value::as_array)
+        .ok_or("expected an object with a \"slots\" array")?;
+    slots
+        .iter()
+        .enumerate()
+        .map(|(index, slot)| {
+            let object = slot.as_object().ok_or(format!("slots[{index}] is not an object"))?;
+            slot_spec(object, today).map_err(|error| match error {
+                ApiError::Validation(errors) => {
+                    let fields: Vec<_> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+                    format!("slots[{index}]: {}", fields.join("; "))
+                }
+                other => format!("slots[{index}]: {other}"),
+            })
+        })
+        .collect()
+}
+
+/// Creates a slot.
+#[utoipa::path(
+    post,
+    path = "/slots",
+    tag = "slots",
+    request_body(content = CreateSlotBody, content_type = "application/json"),
+    responses(
+        (status = 201, body = SlotSummaryDto, headers(("Location" = String, description = "/slots/{slotId}"))),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "SLOT_EXISTS or SLOT_OVERLAP", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let bytes = input::read_body(&headers, body, app.body_limit_bytes).await?;
+    input::require_json(&headers)?;
+    let object = input::json_object(&bytes)?;
+    let spec = slot_spec(&object, app.service.today())?;
+    let summary = app.service.create_slot(spec).await?;
+    let location = HeaderValue::from_str(&format!("/slots/{}", summary.id))
+        .expect("slot ids are valid header text");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(SlotSummaryDto::from(&summary)),
+    )
+        .into_response())
+}
+
+/// Lists slots by date, start time and id.
+#[utoipa::path(
+    get,
+    path = "/slots",
+    tag = "slots",
+    params(
+        ("doctorId" = Option<String>, Query, description = "Only this doctor's slots"),
+        ("date" = Option<String>, Query, description = "Only slots on this date, YYYY-MM-DD"),
+    ),
+    responses(
+        (status = 200, body = Vec<SlotSummaryDto>),
+        (status = 422, description = "VALIDATION_FAILED", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(app): State<AppState>,
+    query: std::result::Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<SlotSummaryDto>>> {
+    let Query(query) = query.map_err(|error| ApiError::Malformed(error.body_text()))?;
+    let mut errors = Vec::new();
+    let doctor = query.get("doctorId").and_then(|raw| {
+        DoctorId::parse(raw).or_else(|| {
+            errors.push(FieldError::new("doctorId", "must be 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'"));
+            None
+        })
+    });
+    let date = query.get("date").and_then(|raw| {
+        input::parse_date(raw).or_else(|| {
+            errors.push(FieldError::new("date", "must be a date YYYY-MM-DD"));
+            None
+        })
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let slots = app
+        .service
+        .read(|engine| engine.slots(doctor.as_ref(), date))
+        .await?;
+    Ok(Json(slots.iter().map(SlotSummaryDto::from).collect()))
+}
+
+/// A slot with its allocated tokens and waitlist.
+#[utoipa::path(
+    get,
+    path = "/slots/{slotId}",
+    tag = "slots",
+    params(("slotId" = String, Path)),
+    responses(
+        (status = 200, body = SlotDetailDto),
+        (status = 404, description = "SLOT_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn slot(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<SlotDetailDto>> {
+    let id = known_slot_id(&raw)?;
+    let detail = app.service.read(|engine| engine.slot(&id)).await?;
+    detail
+        .map(|detail| Json(SlotDetailDto::from(&detail)))
+        .ok_or(ApiError::Engine(EngineError::SlotNotFound(id)))
+}
+
+/// Changes a slot's capacity; growth promotes, cuts demote.
+#[utoipa::path(
+    patch,
+    path = "/slots/{slotId}",
+    tag = "slots",
+    params(("slotId" = String, Path)),
+    request_body(content = CapacityBody, content_type = "application/json"),
+    responses(
+        (status = 200, body = CapacityChangeDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "SLOT_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "WAITLIST_FULL: the cut would overflow the waitlist", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn set_capacity(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<CapacityChangeDto>> {
+    let bytes = input::read_body(&headers, body, app.body_limit_bytes).await?;
+    input::require_json(&headers)?;
+    let object = input::json_object(&bytes)?;
+    let mut fields = Fields::new(&object);
+    let capacity = fields.capacity("capacity");
+    fields.finish()?;
+    let capacity = capacity.expect("finish() refuses a missing capacity");
+    let id = known_slot_id(&raw)?;
+    let outcome = app.service.set_capacity(&id, capacity, caller.actor()).await?;
+    Ok(Json(CapacityChangeDto {
+        slot: (&outcome.slot).into(),
+        changes: outcome.changes.iter().map(Into::into).collect(),
+    }))
+}
+
+/// A path slot id that is not even well-formed names no slot: 404.
+fn known_slot_id(raw: &str) -> Result<SlotId> {
+    SlotId::parse(raw).ok_or_else(|| ApiError::MalformedSlotId(raw.to_owned()))
+}
+
+/// The body of `POST /slots`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = CreateSlotRequest, rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct CreateSlotBody {
+    slot_id: String,
+    doctor_id: String,
+    /// YYYY-MM-DD; defaults to today in the clinic's time zone.
+    date: Option<String>,
+    /// HH:MM
+    start_time: String,
+    /// HH:MM, after startTime
+    end_time: String,
+    /// 0 to 10000
+    capacity: u32,
+}
+
+/// The body of `PATCH /slots/{slotId}`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = ChangeCapacityRequest)]
+#[allow(dead_code)]
+pub struct CapacityBody {
+    /// 0 to 10000
+    capacity: u32,
+}

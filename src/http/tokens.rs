@@ -1,0 +1,211 @@
+//! Token routes: book, read, cancel, no-show.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::dto::{ActionDto, BookingDto, HistoryDto, TokenDetailDto, TokenDto};
+use super::error::{ApiError, Result};
+use super::input::{self, Fields};
+use super::{AppState, Caller};
+use crate::engine::{Action, BookRequest, EngineError, Outcome, PatientId, SlotId};
+use crate::service::{Booking, IdempotencyKey};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tokens", post(book))
+        .route("/tokens/{token_id}", get(token))
+        .route("/tokens/{token_id}/cancel", post(cancel))
+        .route("/tokens/{token_id}/no-show", post(no_show))
+}
+
+/// Books a token for a patient in a slot.
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "tokens",
+    request_body(content = BookTokenBody, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–128 visible ASCII characters; a retry with the same key and body replays the first answer")),
+    responses(
+        (status = 201, description = "Booked (also a replay of an idempotent retry)", body = BookingDto,
+            headers(("Location" = String, description = "/tokens/{tokenId}"))),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "SLOT_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "DUPLICATE_BOOKING (with existingTokenId) or WAITLIST_FULL", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED or IDEMPOTENCY_KEY_REUSED", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn book(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let bytes = input::read_body(&headers, body, app.body_limit_bytes).await?;
+    input::require_json(&headers)?;
+    let object = input::json_object(&bytes)?;
+    let mut fields = Fields::new(&object);
+    let patient = fields.id("patientId", PatientId::parse);
+    let slot = fields.id("slotId", SlotId::parse);
+    let source = fields.source("source");
+    let key = input::idempotency_key(&headers).unwrap_or_else(|error| {
+        fields.error(error);
+        None
+    });
+    fields.finish()?;
+    let (Some(patient), Some(slot), Some(source)) = (patient, slot, source) else {
+        unreachable!("finish() refuses requests with a missing field");
+    };
+    let request = BookRequest {
+        token: uuid::Uuid::new_v4(),
+        patient,
+        slot,
+        source,
+    };
+    let key = key.map(|key| IdempotencyKey {
+        key,
+        fingerprint: input::canonical(&Value::Object(object)),
+    });
+    let booking = app
+        .service
+        .book(request, key, caller.actor(), render_booking)
+        .await?;
+    let (Booking::Created(rendered) | Booking::Replayed(rendered)) = booking;
+    let location = HeaderValue::from_str(&format!("/tokens/{}", rendered.token))
+        .expect("a UUID path is a valid header");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, location),
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        ],
+        rendered.body.to_string(),
+    )
+        .into_response())
+}
+
+fn render_booking(outcome: &Outcome) -> String {
+    let dto = BookingDto {
+        decision: outcome
+            .decision()
+            .expect("a booking outcome has a decision")
+            .into(),
+        token: (&outcome.token).into(),
+        changes: outcome.changes.iter().map(Into::into).collect(),
+        slot: (&outcome.slot).into(),
+    };
+    serde_json::to_string(&dto).expect("DTOs always serialize")
+}
+
+/// A token with its history.
+#[utoipa::path(
+    get,
+    path = "/tokens/{tokenId}",
+    tag = "tokens",
+    params(("tokenId" = String, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, body = TokenDetailDto),
+        (status = 400, description = "MALFORMED_REQUEST: not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn token(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<TokenDetailDto>> {
+    let id = input::token_id(&raw)?;
+    let detail = app
+        .service
+        .read(|engine| {
+            let token = engine.token(id)?;
+            let history = engine.history(id)?;
+            Some(TokenDetailDto {
+                token: TokenDto::from(&token),
+                history: history.iter().map(HistoryDto::from).collect(),
+            })
+        })
+        .await?;
+    detail
+        .map(Json)
+        .ok_or(ApiError::Engine(EngineError::TokenNotFound(id)))
+}
+
+/// Cancels an ALLOCATED or WAITLISTED token.
+#[utoipa::path(
+    post,
+    path = "/tokens/{tokenId}/cancel",
+    tag = "tokens",
+    params(("tokenId" = String, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, description = "Cancelled; promotions appear in changes", body = ActionDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ActionDto>> {
+    act(app, caller, raw, headers, body, Action::Cancel).await
+}
+
+/// Marks an ALLOCATED token as a no-show.
+#[utoipa::path(
+    post,
+    path = "/tokens/{tokenId}/no-show",
+    tag = "tokens",
+    params(("tokenId" = String, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, description = "Marked; promotions appear in changes", body = ActionDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn no_show(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ActionDto>> {
+    act(app, caller, raw, headers, body, Action::NoShow).await
+}
+
+async fn act(
+    app: AppState,
+    caller: Caller,
+    raw: String,
+    headers: HeaderMap,
+    body: Body,
+    action: Action,
+) -> Result<Json<ActionDto>> {
+    // The body is ignored, but its size is still bounded.
+    input::read_body(&headers, body, app.body_limit_bytes).await?;
+    let id = input::token_id(&raw)?;
+    let outcome = app.service.act(id, action, caller.actor()).await?;
+    Ok(Json(ActionDto::from(&outcome)))
+}
+
+/// The body of `POST /tokens`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = BookTokenRequest, rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct BookTokenBody {
+    /// 1–64 characters of A–Z a–z 0–9 . _ -
+    patient_id: String,
+    slot_id: String,
+    source: super::dto::SourceDto,
+}

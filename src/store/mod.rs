@@ -1,0 +1,207 @@
+//! Durability: changes decided by the engine are written to an embedded
+//! SQLite database before they are acknowledged.
+//!
+//! The [`Journal`] is an ordered queue in front of one writer thread. The
+//! service appends each change while it still holds the engine lock, so the
+//! queue is in engine order; the writer commits whatever has queued up in
+//! one transaction and one fsync (group commit) and then wakes every waiter
+//! whose ticket is now durable. A failed commit marks the journal failed for
+//! good: the service then refuses writes, and a restart rebuilds from what
+//! is on disk.
+
+mod sqlite;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::engine::{CapacityOutcome, Context, Engine, Limits, Outcome, SlotSummary};
+
+/// One change to make durable, as the engine reported it.
+#[derive(Debug, Clone)]
+pub enum Record {
+    SlotCreated {
+        slot: SlotSummary,
+        at: Timestamp,
+    },
+    Booked {
+        outcome: Outcome,
+        ctx: Context,
+        idempotency: Option<StoredIdempotency>,
+    },
+    Acted {
+        outcome: Outcome,
+        ctx: Context,
+    },
+    CapacityChanged {
+        outcome: CapacityOutcome,
+        ctx: Context,
+    },
+}
+
+/// The first answer to an idempotent booking, kept to replay it.
+#[derive(Debug, Clone)]
+pub struct StoredIdempotency {
+    pub key: String,
+    /// The canonical request body the key was first used with.
+    pub fingerprint: String,
+    pub token: Uuid,
+    pub response: Arc<str>,
+    pub stored_at: Timestamp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored value has the wrong type: {0}")]
+    Column(#[from] rusqlite::types::FromSqlError),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Inconsistent(#[from] crate::engine::RestoreError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// What the writer has achieved so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    failed: bool,
+}
+
+/// The durable queue of changes. Cheap to share behind the service.
+pub struct Journal {
+    /// Guarded so that ticket order and queue order are one order even if
+    /// a caller appends without the engine lock.
+    queue: Mutex<mpsc::Sender<(u64, Record)>>,
+    last_ticket: AtomicU64,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The journal failed before this ticket became durable.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the change could not be made durable")]
+pub struct NotDurable;
+
+impl Journal {
+    /// Queues a record and returns the ticket to wait on.
+    pub fn append(&self, record: Record) -> u64 {
+        let queue = self.queue.lock().unwrap_or_else(|poison| poison.into_inner());
+        let ticket = self.last_ticket.fetch_add(1, Ordering::SeqCst) + 1;
+        // A send fails only when the writer has stopped after a failure;
+        // the ticket then never becomes durable and its waiter gets 503.
+        let _ = queue.send((ticket, record));
+        ticket
+    }
+
+    /// The newest ticket handed out: waiting on it covers every change
+    /// made so far.
+    pub fn barrier(&self) -> u64 {
+        self.last_ticket.load(Ordering::SeqCst)
+    }
+
+    pub async fn durable(&self, ticket: u64) -> Result<(), NotDurable> {
+        let mut progress = self.progress.clone();
+        let reached = progress
+            .wait_for(|p| p.durable >= ticket || p.failed)
+            .await
+            .map_err(|_| NotDurable)?;
+        if reached.durable >= ticket {
+            Ok(())
+        } else {
+            Err(NotDurable)
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        !self.progress.borrow().failed
+    }
+}
+
+/// Everything needed to serve again after a restart.
+pub struct Loaded {
+    pub engine: Engine,
+    pub idempotency: Vec<StoredIdempotency>,
+    pub journal: Journal,
+    pub tokens: usize,
+}
+
+/// Opens (creating and migrating if needed) the database in `dir`, rebuilds
+/// the engine from it, and starts the writer thread.
+pub fn open(dir: &Path, limits: Limits, now: Timestamp) -> Result<Loaded, StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("opd.sqlite3");
+    let mut reader = sqlite::connect(&path)?;
+    sqlite::migrate(&mut reader)?;
+    let snapshot = sqlite::load(&reader, now - crate::service::IDEMPOTENCY_RETENTION)?;
+    let mut engine = Engine::new(limits);
+    for slot in snapshot.slots {
+        engine
+            .create_slot(slot)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    }
+    let tokens = snapshot.tokens.len();
+    for token in snapshot.tokens {
+        engine.restore_token(token)?;
+    }
+    engine.check_invariants()?;
+    drop(reader);
+
+    let writer = sqlite::connect(&path)?;
+    let (sender, receiver) = mpsc::channel();
+    let (progress_sender, progress) = watch::channel(Progress::default());
+    std::thread::Builder::new()
+        .name("opd-journal".into())
+        .spawn(move || write_loop(writer, receiver, progress_sender))?;
+    Ok(Loaded {
+        engine,
+        idempotency: snapshot.idempotency,
+        journal: Journal {
+            queue: Mutex::new(sender),
+            last_ticket: AtomicU64::new(0),
+            progress,
+        },
+        tokens,
+    })
+}
+
+/// The most records one transaction takes, so one commit stays short.
+const BATCH_MAX: usize = 4_096;
+
+fn write_loop(
+    mut connection: rusqlite::Connection,
+    queue: mpsc::Receiver<(u64, Record)>,
+    progress: watch::Sender<Progress>,
+) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    // Blocks for the first record, then takes whatever else is waiting:
+    // the longer a commit takes, the more the next one carries.
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        while batch.len() < BATCH_MAX {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let last = batch.last().expect("batch is not empty").0;
+        match sqlite::commit(&mut connection, batch.iter().map(|(_, record)| record)) {
+            Ok(()) => {
+                progress.send_modify(|p| p.durable = last);
+                batch.clear();
+            }
+            Err(error) => {
+                tracing::error!(%error, "commit failed; refusing writes until restart");
+                progress.send_modify(|p| p.failed = true);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The SQLite schema, its migrations, the rebuild query and the batch
+//! writer. Timestamps are stored as integer nanoseconds since the Unix
+//! epoch so a rebuild reproduces them exactly; enums as their API names so
+//! operators can read the tables.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::{Record, StoreError, StoredIdempotency};
+use crate::engine::{
+    Capacity, Change, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source,
+    Status, TokenRecord,
+};
+
+/// Migrations in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_initial.sql")];
+
+pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let connection = Connection::open(path)?;
+    // WAL lets the rebuild read while nothing writes, and FULL makes every
+    // commit fsync the log: an acknowledged change survives power loss.
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(connection)
+}
+
+pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let applied: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", index + 1)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+pub(super) struct Snapshot {
+    pub(super) slots: Vec<SlotSpec>,
+    /// In arrival order, each with its full history.
+    pub(super) tokens: Vec<TokenRecord>,
+    pub(super) idempotency: Vec<StoredIdempotency>,
+}
+
+pub(super) fn load(connection: &Connection, idempotency_since: Timestamp) -> Result<Snapshot, StoreError> {
+    let mut slots = Vec::new();
+    let mut statement = connection.prepare(
+        "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots ORDER BY date, start_time",
+    )?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        slots.push(SlotSpec {
+            id: parse_id(SlotId::parse, row.get_ref(0)?.as_str()?)?,
+            doctor: parse_id(DoctorId::parse, row.get_ref(1)?.as_str()?)?,
+            date: parse_value(row.get_ref(2)?.as_str()?)?,
+            start: parse_value(row.get_ref(3)?.as_str()?)?,
+            end: parse_value(row.get_ref(4)?.as_str()?)?,
+            capacity: Capacity::new(row.get(5)?).ok_or_else(|| corrupt("capacity out of range"))?,
+        });
+    }
+
+    let slot_ids: HashMap<String, SlotId> = slots
+        .iter()
+        .map(|slot| (slot.id.to_string(), slot.id.clone()))
+        .collect();
+    let mut tokens = Vec::new();
+    let mut statement = connection.prepare(
+        "SELECT sequence, token_id, token_number, patient_id, slot_id, source, status, created_at, updated_at
+         FROM tokens ORDER BY sequence",
+    )?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let slot = row.get_ref(4)?.as_str()?;
+        tokens.push(TokenRecord {
+            sequence: row.get::<_, i64>(0)? as u64,
+            id: uuid(row.get_ref(1)?.as_blob()?)?,
+            number: row.get(2)?,
+            patient: parse_id(PatientId::parse, row.get_ref(3)?.as_str()?)?,
+            slot: slot_ids
+                .get(slot)
+                .cloned()
+                .ok_or_else(|| corrupt("token of an unknown slot"))?,
+            source: Source::parse(row.get_ref(5)?.as_str()?).ok_or_else(|| corrupt("source"))?,
+            status: status(row.get_ref(6)?.as_str()?)?,
+            created_at: timestamp(row.get(7)?)?,
+            updated_at: timestamp(row.get(8)?)?,
+            history: Vec::new(),
+        });
+    }
+
+    // History rows come in insertion order, which is each token's order;
+    // tokens are sorted by sequence, so a binary search finds the owner.
+    let mut actors: HashMap<String, Arc<str>> = HashMap::new();
+    let mut statement = connection.prepare(
+        "SELECT token_sequence, at, from_status, to_status, reason, actor FROM token_history ORDER BY id",
+    )?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let sequence = row.get::<_, i64>(0)? as u64;
+        let owner = tokens
+            .binary_search_by_key(&sequence, |token| token.sequence)
+            .map_err(|_| corrupt("history of an unknown token"))?;
+        let actor = row.get_ref(5)?.as_str()?;
+        let actor = match actors.get(actor) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(actor);
+                actors.insert(actor.to_owned(), shared.clone());
+                shared
+            }
+        };
+        tokens[owner].history.push(HistoryEntry {
+            at: timestamp(row.get(1)?)?,
+            from: row
+                .get_ref(2)?
+                .as_str_or_null()?
+                .map(status)
+                .transpose()?,
+            to: status(row.get_ref(3)?.as_str()?)?,
+            reason: Reason::parse(row.get_ref(4)?.as_str()?).ok_or_else(|| corrupt("reason"))?,
+            actor,
+        });
+    }
+
+    let mut idempotency = Vec::new();
+    let mut statement = connection.prepare(
+        "SELECT key, fingerprint, token_id, response, stored_at FROM idempotency
+         WHERE stored_at >= ?1 ORDER BY stored_at",
+    )?;
+    let mut rows = statement.query([nanos(idempotency_since)])?;
+    while let Some(row) = rows.next()? {
+        idempotency.push(StoredIdempotency {
+            key: row.get(0)?,
+            fingerprint: row.get(1)?,
+            token: uuid(row.get_ref(2)?.as_blob()?)?,
+            response: Arc::from(row.get_ref(3)?.as_str()?),
+            stored_at: timestamp(row.get(4)?)?,
+        });
+    }
+    Ok(Snapshot {
+        slots,
+        tokens,
+        idempotency,
+    })
+}
+
+/// Writes a batch of records in one transaction: one fsync for all.
+pub(super) fn commit<'a>(
+    connection: &mut Connection,
+    records: impl Iterator<Item = &'a Record>,
+) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    for record in records {
+        match record {
+            Record::SlotCreated { slot, at } => {
+                transaction
+                    .prepare_cached(
+                        "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        slot.id.as_str(),
+                        slot.doctor.as_str(),
+                        slot.date.to_string(),
+                        slot.start.strftime("%H:%M").to_string(),
+                        slot.end.strftime("%H:%M").to_string(),
+                        slot.capacity,
+                        nanos(*at),
+                    ])?;
+            }
+            Record::Booked {
+                outcome,
+                ctx,
+                idempotency,
+            } => {
+                let token = &outcome.token;
+                transaction
+                    .prepare_cached(
+                        "INSERT INTO tokens (sequence, token_id, token_number, patient_id, slot_id, source, status, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                    )?
+                    .execute(params![
+                        token.sequence as i64,
+                        token.id.as_bytes(),
+                        token.number,
+                        token.patient.as_str(),
+                        token.slot.as_str(),
+                        token.source.as_str(),
+                        token.status.as_str(),
+                        nanos(ctx.at),
+                    ])?;
+                insert_history(&transaction, token.id, None, token.status, outcome.transition.reason, ctx)?;
+                write_changes(&transaction, &outcome.changes, ctx)?;
+                if let Some(stored) = idempotency {
+                    transaction
+                        .prepare_cached(
+                            "INSERT INTO idempotency (key, fingerprint, token_id, response, stored_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                            stored.key,
+                            stored.fingerprint,
+                            stored.token.as_bytes(),
+                            &*stored.response,
+                            nanos(stored.stored_at),
+                        ])?;
+                }
+            }
+            Record::Acted { outcome, ctx } => {
+                let transition = &outcome.transition;
+                let acted = Change {
+                    token: outcome.token.id,
+                    patient: outcome.token.patient.clone(),
+                    from: transition.from.expect("an action starts from a status"),
+                    to: transition.to,
+                    reason: transition.reason,
+                };
+                write_changes(&transaction, std::slice::from_ref(&acted), ctx)?;
+                write_changes(&transaction, &outcome.changes, ctx)?;
+            }
+            Record::CapacityChanged { outcome, ctx } => {
+                transaction
+                    .prepare_cached("UPDATE slots SET capacity = ?1 WHERE slot_id = ?2")?
+                    .execute(params![outcome.slot.capacity, outcome.slot.id.as_str()])?;
+                write_changes(&transaction, &outcome.changes, ctx)?;
+            }
+        }
+    }
+    // Keys older than the retention are no longer needed; dropping them
+    // here keeps the table bounded without a separate job.
+    if let Some(cutoff) = oldest_kept(&transaction)? {
+        transaction
+            .prepare_cached("DELETE FROM idempotency WHERE stored_at < ?1")?
+            .execute([cutoff])?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+/// The retention cutoff, measured from the newest stored key so the
+/// writer needs no clock of its own.
+fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
+    let newest: Option<i64> = connection
+        .prepare_cached("SELECT max(stored_at) FROM idempotency")?
+        .query_row([], |row| row.get(0))
+        .optional()?
+        .flatten();
+    let retention = crate::service::IDEMPOTENCY_RETENTION.as_nanos() as i64;
+    Ok(newest.map(|newest| newest - retention))
+}
+
+fn write_changes(connection: &Connection, changes: &[Change], ctx: &Context) -> Result<(), StoreError> {
+    for change in changes {
+        connection
+            .prepare_cached("UPDATE tokens SET status = ?1, updated_at = ?2 WHERE token_id = ?3")?
+            .execute(params![change.to.as_str(), nanos(ctx.at), change.token.as_bytes()])?;
+        insert_history(connection, change.token, Some(change.from), change.to, change.reason, ctx)?;
+    }
+    Ok(())
+}
+
+fn insert_history(
+    connection: &Connection,
+    token: Uuid,
+    from: Option<Status>,
+    to: Status,
+    reason: Reason,
+    ctx: &Context,
+) -> Result<(), StoreError> {
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor)
+             SELECT sequence, ?2, ?3, ?4, ?5, ?6 FROM tokens WHERE token_id = ?1",
+        )?
+        .execute(params![
+            token.as_bytes(),
+            nanos(ctx.at),
+            from.map(Status::as_str),
+            to.as_str(),
+            reason.as_str(),
+            &*ctx.actor,
+        ])?;
+    if inserted != 1 {
+        return Err(corrupt("history for a token that is not stored"));
+    }
+    Ok(())
+}
+
+fn nanos(at: Timestamp) -> i64 {
+    i64::try_from(at.as_nanosecond()).expect("timestamps before 2262 fit in i64 nanoseconds")
+}
+
+fn timestamp(nanos: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_nanosecond(i128::from(nanos)).map_err(|_| corrupt("timestamp out of range"))
+}
+
+fn uuid(bytes: &[u8]) -> Result<Uuid, StoreError> {
+    Uuid::from_slice(bytes).map_err(|_| corrupt("token id is not 16 bytes"))
+}
+
+fn status(name: &str) -> Result<Status, StoreError> {
+    Status::parse(name).ok_or_else(|| corrupt("status"))
+}
+
+fn parse_id<T>(parse: fn(&str) -> Option<T>, raw: &str) -> Result<T, StoreError> {
+    parse(raw).ok_or_else(|| corrupt("identifier"))
+}
+
+fn parse_value<T: std::str::FromStr>(raw: &str) -> Result<T, StoreError> {
+    raw.parse().map_err(|_| corrupt("date or time"))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}

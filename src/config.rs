@@ -21,9 +21,23 @@ pub struct Config {
     #[arg(long, env = "OPD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// A `postgres://` URL: keep state in PostgreSQL, shared by every
+    /// instance given the same database (instead of the embedded store).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// PostgreSQL schema to use (created if missing); the default is the
+    /// connection's search path.
+    #[arg(long, env = "DATABASE_SCHEMA", requires = "database_url")]
+    pub database_schema: Option<String>,
+
+    /// Connections this instance keeps open to PostgreSQL.
+    #[arg(long, env = "DATABASE_CONNECTIONS", default_value_t = 16)]
+    pub database_connections: u32,
+
     /// Keep everything in memory: nothing survives a restart. For demos and
     /// benchmarks.
-    #[arg(long, env = "OPD_IN_MEMORY")]
+    #[arg(long, env = "OPD_IN_MEMORY", conflicts_with = "database_url")]
     pub in_memory: bool,
 
     /// The clinic's IANA time zone; "today" for slots is taken in it.

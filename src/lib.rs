@@ -67,9 +67,19 @@ impl Application {
         let limits = Limits {
             waitlist_max: config.waitlist_max,
         };
-        let service = if config.in_memory {
+        let service = if let Some(url) = &config.database_url {
+            let postgres = store::postgres::Postgres::connect(
+                url,
+                config.database_schema.as_deref(),
+                limits,
+                config.database_connections,
+            )
+            .await?;
+            tracing::info!("state is kept in PostgreSQL");
+            Service::postgres(postgres, clock, zone)
+        } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");
-            Service::new(Engine::new(limits), Vec::new(), None, clock, zone)
+            Service::local(Engine::new(limits), Vec::new(), None, clock, zone)
         } else {
             let started = std::time::Instant::now();
             let loaded = store::open(&config.data_dir, limits, clock())?;
@@ -80,7 +90,7 @@ impl Application {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "rebuilt from storage"
             );
-            Service::new(loaded.engine, loaded.idempotency, Some(loaded.journal), clock, zone)
+            Service::local(loaded.engine, loaded.idempotency, Some(loaded.journal), clock, zone)
         };
         let service = Arc::new(service);
         load_schedule(&config, &service).await?;
@@ -143,8 +153,9 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartEr
     for spec in specs {
         let id = spec.id.clone();
         let exists = service
-            .read(|engine| engine.slot_summary(&id).is_some())
+            .slot_summary(&id)
             .await
+            .map(|summary| summary.is_some())
             .map_err(|error| StartError::Slot {
                 slot: id.to_string(),
                 message: error.to_string(),

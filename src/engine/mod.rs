@@ -332,6 +332,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Continues the counters of an engine that holds only part of the
+    /// state, such as one slot's active tokens loaded from a shared
+    /// database: the next arrival sequence, and how many token numbers the
+    /// slot's doctor has issued on its date.
+    pub fn resume_counters(&mut self, slot: &SlotId, next_sequence: u64, numbers_issued: u32) -> Result<(), EngineError> {
+        let slot_key = self.slot_key(slot)?;
+        let slot = &self.slots[slot_key as usize];
+        let day = self
+            .doctor_days
+            .get_mut(&(slot.doctor.clone(), slot.date))
+            .expect("every slot has its doctor's day");
+        day.numbers_issued = day.numbers_issued.max(numbers_issued);
+        self.next_sequence = self.next_sequence.max(next_sequence);
+        Ok(())
+    }
+
     /// Checks every invariant of every slot and token, in O(n). Runs after
     /// a restore and in tests; mutations check only what they touched.
     pub fn check_invariants(&self) -> Result<(), RestoreError> {

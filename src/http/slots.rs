@@ -136,10 +136,7 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let slots = app
-        .service
-        .read(|engine| engine.slots(doctor.as_ref(), date))
-        .await?;
+    let slots = app.service.slots(doctor.as_ref(), date).await?;
     Ok(Json(slots.iter().map(SlotSummaryDto::from).collect()))
 }
 
@@ -156,7 +153,7 @@ pub async fn list(
 )]
 pub async fn slot(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<SlotDetailDto>> {
     let id = known_slot_id(&raw)?;
-    let detail = app.service.read(|engine| engine.slot(&id)).await?;
+    let detail = app.service.slot(&id).await?;
     detail
         .map(|detail| Json(SlotDetailDto::from(&detail)))
         .ok_or(ApiError::Engine(EngineError::SlotNotFound(id)))

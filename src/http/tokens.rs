@@ -118,19 +118,14 @@ fn render_booking(outcome: &Outcome) -> String {
 )]
 pub async fn token(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<TokenDetailDto>> {
     let id = input::token_id(&raw)?;
-    let detail = app
-        .service
-        .read(|engine| {
-            let token = engine.token(id)?;
-            let history = engine.history(id)?;
-            Some(TokenDetailDto {
-                token: TokenDto::from(&token),
-                history: history.iter().map(HistoryDto::from).collect(),
+    let detail = app.service.token(id).await?;
+    detail
+        .map(|detail| {
+            Json(TokenDetailDto {
+                token: TokenDto::from(&detail.token),
+                history: detail.history.iter().map(HistoryDto::from).collect(),
             })
         })
-        .await?;
-    detail
-        .map(Json)
         .ok_or(ApiError::Engine(EngineError::TokenNotFound(id)))
 }
 

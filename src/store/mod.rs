@@ -9,6 +9,7 @@
 //! good: the service then refuses writes, and a restart rebuilds from what
 //! is on disk.
 
+pub mod postgres;
 mod sqlite;
 
 use std::path::Path;
@@ -66,6 +67,18 @@ pub enum StoreError {
     Inconsistent(#[from] crate::engine::RestoreError),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+}
+
+/// Stored instants are integer nanoseconds since the Unix epoch, so a
+/// reload renders them exactly as they were first answered.
+pub(crate) fn nanos(at: Timestamp) -> i64 {
+    i64::try_from(at.as_nanosecond()).expect("timestamps before 2262 fit in i64 nanoseconds")
+}
+
+pub(crate) fn from_nanos(nanos: i64) -> Option<Timestamp> {
+    Timestamp::from_nanosecond(i128::from(nanos)).ok()
 }
 
 /// What the writer has achieved so far.

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use super::{Record, StoreError, StoredIdempotency};
+use super::{from_nanos, nanos, Record, StoreError, StoredIdempotency};
 use crate::engine::{
     Capacity, Change, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source,
     Status, TokenRecord,
@@ -292,12 +292,8 @@ fn insert_history(
     Ok(())
 }
 
-fn nanos(at: Timestamp) -> i64 {
-    i64::try_from(at.as_nanosecond()).expect("timestamps before 2262 fit in i64 nanoseconds")
-}
-
 fn timestamp(nanos: i64) -> Result<Timestamp, StoreError> {
-    Timestamp::from_nanosecond(i128::from(nanos)).map_err(|_| corrupt("timestamp out of range"))
+    from_nanos(nanos).ok_or_else(|| corrupt("timestamp out of range"))
 }
 
 fn uuid(bytes: &[u8]) -> Result<Uuid, StoreError> {

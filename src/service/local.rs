@@ -1,5 +1,5 @@
-//! The service: one engine behind one lock, the idempotency records, the
-//! clock, and (when durable) the journal that must accept a change before
+//! The embedded backend: one engine behind one lock, the idempotency
+//! records, and (when durable) the journal that must accept a change before
 //! it is acknowledged.
 //!
 //! Every write follows one path: take the lock, decide and apply in the
@@ -10,60 +10,21 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use jiff::civil::Date;
-use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use uuid::Uuid;
 
+use super::{Booking, Clock, IdempotencyKey, Rendered, ServiceError, IDEMPOTENCY_RETENTION};
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, EngineError, Outcome,
-    SlotId, SlotSpec, SlotSummary,
+    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, Outcome, SlotId,
+    SlotSpec, SlotSummary,
 };
 use crate::store::{Journal, Record, StoredIdempotency};
 
-/// Where the service reads the time. Tests inject a fixed clock.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// How long idempotency keys are remembered at the least.
-pub const IDEMPOTENCY_RETENTION: SignedDuration = SignedDuration::from_hours(24);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("idempotency key reused with another request")]
-    IdempotencyKeyReused,
-    #[error("storage cannot make changes durable")]
-    Unavailable,
-}
-
-/// An idempotency key with the canonical form of the request it guards.
-#[derive(Debug, Clone)]
-pub struct IdempotencyKey {
-    pub key: String,
-    pub fingerprint: String,
-}
-
-/// A booking's answer as sent: the new token and the rendered body.
-#[derive(Debug, Clone)]
-pub struct Rendered {
-    pub token: Uuid,
-    pub body: Arc<str>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Booking {
-    Created(Rendered),
-    /// An earlier request with the same key and body; nothing changed.
-    Replayed(Rendered),
-}
-
-pub struct Service {
+pub(super) struct Local {
     state: RwLock<State>,
     /// `None` when the service runs in memory only.
     journal: Option<Journal>,
     clock: Clock,
-    zone: TimeZone,
 }
 
 struct State {
@@ -94,40 +55,28 @@ impl Idempotency {
     }
 }
 
-impl Service {
-    pub fn new(
+impl Local {
+    pub(super) fn new(
         engine: Engine,
         idempotency: Vec<StoredIdempotency>,
         journal: Option<Journal>,
         clock: Clock,
-        zone: TimeZone,
-    ) -> Service {
+    ) -> Local {
         let mut remembered = Idempotency::default();
         for record in idempotency {
             remembered.insert(record);
         }
-        Service {
+        Local {
             state: RwLock::new(State {
                 engine,
                 idempotency: remembered,
             }),
             journal,
             clock,
-            zone,
         }
     }
 
-    pub fn now(&self) -> Timestamp {
-        (self.clock)()
-    }
-
-    /// Today's date in the clinic's time zone.
-    pub fn today(&self) -> Date {
-        self.now().to_zoned(self.zone.clone()).date()
-    }
-
-    /// Where changes are kept, for health reports.
-    pub fn storage_name(&self) -> &'static str {
+    pub(super) fn storage_name(&self) -> &'static str {
         if self.journal.is_some() {
             "sqlite"
         } else {
@@ -135,14 +84,14 @@ impl Service {
         }
     }
 
-    /// `false` once storage has failed: the service then refuses writes.
-    pub fn is_healthy(&self) -> bool {
+    /// `false` once storage has failed or an invariant check panicked.
+    pub(super) fn is_healthy(&self) -> bool {
         self.journal.as_ref().is_none_or(Journal::is_healthy) && !self.state.is_poisoned()
     }
 
     fn context(&self, actor: Actor) -> Context {
         Context {
-            at: self.now(),
+            at: (self.clock)(),
             actor,
         }
     }
@@ -150,12 +99,12 @@ impl Service {
     /// Books a token; with a key, a retry replays the first answer.
     /// `render` turns the outcome into the response body, under the lock,
     /// so that the remembered answer is exactly the one sent.
-    pub async fn book(
+    pub(super) async fn book(
         &self,
         request: BookRequest,
         key: Option<IdempotencyKey>,
         actor: Actor,
-        render: impl FnOnce(&Outcome) -> String,
+        render: impl Fn(&Outcome) -> String,
     ) -> Result<Booking, ServiceError> {
         let (booking, ticket) = {
             let mut state = self.write()?;
@@ -202,7 +151,7 @@ impl Service {
     }
 
     /// Cancels a token or marks it a no-show.
-    pub async fn act(&self, id: Uuid, action: Action, actor: Actor) -> Result<Outcome, ServiceError> {
+    pub(super) async fn act(&self, id: Uuid, action: Action, actor: Actor) -> Result<Outcome, ServiceError> {
         let (outcome, ticket) = {
             let mut state = self.write()?;
             let ctx = self.context(actor);
@@ -217,7 +166,7 @@ impl Service {
         Ok(outcome)
     }
 
-    pub async fn set_capacity(
+    pub(super) async fn set_capacity(
         &self,
         slot: &SlotId,
         capacity: Capacity,
@@ -237,13 +186,13 @@ impl Service {
         Ok(outcome)
     }
 
-    pub async fn create_slot(&self, spec: SlotSpec) -> Result<SlotSummary, ServiceError> {
+    pub(super) async fn create_slot(&self, spec: SlotSpec) -> Result<SlotSummary, ServiceError> {
         let (summary, ticket) = {
             let mut state = self.write()?;
             let summary = state.engine.create_slot(spec)?;
             let ticket = self.append(Record::SlotCreated {
                 slot: summary.clone(),
-                at: self.now(),
+                at: (self.clock)(),
             });
             (summary, ticket)
         };
@@ -254,7 +203,7 @@ impl Service {
     /// Reads the engine. When durable, the answer waits until every change
     /// it could reflect is on disk, so no reader sees what a crash could
     /// undo.
-    pub async fn read<T>(&self, read: impl FnOnce(&Engine) -> T) -> Result<T, ServiceError> {
+    pub(super) async fn read<T>(&self, read: impl FnOnce(&Engine) -> T) -> Result<T, ServiceError> {
         let (value, ticket) = {
             let state = self.read_lock()?;
             (

@@ -1,0 +1,220 @@
+//! The service: what the HTTP layer calls. It hides where state lives:
+//! in this process (memory, or memory plus the SQLite journal) or in a
+//! PostgreSQL database shared by several instances. Both backends decide
+//! with the same engine and make a change durable before acknowledging it.
+
+mod local;
+
+use std::sync::Arc;
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use uuid::Uuid;
+
+use crate::engine::{
+    Action, Actor, BookRequest, Capacity, CapacityOutcome, DoctorId, Engine, EngineError,
+    HistoryEntry, Outcome, SlotDetail, SlotId, SlotSpec, SlotSummary, TokenView,
+};
+use crate::store::postgres::Postgres;
+use crate::store::{Journal, StoredIdempotency};
+use local::Local;
+
+/// Where the service reads the time. Tests inject a fixed clock.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// How long idempotency keys are remembered at the least.
+pub const IDEMPOTENCY_RETENTION: SignedDuration = SignedDuration::from_hours(24);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("idempotency key reused with another request")]
+    IdempotencyKeyReused,
+    #[error("storage cannot make changes durable")]
+    Unavailable,
+}
+
+/// An idempotency key with the canonical form of the request it guards.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// A booking's answer as sent: the new token and the rendered body.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub token: Uuid,
+    pub body: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Booking {
+    Created(Rendered),
+    /// An earlier request with the same key and body; nothing changed.
+    Replayed(Rendered),
+}
+
+/// A token with its history, oldest first.
+#[derive(Debug, Clone)]
+pub struct TokenDetail {
+    pub token: TokenView,
+    pub history: Vec<HistoryEntry>,
+}
+
+pub struct Service {
+    backend: Backend,
+    clock: Clock,
+    zone: TimeZone,
+}
+
+enum Backend {
+    Local(Local),
+    Postgres(Postgres),
+}
+
+impl Service {
+    /// A service on this process's engine; durable when `journal` is given.
+    pub fn local(
+        engine: Engine,
+        idempotency: Vec<StoredIdempotency>,
+        journal: Option<Journal>,
+        clock: Clock,
+        zone: TimeZone,
+    ) -> Service {
+        Service {
+            backend: Backend::Local(Local::new(engine, idempotency, journal, clock.clone())),
+            clock,
+            zone,
+        }
+    }
+
+    /// A service on a shared PostgreSQL database.
+    pub fn postgres(postgres: Postgres, clock: Clock, zone: TimeZone) -> Service {
+        Service {
+            backend: Backend::Postgres(postgres),
+            clock,
+            zone,
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Today's date in the clinic's time zone.
+    pub fn today(&self) -> Date {
+        self.now().to_zoned(self.zone.clone()).date()
+    }
+
+    /// Where changes are kept, for health reports.
+    pub fn storage_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Local(local) => local.storage_name(),
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// `false` once storage has failed: the service then refuses writes.
+    pub fn is_healthy(&self) -> bool {
+        match &self.backend {
+            Backend::Local(local) => local.is_healthy(),
+            Backend::Postgres(postgres) => postgres.is_healthy(),
+        }
+    }
+
+    /// Books a token; with a key, a retry replays the first answer.
+    /// `render` turns the outcome into the response body before the change
+    /// is committed, so that the remembered answer is exactly the one sent.
+    pub async fn book(
+        &self,
+        request: BookRequest,
+        key: Option<IdempotencyKey>,
+        actor: Actor,
+        render: impl Fn(&Outcome) -> String + Sync,
+    ) -> Result<Booking, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.book(request, key, actor, render).await,
+            Backend::Postgres(postgres) => {
+                postgres
+                    .book(request, key, actor, &self.clock, &render)
+                    .await
+            }
+        }
+    }
+
+    /// Cancels a token or marks it a no-show.
+    pub async fn act(&self, id: Uuid, action: Action, actor: Actor) -> Result<Outcome, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.act(id, action, actor).await,
+            Backend::Postgres(postgres) => postgres.act(id, action, actor, &self.clock).await,
+        }
+    }
+
+    pub async fn set_capacity(
+        &self,
+        slot: &SlotId,
+        capacity: Capacity,
+        actor: Actor,
+    ) -> Result<CapacityOutcome, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.set_capacity(slot, capacity, actor).await,
+            Backend::Postgres(postgres) => {
+                postgres
+                    .set_capacity(slot, capacity, actor, &self.clock)
+                    .await
+            }
+        }
+    }
+
+    pub async fn create_slot(&self, spec: SlotSpec) -> Result<SlotSummary, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.create_slot(spec).await,
+            Backend::Postgres(postgres) => postgres.create_slot(spec, self.now()).await,
+        }
+    }
+
+    pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => {
+                local
+                    .read(|engine| {
+                        Some(TokenDetail {
+                            token: engine.token(id)?,
+                            history: engine.history(id)?.to_vec(),
+                        })
+                    })
+                    .await
+            }
+            Backend::Postgres(postgres) => postgres.token(id).await,
+        }
+    }
+
+    pub async fn slot(&self, id: &SlotId) -> Result<Option<SlotDetail>, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.read(|engine| engine.slot(id)).await,
+            Backend::Postgres(postgres) => postgres.slot(id).await,
+        }
+    }
+
+    pub async fn slot_summary(&self, id: &SlotId) -> Result<Option<SlotSummary>, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.read(|engine| engine.slot_summary(id)).await,
+            Backend::Postgres(postgres) => postgres.slot_summary(id).await,
+        }
+    }
+
+    /// Slots by date, start time and id, optionally for one doctor or date.
+    pub async fn slots(
+        &self,
+        doctor: Option<&DoctorId>,
+        date: Option<Date>,
+    ) -> Result<Vec<SlotSummary>, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.read(|engine| engine.slots(doctor, date)).await,
+            Backend::Postgres(postgres) => postgres.slots(doctor, date).await,
+        }
+    }
+}

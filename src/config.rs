@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "opd-token-engine", version, about = "OPD token allocation service")]
+#[command(
+    name = "opd-token-engine",
+    version,
+    about = "OPD token allocation service"
+)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "OPD_LISTEN", default_value = "127.0.0.1:8080")]
@@ -20,6 +24,12 @@ pub struct Config {
     /// Directory of the embedded SQLite database.
     #[arg(long, env = "OPD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+
+    /// Largest size the SQLite database may grow to, in MiB; past it,
+    /// writes answer 503 and the service stops accepting them. Unlimited
+    /// when absent.
+    #[arg(long, env = "OPD_STORAGE_LIMIT_MIB")]
+    pub storage_limit_mib: Option<u64>,
 
     /// A `postgres://` URL: keep state in PostgreSQL, shared by every
     /// instance given the same database (instead of the embedded store).
@@ -55,11 +65,50 @@ pub struct Config {
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "OPD_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
+
+    /// A connection that takes longer than this to send a request's headers
+    /// (or sends nothing, idle) is closed.
+    #[arg(long, env = "OPD_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+
+    /// A file of API keys, one per line `name role[:doctorId] key` (see
+    /// config/api-keys.example and docs/security.md). Without any keys the
+    /// server runs open, and then only on a loopback address.
+    #[arg(long, env = "OPD_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// API keys as in the file, lines separated by `;`. Prefer the file or
+    /// the environment variable: command lines are visible to other users.
+    #[arg(long, env = "OPD_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<crate::http::auth::KeyLines>,
+
+    /// Requests a second allowed per API key (per client address when
+    /// open); 0 turns rate limiting off.
+    #[arg(long, env = "OPD_RATE_LIMIT_PER_SECOND", default_value_t = 200)]
+    pub rate_limit_per_second: u32,
+
+    /// Requests a client may send at once before the rate applies.
+    #[arg(long, env = "OPD_RATE_LIMIT_BURST", default_value_t = 400)]
+    pub rate_limit_burst: u32,
+
+    /// An origin (`https://desk.example.org`) whose web pages may call the
+    /// API; repeat for more, `*` for any. CORS is off by default.
+    #[arg(long = "cors-origin", env = "OPD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
-    /// Defaults for tests and embedding: in memory, on a free loopback port.
+    /// Defaults for tests and embedding: in memory, on a free loopback port,
+    /// open (no API keys) and without a rate limit, so tests that send many
+    /// requests are not throttled; tests of access control set those fields.
     pub fn for_tests() -> Config {
-        Config::parse_from(["opd-token-engine", "--listen", "127.0.0.1:0", "--in-memory"])
+        Config::parse_from([
+            "opd-token-engine",
+            "--listen",
+            "127.0.0.1:0",
+            "--in-memory",
+            "--rate-limit-per-second",
+            "0",
+        ])
     }
 }

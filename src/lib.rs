@@ -46,6 +46,8 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Security(#[from] http::auth::SecurityError),
 }
 
 /// A built, bound, not yet serving application.
@@ -53,6 +55,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     service: Arc<Service>,
+    header_timeout: Duration,
 }
 
 impl Application {
@@ -64,6 +67,9 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Clock) -> Result<Application, StartError> {
         let zone = TimeZone::get(&config.timezone)
             .map_err(|_| StartError::TimeZone(config.timezone.clone()))?;
+        // First, so an open server on a public address is refused before
+        // any storage is touched.
+        let security = Arc::new(http::auth::Security::from_config(&config)?);
         let limits = Limits {
             waitlist_max: config.waitlist_max,
         };
@@ -82,7 +88,8 @@ impl Application {
             Service::local(Engine::new(limits), Vec::new(), None, clock, zone)
         } else {
             let started = std::time::Instant::now();
-            let loaded = store::open(&config.data_dir, limits, clock())?;
+            let limit_bytes = config.storage_limit_mib.map(|mib| mib * 1024 * 1024);
+            let loaded = store::open(&config.data_dir, limits, limit_bytes, clock())?;
             tracing::info!(
                 data_dir = %config.data_dir.display(),
                 slots = loaded.engine.slot_count(),
@@ -90,26 +97,35 @@ impl Application {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "rebuilt from storage"
             );
-            Service::local(loaded.engine, loaded.idempotency, Some(loaded.journal), clock, zone)
+            Service::local(
+                loaded.engine,
+                loaded.idempotency,
+                Some(loaded.journal),
+                clock,
+                zone,
+            )
         };
         let service = Arc::new(service);
         load_schedule(&config, &service).await?;
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                address: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    address: config.listen,
+                    source,
+                })?;
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
+            security,
         };
         let router = http::router(state, Duration::from_secs(config.request_timeout_secs));
         Ok(Application {
             listener,
             router,
             service,
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
         })
     }
 
@@ -125,14 +141,11 @@ impl Application {
 
     /// Serves until `shutdown` completes, then lets requests in flight
     /// finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        http::serve::serve(self.listener, self.router, self.header_timeout, shutdown).await
     }
 }
 
@@ -145,7 +158,8 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartEr
                 path: path.display().to_string(),
                 message,
             };
-            let text = std::fs::read_to_string(path).map_err(|error| schedule_error(error.to_string()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|error| schedule_error(error.to_string()))?;
             http::slots::schedule(&text, today).map_err(schedule_error)?
         }
         None => schedule::demo(today),

@@ -35,7 +35,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { waitlist_max: 1_000 }
+        Limits {
+            waitlist_max: 1_000,
+        }
     }
 }
 
@@ -230,12 +232,7 @@ impl Engine {
             let victim = self.slots[slot_key as usize]
                 .demotion_candidate()
                 .expect("a non-emergency token remains for every planned demotion");
-            changes.push(self.transition(
-                victim,
-                Status::Waitlisted,
-                Reason::CapacityReduced,
-                ctx,
-            ));
+            changes.push(self.transition(victim, Status::Waitlisted, Reason::CapacityReduced, ctx));
         }
         self.promote_while_seats_free(slot_key, ctx, &mut changes);
         self.check_after_mutation(slot_key);
@@ -336,7 +333,12 @@ impl Engine {
     /// state, such as one slot's active tokens loaded from a shared
     /// database: the next arrival sequence, and how many token numbers the
     /// slot's doctor has issued on its date.
-    pub fn resume_counters(&mut self, slot: &SlotId, next_sequence: u64, numbers_issued: u32) -> Result<(), EngineError> {
+    pub fn resume_counters(
+        &mut self,
+        slot: &SlotId,
+        next_sequence: u64,
+        numbers_issued: u32,
+    ) -> Result<(), EngineError> {
         let slot_key = self.slot_key(slot)?;
         let slot = &self.slots[slot_key as usize];
         let day = self
@@ -487,7 +489,12 @@ impl Engine {
 
     /// Promotes waitlist heads while seats are free. Seats freed in an
     /// overbooked slot are not free: they absorb the overbooking first.
-    fn promote_while_seats_free(&mut self, slot_key: u32, ctx: &Context, changes: &mut Vec<Change>) {
+    fn promote_while_seats_free(
+        &mut self,
+        slot_key: u32,
+        ctx: &Context,
+        changes: &mut Vec<Change>,
+    ) {
         while self.slots[slot_key as usize].has_free_seat() {
             let Some(head) = self.slots[slot_key as usize].waitlist_head() else {
                 break;

@@ -46,7 +46,9 @@ impl Source {
 
     /// Parses the exact upper-case name used on the wire and on disk.
     pub fn parse(name: &str) -> Option<Source> {
-        Source::ALL.into_iter().find(|source| source.as_str() == name)
+        Source::ALL
+            .into_iter()
+            .find(|source| source.as_str() == name)
     }
 }
 
@@ -100,7 +102,9 @@ impl Status {
     }
 
     pub fn parse(name: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|status| status.as_str() == name)
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
     }
 }
 
@@ -177,7 +181,9 @@ impl Reason {
     }
 
     pub fn parse(name: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|reason| reason.as_str() == name)
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == name)
     }
 }
 

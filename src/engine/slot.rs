@@ -95,36 +95,54 @@ impl Slot {
 
     pub(super) fn activate(&mut self, patient: PatientId, token: TokenKey) {
         let previous = self.active_patients.insert(patient, token);
-        assert!(previous.is_none(), "a patient holds two active tokens in one slot");
+        assert!(
+            previous.is_none(),
+            "a patient holds two active tokens in one slot"
+        );
     }
 
     pub(super) fn deactivate(&mut self, patient: &PatientId) {
         let removed = self.active_patients.remove(patient);
-        assert!(removed.is_some(), "deactivating a patient with no active token");
+        assert!(
+            removed.is_some(),
+            "deactivating a patient with no active token"
+        );
     }
 
     pub(super) fn insert_allocated(&mut self, key: QueueKey, token: TokenKey) {
-        assert!(self.allocated.insert(key, token).is_none(), "token allocated twice");
+        assert!(
+            self.allocated.insert(key, token).is_none(),
+            "token allocated twice"
+        );
         if key.0 == Priority::EMERGENCY {
             self.allocated_emergencies += 1;
         }
     }
 
     pub(super) fn remove_allocated(&mut self, key: QueueKey) {
-        assert!(self.allocated.remove(&key).is_some(), "token was not allocated");
+        assert!(
+            self.allocated.remove(&key).is_some(),
+            "token was not allocated"
+        );
         if key.0 == Priority::EMERGENCY {
             self.allocated_emergencies -= 1;
         }
     }
 
     pub(super) fn insert_waitlisted(&mut self, key: QueueKey, arrival: u32, token: TokenKey) {
-        assert!(self.waitlist.insert(key, token).is_none(), "token waitlisted twice");
+        assert!(
+            self.waitlist.insert(key, token).is_none(),
+            "token waitlisted twice"
+        );
         self.waitlist_ranks[key.0.bucket()].set(arrival, true);
         self.waitlist_counts[key.0.bucket()] += 1;
     }
 
     pub(super) fn remove_waitlisted(&mut self, key: QueueKey, arrival: u32) {
-        assert!(self.waitlist.remove(&key).is_some(), "token was not waitlisted");
+        assert!(
+            self.waitlist.remove(&key).is_some(),
+            "token was not waitlisted"
+        );
         self.waitlist_ranks[key.0.bucket()].set(arrival, false);
         self.waitlist_counts[key.0.bucket()] -= 1;
     }

@@ -35,7 +35,9 @@ impl Fixture {
             next_id: 1,
             clock: 1_700_000_000,
         };
-        fixture.add_slot("S", "D", "09:00", "10:00", capacity).unwrap();
+        fixture
+            .add_slot("S", "D", "09:00", "10:00", capacity)
+            .unwrap();
         fixture
     }
 
@@ -65,7 +67,12 @@ impl Fixture {
         }
     }
 
-    fn try_book_in(&mut self, slot: &str, who: &str, source: Source) -> Result<Outcome, EngineError> {
+    fn try_book_in(
+        &mut self,
+        slot: &str,
+        who: &str,
+        source: Source,
+    ) -> Result<Outcome, EngineError> {
         let token = Uuid::from_u128(self.next_id);
         let request = BookRequest {
             token,
@@ -182,7 +189,10 @@ fn emergency_overbooks_and_never_bumps() {
 #[test]
 fn emergency_takes_a_free_seat_without_overbooking() {
     let mut f = Fixture::with_slot(1);
-    assert_eq!(f.book("E1", Emergency).decision(), Some(Decision::Allocated));
+    assert_eq!(
+        f.book("E1", Emergency).decision(),
+        Some(Decision::Allocated)
+    );
 }
 
 #[test]
@@ -209,12 +219,21 @@ fn bumped_token_keeps_its_arrival_and_precedes_later_arrivals_of_its_priority() 
 fn waitlist_orders_by_priority_then_arrival() {
     let mut f = Fixture::with_slot(1);
     f.book("E1", Emergency);
-    for (who, source) in [("W1", WalkIn), ("O1", Online), ("F1", FollowUp), ("O2", Online)] {
+    for (who, source) in [
+        ("W1", WalkIn),
+        ("O1", Online),
+        ("F1", FollowUp),
+        ("O2", Online),
+    ] {
         f.book(who, source);
     }
     f.check(&["E1"], &["F1", "O1", "O2", "W1"]);
     let detail = f.engine.slot(&slot_id("S")).unwrap();
-    let positions: Vec<_> = detail.waitlist.iter().map(|t| t.waitlist_position).collect();
+    let positions: Vec<_> = detail
+        .waitlist
+        .iter()
+        .map(|t| t.waitlist_position)
+        .collect();
     assert_eq!(positions, [Some(1), Some(2), Some(3), Some(4)]);
 }
 
@@ -228,7 +247,10 @@ fn cancelling_an_allocated_token_promotes_the_waitlist_head() {
     assert_eq!(cancelled.token.status, Status::Cancelled);
     assert_eq!(cancelled.transition.reason, Reason::Cancelled);
     assert_eq!(cancelled.decision(), None);
-    assert_eq!(reasons(&cancelled.changes), [("F1".to_string(), Reason::Promoted)]);
+    assert_eq!(
+        reasons(&cancelled.changes),
+        [("F1".to_string(), Reason::Promoted)]
+    );
     f.check(&["F1"], &["W1"]);
 }
 
@@ -241,7 +263,10 @@ fn cancelling_a_waitlisted_token_promotes_nobody_and_closes_the_gap() {
     assert_eq!(last.token.waitlist_position, Some(2));
     let cancelled = f.act(waiting.token.id, Action::Cancel).unwrap();
     assert!(cancelled.changes.is_empty());
-    assert_eq!(f.engine.token(last.token.id).unwrap().waitlist_position, Some(1));
+    assert_eq!(
+        f.engine.token(last.token.id).unwrap().waitlist_position,
+        Some(1)
+    );
     f.check(&["P1"], &["W2"]);
 }
 
@@ -257,7 +282,10 @@ fn freed_seats_absorb_overbooking_before_anyone_is_promoted() {
     assert!(!absorbed.slot.is_overbooked());
     f.check(&["E1", "P2"], &["W1"]);
     let promoted = f.act(p2.token.id, Action::NoShow).unwrap();
-    assert_eq!(reasons(&promoted.changes), [("W1".to_string(), Reason::Promoted)]);
+    assert_eq!(
+        reasons(&promoted.changes),
+        [("W1".to_string(), Reason::Promoted)]
+    );
     f.check(&["E1", "W1"], &[]);
 }
 
@@ -297,7 +325,10 @@ fn terminal_tokens_never_change() {
 fn unknown_tokens_and_slots_are_refused() {
     let mut f = Fixture::with_slot(1);
     let missing = Uuid::from_u128(999);
-    assert_eq!(f.act(missing, Action::Cancel), Err(EngineError::TokenNotFound(missing)));
+    assert_eq!(
+        f.act(missing, Action::Cancel),
+        Err(EngineError::TokenNotFound(missing))
+    );
     assert_eq!(
         f.try_book_in("NOPE", "P1", Online).map(|o| o.token),
         Err(EngineError::SlotNotFound(slot_id("NOPE")))
@@ -367,7 +398,12 @@ fn slots_list_by_date_start_and_id_with_filters() {
     let mut f = Fixture::with_slot(1);
     f.add_slot("B", "D2", "08:00", "09:00", 1).unwrap();
     f.add_slot("A", "D3", "08:00", "09:00", 1).unwrap();
-    let ids = |slots: Vec<SlotSummary>| slots.into_iter().map(|s| s.id.to_string()).collect::<Vec<_>>();
+    let ids = |slots: Vec<SlotSummary>| {
+        slots
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(f.engine.slots(None, None)), ["A", "B", "S"]);
     let d2 = DoctorId::parse("D2").unwrap();
     assert_eq!(ids(f.engine.slots(Some(&d2), None)), ["B"]);
@@ -385,7 +421,10 @@ fn growing_capacity_promotes_in_waitlist_order() {
     let grown = f.set_capacity(3).unwrap();
     assert_eq!(
         reasons(&grown.changes),
-        [("P1".to_string(), Reason::Promoted), ("O1".to_string(), Reason::Promoted)]
+        [
+            ("P1".to_string(), Reason::Promoted),
+            ("O1".to_string(), Reason::Promoted)
+        ]
     );
     f.check(&["F1", "P1", "O1"], &["W1"]);
 }
@@ -427,7 +466,10 @@ fn shrinking_capacity_keeps_emergencies_allocated() {
     f.book("E2", Emergency);
     f.book("P1", Paid);
     let shrunk = f.set_capacity(0).unwrap();
-    assert_eq!(reasons(&shrunk.changes), [("P1".to_string(), Reason::CapacityReduced)]);
+    assert_eq!(
+        reasons(&shrunk.changes),
+        [("P1".to_string(), Reason::CapacityReduced)]
+    );
     assert_eq!(shrunk.slot.overbooked_by(), 2);
     f.check(&["E1", "E2"], &["P1"]);
 }
@@ -441,9 +483,18 @@ fn the_waitlist_limit_refuses_waiting_and_bumping_but_never_emergencies() {
         slot: slot_id("S"),
         limit: 1,
     };
-    assert_eq!(f.try_book_in("S", "W3", WalkIn).map(|o| o.token), Err(full.clone()));
-    assert_eq!(f.try_book_in("S", "P1", Paid).map(|o| o.token), Err(full.clone()));
-    assert_eq!(f.book("E1", Emergency).decision(), Some(Decision::Overbooked));
+    assert_eq!(
+        f.try_book_in("S", "W3", WalkIn).map(|o| o.token),
+        Err(full.clone())
+    );
+    assert_eq!(
+        f.try_book_in("S", "P1", Paid).map(|o| o.token),
+        Err(full.clone())
+    );
+    assert_eq!(
+        f.book("E1", Emergency).decision(),
+        Some(Decision::Overbooked)
+    );
     f.check(&["E1", "W1"], &["W2"]);
     assert_eq!(f.set_capacity(0).map(|o| o.changes), Err(full));
     f.check(&["E1", "W1"], &["W2"]);
@@ -462,7 +513,11 @@ fn history_records_every_transition_with_actor_and_time() {
         [
             (None, Status::Allocated, Reason::Allocated),
             (Some(Status::Allocated), Status::Waitlisted, Reason::Bumped),
-            (Some(Status::Waitlisted), Status::Allocated, Reason::Promoted),
+            (
+                Some(Status::Waitlisted),
+                Status::Allocated,
+                Reason::Promoted
+            ),
         ]
     );
     assert!(history.windows(2).all(|w| w[0].at < w[1].at));
@@ -476,7 +531,13 @@ fn history_records_every_transition_with_actor_and_time() {
 fn restoring_stored_tokens_rebuilds_identical_queues() {
     let mut f = Fixture::with_slot(2);
     let mut ids = Vec::new();
-    for (who, source) in [("W1", WalkIn), ("O1", Online), ("P1", Paid), ("E1", Emergency), ("W2", WalkIn)] {
+    for (who, source) in [
+        ("W1", WalkIn),
+        ("O1", Online),
+        ("P1", Paid),
+        ("E1", Emergency),
+        ("W2", WalkIn),
+    ] {
         ids.push(f.book(who, source).token.id);
     }
     f.act(ids[2], Action::NoShow).unwrap();
@@ -550,16 +611,24 @@ fn restoring_out_of_order_or_inconsistent_data_is_refused() {
     let mut restored = Engine::new(Limits::default());
     restored.add_test_slot();
     restored.restore_token(record.clone()).unwrap();
-    assert!(restored.restore_token(record.clone()).is_err(), "same id twice");
+    assert!(
+        restored.restore_token(record.clone()).is_err(),
+        "same id twice"
+    );
     let twin = TokenRecord {
         id: Uuid::from_u128(77),
         sequence: record.sequence + 1,
         ..record.clone()
     };
-    assert!(restored.restore_token(twin).is_err(), "two active tokens of one patient");
+    assert!(
+        restored.restore_token(twin).is_err(),
+        "two active tokens of one patient"
+    );
     let mut unknown_slot = record;
     unknown_slot.slot = slot_id("ELSEWHERE");
-    assert!(Engine::new(Limits::default()).restore_token(unknown_slot).is_err());
+    assert!(Engine::new(Limits::default())
+        .restore_token(unknown_slot)
+        .is_err());
 }
 
 impl Engine {

@@ -35,7 +35,9 @@ pub enum ApiError {
     PayloadTooLarge { limit_bytes: usize },
     #[error("{0}")]
     Malformed(String),
-    #[error("slot {0:?} does not exist: slot ids are 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'")]
+    #[error(
+        "slot {0:?} does not exist: slot ids are 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'"
+    )]
     MalformedSlotId(String),
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
@@ -133,7 +135,10 @@ impl ApiError {
 
 /// The `type` URI of a problem: a URN naming its code.
 pub fn problem_type(code: &str) -> String {
-    format!("urn:opd:problem:{}", code.to_ascii_lowercase().replace('_', "-"))
+    format!(
+        "urn:opd:problem:{}",
+        code.to_ascii_lowercase().replace('_', "-")
+    )
 }
 
 /// Builds a problem response for a status and code; `extra` fields are

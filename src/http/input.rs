@@ -2,21 +2,29 @@
 //! status the contract orders (413, path 400, 415, body 400, 422) and the
 //! server never panics on input.
 
+use std::convert::Infallible;
+
 use axum::body::Body;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError};
-use crate::engine::{Capacity, Source, CAPACITY_MAX, ID_MAX_LEN};
+use crate::engine::{Capacity, SlotId, Source, CAPACITY_MAX, ID_MAX_LEN};
 
 /// The longest accepted `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 128;
 
 /// Reads the whole body, refusing more than `limit_bytes` with 413 before
 /// any other check.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit_bytes: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit_bytes: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = ApiError::PayloadTooLarge { limit_bytes };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -25,16 +33,18 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit_bytes: usize) -> R
     if declared.is_some_and(|length| length > limit_bytes as u64) {
         return Err(too_large);
     }
-    axum::body::to_bytes(body, limit_bytes).await.map_err(|error| {
-        // Only the limit can fail here once headers were read, apart from
-        // a client that breaks the connection, whose answer nobody reads.
-        let source = std::error::Error::source(&error);
-        if source.is_some_and(|source| source.is::<http_body_util::LengthLimitError>()) {
-            too_large
-        } else {
-            ApiError::Malformed(format!("the request body could not be read: {error}"))
-        }
-    })
+    axum::body::to_bytes(body, limit_bytes)
+        .await
+        .map_err(|error| {
+            // Only the limit can fail here once headers were read, apart from
+            // a client that breaks the connection, whose answer nobody reads.
+            let source = std::error::Error::source(&error);
+            if source.is_some_and(|source| source.is::<http_body_util::LengthLimitError>()) {
+                too_large
+            } else {
+                ApiError::Malformed(format!("the request body could not be read: {error}"))
+            }
+        })
 }
 
 /// 415 unless the request declares a JSON body.
@@ -54,8 +64,44 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(ApiError::Malformed("the request body must be a JSON object".into())),
-        Err(error) => Err(ApiError::Malformed(format!("the request body is not valid JSON: {error}"))),
+        Ok(_) => Err(ApiError::Malformed(
+            "the request body must be a JSON object".into(),
+        )),
+        Err(error) => Err(ApiError::Malformed(format!(
+            "the request body is not valid JSON: {error}"
+        ))),
+    }
+}
+
+/// The one parameter of a path, read without rejecting: a segment that is
+/// not valid UTF-8 is `None` and is judged later, in the contract's error
+/// order (after the body size, for instance).
+pub struct PathParam(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<PathParam, Infallible> {
+        let segment = Path::<String>::from_request_parts(parts, state).await;
+        Ok(PathParam(segment.ok().map(|Path(segment)| segment)))
+    }
+}
+
+impl PathParam {
+    /// 400 unless the segment is a token id.
+    pub fn token_id(&self) -> Result<Uuid, ApiError> {
+        match &self.0 {
+            Some(raw) => token_id(raw),
+            None => Err(ApiError::Malformed(
+                "the token id in the path is not a UUID".into(),
+            )),
+        }
+    }
+
+    /// A slot id that is not even well formed names no slot: 404.
+    pub fn slot_id(&self) -> Result<SlotId, ApiError> {
+        let raw = self.0.as_deref().unwrap_or("(not UTF-8)");
+        SlotId::parse(raw).ok_or_else(|| ApiError::MalformedSlotId(raw.to_owned()))
     }
 }
 
@@ -258,7 +304,13 @@ mod tests {
             assert!(parse_time(bad).is_none(), "{bad}");
         }
         assert!(parse_date("2030-02-28").is_some());
-        for bad in ["2030-02-30", "20300228", "2030-2-28", "+030-02-28", "2030-02-28T00:00"] {
+        for bad in [
+            "2030-02-30",
+            "20300228",
+            "2030-2-28",
+            "+030-02-28",
+            "2030-02-28T00:00",
+        ] {
             assert!(parse_date(bad).is_none(), "{bad}");
         }
     }

@@ -2,11 +2,14 @@
 //! Handlers parse input into engine types, call the [`Service`], and turn
 //! what it returns into DTOs. Nothing below this layer knows JSON.
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 mod health;
 pub mod input;
 pub mod openapi;
+pub mod rate_limit;
+pub mod serve;
 pub mod slots;
 pub mod tokens;
 
@@ -37,6 +40,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Bodies over this size get 413 before anything else is checked.
     pub body_limit_bytes: usize,
+    /// API keys, access rules, rate limit and CORS; see [`auth`].
+    pub security: Arc<auth::Security>,
 }
 
 /// Who is calling, as resolved by authentication; `anonymous` when the
@@ -72,11 +77,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// The whole API with its middleware.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    Router::new()
+    let cors = state.security.cors();
+    let router = Router::new()
         .merge(tokens::router())
         .merge(slots::router())
         .route("/healthz", get(health::healthz))
-        .merge(openapi::router())
+        .merge(openapi::router(state.security.is_open()))
+        // A route layer sees the matched route; unknown paths get 404 first.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(|uri: axum::http::Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) })
         .with_state(state)
         .layer(
@@ -99,7 +107,13 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                     StatusCode::REQUEST_TIMEOUT,
                     request_timeout,
                 )),
-        )
+        );
+    // Outermost, so preflights need no key and every answer, errors
+    // included, carries the CORS headers a browser needs to read it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Gives every error answer the problem+json shape, including those made
@@ -119,7 +133,10 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let (code, detail) = match status {
         StatusCode::BAD_REQUEST => ("MALFORMED_REQUEST", "the request could not be read"),
         StatusCode::NOT_FOUND => ("NOT_FOUND", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ("METHOD_NOT_ALLOWED", "this path does not take this method; see the Allow header"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "METHOD_NOT_ALLOWED",
+            "this path does not take this method; see the Allow header",
+        ),
         StatusCode::REQUEST_TIMEOUT => ("REQUEST_TIMEOUT", "the request took too long"),
         StatusCode::PAYLOAD_TOO_LARGE => ("PAYLOAD_TOO_LARGE", "the request body is too large"),
         _ if status.is_server_error() => {

@@ -58,7 +58,7 @@ pub struct Problem {
         dto::SlotDetailDto,
         dto::CapacityChangeDto,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &AccessResponses),
     tags(
         (name = "tokens", description = "Book, read, cancel and no-show tokens"),
         (name = "slots", description = "Doctors' time slots and their queues"),
@@ -85,7 +85,85 @@ impl Modify for BearerAuth {
     }
 }
 
-/// `/openapi.json` and the offline Swagger UI under `/docs`.
-pub fn router() -> Router<AppState> {
-    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+/// Documents the answers of the access middleware (see `auth`): 401, 403
+/// and 429 on operations that need a key, 429 on public ones.
+struct AccessResponses;
+
+impl Modify for AccessResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, Type};
+
+        let problem = |description: &str| {
+            ResponseBuilder::new().description(description).content(
+                super::error::PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+        };
+        let string_header = |description: &str| {
+            HeaderBuilder::new()
+                .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::String))
+                .description(Some(description))
+                .build()
+        };
+        let integer_header = |description: &str| {
+            HeaderBuilder::new()
+                .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some(description))
+                .build()
+        };
+        let public = Some(vec![
+            utoipa::openapi::security::SecurityRequirement::default(),
+        ]);
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                if operation.security != public {
+                    responses.insert(
+                        "401".into(),
+                        problem("UNAUTHORIZED: no key, or an unknown one")
+                            .header("WWW-Authenticate", string_header("`Bearer`"))
+                            .build()
+                            .into(),
+                    );
+                    responses.insert(
+                        "403".into(),
+                        problem("FORBIDDEN: the key's role may not do this")
+                            .build()
+                            .into(),
+                    );
+                }
+                responses.insert(
+                    "429".into(),
+                    problem("RATE_LIMITED: this key (or address) sent too many requests")
+                        .header("Retry-After", integer_header("Seconds to wait"))
+                        .build()
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
+/// `/openapi.json` and the offline Swagger UI under `/docs`. An `open`
+/// server (no API keys) serves the document without the key requirement,
+/// so it describes the server that serves it.
+pub fn router(open: bool) -> Router<AppState> {
+    let mut document = ApiDoc::openapi();
+    if open {
+        document.security = None;
+    }
+    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", document))
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::dto::{CapacityChangeDto, SlotDetailDto, SlotSummaryDto};
 use super::error::{ApiError, FieldError, Result};
-use super::input::{self, Fields};
+use super::input::{self, Fields, PathParam};
 use super::{AppState, Caller};
 use crate::engine::{DoctorId, EngineError, SlotId, SlotSpec};
 
@@ -34,21 +34,24 @@ pub fn slot_spec(object: &Map<String, Value>, today: jiff::civil::Date) -> Resul
     let capacity = fields.capacity("capacity");
     fields.finish()?;
     match (id, doctor, date, start, end, capacity) {
-        (Some(id), Some(doctor), Some(date), Some(start), Some(end), Some(capacity)) => Ok(SlotSpec {
-            id,
-            doctor,
-            date: date.unwrap_or(today),
-            start,
-            end,
-            capacity,
-        }),
+        (Some(id), Some(doctor), Some(date), Some(start), Some(end), Some(capacity)) => {
+            Ok(SlotSpec {
+                id,
+                doctor,
+                date: date.unwrap_or(today),
+                start,
+                end,
+                capacity,
+            })
+        }
         _ => unreachable!("finish() refuses requests with a missing field"),
     }
 }
 
 /// Parses a schedule file: `{"slots": [ <POST /slots body>, ... ]}`.
 pub fn schedule(text: &str, today: jiff::civil::Date) -> Result<Vec<SlotSpec>, String> {
-    let document: Value = serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))?;
+    let document: Value =
+        serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))?;
     let slots = document
         .get("slots")
         .and_then(Value::as_array)
@@ -57,10 +60,15 @@ pub fn schedule(text: &str, today: jiff::civil::Date) -> Result<Vec<SlotSpec>, S
         .iter()
         .enumerate()
         .map(|(index, slot)| {
-            let object = slot.as_object().ok_or(format!("slots[{index}] is not an object"))?;
+            let object = slot
+                .as_object()
+                .ok_or(format!("slots[{index}] is not an object"))?;
             slot_spec(object, today).map_err(|error| match error {
                 ApiError::Validation(errors) => {
-                    let fields: Vec<_> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+                    let fields: Vec<_> = errors
+                        .iter()
+                        .map(|e| format!("{} {}", e.field, e.message))
+                        .collect();
                     format!("slots[{index}]: {}", fields.join("; "))
                 }
                 other => format!("slots[{index}]: {other}"),
@@ -85,7 +93,11 @@ pub fn schedule(text: &str, today: jiff::civil::Date) -> Result<Vec<SlotSpec>, S
         (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+pub async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let bytes = input::read_body(&headers, body, app.body_limit_bytes).await?;
     input::require_json(&headers)?;
     let object = input::json_object(&bytes)?;
@@ -107,8 +119,8 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body)
     path = "/slots",
     tag = "slots",
     params(
-        ("doctorId" = Option<String>, Query, description = "Only this doctor's slots"),
-        ("date" = Option<String>, Query, description = "Only slots on this date, YYYY-MM-DD"),
+        ("doctorId" = Option<String>, Query, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Only this doctor's slots"),
+        ("date" = Option<String>, Query, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "Only slots on this date, YYYY-MM-DD"),
     ),
     responses(
         (status = 200, body = Vec<SlotSummaryDto>),
@@ -117,13 +129,19 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body)
 )]
 pub async fn list(
     State(app): State<AppState>,
-    query: std::result::Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    query: std::result::Result<
+        Query<HashMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Json<Vec<SlotSummaryDto>>> {
     let Query(query) = query.map_err(|error| ApiError::Malformed(error.body_text()))?;
     let mut errors = Vec::new();
     let doctor = query.get("doctorId").and_then(|raw| {
         DoctorId::parse(raw).or_else(|| {
-            errors.push(FieldError::new("doctorId", "must be 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'"));
+            errors.push(FieldError::new(
+                "doctorId",
+                "must be 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'",
+            ));
             None
         })
     });
@@ -145,14 +163,14 @@ pub async fn list(
     get,
     path = "/slots/{slotId}",
     tag = "slots",
-    params(("slotId" = String, Path)),
+    params(("slotId" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$")),
     responses(
         (status = 200, body = SlotDetailDto),
         (status = 404, description = "SLOT_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn slot(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<SlotDetailDto>> {
-    let id = known_slot_id(&raw)?;
+pub async fn slot(State(app): State<AppState>, path: PathParam) -> Result<Json<SlotDetailDto>> {
+    let id = path.slot_id()?;
     let detail = app.service.slot(&id).await?;
     detail
         .map(|detail| Json(SlotDetailDto::from(&detail)))
@@ -164,7 +182,7 @@ pub async fn slot(State(app): State<AppState>, Path(raw): Path<String>) -> Resul
     patch,
     path = "/slots/{slotId}",
     tag = "slots",
-    params(("slotId" = String, Path)),
+    params(("slotId" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$")),
     request_body(content = CapacityBody, content_type = "application/json"),
     responses(
         (status = 200, body = CapacityChangeDto),
@@ -180,7 +198,7 @@ pub async fn slot(State(app): State<AppState>, Path(raw): Path<String>) -> Resul
 pub async fn set_capacity(
     State(app): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    path: PathParam,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CapacityChangeDto>> {
@@ -191,17 +209,15 @@ pub async fn set_capacity(
     let capacity = fields.capacity("capacity");
     fields.finish()?;
     let capacity = capacity.expect("finish() refuses a missing capacity");
-    let id = known_slot_id(&raw)?;
-    let outcome = app.service.set_capacity(&id, capacity, caller.actor()).await?;
+    let id = path.slot_id()?;
+    let outcome = app
+        .service
+        .set_capacity(&id, capacity, caller.actor())
+        .await?;
     Ok(Json(CapacityChangeDto {
         slot: (&outcome.slot).into(),
         changes: outcome.changes.iter().map(Into::into).collect(),
     }))
-}
-
-/// A path slot id that is not even well-formed names no slot: 404.
-fn known_slot_id(raw: &str) -> Result<SlotId> {
-    SlotId::parse(raw).ok_or_else(|| ApiError::MalformedSlotId(raw.to_owned()))
 }
 
 /// The body of `POST /slots`.
@@ -209,15 +225,21 @@ fn known_slot_id(raw: &str) -> Result<SlotId> {
 #[schema(as = CreateSlotRequest, rename_all = "camelCase")]
 #[allow(dead_code)]
 pub struct CreateSlotBody {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     slot_id: String,
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     doctor_id: String,
     /// YYYY-MM-DD; defaults to today in the clinic's time zone.
+    #[schema(format = Date)]
     date: Option<String>,
     /// HH:MM
+    #[schema(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     start_time: String,
     /// HH:MM, after startTime
+    #[schema(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     end_time: String,
     /// 0 to 10000
+    #[schema(maximum = 10_000)]
     capacity: u32,
 }
 
@@ -227,5 +249,6 @@ pub struct CreateSlotBody {
 #[allow(dead_code)]
 pub struct CapacityBody {
     /// 0 to 10000
+    #[schema(maximum = 10_000)]
     capacity: u32,
 }

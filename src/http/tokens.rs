@@ -1,7 +1,7 @@
 //! Token routes: book, read, cancel, no-show.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::dto::{ActionDto, BookingDto, HistoryDto, TokenDetailDto, TokenDto};
 use super::error::{ApiError, Result};
-use super::input::{self, Fields};
+use super::input::{self, Fields, PathParam};
 use super::{AppState, Caller};
 use crate::engine::{Action, BookRequest, EngineError, Outcome, PatientId, SlotId};
 use crate::service::{Booking, IdempotencyKey};
@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
     path = "/tokens",
     tag = "tokens",
     request_body(content = BookTokenBody, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1–128 visible ASCII characters; a retry with the same key and body replays the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,128}$", description = "1–128 visible ASCII characters; a retry with the same key and body replays the first answer")),
     responses(
         (status = 201, description = "Booked (also a replay of an idempotent retry)", body = BookingDto,
             headers(("Location" = String, description = "/tokens/{tokenId}"))),
@@ -84,7 +84,10 @@ pub async fn book(
         StatusCode::CREATED,
         [
             (header::LOCATION, location),
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
         ],
         rendered.body.to_string(),
     )
@@ -109,15 +112,15 @@ fn render_booking(outcome: &Outcome) -> String {
     get,
     path = "/tokens/{tokenId}",
     tag = "tokens",
-    params(("tokenId" = String, Path, description = "Canonical UUID, any letter case")),
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
     responses(
         (status = 200, body = TokenDetailDto),
         (status = 400, description = "MALFORMED_REQUEST: not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn token(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<TokenDetailDto>> {
-    let id = input::token_id(&raw)?;
+pub async fn token(State(app): State<AppState>, path: PathParam) -> Result<Json<TokenDetailDto>> {
+    let id = path.token_id()?;
     let detail = app.service.token(id).await?;
     detail
         .map(|detail| {
@@ -134,7 +137,7 @@ pub async fn token(State(app): State<AppState>, Path(raw): Path<String>) -> Resu
     post,
     path = "/tokens/{tokenId}/cancel",
     tag = "tokens",
-    params(("tokenId" = String, Path, description = "Canonical UUID, any letter case")),
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
     responses(
         (status = 200, description = "Cancelled; promotions appear in changes", body = ActionDto),
         (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -147,11 +150,11 @@ pub async fn token(State(app): State<AppState>, Path(raw): Path<String>) -> Resu
 pub async fn cancel(
     State(app): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    path: PathParam,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ActionDto>> {
-    act(app, caller, raw, headers, body, Action::Cancel).await
+    act(app, caller, path, headers, body, Action::Cancel).await
 }
 
 /// Marks an ALLOCATED token as a no-show.
@@ -159,7 +162,7 @@ pub async fn cancel(
     post,
     path = "/tokens/{tokenId}/no-show",
     tag = "tokens",
-    params(("tokenId" = String, Path, description = "Canonical UUID, any letter case")),
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
     responses(
         (status = 200, description = "Marked; promotions appear in changes", body = ActionDto),
         (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -172,24 +175,24 @@ pub async fn cancel(
 pub async fn no_show(
     State(app): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    path: PathParam,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ActionDto>> {
-    act(app, caller, raw, headers, body, Action::NoShow).await
+    act(app, caller, path, headers, body, Action::NoShow).await
 }
 
 async fn act(
     app: AppState,
     caller: Caller,
-    raw: String,
+    path: PathParam,
     headers: HeaderMap,
     body: Body,
     action: Action,
 ) -> Result<Json<ActionDto>> {
     // The body is ignored, but its size is still bounded.
     input::read_body(&headers, body, app.body_limit_bytes).await?;
-    let id = input::token_id(&raw)?;
+    let id = path.token_id()?;
     let outcome = app.service.act(id, action, caller.actor()).await?;
     Ok(Json(ActionDto::from(&outcome)))
 }
@@ -200,7 +203,9 @@ async fn act(
 #[allow(dead_code)]
 pub struct BookTokenBody {
     /// 1–64 characters of A–Z a–z 0–9 . _ -
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     patient_id: String,
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     slot_id: String,
     source: super::dto::SourceDto,
 }

@@ -50,7 +50,8 @@ impl Idempotency {
             let (_, key) = self.by_age.pop_front().expect("front exists");
             self.records.remove(&key);
         }
-        self.by_age.push_back((record.stored_at, record.key.clone()));
+        self.by_age
+            .push_back((record.stored_at, record.key.clone()));
         self.records.insert(record.key.clone(), record);
     }
 }
@@ -108,9 +109,13 @@ impl Local {
     ) -> Result<Booking, ServiceError> {
         let (booking, ticket) = {
             let mut state = self.write()?;
-            let stored = key
-                .as_ref()
-                .and_then(|key| state.idempotency.records.get(&key.key).map(|stored| (key, stored)));
+            let stored = key.as_ref().and_then(|key| {
+                state
+                    .idempotency
+                    .records
+                    .get(&key.key)
+                    .map(|stored| (key, stored))
+            });
             if let Some((key, stored)) = stored {
                 if stored.fingerprint != key.fingerprint {
                     return Err(ServiceError::IdempotencyKeyReused);
@@ -151,7 +156,12 @@ impl Local {
     }
 
     /// Cancels a token or marks it a no-show.
-    pub(super) async fn act(&self, id: Uuid, action: Action, actor: Actor) -> Result<Outcome, ServiceError> {
+    pub(super) async fn act(
+        &self,
+        id: Uuid,
+        action: Action,
+        actor: Actor,
+    ) -> Result<Outcome, ServiceError> {
         let (outcome, ticket) = {
             let mut state = self.write()?;
             let ctx = self.context(actor);

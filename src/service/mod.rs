@@ -71,7 +71,8 @@ pub struct Service {
 }
 
 enum Backend {
-    Local(Local),
+    /// Boxed because it is much larger than a connection pool handle.
+    Local(Box<Local>),
     Postgres(Postgres),
 }
 
@@ -85,7 +86,12 @@ impl Service {
         zone: TimeZone,
     ) -> Service {
         Service {
-            backend: Backend::Local(Local::new(engine, idempotency, journal, clock.clone())),
+            backend: Backend::Local(Box::new(Local::new(
+                engine,
+                idempotency,
+                journal,
+                clock.clone(),
+            ))),
             clock,
             zone,
         }
@@ -146,7 +152,12 @@ impl Service {
     }
 
     /// Cancels a token or marks it a no-show.
-    pub async fn act(&self, id: Uuid, action: Action, actor: Actor) -> Result<Outcome, ServiceError> {
+    pub async fn act(
+        &self,
+        id: Uuid,
+        action: Action,
+        actor: Actor,
+    ) -> Result<Outcome, ServiceError> {
         match &self.backend {
             Backend::Local(local) => local.act(id, action, actor).await,
             Backend::Postgres(postgres) => postgres.act(id, action, actor, &self.clock).await,

@@ -106,7 +106,10 @@ pub struct NotDurable;
 impl Journal {
     /// Queues a record and returns the ticket to wait on.
     pub fn append(&self, record: Record) -> u64 {
-        let queue = self.queue.lock().unwrap_or_else(|poison| poison.into_inner());
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let ticket = self.last_ticket.fetch_add(1, Ordering::SeqCst) + 1;
         // A send fails only when the writer has stopped after a failure;
         // the ticket then never becomes durable and its waiter gets 503.
@@ -133,8 +136,9 @@ impl Journal {
         }
     }
 
+    /// `false` once a commit failed or the writer thread is gone.
     pub fn is_healthy(&self) -> bool {
-        !self.progress.borrow().failed
+        !self.progress.borrow().failed && self.progress.has_changed().is_ok()
     }
 }
 
@@ -148,10 +152,17 @@ pub struct Loaded {
 
 /// Opens (creating and migrating if needed) the database in `dir`, rebuilds
 /// the engine from it, and starts the writer thread.
-pub fn open(dir: &Path, limits: Limits, now: Timestamp) -> Result<Loaded, StoreError> {
+/// `limit_bytes` caps the database's size: a commit that would pass it
+/// fails like a full disk.
+pub fn open(
+    dir: &Path,
+    limits: Limits,
+    limit_bytes: Option<u64>,
+    now: Timestamp,
+) -> Result<Loaded, StoreError> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("opd.sqlite3");
-    let mut reader = sqlite::connect(&path)?;
+    let mut reader = sqlite::connect(&path, None)?;
     sqlite::migrate(&mut reader)?;
     let snapshot = sqlite::load(&reader, now - crate::service::IDEMPOTENCY_RETENTION)?;
     let mut engine = Engine::new(limits);
@@ -167,7 +178,7 @@ pub fn open(dir: &Path, limits: Limits, now: Timestamp) -> Result<Loaded, StoreE
     engine.check_invariants()?;
     drop(reader);
 
-    let writer = sqlite::connect(&path)?;
+    let writer = sqlite::connect(&path, limit_bytes)?;
     let (sender, receiver) = mpsc::channel();
     let (progress_sender, progress) = watch::channel(Progress::default());
     std::thread::Builder::new()

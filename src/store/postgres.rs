@@ -67,12 +67,19 @@ type Attempt<T> = Result<T, Failure>;
 impl Postgres {
     /// Connects, creates `schema` if one is given (and uses it for every
     /// connection), and applies the migrations.
-    pub async fn connect(url: &str, schema: Option<&str>, limits: Limits, connections: u32) -> Result<Postgres, StoreError> {
+    pub async fn connect(
+        url: &str,
+        schema: Option<&str>,
+        limits: Limits,
+        connections: u32,
+    ) -> Result<Postgres, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(postgres_error)?;
         let options = match schema {
             Some(schema) => {
                 let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
-                let mut connection = PgConnection::connect_with(&options).await.map_err(postgres_error)?;
+                let mut connection = PgConnection::connect_with(&options)
+                    .await
+                    .map_err(postgres_error)?;
                 connection
                     .execute(format!("CREATE SCHEMA IF NOT EXISTS {quoted}").as_str())
                     .await
@@ -166,10 +173,12 @@ impl Postgres {
                 .bind(&key.key)
                 .execute(&mut *tx)
                 .await?;
-            let stored = sqlx::query("SELECT fingerprint, token_id, response FROM idempotency WHERE key = $1")
-                .bind(&key.key)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let stored = sqlx::query(
+                "SELECT fingerprint, token_id, response FROM idempotency WHERE key = $1",
+            )
+            .bind(&key.key)
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(stored) = stored {
                 if stored.try_get::<&str, _>(0)? != key.fingerprint {
                     return Err(Failure::Refused(ServiceError::IdempotencyKeyReused));
@@ -220,15 +229,26 @@ impl Postgres {
         .bind(nanos(ctx.at))
         .execute(&mut *tx)
         .await?;
-        insert_history(&mut tx, token.id, &token.doctor, None, token.status, outcome.transition.reason, &ctx).await?;
+        insert_history(
+            &mut tx,
+            token.id,
+            &token.doctor,
+            None,
+            token.status,
+            outcome.transition.reason,
+            &ctx,
+        )
+        .await?;
         write_changes(&mut tx, &token.doctor, &outcome.changes, &ctx).await?;
         write_counts(&mut tx, &outcome.slot).await?;
-        sqlx::query("UPDATE doctor_days SET numbers_issued = $3 WHERE doctor_id = $1 AND date = $2")
-            .bind(token.doctor.as_str())
-            .bind(token.date.to_string())
-            .bind(token.number as i32)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE doctor_days SET numbers_issued = $3 WHERE doctor_id = $1 AND date = $2",
+        )
+        .bind(token.doctor.as_str())
+        .bind(token.date.to_string())
+        .bind(token.number as i32)
+        .execute(&mut *tx)
+        .await?;
         let body: Arc<str> = Arc::from(render(&outcome));
         if let Some(key) = key {
             sqlx::query(
@@ -248,19 +268,35 @@ impl Postgres {
                 .await?;
         }
         tx.commit().await?;
-        Ok(Booking::Created(Rendered { token: token.id, body }))
+        Ok(Booking::Created(Rendered {
+            token: token.id,
+            body,
+        }))
     }
 
-    pub async fn act(&self, id: Uuid, action: Action, actor: Actor, clock: &Clock) -> Result<Outcome, ServiceError> {
+    pub async fn act(
+        &self,
+        id: Uuid,
+        action: Action,
+        actor: Actor,
+        clock: &Clock,
+    ) -> Result<Outcome, ServiceError> {
         self.retry(|| self.try_act(id, action, &actor, clock)).await
     }
 
-    async fn try_act(&self, id: Uuid, action: Action, actor: &Actor, clock: &Clock) -> Attempt<Outcome> {
+    async fn try_act(
+        &self,
+        id: Uuid,
+        action: Action,
+        actor: &Actor,
+        clock: &Clock,
+    ) -> Attempt<Outcome> {
         let mut tx = self.pool.begin().await?;
-        let slot: Option<String> = sqlx::query_scalar("SELECT slot_id FROM tokens WHERE token_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let slot: Option<String> =
+            sqlx::query_scalar("SELECT slot_id FROM tokens WHERE token_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let slot = slot.ok_or(EngineError::TokenNotFound(id))?;
         let slot = parse(SlotId::parse, &slot)?;
         let mut engine = self
@@ -269,10 +305,11 @@ impl Postgres {
             .ok_or_else(|| Failure::Corrupt(format!("token {id} names a missing slot")))?;
         if engine.token(id).is_none() {
             // Only active tokens are loaded: this one has ended.
-            let status: String = sqlx::query_scalar("SELECT status FROM tokens WHERE token_id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM tokens WHERE token_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             let from = parse(Status::parse, &status)?;
             return Err(EngineError::InvalidTransition { from, action }.into());
         }
@@ -284,7 +321,10 @@ impl Postgres {
         let acted = Change {
             token: id,
             patient: outcome.token.patient.clone(),
-            from: outcome.transition.from.expect("an action starts from a status"),
+            from: outcome
+                .transition
+                .from
+                .expect("an action starts from a status"),
             to: outcome.transition.to,
             reason: outcome.transition.reason,
         };
@@ -335,7 +375,11 @@ impl Postgres {
         Ok(outcome)
     }
 
-    pub async fn create_slot(&self, spec: SlotSpec, at: Timestamp) -> Result<SlotSummary, ServiceError> {
+    pub async fn create_slot(
+        &self,
+        spec: SlotSpec,
+        at: Timestamp,
+    ) -> Result<SlotSummary, ServiceError> {
         self.retry(|| self.try_create_slot(&spec, at)).await
     }
 
@@ -345,11 +389,13 @@ impl Postgres {
         let summary = Engine::new(self.limits).create_slot(spec.clone())?;
         let mut tx = self.pool.begin().await?;
         let date = spec.date.to_string();
-        sqlx::query("INSERT INTO doctor_days (doctor_id, date) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(spec.doctor.as_str())
-            .bind(&date)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO doctor_days (doctor_id, date) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(spec.doctor.as_str())
+        .bind(&date)
+        .execute(&mut *tx)
+        .await?;
         // Slot creation for one doctor's day is serialised by this lock, so
         // two instances cannot both pass the overlap check.
         sqlx::query("SELECT 1 FROM doctor_days WHERE doctor_id = $1 AND date = $2 FOR UPDATE")
@@ -419,7 +465,11 @@ impl Postgres {
         .await
     }
 
-    pub async fn slots(&self, doctor: Option<&DoctorId>, date: Option<Date>) -> Result<Vec<SlotSummary>, ServiceError> {
+    pub async fn slots(
+        &self,
+        doctor: Option<&DoctorId>,
+        date: Option<Date>,
+    ) -> Result<Vec<SlotSummary>, ServiceError> {
         let date = date.map(|date| date.to_string());
         self.retry(|| async {
             let rows = sqlx::query(&format!(
@@ -504,7 +554,12 @@ impl Postgres {
     }
 
     /// Loads one slot and its active tokens into a fresh engine.
-    async fn load_slot(&self, connection: &mut PgConnection, id: &SlotId, lock: Lock) -> Attempt<Option<Engine>> {
+    async fn load_slot(
+        &self,
+        connection: &mut PgConnection,
+        id: &SlotId,
+        lock: Lock,
+    ) -> Attempt<Option<Engine>> {
         let query = match lock {
             Lock::ForUpdate => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1 FOR UPDATE",
             Lock::None => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1",
@@ -595,7 +650,12 @@ fn history_entry(row: &PgRow) -> Attempt<HistoryEntry> {
     })
 }
 
-async fn write_changes(connection: &mut PgConnection, doctor: &DoctorId, changes: &[Change], ctx: &Context) -> Attempt<()> {
+async fn write_changes(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    changes: &[Change],
+    ctx: &Context,
+) -> Attempt<()> {
     for change in changes {
         sqlx::query("UPDATE tokens SET status = $2, updated_at = $3 WHERE token_id = $1")
             .bind(change.token)
@@ -603,7 +663,16 @@ async fn write_changes(connection: &mut PgConnection, doctor: &DoctorId, changes
             .bind(nanos(ctx.at))
             .execute(&mut *connection)
             .await?;
-        insert_history(connection, change.token, doctor, Some(change.from), change.to, change.reason, ctx).await?;
+        insert_history(
+            connection,
+            change.token,
+            doctor,
+            Some(change.from),
+            change.to,
+            change.reason,
+            ctx,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -649,7 +718,10 @@ fn is_retryable(error: &sqlx::Error) -> bool {
         // Serialization failure, deadlock, and a unique violation: the last
         // happens when two instances store one idempotency key or slot at
         // once, and the retry then sees the winner's row.
-        sqlx::Error::Database(database) => matches!(database.code().as_deref(), Some("40001" | "40P01" | "23505")),
+        sqlx::Error::Database(database) => matches!(
+            database.code().as_deref(),
+            Some("40001" | "40P01" | "23505")
+        ),
         _ => false,
     }
 }
@@ -657,7 +729,10 @@ fn is_retryable(error: &sqlx::Error) -> bool {
 fn is_connection_error(error: &sqlx::Error) -> bool {
     matches!(
         error,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
     )
 }
 

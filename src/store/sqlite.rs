@@ -20,8 +20,12 @@ use crate::engine::{
 /// Migrations in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_initial.sql")];
 
-pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
+pub(super) fn connect(path: &Path, limit_bytes: Option<u64>) -> Result<Connection, StoreError> {
     let connection = Connection::open(path)?;
+    if let Some(limit_bytes) = limit_bytes {
+        let page_size: u64 = connection.pragma_query_value(None, "page_size", |row| row.get(0))?;
+        connection.pragma_update(None, "max_page_count", (limit_bytes / page_size).max(1))?;
+    }
     // WAL lets the rebuild read while nothing writes, and FULL makes every
     // commit fsync the log: an acknowledged change survives power loss.
     connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -48,7 +52,10 @@ pub(super) struct Snapshot {
     pub(super) idempotency: Vec<StoredIdempotency>,
 }
 
-pub(super) fn load(connection: &Connection, idempotency_since: Timestamp) -> Result<Snapshot, StoreError> {
+pub(super) fn load(
+    connection: &Connection,
+    idempotency_since: Timestamp,
+) -> Result<Snapshot, StoreError> {
     let mut slots = Vec::new();
     let mut statement = connection.prepare(
         "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots ORDER BY date, start_time",
@@ -117,11 +124,7 @@ pub(super) fn load(connection: &Connection, idempotency_since: Timestamp) -> Res
         };
         tokens[owner].history.push(HistoryEntry {
             at: timestamp(row.get(1)?)?,
-            from: row
-                .get_ref(2)?
-                .as_str_or_null()?
-                .map(status)
-                .transpose()?,
+            from: row.get_ref(2)?.as_str_or_null()?.map(status).transpose()?,
             to: status(row.get_ref(3)?.as_str()?)?,
             reason: Reason::parse(row.get_ref(4)?.as_str()?).ok_or_else(|| corrupt("reason"))?,
             actor,
@@ -195,7 +198,14 @@ pub(super) fn commit<'a>(
                         token.status.as_str(),
                         nanos(ctx.at),
                     ])?;
-                insert_history(&transaction, token.id, None, token.status, outcome.transition.reason, ctx)?;
+                insert_history(
+                    &transaction,
+                    token.id,
+                    None,
+                    token.status,
+                    outcome.transition.reason,
+                    ctx,
+                )?;
                 write_changes(&transaction, &outcome.changes, ctx)?;
                 if let Some(stored) = idempotency {
                     transaction
@@ -255,12 +265,27 @@ fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(newest.map(|newest| newest - retention))
 }
 
-fn write_changes(connection: &Connection, changes: &[Change], ctx: &Context) -> Result<(), StoreError> {
+fn write_changes(
+    connection: &Connection,
+    changes: &[Change],
+    ctx: &Context,
+) -> Result<(), StoreError> {
     for change in changes {
         connection
             .prepare_cached("UPDATE tokens SET status = ?1, updated_at = ?2 WHERE token_id = ?3")?
-            .execute(params![change.to.as_str(), nanos(ctx.at), change.token.as_bytes()])?;
-        insert_history(connection, change.token, Some(change.from), change.to, change.reason, ctx)?;
+            .execute(params![
+                change.to.as_str(),
+                nanos(ctx.at),
+                change.token.as_bytes()
+            ])?;
+        insert_history(
+            connection,
+            change.token,
+            Some(change.from),
+            change.to,
+            change.reason,
+            ctx,
+        )?;
     }
     Ok(())
 }

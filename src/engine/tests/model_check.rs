@@ -11,9 +11,19 @@ const WAITLIST_MAX: u32 = 4;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Book { patient: u8, slot: usize, source: Source },
-    Act { pick: usize, action: Action },
-    Capacity { slot: usize, capacity: u32 },
+    Book {
+        patient: u8,
+        slot: usize,
+        source: Source,
+    },
+    Act {
+        pick: usize,
+        action: Action,
+    },
+    Capacity {
+        slot: usize,
+        capacity: u32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,7 +93,13 @@ impl Reference {
         })
     }
 
-    fn set(&mut self, index: usize, to: Status, reason: Reason, changes: &mut Vec<(Uuid, Status, Status, Reason)>) {
+    fn set(
+        &mut self,
+        index: usize,
+        to: Status,
+        reason: Reason,
+        changes: &mut Vec<(Uuid, Status, Status, Reason)>,
+    ) {
         let token = &mut self.tokens[index];
         changes.push((token.id, token.status, to, reason));
         token.status = to;
@@ -123,12 +139,19 @@ impl Reference {
         } else {
             Decision::Waitlisted
         };
-        if matches!(decision, Decision::BumpedLower | Decision::Waitlisted) && waiting >= WAITLIST_MAX {
+        if matches!(decision, Decision::BumpedLower | Decision::Waitlisted)
+            && waiting >= WAITLIST_MAX
+        {
             return Step::Refused("waitlist full".into());
         }
         let mut changes = Vec::new();
         if decision == Decision::BumpedLower {
-            self.set(victim.unwrap(), Status::Waitlisted, Reason::Bumped, &mut changes);
+            self.set(
+                victim.unwrap(),
+                Status::Waitlisted,
+                Reason::Bumped,
+                &mut changes,
+            );
         }
         let number = self.numbers.entry(SLOTS[slot].1).or_default();
         *number += 1;
@@ -170,20 +193,32 @@ impl Reference {
             .iter()
             .filter(|&&i| self.tokens[i].source != Source::Emergency)
             .count() as u32;
-        let demotions = (allocated.len() as u32).saturating_sub(capacity).min(non_emergency);
+        let demotions = (allocated.len() as u32)
+            .saturating_sub(capacity)
+            .min(non_emergency);
         if self.queue(slot, Status::Waitlisted).len() as u32 + demotions > WAITLIST_MAX {
             return Step::Refused("waitlist full".into());
         }
         self.capacity[slot] = capacity;
         let mut changes = Vec::new();
         for index in allocated.into_iter().rev().take(demotions as usize) {
-            self.set(index, Status::Waitlisted, Reason::CapacityReduced, &mut changes);
+            self.set(
+                index,
+                Status::Waitlisted,
+                Reason::CapacityReduced,
+                &mut changes,
+            );
         }
         self.promote(slot, &mut changes);
         Step::Resized(changes)
     }
 
-    fn acted(&self, index: usize, decision: Option<Decision>, changes: Vec<(Uuid, Status, Status, Reason)>) -> Step {
+    fn acted(
+        &self,
+        index: usize,
+        decision: Option<Decision>,
+        changes: Vec<(Uuid, Status, Status, Reason)>,
+    ) -> Step {
         let token = &self.tokens[index];
         Step::Acted {
             token: token.id,
@@ -256,7 +291,11 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
     let mut next_sequence = 1;
     for op in ops {
         let (expected, actual) = match op {
-            Op::Book { patient, slot, source } => {
+            Op::Book {
+                patient,
+                slot,
+                source,
+            } => {
                 let id = Uuid::from_u128(next_sequence as u128);
                 let expected = reference.book(id, next_sequence, patient, slot, source);
                 let request = BookRequest {
@@ -280,7 +319,11 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
             Op::Act { .. } => continue,
             Op::Capacity { slot, capacity } => {
                 let expected = reference.resize(slot, capacity);
-                let actual = match engine.set_capacity(&slot_id(SLOTS[slot].0), Capacity::new(capacity).unwrap(), &ctx) {
+                let actual = match engine.set_capacity(
+                    &slot_id(SLOTS[slot].0),
+                    Capacity::new(capacity).unwrap(),
+                    &ctx,
+                ) {
                     Ok(outcome) => Step::Resized(changes_of(&outcome.changes)),
                     Err(error) => Step::Refused(refusal(&error)),
                 };
@@ -288,7 +331,9 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
             }
         };
         prop_assert_eq!(&actual, &expected);
-        engine.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        engine
+            .check_invariants()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         for (slot, (id, _)) in SLOTS.iter().enumerate() {
             let detail = engine.slot(&slot_id(id)).unwrap();
             let ids = |tokens: &[TokenView]| tokens.iter().map(|t| t.id).collect::<Vec<_>>();
@@ -302,8 +347,15 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
             prop_assert_eq!(ids(&detail.allocated), reference_ids(Status::Allocated));
             prop_assert_eq!(ids(&detail.waitlist), reference_ids(Status::Waitlisted));
             prop_assert_eq!(detail.summary.capacity, reference.capacity[slot]);
-            let positions: Vec<_> = detail.waitlist.iter().map(|t| t.waitlist_position.unwrap()).collect();
-            prop_assert_eq!(positions, (1..=detail.waitlist.len() as u32).collect::<Vec<_>>());
+            let positions: Vec<_> = detail
+                .waitlist
+                .iter()
+                .map(|t| t.waitlist_position.unwrap())
+                .collect();
+            prop_assert_eq!(
+                positions,
+                (1..=detail.waitlist.len() as u32).collect::<Vec<_>>()
+            );
         }
     }
     prop_assert_eq!(engine.token_count(), reference.tokens.len());

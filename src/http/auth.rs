@@ -1,0 +1,804 @@
+//! Who may call what: API keys with roles, one table of access rules, and
+//! the middleware that enforces both together with the rate limit.
+//!
+//! A key is sent as `Authorization: Bearer <key>`. Only SHA-256 digests of
+//! the configured keys are kept, and a presented key is compared with every
+//! digest in constant time. A caller that passes gets a [`Caller`] carrying
+//! the key's *name* (never the key), which the engine records as the actor
+//! of every change.
+//!
+//! Authorization is table-driven: [`RULES`] maps each (method, route
+//! template) pair, as axum's [`MatchedPath`] reports it, to an [`Access`].
+//! A route without a rule is closed (403, logged as an error), so a route
+//! added without thinking about access fails loudly rather than opening up.
+//!
+//! Without keys the server runs open, every caller anonymous; that is
+//! allowed only on a loopback address (see [`Security::from_config`]).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequestParts, MatchedPath, Query, RawPathParams, Request, State};
+use axum::http::uri::PathAndQuery;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::error::{self, ApiError};
+use super::rate_limit::{self, Client, RateLimiter};
+use super::{input, AppState, Caller};
+use crate::engine::{DoctorId, SlotId};
+use crate::Config;
+
+/// Keys shorter than this are refused at start-up: a key must not be
+/// guessable.
+pub const KEY_LEN_MIN: usize = 16;
+
+/// What a key may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, including creating slots and changing capacity.
+    Admin,
+    /// Book, cancel, no-show, and every read.
+    FrontDesk,
+    /// Reads of this doctor's slots and tokens only.
+    Doctor(DoctorId),
+    /// Every read.
+    Viewer,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Admin => f.write_str("admin"),
+            Role::FrontDesk => f.write_str("front-desk"),
+            Role::Doctor(doctor) => write!(f, "doctor:{doctor}"),
+            Role::Viewer => f.write_str("viewer"),
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Role, String> {
+        match text.split_once(':') {
+            None => match text {
+                "admin" => Ok(Role::Admin),
+                "front-desk" => Ok(Role::FrontDesk),
+                "viewer" => Ok(Role::Viewer),
+                "doctor" => Err("the doctor role needs a doctor id: doctor:<doctorId>".into()),
+                _ => Err(format!("unknown role {text:?}; expected admin, front-desk, doctor:<doctorId> or viewer")),
+            },
+            Some(("doctor", doctor)) => DoctorId::parse(doctor)
+                .map(Role::Doctor)
+                .ok_or_else(|| format!("doctor id {doctor:?} is not 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'")),
+            Some((role, _)) => Err(format!("only the doctor role takes a doctor id, not {role:?}")),
+        }
+    }
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, with or without a key.
+    Public,
+    /// Every role. A doctor key only for its own doctor's data, found as
+    /// the scope says.
+    Read(DoctorScope),
+    /// Admin and front-desk keys.
+    FrontDesk,
+    /// Admin keys only.
+    Admin,
+}
+
+/// How a doctor key's access to a read route is narrowed to its doctor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoctorScope {
+    /// A slot list: a doctor gets its own doctor's slots only, and asking
+    /// for another doctor's is 403.
+    SlotList,
+    /// The slot in the path parameter `slot_id` must be the doctor's.
+    SlotInPath,
+    /// The token in the path parameter `token_id` must be the doctor's.
+    TokenInPath,
+}
+
+/// The access rules, one per (method, route template). `HEAD` follows the
+/// `GET` rule. The security test walks every route of the OpenAPI document
+/// with every role against these.
+pub const RULES: &[(Method, &str, Access)] = &[
+    (Method::GET, "/healthz", Access::Public),
+    (Method::GET, "/openapi.json", Access::Public),
+    (Method::GET, "/docs", Access::Public),
+    (Method::GET, "/docs/", Access::Public),
+    (Method::GET, "/docs/{*rest}", Access::Public),
+    (Method::POST, "/tokens", Access::FrontDesk),
+    (
+        Method::GET,
+        "/tokens/{token_id}",
+        Access::Read(DoctorScope::TokenInPath),
+    ),
+    (Method::POST, "/tokens/{token_id}/cancel", Access::FrontDesk),
+    (
+        Method::POST,
+        "/tokens/{token_id}/no-show",
+        Access::FrontDesk,
+    ),
+    (Method::GET, "/slots", Access::Read(DoctorScope::SlotList)),
+    (Method::POST, "/slots", Access::Admin),
+    (
+        Method::GET,
+        "/slots/{slot_id}",
+        Access::Read(DoctorScope::SlotInPath),
+    ),
+    (Method::PATCH, "/slots/{slot_id}", Access::Admin),
+];
+
+/// The rule for a method on a route template, if there is one.
+pub fn rule(method: &Method, route: &str) -> Option<Access> {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    RULES
+        .iter()
+        .find(|(rule_method, rule_route, _)| rule_method == method && *rule_route == route)
+        .map(|(_, _, access)| *access)
+}
+
+impl Access {
+    /// Whether `role` may use a route with this access, before any doctor
+    /// scope is checked.
+    pub fn permits(self, role: &Role) -> bool {
+        match self {
+            Access::Public => true,
+            Access::Read(_) => true,
+            Access::FrontDesk => matches!(role, Role::Admin | Role::FrontDesk),
+            Access::Admin => matches!(role, Role::Admin),
+        }
+    }
+}
+
+/// One configured key. Only the key's digest is kept.
+pub struct ApiKey {
+    pub name: Arc<str>,
+    pub role: Role,
+    digest: [u8; 32],
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Text that holds keys, e.g. `OPD_API_KEYS`: never printed by `Debug`.
+#[derive(Clone)]
+pub struct KeyLines(String);
+
+impl FromStr for KeyLines {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<KeyLines, Self::Err> {
+        Ok(KeyLines(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for KeyLines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyLines(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("refusing to listen on {address} without API keys: configure keys with --api-keys-file / OPD_API_KEYS_FILE or OPD_API_KEYS (see config/api-keys.example), or listen on a loopback address such as 127.0.0.1")]
+    OpenOnPublicAddress { address: SocketAddr },
+    #[error("cannot read API keys file {path}: {message}")]
+    KeysFile { path: String, message: String },
+    #[error("API keys in {source_name}, line {line}: {message}")]
+    Key {
+        source_name: String,
+        line: usize,
+        message: String,
+    },
+    #[error("invalid rate limit: {0}")]
+    RateLimit(String),
+    #[error("invalid CORS origin {origin:?}: {message}")]
+    CorsOrigin { origin: String, message: String },
+}
+
+/// Parses key lines `name role[:doctorId] key`, separated by `separator`;
+/// blank lines and lines starting with `#` are skipped. Errors name the
+/// line and the key's name, never the key.
+pub fn parse_keys(
+    text: &str,
+    separator: char,
+    source_name: &str,
+) -> Result<Vec<ApiKey>, SecurityError> {
+    let mut keys = Vec::new();
+    for (index, line) in text.split(separator).enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let error = |message: String| SecurityError::Key {
+            source_name: source_name.to_owned(),
+            line: index + 1,
+            message,
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [name, role, key] = fields[..] else {
+            return Err(error(format!(
+                "expected three fields `name role[:doctorId] key`, found {}",
+                fields.len()
+            )));
+        };
+        if !crate::engine::is_valid_id(name) {
+            return Err(error(
+                "the name must be 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'".into(),
+            ));
+        }
+        let role = role.parse::<Role>().map_err(error)?;
+        if key.chars().count() < KEY_LEN_MIN {
+            return Err(error(format!(
+                "the key of {name:?} is shorter than {KEY_LEN_MIN} characters"
+            )));
+        }
+        keys.push(ApiKey {
+            name: Arc::from(name),
+            role,
+            digest: Sha256::digest(key.as_bytes()).into(),
+        });
+    }
+    Ok(keys)
+}
+
+/// Everything the access middleware needs, built once at start-up.
+pub struct Security {
+    /// Empty when the server runs open.
+    keys: Vec<ApiKey>,
+    /// `None` when rate limiting is off.
+    rate_limiter: Option<Arc<RateLimiter>>,
+    cors: Option<CorsLayer>,
+}
+
+impl Security {
+    /// Reads keys, rate limits and CORS origins from the configuration.
+    /// Without keys the server may only listen on a loopback address.
+    pub fn from_config(config: &Config) -> Result<Security, SecurityError> {
+        let mut keys = Vec::new();
+        if let Some(path) = &config.api_keys_file {
+            keys.extend(read_keys_file(path)?);
+        }
+        if let Some(KeyLines(text)) = &config.api_keys {
+            keys.extend(parse_keys(text, ';', "OPD_API_KEYS")?);
+        }
+        check_unique(&keys)?;
+        if keys.is_empty() {
+            if !config.listen.ip().to_canonical().is_loopback() {
+                return Err(SecurityError::OpenOnPublicAddress {
+                    address: config.listen,
+                });
+            }
+            tracing::warn!(
+                listen = %config.listen,
+                "NO API KEYS CONFIGURED: the API is open to every local process, all callers are anonymous; \
+                 configure keys (--api-keys-file or OPD_API_KEYS) before listening beyond loopback"
+            );
+        } else {
+            let mut roles: Vec<String> = keys.iter().map(|key| key.role.to_string()).collect();
+            roles.sort();
+            roles.dedup();
+            tracing::info!(keys = keys.len(), roles = %roles.join(","), "API keys loaded");
+        }
+        let rate_limiter = match NonZeroU32::new(config.rate_limit_per_second) {
+            None => {
+                tracing::warn!("rate limiting is off (--rate-limit-per-second 0)");
+                None
+            }
+            Some(per_second) => {
+                let burst = NonZeroU32::new(config.rate_limit_burst).ok_or_else(|| {
+                    SecurityError::RateLimit("--rate-limit-burst must be at least 1".into())
+                })?;
+                Some(RateLimiter::new(per_second, burst))
+            }
+        };
+        let cors = cors_layer(&config.cors_origins)?;
+        Ok(Security {
+            keys,
+            rate_limiter,
+            cors,
+        })
+    }
+
+    /// No keys, no rate limit, no CORS: for embedding the router in tests.
+    pub fn open() -> Security {
+        Security {
+            keys: Vec::new(),
+            rate_limiter: None,
+            cors: None,
+        }
+    }
+
+    /// True when no keys are configured and every caller is anonymous.
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The CORS layer, when origins are configured.
+    pub fn cors(&self) -> Option<CorsLayer> {
+        self.cors.clone()
+    }
+
+    /// The key whose digest matches `presented`. Every digest is compared,
+    /// each in constant time, so timing tells nothing about near misses.
+    fn key(&self, presented: &str) -> Option<&ApiKey> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        found
+    }
+
+    /// Spends one request of `client`'s budget, or answers 429.
+    fn spend(&self, client: &Client) -> Result<(), ApiError> {
+        let Some(limiter) = &self.rate_limiter else {
+            return Ok(());
+        };
+        limiter
+            .check(client)
+            .map_err(|wait| ApiError::TooManyRequests {
+                retry_after_secs: rate_limit::retry_after_secs(wait),
+            })
+    }
+}
+
+fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>, SecurityError> {
+    let file_error = |message: String| SecurityError::KeysFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            if metadata.permissions().mode() & 0o004 != 0 {
+                tracing::warn!(path = %path.display(), "the API keys file is readable by every user: chmod 600 it");
+            }
+        }
+    }
+    parse_keys(&text, '\n', &path.display().to_string())
+}
+
+fn check_unique(keys: &[ApiKey]) -> Result<(), SecurityError> {
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    for key in keys {
+        let duplicate = |message: String| SecurityError::Key {
+            source_name: "the configured keys".into(),
+            line: 0,
+            message,
+        };
+        if !names.insert(key.name.clone()) {
+            return Err(duplicate(format!("the name {:?} is used twice", key.name)));
+        }
+        if !digests.insert(key.digest) {
+            return Err(duplicate(format!(
+                "the key of {:?} is also another key's",
+                key.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A CORS layer for the given origins; `*` alone allows any origin (keys
+/// travel in a header, never in cookies, so no credentials are allowed).
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, SecurityError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        if origins.len() > 1 {
+            return Err(SecurityError::CorsOrigin {
+                origin: "*".into(),
+                message: "`*` allows every origin and cannot be combined with others".into(),
+            });
+        }
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|origin| parse_origin(origin))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+/// An origin is `scheme://host[:port]`, as browsers send it.
+fn parse_origin(origin: &str) -> Result<HeaderValue, SecurityError> {
+    let invalid = |message: &str| SecurityError::CorsOrigin {
+        origin: origin.to_owned(),
+        message: message.to_owned(),
+    };
+    let uri: Uri = origin
+        .parse()
+        .map_err(|_| invalid("expected scheme://host[:port]"))?;
+    let has_path = uri
+        .path_and_query()
+        .is_some_and(|path| path.as_str() != "/");
+    if uri.scheme().is_none() || uri.authority().is_none() || has_path || origin.ends_with('/') {
+        return Err(invalid(
+            "expected scheme://host[:port] with no path or trailing slash",
+        ));
+    }
+    HeaderValue::from_str(origin).map_err(|_| invalid("not a valid header value"))
+}
+
+/// The access middleware, run for every routed request (it is a route
+/// layer, so unknown paths get their 404 first): finds the rule, checks
+/// the key and the rate limit, narrows doctor keys to their doctor, and
+/// hands the handler a [`Caller`].
+pub async fn authorize(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let security = &app.security;
+    let method = request.method().clone();
+    let Some(route) = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+    else {
+        tracing::error!(%method, "access check without a matched route");
+        return closed("this request matched no route");
+    };
+    let Some(access) = rule(&method, &route) else {
+        return no_rule(&method, &route);
+    };
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+
+    if access == Access::Public || security.is_open() {
+        if let Err(error) = security.spend(&Client::address(address)) {
+            return error.into_response();
+        }
+        request.extensions_mut().insert(Caller::anonymous());
+        return next.run(request).await;
+    }
+
+    let key = match bearer(request.headers()) {
+        Ok(presented) => security.key(presented),
+        Err(()) => None,
+    };
+    let Some(key) = key else {
+        // Failed attempts spend the address's budget, which slows guessing.
+        if let Err(error) = security.spend(&Client::address(address)) {
+            return error.into_response();
+        }
+        return unauthorized(request.headers().contains_key(header::AUTHORIZATION));
+    };
+    if let Err(error) = security.spend(&Client::Key(key.name.clone())) {
+        return error.into_response();
+    }
+    if !access.permits(&key.role) {
+        return ApiError::Forbidden.into_response();
+    }
+    if let (Access::Read(scope), Role::Doctor(doctor)) = (access, &key.role) {
+        if let Err(response) = narrow_to_doctor(&app, scope, doctor, &mut request).await {
+            return response;
+        }
+    }
+    request.extensions_mut().insert(Caller {
+        name: key.name.clone(),
+    });
+    next.run(request).await
+}
+
+/// The key of an `Authorization: Bearer <key>` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, ()> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(());
+    };
+    let (scheme, key) = value
+        .to_str()
+        .map_err(|_| ())?
+        .trim()
+        .split_once(' ')
+        .ok_or(())?;
+    let key = key.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
+        return Err(());
+    }
+    Ok(key)
+}
+
+/// Checks a doctor key's read against the data's doctor. Resources that do
+/// not exist or cannot be parsed are left to the handler (404 or 400).
+async fn narrow_to_doctor(
+    app: &AppState,
+    scope: DoctorScope,
+    doctor: &DoctorId,
+    request: &mut Request,
+) -> Result<(), Response> {
+    let other_doctor = || {
+        error::problem(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "this key may read only its own doctor's slots and tokens",
+            Default::default(),
+        )
+    };
+    match scope {
+        DoctorScope::SlotList => {
+            let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(request.uri())
+            else {
+                return Err(
+                    ApiError::Malformed("the query string could not be read".into())
+                        .into_response(),
+                );
+            };
+            let asked: Vec<&str> = pairs
+                .iter()
+                .filter(|(name, _)| name == "doctorId")
+                .map(|(_, value)| value.as_str())
+                .collect();
+            if asked.iter().any(|asked| *asked != doctor.as_str()) {
+                return Err(other_doctor());
+            }
+            if asked.is_empty() {
+                add_doctor_filter(request, doctor);
+            }
+            Ok(())
+        }
+        DoctorScope::SlotInPath => {
+            let raw = path_parameter(request, "slot_id").await?;
+            let Some(slot) = SlotId::parse(&raw) else {
+                return Ok(());
+            };
+            match app.service.slot_summary(&slot).await {
+                Ok(Some(summary)) if summary.doctor != *doctor => Err(other_doctor()),
+                Ok(_) => Ok(()),
+                Err(error) => Err(ApiError::from(error).into_response()),
+            }
+        }
+        DoctorScope::TokenInPath => {
+            let raw = path_parameter(request, "token_id").await?;
+            let Ok(token) = input::token_id(&raw) else {
+                return Ok(());
+            };
+            match app.service.token(token).await {
+                Ok(Some(detail)) if detail.token.doctor != *doctor => Err(other_doctor()),
+                Ok(_) => Ok(()),
+                Err(error) => Err(ApiError::from(error).into_response()),
+            }
+        }
+    }
+}
+
+/// Makes `GET /slots` list only `doctor`'s slots. Doctor ids need no
+/// percent-encoding.
+fn add_doctor_filter(request: &mut Request, doctor: &DoctorId) {
+    let uri = request.uri().clone();
+    let path_and_query = match uri.query() {
+        Some(query) if !query.is_empty() => format!("{}?{query}&doctorId={doctor}", uri.path()),
+        _ => format!("{}?doctorId={doctor}", uri.path()),
+    };
+    let mut parts = uri.into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::from_str(&path_and_query).expect("a valid path plus a valid id"));
+    *request.uri_mut() = Uri::from_parts(parts).expect("only the query changed");
+}
+
+async fn path_parameter(request: &mut Request, name: &str) -> Result<String, Response> {
+    let (mut parts, body) = std::mem::take(request).into_parts();
+    let params = RawPathParams::from_request_parts(&mut parts, &()).await;
+    *request = Request::from_parts(parts, body);
+    let params = params
+        .map_err(|_| ApiError::Malformed("the path could not be read".into()).into_response())?;
+    let found = params
+        .iter()
+        .find(|(param, _)| *param == name)
+        .map(|(_, value)| value.to_owned());
+    found.ok_or_else(|| {
+        tracing::error!(
+            parameter = name,
+            "an access rule names a path parameter its route lacks"
+        );
+        closed("this route's access rule does not fit it")
+    })
+}
+
+fn unauthorized(sent_a_key: bool) -> Response {
+    let mut response = ApiError::Unauthorized.into_response();
+    // RFC 6750: no error code when no credentials were sent.
+    let challenge = if sent_a_key {
+        "Bearer error=\"invalid_token\""
+    } else {
+        "Bearer"
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// A route without a rule: closed. A known route with other methods gets
+/// the 405 that axum would give, with the rules' methods in `Allow`.
+fn no_rule(method: &Method, route: &str) -> Response {
+    let mut allowed: Vec<&str> = Vec::new();
+    for (rule_method, rule_route, _) in RULES {
+        if *rule_route == route {
+            allowed.push(rule_method.as_str());
+            if rule_method == Method::GET {
+                allowed.push("HEAD");
+            }
+        }
+    }
+    if allowed.is_empty() {
+        tracing::error!(%method, route, "no access rule for this route: it stays closed until one is added to auth::RULES");
+        return closed("no access rule covers this route");
+    }
+    let mut response = error::problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this path does not take this method; see the Allow header",
+        Default::default(),
+    );
+    let allow = HeaderValue::from_str(&allowed.join(",")).expect("method names are header text");
+    response.headers_mut().insert(header::ALLOW, allow);
+    response
+}
+
+fn closed(detail: &str) -> Response {
+    error::problem(
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+        detail,
+        Default::default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(text: &str) -> Result<Vec<ApiKey>, SecurityError> {
+        parse_keys(text, '\n', "test")
+    }
+
+    #[test]
+    fn key_lines_give_names_roles_and_digests_only() {
+        let parsed = keys(
+            "# comment\n\n  desk-1 front-desk 0123456789abcdef0123\ndr-a doctor:D1 fedcba9876543210fedc\nboss admin aaaaaaaaaaaaaaaa\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(&*parsed[0].name, "desk-1");
+        assert_eq!(parsed[0].role, Role::FrontDesk);
+        assert_eq!(parsed[1].role, Role::Doctor(DoctorId::parse("D1").unwrap()));
+        assert_eq!(parsed[2].role, Role::Admin);
+        let debug = format!("{:?}", parsed[0]);
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
+    }
+
+    #[test]
+    fn bad_key_lines_are_refused_without_showing_the_key() {
+        for (text, expected) in [
+            ("desk front-desk short-key-12345", "shorter than 16"),
+            ("desk front-desk", "three fields"),
+            ("desk nurse 0123456789abcdef", "unknown role"),
+            ("desk doctor 0123456789abcdef", "needs a doctor id"),
+            ("desk admin:D1 0123456789abcdef", "only the doctor role"),
+            ("bad/name viewer 0123456789abcdef", "name must be"),
+        ] {
+            let error = keys(text).expect_err(text).to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+            assert!(!error.contains("0123456789abcdef"), "{error}");
+            assert!(!error.contains("short-key-12345"), "{error}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_keys_are_refused() {
+        let same_name = keys("a viewer 0123456789abcdef\na admin fedcba9876543210").unwrap();
+        assert!(check_unique(&same_name).is_err());
+        let same_key = keys("a viewer 0123456789abcdef\nb admin 0123456789abcdef").unwrap();
+        assert!(check_unique(&same_key).is_err());
+    }
+
+    #[test]
+    fn only_bearer_headers_carry_a_key() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        assert_eq!(bearer(&with("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(&with("bearer   abc ")), Ok("abc"));
+        assert_eq!(bearer(&with("Basic abc")), Err(()));
+        assert_eq!(bearer(&with("Bearer ")), Err(()));
+        assert_eq!(bearer(&HeaderMap::new()), Err(()));
+    }
+
+    #[test]
+    fn every_rule_is_unique_and_heads_follow_gets() {
+        let mut seen = HashSet::new();
+        for (method, route, _) in RULES {
+            assert!(
+                seen.insert((method.clone(), *route)),
+                "{method} {route} twice"
+            );
+        }
+        assert_eq!(rule(&Method::HEAD, "/slots"), rule(&Method::GET, "/slots"));
+        assert_eq!(rule(&Method::DELETE, "/slots"), None);
+    }
+
+    #[test]
+    fn a_route_without_rules_is_closed_and_a_known_route_allows_only_its_rules() {
+        let closed = no_rule(&Method::GET, "/reports");
+        assert_eq!(closed.status(), StatusCode::FORBIDDEN);
+        let wrong_method = no_rule(&Method::DELETE, "/slots/{slot_id}");
+        assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(wrong_method.headers()[header::ALLOW], "GET,HEAD,PATCH");
+    }
+
+    #[test]
+    fn cors_origins_must_be_bare_origins() {
+        assert!(cors_layer(&[]).unwrap().is_none());
+        assert!(cors_layer(&["https://desk.example.org".into()])
+            .unwrap()
+            .is_some());
+        assert!(cors_layer(&["http://localhost:3000".into()])
+            .unwrap()
+            .is_some());
+        assert!(cors_layer(&["*".into()]).unwrap().is_some());
+        for bad in [
+            "desk.example.org",
+            "https://desk.example.org/",
+            "https://x.org/app",
+            "*,https://a.org",
+        ] {
+            let origins: Vec<String> = bad.split(',').map(str::to_owned).collect();
+            assert!(cors_layer(&origins).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Serving connections: hyper's HTTP/1 server under the router, as
+//! `axum::serve` does, plus two bounds it does not set.
+//!
+//! - A deadline for reading each request head. Without one, a client that
+//!   sends its headers a byte at a time, or opens a connection and sends
+//!   nothing, holds a connection and its task forever (slowloris). The same
+//!   deadline closes idle keep-alive connections.
+//! - A cap of [`HEAD_MAX_BYTES`] on a request head (request line and
+//!   headers), which also bounds what a slow client can make the server
+//!   buffer; larger heads get 431 and the connection is closed.
+//!
+//! A request whose head has arrived is bounded by the request timeout and
+//! the body limit of the router's layers.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::connect_info::ConnectInfo;
+use axum::http::Request;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// The largest request head, request line and headers together.
+pub const HEAD_MAX_BYTES: usize = 64 * 1024;
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// requests in flight finish. Handlers see the client's address as
+/// `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    head_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // `stop` tells connections to finish; each connection holds a clone of
+    // `running`, so `running_tx.closed()` completes when the last is done.
+    let (stop_tx, stop_rx) = watch::channel(());
+    let (running_tx, running_rx) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = router
+            .clone()
+            .map_request(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                request.map(Body::new)
+            });
+        let mut stop = stop_rx.clone();
+        let running = running_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .max_header_size(HEAD_MAX_BYTES);
+            let connection =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(running);
+        });
+    }
+    drop(listener);
+    drop(stop_rx);
+    // No receivers left means no connections left: nothing to tell.
+    let _ = stop_tx.send(());
+    drop(running_rx);
+    running_tx.closed().await;
+    Ok(())
+}
+
+/// As in `axum::serve`: a failed accept of one connection is skipped; any
+/// other failure (such as running out of file descriptors) is logged and
+/// retried after a second, rather than ending the server.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "cannot accept connections; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}

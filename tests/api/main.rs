@@ -1,0 +1,13 @@
+//! HTTP integration tests: the real application on a loopback port, checked
+//! against the contract in API.md, once per storage backend.
+
+#[macro_use]
+mod helpers;
+
+mod concurrency;
+mod durability;
+mod errors;
+mod idempotency;
+mod opd_day;
+mod slots;
+mod tokens;

@@ -14,8 +14,9 @@ pub fn date(date: jiff::civil::Date) -> String {
     date.to_string()
 }
 
+/// `HH:MM`, written directly: this runs for every slot in every answer.
 pub fn time(time: jiff::civil::Time) -> String {
-    time.strftime("%H:%M").to_string()
+    format!("{:02}:{:02}", time.hour(), time.minute())
 }
 
 pub fn timestamp(at: jiff::Timestamp) -> String {

@@ -89,9 +89,19 @@ pub async fn book(
                 HeaderValue::from_static("application/json"),
             ),
         ],
-        rendered.body.to_string(),
+        // The remembered answer is shared, not copied, into the response.
+        axum::body::Body::from(bytes::Bytes::from_owner(SharedBody(rendered.body))),
     )
         .into_response())
+}
+
+/// A remembered answer as the bytes of a response body.
+struct SharedBody(std::sync::Arc<str>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 fn render_booking(outcome: &Outcome) -> String {

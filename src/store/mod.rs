@@ -216,7 +216,8 @@ fn write_loop(
             }
         }
         let last = batch.last().expect("batch is not empty").0;
-        match sqlite::commit(&mut connection, batch.iter().map(|(_, record)| record)) {
+        let records: Vec<&Record> = batch.iter().map(|(_, record)| record).collect();
+        match sqlite::commit(&mut connection, &records) {
             Ok(()) => {
                 progress.send_modify(|p| p.durable = last);
                 batch.clear();

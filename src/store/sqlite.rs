@@ -154,12 +154,9 @@ pub(super) fn load(
 }
 
 /// Writes a batch of records in one transaction: one fsync for all.
-pub(super) fn commit<'a>(
-    connection: &mut Connection,
-    records: impl Iterator<Item = &'a Record>,
-) -> Result<(), StoreError> {
+pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
-    for record in records {
+    for record in records.iter().copied() {
         match record {
             Record::SlotCreated { slot, at } => {
                 transaction
@@ -243,7 +240,20 @@ pub(super) fn commit<'a>(
         }
     }
     // Keys older than the retention are no longer needed; dropping them
-    // here keeps the table bounded without a separate job.
+    // when new ones arrive keeps the table bounded without a separate job.
+    let stored_keys = records.iter().any(|record| {
+        matches!(
+            record,
+            Record::Booked {
+                idempotency: Some(_),
+                ..
+            }
+        )
+    });
+    if !stored_keys {
+        transaction.commit()?;
+        return Ok(());
+    }
     if let Some(cutoff) = oldest_kept(&transaction)? {
         transaction
             .prepare_cached("DELETE FROM idempotency WHERE stored_at < ?1")?

@@ -1,6 +1,8 @@
 -- Slots, tokens, their history and idempotency records.
 -- Token rows are keyed by their arrival sequence, so a rebuild reads them
--- in arrival order with a plain table scan.
+-- in arrival order with a plain table scan and every write appends or
+-- updates by that key. Token ids need no index: the engine owns them, and
+-- an index of random UUIDs would cost a random B-tree insert per booking.
 CREATE TABLE slots (
     slot_id     TEXT PRIMARY KEY,
     doctor_id   TEXT NOT NULL,
@@ -13,7 +15,7 @@ CREATE TABLE slots (
 
 CREATE TABLE tokens (
     sequence     INTEGER PRIMARY KEY,
-    token_id     BLOB NOT NULL UNIQUE,
+    token_id     BLOB NOT NULL,
     token_number INTEGER NOT NULL,
     patient_id   TEXT NOT NULL,
     slot_id      TEXT NOT NULL REFERENCES slots (slot_id),

@@ -480,6 +480,7 @@ impl Engine {
         });
         Change {
             token: token.id,
+            sequence: token.sequence,
             patient: token.patient.clone(),
             from,
             to,

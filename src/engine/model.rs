@@ -346,6 +346,8 @@ pub struct TokenView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub token: Uuid,
+    /// The token's arrival sequence: the key storage finds it by.
+    pub sequence: u64,
     pub patient: PatientId,
     pub from: Status,
     pub to: Status,

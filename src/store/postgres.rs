@@ -320,6 +320,7 @@ impl Postgres {
         let outcome = engine.act(id, action, &ctx)?;
         let acted = Change {
             token: id,
+            sequence: outcome.token.sequence,
             patient: outcome.token.patient.clone(),
             from: outcome
                 .transition

@@ -197,7 +197,7 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                     ])?;
                 insert_history(
                     &transaction,
-                    token.id,
+                    token.sequence,
                     None,
                     token.status,
                     outcome.transition.reason,
@@ -223,6 +223,7 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                 let transition = &outcome.transition;
                 let acted = Change {
                     token: outcome.token.id,
+                    sequence: outcome.token.sequence,
                     patient: outcome.token.patient.clone(),
                     from: transition.from.expect("an action starts from a status"),
                     to: transition.to,
@@ -281,16 +282,19 @@ fn write_changes(
     ctx: &Context,
 ) -> Result<(), StoreError> {
     for change in changes {
-        connection
-            .prepare_cached("UPDATE tokens SET status = ?1, updated_at = ?2 WHERE token_id = ?3")?
+        let updated = connection
+            .prepare_cached("UPDATE tokens SET status = ?1, updated_at = ?2 WHERE sequence = ?3")?
             .execute(params![
                 change.to.as_str(),
                 nanos(ctx.at),
-                change.token.as_bytes()
+                change.sequence as i64
             ])?;
+        if updated != 1 {
+            return Err(corrupt("a status change for a token that is not stored"));
+        }
         insert_history(
             connection,
-            change.token,
+            change.sequence,
             Some(change.from),
             change.to,
             change.reason,
@@ -302,28 +306,25 @@ fn write_changes(
 
 fn insert_history(
     connection: &Connection,
-    token: Uuid,
+    sequence: u64,
     from: Option<Status>,
     to: Status,
     reason: Reason,
     ctx: &Context,
 ) -> Result<(), StoreError> {
-    let inserted = connection
+    connection
         .prepare_cached(
             "INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor)
-             SELECT sequence, ?2, ?3, ?4, ?5, ?6 FROM tokens WHERE token_id = ?1",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
-            token.as_bytes(),
+            sequence as i64,
             nanos(ctx.at),
             from.map(Status::as_str),
             to.as_str(),
             reason.as_str(),
             &*ctx.actor,
         ])?;
-    if inserted != 1 {
-        return Err(corrupt("history for a token that is not stored"));
-    }
     Ok(())
 }
 

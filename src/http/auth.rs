@@ -108,9 +108,9 @@ pub enum DoctorScope {
     /// A slot list: a doctor gets its own doctor's slots only, and asking
     /// for another doctor's is 403.
     SlotList,
-    /// The slot in the path parameter `slot_id` must be the doctor's.
+    /// The slot in the path parameter `slotId` must be the doctor's.
     SlotInPath,
-    /// The token in the path parameter `token_id` must be the doctor's.
+    /// The token in the path parameter `tokenId` must be the doctor's.
     TokenInPath,
 }
 
@@ -126,23 +126,19 @@ pub const RULES: &[(Method, &str, Access)] = &[
     (Method::POST, "/tokens", Access::FrontDesk),
     (
         Method::GET,
-        "/tokens/{token_id}",
+        "/tokens/{tokenId}",
         Access::Read(DoctorScope::TokenInPath),
     ),
-    (Method::POST, "/tokens/{token_id}/cancel", Access::FrontDesk),
-    (
-        Method::POST,
-        "/tokens/{token_id}/no-show",
-        Access::FrontDesk,
-    ),
+    (Method::POST, "/tokens/{tokenId}/cancel", Access::FrontDesk),
+    (Method::POST, "/tokens/{tokenId}/no-show", Access::FrontDesk),
     (Method::GET, "/slots", Access::Read(DoctorScope::SlotList)),
     (Method::POST, "/slots", Access::Admin),
     (
         Method::GET,
-        "/slots/{slot_id}",
+        "/slots/{slotId}",
         Access::Read(DoctorScope::SlotInPath),
     ),
-    (Method::PATCH, "/slots/{slot_id}", Access::Admin),
+    (Method::PATCH, "/slots/{slotId}", Access::Admin),
 ];
 
 /// The rule for a method on a route template, if there is one.
@@ -589,7 +585,7 @@ async fn narrow_to_doctor(
             Ok(())
         }
         DoctorScope::SlotInPath => {
-            let raw = path_parameter(request, "slot_id").await?;
+            let raw = path_parameter(request, "slotId").await?;
             let Some(slot) = SlotId::parse(&raw) else {
                 return Ok(());
             };
@@ -600,7 +596,7 @@ async fn narrow_to_doctor(
             }
         }
         DoctorScope::TokenInPath => {
-            let raw = path_parameter(request, "token_id").await?;
+            let raw = path_parameter(request, "tokenId").await?;
             let Ok(token) = input::token_id(&raw) else {
                 return Ok(());
             };
@@ -776,7 +772,7 @@ mod tests {
     fn a_route_without_rules_is_closed_and_a_known_route_allows_only_its_rules() {
         let closed = no_rule(&Method::GET, "/reports");
         assert_eq!(closed.status(), StatusCode::FORBIDDEN);
-        let wrong_method = no_rule(&Method::DELETE, "/slots/{slot_id}");
+        let wrong_method = no_rule(&Method::DELETE, "/slots/{slotId}");
         assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(wrong_method.headers()[header::ALLOW], "GET,HEAD,PATCH");
     }

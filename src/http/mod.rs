@@ -22,7 +22,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::Response;
-use axum::routing::get;
 use axum::Router;
 use tower::util::MapResponseLayer;
 use tower::ServiceBuilder;
@@ -80,11 +79,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// The whole API with its middleware.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let cors = state.security.cors();
-    let router = Router::new()
-        .merge(tokens::router())
-        .merge(slots::router())
-        .route("/healthz", get(health::healthz))
-        .merge(openapi::router(state.security.is_open()))
+    let (routes, document) = openapi::api(state.security.is_open());
+    let router = routes
+        .merge(openapi::docs(document))
         // A route layer sees the matched route; unknown paths get 404 first.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -5,6 +5,8 @@
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{dto, error::FieldError, health, slots, tokens, AppState};
@@ -34,17 +36,6 @@ pub struct Problem {
         description = "Hands out out-patient department tokens for doctors' time slots: \
             priority bumping, emergency overbooking, waitlists and promotion.",
     ),
-    paths(
-        tokens::book,
-        tokens::token,
-        tokens::cancel,
-        tokens::no_show,
-        slots::create,
-        slots::list,
-        slots::slot,
-        slots::set_capacity,
-        health::healthz,
-    ),
     components(schemas(
         Problem,
         FieldError,
@@ -58,7 +49,7 @@ pub struct Problem {
         dto::SlotDetailDto,
         dto::CapacityChangeDto,
     )),
-    modifiers(&BearerAuth, &AccessResponses),
+    modifiers(&BearerAuth),
     tags(
         (name = "tokens", description = "Book, read, cancel and no-show tokens"),
         (name = "slots", description = "Doctors' time slots and their queues"),
@@ -157,13 +148,30 @@ impl Modify for AccessResponses {
     }
 }
 
-/// `/openapi.json` and the offline Swagger UI under `/docs`. An `open`
-/// server (no API keys) serves the document without the key requirement,
-/// so it describes the server that serves it.
-pub fn router(open: bool) -> Router<AppState> {
-    let mut document = ApiDoc::openapi();
+/// Every API route together with its OpenAPI operation. Routes are
+/// registered only here, with the operation that documents them, so the
+/// document lists exactly what the router serves. An `open` server (no API
+/// keys) gets a document without the key requirement, so that it describes
+/// the server that serves it.
+pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(tokens::router())
+        .merge(slots::router())
+        .routes(routes!(health::healthz))
+        .split_for_parts();
+    AccessResponses.modify(&mut document);
     if open {
         document.security = None;
     }
+    (router, document)
+}
+
+/// The document of a server with API keys.
+pub fn document() -> utoipa::openapi::OpenApi {
+    api(false).1
+}
+
+/// `/openapi.json` and the offline Swagger UI under `/docs`.
+pub fn docs(document: utoipa::openapi::OpenApi) -> Router<AppState> {
     Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", document))
 }

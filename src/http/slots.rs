@@ -7,9 +7,10 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::dto::{CapacityChangeDto, SlotDetailDto, SlotSummaryDto};
 use super::error::{ApiError, FieldError, Result};
@@ -17,10 +18,11 @@ use super::input::{self, Fields, PathParam};
 use super::{AppState, Caller};
 use crate::engine::{DoctorId, EngineError, SlotId, SlotSpec};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/slots", get(list).post(create))
-        .route("/slots/{slot_id}", get(slot).patch(set_capacity))
+/// The slot routes, registered with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(slot, set_capacity))
 }
 
 /// Reads a slot body; a missing `date` means `today`.

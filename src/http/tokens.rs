@@ -4,9 +4,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::dto::{ActionDto, BookingDto, HistoryDto, TokenDetailDto, TokenDto};
 use super::error::{ApiError, Result};
@@ -15,12 +16,14 @@ use super::{AppState, Caller};
 use crate::engine::{Action, BookRequest, EngineError, Outcome, PatientId, SlotId};
 use crate::service::{Booking, IdempotencyKey};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tokens", post(book))
-        .route("/tokens/{token_id}", get(token))
-        .route("/tokens/{token_id}/cancel", post(cancel))
-        .route("/tokens/{token_id}/no-show", post(no_show))
+/// The token routes, registered with their OpenAPI operations so that the
+/// document lists exactly what is served.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(book))
+        .routes(routes!(token))
+        .routes(routes!(cancel))
+        .routes(routes!(no_show))
 }
 
 /// Books a token for a patient in a slot.

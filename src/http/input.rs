@@ -60,6 +60,18 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// A JSON object body, checked in the contract's order: size (413),
+/// content type (415), then syntax (400).
+pub async fn json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit_bytes: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = read_body(headers, body, limit_bytes).await?;
+    require_json(headers)?;
+    json_object(&bytes)
+}
+
 /// 400 unless the body is a JSON object.
 pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {

@@ -100,9 +100,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let bytes = input::read_body(&headers, body, app.body_limit_bytes).await?;
-    input::require_json(&headers)?;
-    let object = input::json_object(&bytes)?;
+    let object = input::json_body(&headers, body, app.body_limit_bytes).await?;
     let spec = slot_spec(&object, app.service.today())?;
     let summary = app.service.create_slot(spec).await?;
     let location = HeaderValue::from_str(&format!("/slots/{}", summary.id))
@@ -204,9 +202,7 @@ pub async fn set_capacity(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CapacityChangeDto>> {
-    let bytes = input::read_body(&headers, body, app.body_limit_bytes).await?;
-    input::require_json(&headers)?;
-    let object = input::json_object(&bytes)?;
+    let object = input::json_body(&headers, body, app.body_limit_bytes).await?;
     let mut fields = Fields::new(&object);
     let capacity = fields.capacity("capacity");
     fields.finish()?;

@@ -51,9 +51,7 @@ pub async fn book(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let bytes = input::read_body(&headers, body, app.body_limit_bytes).await?;
-    input::require_json(&headers)?;
-    let object = input::json_object(&bytes)?;
+    let object = input::json_body(&headers, body, app.body_limit_bytes).await?;
     let mut fields = Fields::new(&object);
     let patient = fields.id("patientId", PatientId::parse);
     let slot = fields.id("slotId", SlotId::parse);

@@ -15,7 +15,7 @@
 //!
 //! Usage: `opd-bench-baseline 127.0.0.1:PORT`
 //!
-//! Routes (shapes follow `shared/API.md`):
+//! Routes (shapes follow `docs/API.md`):
 //! - `POST /tokens` — `{"patientId","slotId","source"}` → `201` with
 //!   `{"decision","token","changes":[],"slot"}` and a `Location` header;
 //!   body that is not JSON → `400`, JSON with bad/missing fields → `422`.

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod concurrency;
+mod docs;
 mod durability;
 mod errors;
 mod idempotency;

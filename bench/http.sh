@@ -446,7 +446,7 @@ ratio() { # ratio VALUE BASE
 {
   echo
   echo "Peak throughput: ${BENCH_SECONDS}s per run, $BENCH_CONNECTIONS connections, $THREADS wrk threads"
-  printf '%-10s %-14s %10s %9s %9s %8s %12s\n' mode script "req/s" "p50 ms" "p99 ms" "non-2xx" "vs baseline"
+  printf '%-10s %-14s %10s %9s %9s %8s %12s %13s\n' mode script "req/s" "p50 ms" "p99 ms" "non-2xx" "vs baseline" "vs in-memory"
   for mode in "${MODES[@]}"; do
     if [[ -n ${RPS[$mode,failed]:-} && -z ${RPS[$mode,bookings-only]:-} ]]; then
       printf '%-10s %-14s %10s\n' "$mode" "-" "FAILED (see $OUT/$mode-*.log / .txt)"
@@ -455,8 +455,9 @@ ratio() { # ratio VALUE BASE
     for script in bookings-only bookings; do
       k=$mode,$script
       [[ -n ${RPS[$k]:-} ]] || continue
-      printf '%-10s %-14s %10.0f %9s %9s %8s %12s\n' "$mode" "$script" "${RPS[$k]}" \
-        "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "$(ratio "${RPS[$k]}" "${RPS[baseline,$script]:-}")"
+      printf '%-10s %-14s %10.0f %9s %9s %8s %12s %13s\n' "$mode" "$script" "${RPS[$k]}" \
+        "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "$(ratio "${RPS[$k]}" "${RPS[baseline,$script]:-}")" \
+        "$(ratio "${RPS[$k]}" "${RPS[in-memory,$script]:-}")"
     done
   done
   echo
@@ -474,7 +475,8 @@ ratio() { # ratio VALUE BASE
       "$(ratio "${LAT_P99[$mode]}" "${LAT_P99[baseline]:-}")"
   done
   echo
-  echo "req/s ratio: project / baseline for the same script (1.00 = as fast as the bare stack)."
+  echo "req/s ratio: project / baseline for the same script (1.00 = as fast as the bare stack);"
+  echo "vs in-memory: the same against the in-memory mode (the cost of durability)."
   echo "p99 ratio: project / baseline p99 at each one's own half-peak rate (lower is better)."
   echo "non-2xx counts non-2xx responses plus socket errors/timeouts (details in the .txt files)."
   if ((${#PIN_SERVER[@]})); then

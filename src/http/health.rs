@@ -18,8 +18,9 @@ pub struct HealthDto {
     storage: &'static str,
 }
 
-/// 200 while the service accepts writes; 503 UNAVAILABLE once storage has
-/// failed (restart to recover from disk).
+/// 200 while the service accepts writes; 503 UNAVAILABLE once embedded
+/// storage has failed (restart to recover from disk) or while PostgreSQL
+/// cannot be reached.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -31,7 +32,7 @@ pub struct HealthDto {
     )
 )]
 pub async fn healthz(State(app): State<AppState>) -> Response {
-    if !app.service.is_healthy() {
+    if !app.service.is_healthy().await {
         return ApiError::Unavailable.into_response();
     }
     Json(HealthDto {

@@ -123,11 +123,14 @@ impl Service {
         }
     }
 
-    /// `false` once storage has failed: the service then refuses writes.
-    pub fn is_healthy(&self) -> bool {
+    /// `false` once storage has failed (the service then refuses writes)
+    /// or, with PostgreSQL, while the database cannot be reached. The
+    /// PostgreSQL check asks the database, so an instance that lost it
+    /// reports healthy again as soon as it is back.
+    pub async fn is_healthy(&self) -> bool {
         match &self.backend {
             Backend::Local(local) => local.is_healthy(),
-            Backend::Postgres(postgres) => postgres.is_healthy(),
+            Backend::Postgres(postgres) => postgres.check().await,
         }
     }
 

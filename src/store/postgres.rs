@@ -15,7 +15,6 @@
 
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use jiff::civil::Date;
@@ -38,9 +37,6 @@ const ATTEMPTS: usize = 8;
 pub struct Postgres {
     pool: PgPool,
     limits: Limits,
-    /// Cleared when the database cannot be reached, set again on the next
-    /// success; reported by `/healthz`.
-    reachable: AtomicBool,
 }
 
 /// Why one attempt failed.
@@ -99,15 +95,12 @@ impl Postgres {
             .run(&pool)
             .await
             .map_err(|error| StoreError::Postgres(error.to_string()))?;
-        Ok(Postgres {
-            pool,
-            limits,
-            reachable: AtomicBool::new(true),
-        })
+        Ok(Postgres { pool, limits })
     }
 
-    pub fn is_healthy(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
+    /// Whether the database answers a trivial query.
+    pub async fn check(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
     /// Runs `attempt` until it succeeds, is refused, or fails in a way a
@@ -119,21 +112,12 @@ impl Postgres {
     {
         for remaining in (0..ATTEMPTS).rev() {
             match attempt().await {
-                Ok(value) => {
-                    self.reachable.store(true, Ordering::Relaxed);
-                    return Ok(value);
-                }
-                Err(Failure::Refused(error)) => {
-                    self.reachable.store(true, Ordering::Relaxed);
-                    return Err(error);
-                }
+                Ok(value) => return Ok(value),
+                Err(Failure::Refused(error)) => return Err(error),
                 Err(Failure::Database(error)) if remaining > 0 && is_retryable(&error) => {
                     tracing::debug!(%error, "retrying a transaction that lost a race");
                 }
                 Err(Failure::Database(error)) => {
-                    if is_connection_error(&error) {
-                        self.reachable.store(false, Ordering::Relaxed);
-                    }
                     tracing::error!(%error, "database error; nothing was changed");
                     return Err(ServiceError::Unavailable);
                 }
@@ -725,16 +709,6 @@ fn is_retryable(error: &sqlx::Error) -> bool {
         ),
         _ => false,
     }
-}
-
-fn is_connection_error(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
 }
 
 fn postgres_error(error: sqlx::Error) -> StoreError {

@@ -127,5 +127,7 @@ async fn a_lost_database_answers_503_changes_nothing_and_recovers() {
             "-qc",
             &format!("DROP SCHEMA {schema} CASCADE"),
         ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status();
 }

@@ -15,10 +15,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-fn database_url() -> String {
-    std::env::var("OPD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+mod common;
+use common::{database_url, drop_schema, get_json};
 
 /// A server process, killed when dropped.
 struct Instance {
@@ -167,14 +165,7 @@ async fn instances_sharing_postgres_keep_every_invariant_under_concurrent_load()
     for base in &bases {
         let mut view = BTreeMap::new();
         for (slot, _) in SLOTS {
-            let detail: Value = client
-                .get(format!("{base}/slots/{slot}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let detail = get_json(&client, &format!("{base}/slots/{slot}")).await;
             view.insert(slot, detail);
         }
         views.push(view);
@@ -231,14 +222,7 @@ async fn instances_sharing_postgres_keep_every_invariant_under_concurrent_load()
         );
     }
     for token in &booked {
-        let detail: Value = client
-            .get(format!("{}/tokens/{token}", bases[1]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let detail = get_json(&client, &format!("{}/tokens/{token}", bases[1])).await;
         assert!(
             numbers.insert(detail["tokenNumber"].as_u64().unwrap()),
             "token numbers are unique"
@@ -262,11 +246,5 @@ async fn instances_sharing_postgres_keep_every_invariant_under_concurrent_load()
     assert_eq!(booked.len(), 24 * 15);
     drop((first, second));
     std::fs::remove_dir_all(&dir).unwrap();
-    // Best effort: a schema left behind only takes space.
-    let _ = Command::new("psql")
-        .arg(database_url())
-        .args(["-qc", &format!("DROP SCHEMA {schema} CASCADE")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+    drop_schema(&schema);
 }

@@ -9,6 +9,9 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
+
+mod common;
+use common::{database_address, database_url_via, drop_schema, fields, get_json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -29,7 +32,7 @@ impl Relay {
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let relay = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await {
+                    if let Ok(mut server) = TcpStream::connect(database_address()).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
                 });
@@ -55,7 +58,7 @@ async fn a_lost_database_answers_503_changes_nothing_and_recovers() {
     let schema = format!("outage_{}", uuid::Uuid::new_v4().simple());
     let mut config = opd::Config::for_tests();
     config.in_memory = false;
-    config.database_url = Some(format!("postgres://postgres@127.0.0.1:{}/test", relay.port));
+    config.database_url = Some(database_url_via(relay.port));
     config.database_schema = Some(schema.clone());
     config.database_connections = 2;
     let application = opd::Application::build(config)
@@ -92,27 +95,10 @@ async fn a_lost_database_answers_503_changes_nothing_and_recovers() {
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(book("AFTER").await.unwrap().status(), 201);
-    let slot: Value = client
-        .get(format!("{base}/slots/D1-09"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let patients: Vec<&str> = slot["allocated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|token| token["patientId"].as_str().unwrap())
-        .collect();
-    assert_eq!(patients, ["BEFORE", "AFTER"]);
-    let numbers: Vec<u64> = slot["allocated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|token| token["tokenNumber"].as_u64().unwrap())
-        .collect();
+    let slot = get_json(&client, &format!("{base}/slots/D1-09")).await;
+    let patients = fields(&slot["allocated"], "patientId");
+    assert_eq!(patients, [&json!("BEFORE"), &json!("AFTER")]);
+    let numbers = fields(&slot["allocated"], "tokenNumber");
     assert_eq!(
         numbers,
         [1, 2],
@@ -121,13 +107,5 @@ async fn a_lost_database_answers_503_changes_nothing_and_recovers() {
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
-    let _ = std::process::Command::new("psql")
-        .args([
-            "postgres://postgres@127.0.0.1:5432/test",
-            "-qc",
-            &format!("DROP SCHEMA {schema} CASCADE"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+    drop_schema(&schema);
 }

@@ -13,6 +13,9 @@ use opd::{Application, Config};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+mod common;
+use common::{fields, get_json};
+
 struct Server {
     address: String,
     shutdown: oneshot::Sender<()>,
@@ -133,30 +136,19 @@ async fn a_full_disk_answers_503_keeps_only_acknowledged_changes_and_recovers_on
 
     // A restart with room again holds exactly what was acknowledged.
     let server = start(&data_dir, None).await;
-    let slot: Value = client
-        .get(format!("{}/slots/BIG", server.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let stored: BTreeSet<String> = slot["allocated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(slot["waitlist"].as_array().unwrap())
-        .map(|token| token["patientId"].as_str().unwrap().to_owned())
+    let slot = get_json(&client, &format!("{}/slots/BIG", server.address)).await;
+    let stored: BTreeSet<String> = fields(&slot["allocated"], "patientId")
+        .into_iter()
+        .chain(fields(&slot["waitlist"], "patientId"))
+        .map(|patient| patient.as_str().unwrap().to_owned())
         .collect();
     assert_eq!(
         stored, acknowledged,
         "no acknowledged booking lost, no phantom kept"
     );
-    let numbers: BTreeSet<u64> = slot["allocated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|token| token["tokenNumber"].as_u64().unwrap())
+    let numbers: BTreeSet<u64> = fields(&slot["allocated"], "tokenNumber")
+        .into_iter()
+        .map(|number| number.as_u64().unwrap())
         .collect();
     assert_eq!(
         numbers,

@@ -263,8 +263,14 @@ impl Engine {
         let slot = &self.slots[key as usize];
         Some(SlotDetail {
             summary: slot.summary(),
-            allocated: slot.allocated_tokens().map(|t| self.view(t)).collect(),
-            waitlist: slot.waitlisted_tokens().map(|t| self.view(t)).collect(),
+            allocated: slot
+                .allocated_entries()
+                .map(|(_, t)| self.view(*t))
+                .collect(),
+            waitlist: slot
+                .waitlist_entries()
+                .map(|(_, t)| self.view(*t))
+                .collect(),
         })
     }
 
@@ -520,24 +526,27 @@ impl Engine {
     }
 
     fn check_after_mutation(&self, slot_key: u32) {
-        self.slots[slot_key as usize].check_counts();
-        if cfg!(debug_assertions) {
-            if let Err(violation) = self.check_slot(slot_key) {
-                panic!("{violation}");
-            }
+        let checked = if cfg!(debug_assertions) {
+            self.check_slot(slot_key)
+        } else {
+            self.check_counts(slot_key)
+        };
+        if let Err(violation) = checked {
+            panic!("{violation}");
         }
+    }
+
+    fn check_counts(&self, slot_key: u32) -> Result<(), RestoreError> {
+        let slot = &self.slots[slot_key as usize];
+        slot.check_counts()
+            .map_err(|what| RestoreError(format!("slot {}: {what}", slot.id)))
     }
 
     /// Checks one slot's queues against its tokens, in O(slot size).
     fn check_slot(&self, slot_key: u32) -> Result<(), RestoreError> {
         let slot = &self.slots[slot_key as usize];
         let fail = |what: String| Err(RestoreError(format!("slot {}: {what}", slot.id)));
-        if slot.non_emergency_allocated() > slot.capacity {
-            return fail("more non-emergency tokens than seats".into());
-        }
-        if slot.waitlist_count() > 0 && slot.has_free_seat() {
-            return fail("a waitlist while seats are free".into());
-        }
+        self.check_counts(slot_key)?;
         let mut emergencies = 0;
         for (queue_key, key) in slot.allocated_entries() {
             let token = &self.tokens[*key as usize];
@@ -565,15 +574,11 @@ impl Engine {
                 return fail(format!("token {} has a wrong waitlist position", token.id));
             }
         }
-        for key in slot.allocated_tokens().chain(slot.waitlisted_tokens()) {
-            let token = &self.tokens[key as usize];
-            if slot.active_token_of(&token.patient) != Some(key) {
+        for (_, key) in slot.allocated_entries().chain(slot.waitlist_entries()) {
+            let token = &self.tokens[*key as usize];
+            if slot.active_token_of(&token.patient) != Some(*key) {
                 return fail(format!("patient {} is not indexed", token.patient));
             }
-        }
-        if slot.active_patient_count() != (slot.allocated_count() + slot.waitlist_count()) as usize
-        {
-            return fail("active patients and queues disagree".into());
         }
         Ok(())
     }

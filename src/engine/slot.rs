@@ -176,42 +176,25 @@ impl Slot {
         ahead_by_priority + ahead_or_same
     }
 
-    pub(super) fn allocated_tokens(&self) -> impl Iterator<Item = TokenKey> + '_ {
-        self.allocated.values().copied()
-    }
-
-    pub(super) fn waitlisted_tokens(&self) -> impl Iterator<Item = TokenKey> + '_ {
-        self.waitlist.values().copied()
-    }
-
     pub(super) fn active_patient_count(&self) -> usize {
         self.active_patients.len()
     }
 
-    /// O(1) checks that run after every mutation, in every build.
-    pub(super) fn check_counts(&self) {
-        assert!(
-            self.non_emergency_allocated() <= self.capacity,
-            "slot {} holds more non-emergency tokens than its capacity",
-            self.id
-        );
-        assert!(
-            self.waitlist.is_empty() || self.allocated_count() >= self.capacity,
-            "slot {} has a waitlist while seats are free",
-            self.id
-        );
-        assert_eq!(
-            self.active_patients.len(),
-            self.allocated.len() + self.waitlist.len(),
-            "slot {}: active patients and queued tokens disagree",
-            self.id
-        );
-        assert_eq!(
-            self.waitlist_counts.iter().sum::<u32>(),
-            self.waitlist_count(),
-            "slot {}: waitlist counts drifted",
-            self.id
-        );
+    /// The O(1) invariants, checked after every mutation in every build.
+    pub(super) fn check_counts(&self) -> Result<(), String> {
+        if self.non_emergency_allocated() > self.capacity {
+            return Err("more non-emergency tokens than seats".into());
+        }
+        if !self.waitlist.is_empty() && self.has_free_seat() {
+            return Err("a waitlist while seats are free".into());
+        }
+        if self.active_patients.len() != self.allocated.len() + self.waitlist.len() {
+            return Err("active patients and queued tokens disagree".into());
+        }
+        if self.waitlist_counts.iter().sum::<u32>() != self.waitlist_count() {
+            return Err("waitlist counts drifted".into());
+        }
+        Ok(())
     }
 
     pub(super) fn allocated_entries(&self) -> impl Iterator<Item = (&QueueKey, &TokenKey)> {

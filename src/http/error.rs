@@ -70,10 +70,6 @@ impl From<ServiceError> for ApiError {
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl ApiError {
-    pub fn validation(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError::Validation(vec![FieldError::new(field, message)])
-    }
-
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::RouteNotFound(_) | ApiError::MalformedSlotId(_) => StatusCode::NOT_FOUND,
@@ -134,7 +130,7 @@ impl ApiError {
 }
 
 /// The `type` URI of a problem: a URN naming its code.
-pub fn problem_type(code: &str) -> String {
+fn problem_type(code: &str) -> String {
     format!(
         "urn:opd:problem:{}",
         code.to_ascii_lowercase().replace('_', "-")

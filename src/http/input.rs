@@ -48,7 +48,7 @@ pub async fn read_body(
 }
 
 /// 415 unless the request declares a JSON body.
-pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let essence = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -73,7 +73,7 @@ pub async fn json_body(
 }
 
 /// 400 unless the body is a JSON object.
-pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(ApiError::Malformed(

@@ -73,12 +73,6 @@ pub enum Backend {
     Postgres,
 }
 
-/// The PostgreSQL database the tests use.
-pub fn database_url() -> String {
-    std::env::var("OPD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
 impl Backend {
     /// Points `config` at this backend's storage, creating it if `data_dir`
     /// is `None` (a fresh store) and reusing it otherwise (a restart).
@@ -100,7 +94,7 @@ impl Backend {
             Backend::Postgres => {
                 let dir = data_dir.unwrap_or_else(DataDir::new);
                 config.in_memory = false;
-                config.database_url = Some(database_url());
+                config.database_url = Some(crate::common::database_url());
                 config.database_schema = Some(dir.schema());
                 Some(dir)
             }
@@ -141,16 +135,7 @@ impl Drop for DataDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
         if cfg!(feature = "postgres-tests") {
-            // Best effort: a schema left behind only takes space.
-            let _ = std::process::Command::new("psql")
-                .arg(database_url())
-                .args([
-                    "-qc",
-                    &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema()),
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+            crate::common::drop_schema(&self.schema());
         }
     }
 }

@@ -1,6 +1,8 @@
 //! HTTP integration tests: the real application on a loopback port, checked
 //! against the contract in API.md, once per storage backend.
 
+#[path = "../common/mod.rs"]
+mod common;
 #[macro_use]
 mod helpers;
 

@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,8 +12,9 @@ use utoipa_axum::routes;
 use super::dto::{ActionDto, BookingDto, HistoryDto, TokenDetailDto, TokenDto};
 use super::error::{ApiError, Result};
 use super::input::{self, Fields, PathParam};
+use super::render;
 use super::{AppState, Caller};
-use crate::engine::{Action, BookRequest, EngineError, Outcome, PatientId, SlotId};
+use crate::engine::{Action, BookRequest, EngineError, PatientId, SlotId};
 use crate::service::{Booking, IdempotencyKey};
 
 /// The token routes, registered with their OpenAPI operations so that the
@@ -76,24 +77,35 @@ pub async fn book(
     });
     let booking = app
         .service
-        .book(request, key, caller.actor(), render_booking)
+        .book(request, key, caller.actor(), render::booking)
         .await?;
     let (Booking::Created(rendered) | Booking::Replayed(rendered)) = booking;
-    let location = HeaderValue::from_str(&format!("/tokens/{}", rendered.token))
-        .expect("a UUID path is a valid header");
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::LOCATION, location),
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-        ],
-        // The remembered answer is shared, not copied, into the response.
-        axum::body::Body::from(bytes::Bytes::from_owner(SharedBody(rendered.body))),
-    )
-        .into_response())
+    let location = token_location(&rendered.token);
+    // The remembered answer is shared, not copied, into the response.
+    let body = bytes::Bytes::from_owner(SharedBody(rendered.body));
+    let mut response = json_response(StatusCode::CREATED, body);
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// A JSON answer from an already rendered body.
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `/tokens/{id}`, the `Location` of a new token.
+fn token_location(id: &uuid::Uuid) -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let mut location = [0u8; 8 + uuid::fmt::Hyphenated::LENGTH];
+    location[..8].copy_from_slice(b"/tokens/");
+    location[8..].copy_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
+    HeaderValue::from_bytes(&location).expect("a UUID path is a valid header")
 }
 
 /// A remembered answer as the bytes of a response body.
@@ -103,19 +115,6 @@ impl AsRef<[u8]> for SharedBody {
     fn as_ref(&self) -> &[u8] {
         self.0.as_bytes()
     }
-}
-
-fn render_booking(outcome: &Outcome) -> String {
-    let dto = BookingDto {
-        decision: outcome
-            .decision()
-            .expect("a booking outcome has a decision")
-            .into(),
-        token: (&outcome.token).into(),
-        changes: outcome.changes.iter().map(Into::into).collect(),
-        slot: (&outcome.slot).into(),
-    };
-    serde_json::to_string(&dto).expect("DTOs always serialize")
 }
 
 /// A token with its history.
@@ -164,7 +163,7 @@ pub async fn cancel(
     path: PathParam,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ActionDto>> {
+) -> Result<Response> {
     act(app, caller, path, headers, body, Action::Cancel).await
 }
 
@@ -189,7 +188,7 @@ pub async fn no_show(
     path: PathParam,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ActionDto>> {
+) -> Result<Response> {
     act(app, caller, path, headers, body, Action::NoShow).await
 }
 
@@ -200,12 +199,12 @@ async fn act(
     headers: HeaderMap,
     body: Body,
     action: Action,
-) -> Result<Json<ActionDto>> {
+) -> Result<Response> {
     // The body is ignored, but its size is still bounded.
     input::read_body(&headers, body, app.body_limit_bytes).await?;
     let id = path.token_id()?;
     let outcome = app.service.act(id, action, caller.actor()).await?;
-    Ok(Json(ActionDto::from(&outcome)))
+    Ok(json_response(StatusCode::OK, render::action(&outcome)))
 }
 
 /// The body of `POST /tokens`.

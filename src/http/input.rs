@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError};
-use crate::engine::{Capacity, SlotId, Source, CAPACITY_MAX, ID_MAX_LEN};
+use crate::engine::{Capacity, PatientId, SlotId, Source, CAPACITY_MAX, ID_MAX_LEN};
 
 /// The longest accepted `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 128;
@@ -67,13 +67,50 @@ pub async fn json_body(
     body: Body,
     limit_bytes: usize,
 ) -> Result<Map<String, Value>, ApiError> {
+    json_object(&json_bytes(headers, body, limit_bytes).await?)
+}
+
+/// The bytes of a body declared as JSON, checked for size (413), then
+/// content type (415); their syntax is for the caller to check.
+pub async fn json_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit_bytes: usize,
+) -> Result<Bytes, ApiError> {
     let bytes = read_body(headers, body, limit_bytes).await?;
     require_json(headers)?;
-    json_object(&bytes)
+    Ok(bytes)
+}
+
+/// The fields of a booking body, when it is a JSON object whose
+/// `patientId`, `slotId` and `source` are valid strings without escapes;
+/// other fields are ignored, as the thorough reading ignores them. `None`
+/// for anything else, including a body that is not JSON at all: the
+/// thorough reading then finds and reports the problems.
+pub fn quick_booking(bytes: &[u8]) -> Option<(PatientId, SlotId, Source)> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Booking<'a> {
+        patient_id: &'a str,
+        slot_id: &'a str,
+        source: &'a str,
+    }
+    // A struct also deserializes from a JSON array; the contract wants an
+    // object.
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    let booking: Booking = serde_json::from_slice(bytes).ok()?;
+    Some((
+        PatientId::parse(booking.patient_id)?,
+        SlotId::parse(booking.slot_id)?,
+        Source::parse(booking.source)?,
+    ))
 }
 
 /// 400 unless the body is a JSON object.
-fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(ApiError::Malformed(
@@ -164,9 +201,12 @@ pub fn canonical(value: &Value) -> String {
     out
 }
 
+/// The header of an idempotent booking.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// The `Idempotency-Key` header: 1–128 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let bytes = value.as_bytes();

@@ -14,7 +14,7 @@ use super::error::{ApiError, Result};
 use super::input::{self, Fields, PathParam};
 use super::render;
 use super::{AppState, Caller};
-use crate::engine::{Action, BookRequest, EngineError, PatientId, SlotId};
+use crate::engine::{Action, BookRequest, EngineError, PatientId, SlotId, Source};
 use crate::service::{Booking, IdempotencyKey};
 
 /// The token routes, registered with their OpenAPI operations so that the
@@ -52,18 +52,10 @@ pub async fn book(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let object = input::json_body(&headers, body, app.body_limit_bytes).await?;
-    let mut fields = Fields::new(&object);
-    let patient = fields.id("patientId", PatientId::parse);
-    let slot = fields.id("slotId", SlotId::parse);
-    let source = fields.source("source");
-    let key = input::idempotency_key(&headers).unwrap_or_else(|error| {
-        fields.error(error);
-        None
-    });
-    fields.finish()?;
-    let (Some(patient), Some(slot), Some(source)) = (patient, slot, source) else {
-        unreachable!("finish() refuses requests with a missing field");
+    let bytes = input::json_bytes(&headers, body, app.body_limit_bytes).await?;
+    let (patient, slot, source, key) = match booking_fields(&headers, &bytes)? {
+        BookingFields::Plain(patient, slot, source) => (patient, slot, source, None),
+        BookingFields::Keyed(patient, slot, source, key) => (patient, slot, source, Some(key)),
     };
     let request = BookRequest {
         token: uuid::Uuid::new_v4(),
@@ -71,10 +63,6 @@ pub async fn book(
         slot,
         source,
     };
-    let key = key.map(|key| IdempotencyKey {
-        key,
-        fingerprint: input::canonical(&Value::Object(object)),
-    });
     let booking = app
         .service
         .book(request, key, caller.actor(), render::booking)
@@ -97,6 +85,50 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// A booking's fields, and its idempotency key with the request's
+/// fingerprint when it has one.
+enum BookingFields {
+    Plain(PatientId, SlotId, Source),
+    Keyed(PatientId, SlotId, Source, IdempotencyKey),
+}
+
+/// Reads a booking body. A plain, valid body without an idempotency key
+/// (the common case) is read without building a JSON tree; anything else
+/// takes the thorough way, which reports every problem at once and
+/// fingerprints keyed requests.
+fn booking_fields(headers: &HeaderMap, bytes: &[u8]) -> Result<BookingFields> {
+    if !headers.contains_key(input::IDEMPOTENCY_KEY) {
+        if let Some((patient, slot, source)) = input::quick_booking(bytes) {
+            return Ok(BookingFields::Plain(patient, slot, source));
+        }
+    }
+    let object = input::json_object(bytes)?;
+    let mut fields = Fields::new(&object);
+    let patient = fields.id("patientId", PatientId::parse);
+    let slot = fields.id("slotId", SlotId::parse);
+    let source = fields.source("source");
+    let key = input::idempotency_key(headers).unwrap_or_else(|error| {
+        fields.error(error);
+        None
+    });
+    fields.finish()?;
+    let (Some(patient), Some(slot), Some(source)) = (patient, slot, source) else {
+        unreachable!("finish() refuses requests with a missing field");
+    };
+    Ok(match key {
+        None => BookingFields::Plain(patient, slot, source),
+        Some(key) => BookingFields::Keyed(
+            patient,
+            slot,
+            source,
+            IdempotencyKey {
+                key,
+                fingerprint: input::canonical(&Value::Object(object)),
+            },
+        ),
+    })
 }
 
 /// `/tokens/{id}`, the `Location` of a new token.

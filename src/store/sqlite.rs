@@ -26,8 +26,12 @@ pub(super) fn connect(path: &Path, limit_bytes: Option<u64>) -> Result<Connectio
         let page_size: u64 = connection.pragma_query_value(None, "page_size", |row| row.get(0))?;
         connection.pragma_update(None, "max_page_count", (limit_bytes / page_size).max(1))?;
     }
-    // WAL lets the rebuild read while nothing writes, and FULL makes every
-    // commit fsync the log: an acknowledged change survives power loss.
+    // One process owns a data directory: an exclusive lock, held from the
+    // first access, keeps a second server off it, and spares every commit
+    // the shared-memory index and the file locking of shared WAL mode.
+    connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    // WAL appends each commit to one log, and FULL makes every commit fsync
+    // it: an acknowledged change survives power loss.
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;

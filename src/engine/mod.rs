@@ -17,13 +17,20 @@ mod slot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jiff::civil::{Date, Time};
 use uuid::Uuid;
 
 pub use model::*;
 use slot::{Slot, TokenKey};
+
+/// The engine's hash maps. foldhash, seeded per process, hashes a token id
+/// or a short id in a few instructions where the standard SipHash takes
+/// several times longer; every map here is either keyed by server-made
+/// ids or bounded in size (a slot's patients), which limits what crafted
+/// keys could do.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Bounds that keep one slot's memory finite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

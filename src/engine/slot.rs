@@ -2,12 +2,13 @@
 //! promotion order, both ordered maps keyed by (priority, arrival sequence),
 //! so every insert, removal, head and tail lookup is O(log n).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jiff::civil::{Date, Time};
 
 use super::fenwick::Fenwick;
 use super::model::{DoctorId, PatientId, Priority, SlotId, SlotSpec, SlotSummary};
+use super::HashMap;
 
 /// Index of a token in the engine's arena.
 pub(super) type TokenKey = u32;
@@ -50,7 +51,7 @@ impl Slot {
             waitlist: BTreeMap::new(),
             waitlist_ranks: Default::default(),
             waitlist_counts: [0; 5],
-            active_patients: HashMap::new(),
+            active_patients: HashMap::default(),
         }
     }
 

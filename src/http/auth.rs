@@ -475,16 +475,12 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, SecurityError> {
 pub async fn authorize(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let security = &app.security;
     let method = request.method().clone();
-    let Some(route) = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-    else {
+    let Some(route) = request.extensions().get::<MatchedPath>().cloned() else {
         tracing::error!(%method, "access check without a matched route");
         return closed("this request matched no route");
     };
-    let Some(access) = rule(&method, &route) else {
-        return no_rule(&method, &route);
+    let Some(access) = rule(&method, route.as_str()) else {
+        return no_rule(&method, route.as_str());
     };
     let address = request
         .extensions()

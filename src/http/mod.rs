@@ -16,7 +16,7 @@ pub mod slots;
 pub mod tokens;
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -47,8 +47,10 @@ pub struct Caller {
 
 impl Caller {
     pub fn anonymous() -> Caller {
+        // One shared name rather than an allocation per request.
+        static ANONYMOUS: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("anonymous"));
         Caller {
-            name: Arc::from("anonymous"),
+            name: ANONYMOUS.clone(),
         }
     }
 

@@ -53,7 +53,7 @@ pub enum StartError {
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
-    router: axum::Router,
+    app: http::App,
     service: Arc<Service>,
     header_timeout: Duration,
 }
@@ -120,10 +120,10 @@ impl Application {
             body_limit_bytes: config.body_limit_bytes,
             security,
         };
-        let router = http::router(state, Duration::from_secs(config.request_timeout_secs));
+        let app = http::app(state, Duration::from_secs(config.request_timeout_secs));
         Ok(Application {
             listener,
-            router,
+            app,
             service,
             header_timeout: Duration::from_secs(config.header_timeout_secs),
         })
@@ -145,7 +145,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        http::serve::serve(self.listener, self.router, self.header_timeout, shutdown).await
+        http::serve::serve(self.listener, self.app, self.header_timeout, shutdown).await
     }
 }
 

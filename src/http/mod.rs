@@ -23,6 +23,11 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::middleware;
 use axum::Router;
+use tower::util::Either;
+use tower::Layer;
+use tower_http::cors::Cors;
+
+use edge::Edge;
 
 use crate::engine::Actor;
 use crate::service::Service;
@@ -71,8 +76,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The whole API as one service: the routes with their access checks,
+/// inside the [`edge::Edge`], inside CORS when it is configured.
+pub type App = Either<Cors<Edge<Router>>, Edge<Router>>;
+
 /// The whole API with its middleware.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+pub fn app(state: AppState, request_timeout: Duration) -> App {
     let cors = state.security.cors();
     let (routes, document) = openapi::api(state.security.is_open());
     let router = routes
@@ -85,12 +94,14 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(
             |uri: axum::http::Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) },
         )
-        .with_state(state)
-        .layer(edge::EdgeLayer { request_timeout });
+        .with_state(state);
+    // The edge wraps the router once, not each route: a per-route layer is
+    // cloned, with its boxed inner services, for every request.
+    let app = edge::EdgeLayer { request_timeout }.layer(router);
     // Outermost, so preflights need no key and every answer, errors
     // included, carries the CORS headers a browser needs to read it.
     match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
+        Some(cors) => Either::Left(cors.layer(app)),
+        None => Either::Right(app),
     }
 }

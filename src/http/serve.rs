@@ -1,4 +1,4 @@
-//! Serving connections: hyper's HTTP/1 server under the router, as
+//! Serving connections: hyper's HTTP/1 server under the app, as
 //! `axum::serve` does, plus two bounds it does not set.
 //!
 //! - A deadline for reading each request head. Without one, a client that
@@ -18,7 +18,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
 use axum::http::Request;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -26,15 +25,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use super::App;
+
 /// The largest request head, request line and headers together.
 pub const HEAD_MAX_BYTES: usize = 64 * 1024;
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// Serves `app` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish. Handlers see the client's address as
 /// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: App,
     head_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -54,7 +55,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = router
+        let service = app
             .clone()
             .map_request(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(remote));

@@ -157,9 +157,76 @@ pub(super) fn load(
     })
 }
 
+/// The statements every batch runs, prepared once per batch rather than
+/// looked up in the statement cache once per row.
+struct Statements<'c> {
+    insert_token: rusqlite::CachedStatement<'c>,
+    insert_history: rusqlite::CachedStatement<'c>,
+    update_status: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn prepare(connection: &'c Connection) -> Result<Statements<'c>, StoreError> {
+        Ok(Statements {
+            insert_token: connection.prepare_cached(
+                "INSERT INTO tokens (sequence, token_id, token_number, patient_id, slot_id, source, status, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            )?,
+            insert_history: connection.prepare_cached(
+                "INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            update_status: connection.prepare_cached(
+                "UPDATE tokens SET status = ?1, updated_at = ?2 WHERE sequence = ?3",
+            )?,
+        })
+    }
+
+    fn history(
+        &mut self,
+        sequence: u64,
+        from: Option<Status>,
+        to: Status,
+        reason: Reason,
+        ctx: &Context,
+    ) -> Result<(), StoreError> {
+        self.insert_history.execute(params![
+            sequence as i64,
+            nanos(ctx.at),
+            from.map(Status::as_str),
+            to.as_str(),
+            reason.as_str(),
+            &*ctx.actor,
+        ])?;
+        Ok(())
+    }
+
+    fn changes(&mut self, changes: &[Change], ctx: &Context) -> Result<(), StoreError> {
+        for change in changes {
+            let updated = self.update_status.execute(params![
+                change.to.as_str(),
+                nanos(ctx.at),
+                change.sequence as i64
+            ])?;
+            if updated != 1 {
+                return Err(corrupt("a status change for a token that is not stored"));
+            }
+            self.history(
+                change.sequence,
+                Some(change.from),
+                change.to,
+                change.reason,
+                ctx,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes a batch of records in one transaction: one fsync for all.
 pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
+    let mut statements = Statements::prepare(&transaction)?;
     for record in records.iter().copied() {
         match record {
             Record::SlotCreated { slot, at } => {
@@ -184,30 +251,24 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                 idempotency,
             } => {
                 let token = &outcome.token;
-                transaction
-                    .prepare_cached(
-                        "INSERT INTO tokens (sequence, token_id, token_number, patient_id, slot_id, source, status, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                    )?
-                    .execute(params![
-                        token.sequence as i64,
-                        token.id.as_bytes(),
-                        token.number,
-                        token.patient.as_str(),
-                        token.slot.as_str(),
-                        token.source.as_str(),
-                        token.status.as_str(),
-                        nanos(ctx.at),
-                    ])?;
-                insert_history(
-                    &transaction,
+                statements.insert_token.execute(params![
+                    token.sequence as i64,
+                    token.id.as_bytes(),
+                    token.number,
+                    token.patient.as_str(),
+                    token.slot.as_str(),
+                    token.source.as_str(),
+                    token.status.as_str(),
+                    nanos(ctx.at),
+                ])?;
+                statements.history(
                     token.sequence,
                     None,
                     token.status,
                     outcome.transition.reason,
                     ctx,
                 )?;
-                write_changes(&transaction, &outcome.changes, ctx)?;
+                statements.changes(&outcome.changes, ctx)?;
                 if let Some(stored) = idempotency {
                     transaction
                         .prepare_cached(
@@ -233,17 +294,18 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                     to: transition.to,
                     reason: transition.reason,
                 };
-                write_changes(&transaction, std::slice::from_ref(&acted), ctx)?;
-                write_changes(&transaction, &outcome.changes, ctx)?;
+                statements.changes(std::slice::from_ref(&acted), ctx)?;
+                statements.changes(&outcome.changes, ctx)?;
             }
             Record::CapacityChanged { outcome, ctx } => {
                 transaction
                     .prepare_cached("UPDATE slots SET capacity = ?1 WHERE slot_id = ?2")?
                     .execute(params![outcome.slot.capacity, outcome.slot.id.as_str()])?;
-                write_changes(&transaction, &outcome.changes, ctx)?;
+                statements.changes(&outcome.changes, ctx)?;
             }
         }
     }
+    drop(statements);
     // Keys older than the retention are no longer needed; dropping them
     // when new ones arrive keeps the table bounded without a separate job.
     let stored_keys = records.iter().any(|record| {
@@ -278,58 +340,6 @@ fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
         .flatten();
     let retention = crate::service::IDEMPOTENCY_RETENTION.as_nanos() as i64;
     Ok(newest.map(|newest| newest - retention))
-}
-
-fn write_changes(
-    connection: &Connection,
-    changes: &[Change],
-    ctx: &Context,
-) -> Result<(), StoreError> {
-    for change in changes {
-        let updated = connection
-            .prepare_cached("UPDATE tokens SET status = ?1, updated_at = ?2 WHERE sequence = ?3")?
-            .execute(params![
-                change.to.as_str(),
-                nanos(ctx.at),
-                change.sequence as i64
-            ])?;
-        if updated != 1 {
-            return Err(corrupt("a status change for a token that is not stored"));
-        }
-        insert_history(
-            connection,
-            change.sequence,
-            Some(change.from),
-            change.to,
-            change.reason,
-            ctx,
-        )?;
-    }
-    Ok(())
-}
-
-fn insert_history(
-    connection: &Connection,
-    sequence: u64,
-    from: Option<Status>,
-    to: Status,
-    reason: Reason,
-    ctx: &Context,
-) -> Result<(), StoreError> {
-    connection
-        .prepare_cached(
-            "INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            sequence as i64,
-            nanos(ctx.at),
-            from.map(Status::as_str),
-            to.as_str(),
-            reason.as_str(),
-            &*ctx.actor,
-        ])?;
-    Ok(())
 }
 
 fn timestamp(nanos: i64) -> Result<Timestamp, StoreError> {

@@ -99,6 +99,70 @@ fn negative_control_rolled_back_data_dir_loses_acknowledged_changes() {
     runtime().block_on(rollback_control());
 }
 
+/// One server owns a data directory: a second one on the same directory
+/// refuses to start, even when the first has written nothing since it
+/// started, and the first keeps serving.
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
+    runtime().block_on(second_server());
+}
+
+async fn second_server() {
+    let dir = TempDir::new("second");
+    let data = dir.path().join("data");
+    let schedule = dir.path().join("schedule.json");
+    write_schedule(&schedule, 0);
+    // The first start creates the schedule's slots; the restart writes
+    // nothing, so only the start-up lock can keep the second server out.
+    drop(Server::start(dir.path(), &data, &schedule, false).await);
+    let first = Server::start(dir.path(), &data, &schedule, false).await;
+
+    let said_path = dir.path().join("second.log");
+    let said_file = std::fs::File::create(&said_path).expect("second server's log");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--schedule")
+        .arg(&schedule)
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(said_file)
+        .spawn()
+        .expect("run a second server");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("poll the second server") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let said = std::fs::read_to_string(&said_path).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("the second server kept running: {said}"));
+    assert!(!status.success(), "the second server started: {said}");
+    assert!(
+        said.contains("is in use by another server"),
+        "the second server gave another reason: {said}"
+    );
+
+    let slot = first
+        .http
+        .get(format!("{}/slots/{}", first.base, round_slot_ids(0)[0]))
+        .send()
+        .await
+        .expect("the first server answers");
+    assert_eq!(slot.status(), reqwest::StatusCode::OK);
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

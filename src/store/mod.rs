@@ -69,6 +69,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    #[error("the data directory {0} is in use by another server")]
+    InUse(String),
 }
 
 /// Stored instants are integer nanoseconds since the Unix epoch, so a
@@ -162,9 +164,18 @@ pub fn open(
 ) -> Result<Loaded, StoreError> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("opd.sqlite3");
-    let mut reader = sqlite::connect(&path, None)?;
-    sqlite::migrate(&mut reader)?;
-    let snapshot = sqlite::load(&reader, now - crate::service::IDEMPOTENCY_RETENTION)?;
+    // One connection, locked for this process from here on, migrates,
+    // loads and then writes.
+    let mut connection = sqlite::connect(&path, limit_bytes).map_err(|error| match error {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+            if failure.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            StoreError::InUse(dir.display().to_string())
+        }
+        other => other,
+    })?;
+    sqlite::migrate(&mut connection)?;
+    let snapshot = sqlite::load(&connection, now - crate::service::IDEMPOTENCY_RETENTION)?;
     let mut engine = Engine::new(limits);
     for slot in snapshot.slots {
         engine
@@ -176,14 +187,12 @@ pub fn open(
         engine.restore_token(token)?;
     }
     engine.check_invariants()?;
-    drop(reader);
 
-    let writer = sqlite::connect(&path, limit_bytes)?;
     let (sender, receiver) = mpsc::channel();
     let (progress_sender, progress) = watch::channel(Progress::default());
     std::thread::Builder::new()
         .name("opd-journal".into())
-        .spawn(move || write_loop(writer, receiver, progress_sender))?;
+        .spawn(move || write_loop(connection, receiver, progress_sender))?;
     Ok(Loaded {
         engine,
         idempotency: snapshot.idempotency,

@@ -35,8 +35,8 @@ pub(super) fn connect(path: &Path, limit_bytes: Option<u64>) -> Result<Connectio
         let page_size: u64 = connection.pragma_query_value(None, "page_size", |row| row.get(0))?;
         connection.pragma_update(None, "max_page_count", (limit_bytes / page_size).max(1))?;
     }
-    // One process owns a data directory: an exclusive lock, held from the
-    // first access, keeps a second server off it, and spares every commit
+    // One process owns a data directory: an exclusive lock, held until the
+    // process ends, keeps a second server off it, and spares every commit
     // the shared-memory index and the file locking of shared WAL mode.
     connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     // WAL appends each commit to one log, and FULL makes every commit fsync
@@ -45,6 +45,10 @@ pub(super) fn connect(path: &Path, limit_bytes: Option<u64>) -> Result<Connectio
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     connection.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+    // Take the exclusive lock now, not at the first change: a second
+    // server on this directory fails at start-up, even when this one has
+    // written nothing yet.
+    connection.execute_batch("BEGIN EXCLUSIVE; COMMIT;")?;
     Ok(connection)
 }
 
@@ -110,8 +114,8 @@ pub(super) fn load(
     while let Some(row) = rows.next()? {
         let slot = row.get_ref(4)?.as_str()?;
         let created_at = timestamp(row.get(7)?)?;
-        let reason = Reason::parse(row.get_ref(9)?.as_str()?)
-            .ok_or_else(|| corrupt("creation reason"))?;
+        let reason =
+            Reason::parse(row.get_ref(9)?.as_str()?).ok_or_else(|| corrupt("creation reason"))?;
         let created = HistoryEntry {
             at: created_at,
             from: None,
@@ -373,4 +377,91 @@ fn parse_value<T: std::str::FromStr>(raw: &str) -> Result<T, StoreError> {
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(
+        at: i64,
+        from: Option<Status>,
+        to: Status,
+        reason: Reason,
+        actor: &str,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            at: from_nanos(at).unwrap(),
+            from,
+            to,
+            reason,
+            actor: actor.into(),
+        }
+    }
+
+    /// A database written by the first schema, where a token's creation
+    /// was a history row, loads after migration 0002 with the same
+    /// histories, and no creation rows are left in the history table.
+    #[test]
+    fn migration_0002_moves_creation_into_the_token_row() {
+        let dir = std::env::temp_dir().join(format!("opd-migration-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("opd.sqlite3");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(MIGRATIONS[0]).unwrap();
+            connection.pragma_update(None, "user_version", 1).unwrap();
+            // P1 is allocated, then bumped to the waitlist by P2's paid
+            // booking.
+            connection
+                .execute_batch(
+                    "INSERT INTO slots VALUES ('D1-09', 'D1', '2030-01-07', '09:00', '10:00', 1, 0);
+                     INSERT INTO tokens VALUES
+                       (1, X'00000000000000000000000000000001', 1, 'P1', 'D1-09', 'ONLINE', 'WAITLISTED', 100, 200),
+                       (2, X'00000000000000000000000000000002', 2, 'P2', 'D1-09', 'PAID', 'ALLOCATED', 200, 200);
+                     INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor) VALUES
+                       (1, 100, NULL, 'ALLOCATED', 'ALLOCATED', 'desk'),
+                       (2, 200, NULL, 'ALLOCATED', 'BUMPED_LOWER', 'web'),
+                       (1, 200, 'ALLOCATED', 'WAITLISTED', 'BUMPED', 'web');",
+                )
+                .unwrap();
+        }
+        let mut connection = connect(&path, None).unwrap();
+        migrate(&mut connection).unwrap();
+        let snapshot = load(&connection, Timestamp::UNIX_EPOCH).unwrap();
+
+        let histories: Vec<_> = snapshot.tokens.iter().map(|t| t.history.clone()).collect();
+        assert_eq!(
+            histories,
+            [
+                vec![
+                    entry(100, None, Status::Allocated, Reason::Allocated, "desk"),
+                    entry(
+                        200,
+                        Some(Status::Allocated),
+                        Status::Waitlisted,
+                        Reason::Bumped,
+                        "web"
+                    ),
+                ],
+                vec![entry(
+                    200,
+                    None,
+                    Status::Allocated,
+                    Reason::BumpedLower,
+                    "web"
+                )],
+            ]
+        );
+        let creation_rows: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM token_history WHERE from_status IS NULL",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(creation_rows, 0);
+        drop(connection);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -282,7 +282,7 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
     let mut reference = Reference {
         capacity: capacities.to_vec(),
         tokens: Vec::new(),
-        numbers: HashMap::new(),
+        numbers: HashMap::default(),
     };
     let ctx = Context {
         at: Timestamp::UNIX_EPOCH,

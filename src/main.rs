@@ -1,6 +1,8 @@
 //! Starts the service: reads the configuration, sets up logging, builds the
 //! application and serves until Ctrl-C or SIGTERM.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -11,13 +13,24 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
     let config = opd::Config::parse();
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // An operator reads this: the message, not the error's Debug form.
+            eprintln!("opd-token-engine: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: opd::Config) -> Result<(), Box<dyn std::error::Error>> {
     let application = opd::Application::build(config).await?;
     tracing::info!(address = %application.local_addr(), "serving");
     application.serve(shutdown_signal()).await?;

@@ -491,7 +491,7 @@ pub async fn authorize(State(app): State<AppState>, mut request: Request, next: 
         if let Err(error) = security.spend(&Client::address(address)) {
             return error.into_response();
         }
-        request.extensions_mut().insert(Caller::anonymous());
+        // No caller recorded reads as anonymous (see `Caller::of`).
         return next.run(request).await;
     }
 

@@ -49,14 +49,15 @@ pub async fn read_body(
 
 /// 415 unless the request declares a JSON body.
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let essence = headers
+    let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
-        .map(|essence| essence.trim().to_ascii_lowercase());
-    match essence.as_deref() {
-        Some("application/json") => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType),
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::Extensions;
 use axum::middleware;
 use axum::Router;
 use tower::util::Either;
@@ -62,17 +63,22 @@ impl Caller {
     pub fn actor(&self) -> Actor {
         self.name.clone()
     }
+
+    /// The caller that authentication recorded on a request; anonymous
+    /// when it recorded none (open mode, public routes).
+    pub fn of(extensions: &Extensions) -> Caller {
+        extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous)
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Caller, Infallible> {
-        Ok(parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .unwrap_or_else(Caller::anonymous))
+        Ok(Caller::of(&parts.extensions))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Token routes: book, read, cancel, no-show.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -46,14 +46,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn book(
-    State(app): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let bytes = input::json_bytes(&headers, body, app.body_limit_bytes).await?;
-    let (patient, slot, source, key) = match booking_fields(&headers, &bytes)? {
+pub async fn book(State(app): State<AppState>, request: Request) -> Result<Response> {
+    // The request is taken whole, not through the header map extractor,
+    // which would copy the headers.
+    let (parts, body) = request.into_parts();
+    let caller = Caller::of(&parts.extensions);
+    let headers = &parts.headers;
+    let bytes = input::json_bytes(headers, body, app.body_limit_bytes).await?;
+    let (patient, slot, source, key) = match booking_fields(headers, &bytes)? {
         BookingFields::Plain(patient, slot, source) => (patient, slot, source, None),
         BookingFields::Keyed(patient, slot, source, key) => (patient, slot, source, Some(key)),
     };
@@ -191,12 +191,10 @@ pub async fn token(State(app): State<AppState>, path: PathParam) -> Result<Json<
 )]
 pub async fn cancel(
     State(app): State<AppState>,
-    caller: Caller,
     path: PathParam,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response> {
-    act(app, caller, path, headers, body, Action::Cancel).await
+    act(app, path, request, Action::Cancel).await
 }
 
 /// Marks an ALLOCATED token as a no-show.
@@ -216,24 +214,17 @@ pub async fn cancel(
 )]
 pub async fn no_show(
     State(app): State<AppState>,
-    caller: Caller,
     path: PathParam,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response> {
-    act(app, caller, path, headers, body, Action::NoShow).await
+    act(app, path, request, Action::NoShow).await
 }
 
-async fn act(
-    app: AppState,
-    caller: Caller,
-    path: PathParam,
-    headers: HeaderMap,
-    body: Body,
-    action: Action,
-) -> Result<Response> {
+async fn act(app: AppState, path: PathParam, request: Request, action: Action) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let caller = Caller::of(&parts.extensions);
     // The body is ignored, but its size is still bounded.
-    input::read_body(&headers, body, app.body_limit_bytes).await?;
+    input::read_body(&parts.headers, body, app.body_limit_bytes).await?;
     let id = path.token_id()?;
     let outcome = app.service.act(id, action, caller.actor()).await?;
     Ok(json_response(StatusCode::OK, render::action(&outcome)))

@@ -227,10 +227,12 @@ for ((k = 0; k < BENCH_DAYS; k++)); do
 done
 SLOTS_CSV=$(IFS=,; echo "${SLOT_IDS[*]}")
 
+# Ports below Linux's default ephemeral range (32768-60999), so that no
+# client connection of an earlier run holds the chosen port.
 free_port() {
   local p i
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       echo "$p"
       return 0

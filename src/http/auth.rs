@@ -16,22 +16,26 @@
 //! allowed only on a loopback address (see [`Security::from_config`]).
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{FromRequestParts, MatchedPath, Query, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Query, RawPathParams, Request};
 use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::{self, ApiError};
@@ -468,19 +472,71 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, SecurityError> {
     HeaderValue::from_str(origin).map_err(|_| invalid("not a valid header value"))
 }
 
-/// The access middleware, run for every routed request (it is a route
-/// layer, so unknown paths get their 404 first): finds the rule, checks
-/// the key and the rate limit, narrows doctor keys to their doctor, and
-/// hands the handler a [`Caller`].
-pub async fn authorize(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The access check as a route layer, run for every routed request (so
+/// unknown paths get their 404 first). It is written as a layer, not with
+/// `axum::middleware::from_fn`, which boxes the inner service again and
+/// splits and rejoins the request for its extractors on every call.
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub app: AppState,
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            app: self.app.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    app: AppState,
+}
+
+impl<S> Service<Request> for Authorize<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service that was made ready is the one that is called.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let app = self.app.clone();
+        Box::pin(async move {
+            match admit(&app, request).await {
+                Ok(request) => inner.call(request).await,
+                Err(refusal) => Ok(refusal),
+            }
+        })
+    }
+}
+
+/// Finds the request's access rule, checks the key and the rate limit,
+/// narrows doctor keys to their doctor and records the [`Caller`]; the
+/// request goes on, or the refusal is the answer.
+async fn admit(app: &AppState, mut request: Request) -> Result<Request, Response> {
     let security = &app.security;
     let method = request.method().clone();
     let Some(route) = request.extensions().get::<MatchedPath>().cloned() else {
         tracing::error!(%method, "access check without a matched route");
-        return closed("this request matched no route");
+        return Err(closed("this request matched no route"));
     };
     let Some(access) = rule(&method, route.as_str()) else {
-        return no_rule(&method, route.as_str());
+        return Err(no_rule(&method, route.as_str()));
     };
     let address = request
         .extensions()
@@ -489,10 +545,10 @@ pub async fn authorize(State(app): State<AppState>, mut request: Request, next: 
 
     if access == Access::Public || security.is_open() {
         if let Err(error) = security.spend(&Client::address(address)) {
-            return error.into_response();
+            return Err(error.into_response());
         }
         // No caller recorded reads as anonymous (see `Caller::of`).
-        return next.run(request).await;
+        return Ok(request);
     }
 
     let key = match bearer(request.headers()) {
@@ -502,25 +558,25 @@ pub async fn authorize(State(app): State<AppState>, mut request: Request, next: 
     let Some(key) = key else {
         // Failed attempts spend the address's budget, which slows guessing.
         if let Err(error) = security.spend(&Client::address(address)) {
-            return error.into_response();
+            return Err(error.into_response());
         }
-        return unauthorized(request.headers().contains_key(header::AUTHORIZATION));
+        return Err(unauthorized(
+            request.headers().contains_key(header::AUTHORIZATION),
+        ));
     };
     if let Err(error) = security.spend(&Client::Key(key.name.clone())) {
-        return error.into_response();
+        return Err(error.into_response());
     }
     if !access.permits(&key.role) {
-        return ApiError::Forbidden.into_response();
+        return Err(ApiError::Forbidden.into_response());
     }
     if let (Access::Read(scope), Role::Doctor(doctor)) = (access, &key.role) {
-        if let Err(response) = narrow_to_doctor(&app, scope, doctor, &mut request).await {
-            return response;
-        }
+        narrow_to_doctor(app, scope, doctor, &mut request).await?;
     }
     request.extensions_mut().insert(Caller {
         name: key.name.clone(),
     });
-    next.run(request).await
+    Ok(request)
 }
 
 /// The key of an `Authorization: Bearer <key>` header.

@@ -22,7 +22,6 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::Extensions;
-use axum::middleware;
 use axum::Router;
 use tower::util::Either;
 use tower::Layer;
@@ -93,10 +92,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> App {
     let router = routes
         .merge(openapi::docs(document))
         // A route layer sees the matched route; unknown paths get 404 first.
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ))
+        .route_layer(auth::AuthLayer { app: state.clone() })
         .fallback(
             |uri: axum::http::Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) },
         )

@@ -72,14 +72,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The id is carried by the span and the answer; nothing inside
+        // reads it from the request.
         let id = match request.headers().get(&REQUEST_ID) {
             Some(id) => id.clone(),
-            None => {
-                let id = new_request_id();
-                request.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
+            None => new_request_id(),
         };
         // Paths name slots and tokens, never patients.
         let span = tracing::debug_span!(

@@ -27,6 +27,7 @@ backend_tests!(
     malformed_bodies_win_over_validation_errors,
     validation_errors_win_over_missing_slots_and_conflicts,
     failed_requests_change_nothing_and_consume_no_token_number,
+    every_answer_carries_a_request_id,
 );
 
 const UNKNOWN_TOKEN: &str = "00000000-0000-4000-8000-000000000000";
@@ -573,4 +574,38 @@ async fn failed_requests_change_nothing_and_consume_no_token_number(backend: Bac
     let next = app.book("P3", &slot.id, "WALK_IN").await;
     assert_eq!(next["token"]["tokenNumber"], 3);
     assert_eq!(next["token"]["waitlistPosition"], 2);
+}
+
+/// Successes and errors alike carry `x-request-id`: the client's own when
+/// it sent one, else a fresh UUID per request.
+async fn every_answer_carries_a_request_id(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut generated = Vec::new();
+    for reply in [
+        app.try_book("P1", "D1-09", "ONLINE").await,
+        app.try_book("P1", "D1-09", "ONLINE").await,
+        app.get("/nope").await,
+        app.send(app.request(Method::PUT, "/tokens")).await,
+    ] {
+        let id = reply
+            .headers
+            .get("x-request-id")
+            .unwrap_or_else(|| panic!("no x-request-id on a {} answer", reply.status));
+        let id = id.to_str().unwrap().to_owned();
+        assert!(uuid::Uuid::try_parse(&id).is_ok(), "{id}");
+        generated.push(id);
+    }
+    generated.sort();
+    generated.dedup();
+    assert_eq!(generated.len(), 4, "request ids repeat: {generated:?}");
+
+    let reply = app
+        .send(
+            app.request(Method::POST, "/tokens")
+                .header("x-request-id", "desk-7-0001")
+                .json(&booking("P2", "D1-09", "WALK_IN")),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.headers["x-request-id"], "desk-7-0001");
 }

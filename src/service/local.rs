@@ -18,7 +18,7 @@ use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, Outcome, SlotId,
     SlotSpec, SlotSummary,
 };
-use crate::store::{Journal, Record, StoredIdempotency};
+use crate::store::{Journal, Record, StoredIdempotency, Ticket};
 
 pub(super) struct Local {
     state: RwLock<State>,
@@ -239,11 +239,11 @@ impl Local {
     }
 
     /// Queues a record in engine order; called with the write lock held.
-    fn append(&self, record: Record) -> Option<u64> {
+    fn append(&self, record: Record) -> Option<Ticket> {
         self.journal.as_ref().map(|journal| journal.append(record))
     }
 
-    async fn wait(&self, ticket: Option<u64>) -> Result<(), ServiceError> {
+    async fn wait(&self, ticket: Option<Ticket>) -> Result<(), ServiceError> {
         match (&self.journal, ticket) {
             (Some(journal), Some(ticket)) => journal
                 .durable(ticket)

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use jiff::Timestamp;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::engine::{CapacityOutcome, Context, Engine, Limits, Outcome, SlotSummary};
@@ -95,9 +95,22 @@ struct Progress {
 pub struct Journal {
     /// Guarded so that ticket order and queue order are one order even if
     /// a caller appends without the engine lock.
-    queue: Mutex<mpsc::Sender<(u64, Record)>>,
+    queue: Mutex<mpsc::Sender<Queued>>,
     last_ticket: AtomicU64,
     progress: watch::Receiver<Progress>,
+}
+
+/// A record on its way to the writer, with the ticket it was given and
+/// the channel that tells its waiter it is durable.
+type Queued = (u64, Record, oneshot::Sender<()>);
+
+/// What a change or a read waits on before it is answered.
+pub struct Ticket {
+    number: u64,
+    /// Set for an appended record: its writer signals exactly this waiter,
+    /// so a commit wakes the requests it made durable and no others.
+    /// Reads wait for a number instead.
+    done: Option<oneshot::Receiver<()>>,
 }
 
 /// The journal failed before this ticket became durable.
@@ -107,31 +120,43 @@ pub struct NotDurable;
 
 impl Journal {
     /// Queues a record and returns the ticket to wait on.
-    pub fn append(&self, record: Record) -> u64 {
+    pub fn append(&self, record: Record) -> Ticket {
+        let (done, signal) = oneshot::channel();
         let queue = self
             .queue
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let ticket = self.last_ticket.fetch_add(1, Ordering::SeqCst) + 1;
+        let number = self.last_ticket.fetch_add(1, Ordering::SeqCst) + 1;
         // A send fails only when the writer has stopped after a failure;
-        // the ticket then never becomes durable and its waiter gets 503.
-        let _ = queue.send((ticket, record));
-        ticket
+        // the record is then dropped with its sender, and its waiter gets
+        // 503.
+        let _ = queue.send((number, record, done));
+        Ticket {
+            number,
+            done: Some(signal),
+        }
     }
 
     /// The newest ticket handed out: waiting on it covers every change
     /// made so far.
-    pub fn barrier(&self) -> u64 {
-        self.last_ticket.load(Ordering::SeqCst)
+    pub fn barrier(&self) -> Ticket {
+        Ticket {
+            number: self.last_ticket.load(Ordering::SeqCst),
+            done: None,
+        }
     }
 
-    pub async fn durable(&self, ticket: u64) -> Result<(), NotDurable> {
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), NotDurable> {
+        if let Some(done) = ticket.done {
+            // The writer drops the sender unsent when the commit fails.
+            return done.await.map_err(|_| NotDurable);
+        }
         let mut progress = self.progress.clone();
         let reached = progress
-            .wait_for(|p| p.durable >= ticket || p.failed)
+            .wait_for(|p| p.durable >= ticket.number || p.failed)
             .await
             .map_err(|_| NotDurable)?;
-        if reached.durable >= ticket {
+        if reached.durable >= ticket.number {
             Ok(())
         } else {
             Err(NotDurable)
@@ -210,7 +235,7 @@ const BATCH_MAX: usize = 4_096;
 
 fn write_loop(
     mut connection: rusqlite::Connection,
-    queue: mpsc::Receiver<(u64, Record)>,
+    queue: mpsc::Receiver<Queued>,
     progress: watch::Sender<Progress>,
 ) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
@@ -225,11 +250,14 @@ fn write_loop(
             }
         }
         let last = batch.last().expect("batch is not empty").0;
-        let records: Vec<&Record> = batch.iter().map(|(_, record)| record).collect();
+        let records: Vec<&Record> = batch.iter().map(|(_, record, _)| record).collect();
         match sqlite::commit(&mut connection, &records) {
             Ok(()) => {
                 progress.send_modify(|p| p.durable = last);
-                batch.clear();
+                for (_, _, done) in batch.drain(..) {
+                    // The waiter may have gone (its client disconnected).
+                    let _ = done.send(());
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed; refusing writes until restart");

@@ -18,11 +18,9 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,7 +38,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::{self, ApiError};
 use super::rate_limit::{self, Client, RateLimiter};
-use super::{input, AppState, Caller};
+use super::{input, take_ready, Answer, AppState, Caller};
 use crate::engine::{DoctorId, SlotId};
 use crate::Config;
 
@@ -505,16 +503,14 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The service that was made ready is the one that is called.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let mut inner = take_ready(&mut self.inner);
         let app = self.app.clone();
         Box::pin(async move {
             match admit(&app, request).await {

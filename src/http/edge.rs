@@ -20,7 +20,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::error::{self, PROBLEM_JSON};
+use super::{take_ready, Answer};
 
 /// The header that carries a request's id both ways.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -66,7 +66,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -87,10 +87,7 @@ where
             path = request.uri().path()
         );
         let started = Instant::now();
-        // The service that was made ready is the one that is called; a
-        // clone stays behind for the next request, as tower expects.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let mut inner = take_ready(&mut self.inner);
         let called = catch_unwind(AssertUnwindSafe(move || inner.call(request)));
         let timeout = self.request_timeout;
         Box::pin(

@@ -16,12 +16,15 @@ pub mod slots;
 pub mod tokens;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::Extensions;
+use axum::response::Response;
 use axum::Router;
 use tower::util::Either;
 use tower::Layer;
@@ -32,6 +35,17 @@ use edge::Edge;
 use crate::engine::Actor;
 use crate::service::Service;
 use error::ApiError;
+
+/// The future of the API's own middleware services ([`edge::Edge`],
+/// [`auth::Authorize`]).
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// The service that was made ready, to be called; a clone takes its place
+/// for the next request, as tower's readiness contract asks.
+fn take_ready<S: Clone>(service: &mut S) -> S {
+    let fresh = service.clone();
+    std::mem::replace(service, fresh)
+}
 
 /// What every handler gets.
 #[derive(Clone)]

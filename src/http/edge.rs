@@ -166,17 +166,13 @@ fn problem_for_bare_errors(response: Response) -> Response {
         _ if status.is_server_error() => ("INTERNAL_ERROR", "an internal error occurred"),
         _ => ("HTTP_ERROR", "the request failed"),
     };
+    // The original head is kept (an `Allow` header, say); the body and its
+    // headers are the problem's.
     let (mut parts, _) = response.into_parts();
-    let (problem_parts, body) =
-        error::problem(status, code, detail, Default::default()).into_parts();
+    let (_, body) = error::problem(status, code, detail, Default::default()).into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        problem_parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .cloned()
-            .unwrap_or(HeaderValue::from_static(PROBLEM_JSON)),
-    );
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     Response::from_parts(parts, body)
 }

@@ -53,16 +53,7 @@ pub async fn book(State(app): State<AppState>, request: Request) -> Result<Respo
     let caller = Caller::of(&parts.extensions);
     let headers = &parts.headers;
     let bytes = input::json_bytes(headers, body, app.body_limit_bytes).await?;
-    let (patient, slot, source, key) = match booking_fields(headers, &bytes)? {
-        BookingFields::Plain(patient, slot, source) => (patient, slot, source, None),
-        BookingFields::Keyed(patient, slot, source, key) => (patient, slot, source, Some(key)),
-    };
-    let request = BookRequest {
-        token: uuid::Uuid::new_v4(),
-        patient,
-        slot,
-        source,
-    };
+    let (request, key) = booking_request(headers, &bytes)?;
     let booking = app
         .service
         .book(request, key, caller.actor(), render::booking)
@@ -87,21 +78,29 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-/// A booking's fields, and its idempotency key with the request's
-/// fingerprint when it has one.
-enum BookingFields {
-    Plain(PatientId, SlotId, Source),
-    Keyed(PatientId, SlotId, Source, IdempotencyKey),
+/// A booking under a new token id.
+fn book_request(patient: PatientId, slot: SlotId, source: Source) -> BookRequest {
+    BookRequest {
+        token: uuid::Uuid::new_v4(),
+        patient,
+        slot,
+        source,
+    }
 }
 
-/// Reads a booking body. A plain, valid body without an idempotency key
+/// Reads a booking body into the booking and, when the request has one,
+/// its idempotency key with the request's fingerprint. A plain, valid body
+/// without an idempotency key
 /// (the common case) is read without building a JSON tree; anything else
 /// takes the thorough way, which reports every problem at once and
 /// fingerprints keyed requests.
-fn booking_fields(headers: &HeaderMap, bytes: &[u8]) -> Result<BookingFields> {
+fn booking_request(
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(BookRequest, Option<IdempotencyKey>)> {
     if !headers.contains_key(input::IDEMPOTENCY_KEY) {
         if let Some((patient, slot, source)) = input::quick_booking(bytes) {
-            return Ok(BookingFields::Plain(patient, slot, source));
+            return Ok((book_request(patient, slot, source), None));
         }
     }
     let object = input::json_object(bytes)?;
@@ -117,18 +116,11 @@ fn booking_fields(headers: &HeaderMap, bytes: &[u8]) -> Result<BookingFields> {
     let (Some(patient), Some(slot), Some(source)) = (patient, slot, source) else {
         unreachable!("finish() refuses requests with a missing field");
     };
-    Ok(match key {
-        None => BookingFields::Plain(patient, slot, source),
-        Some(key) => BookingFields::Keyed(
-            patient,
-            slot,
-            source,
-            IdempotencyKey {
-                key,
-                fingerprint: input::canonical(&Value::Object(object)),
-            },
-        ),
-    })
+    let key = key.map(|key| IdempotencyKey {
+        key,
+        fingerprint: input::canonical(&Value::Object(object)),
+    });
+    Ok((book_request(patient, slot, source), key))
 }
 
 /// `/tokens/{id}`, the `Location` of a new token.

@@ -105,12 +105,12 @@ pub struct Journal {
 type Queued = (u64, Record, oneshot::Sender<()>);
 
 /// What a change or a read waits on before it is answered.
-pub struct Ticket {
-    number: u64,
-    /// Set for an appended record: its writer signals exactly this waiter,
-    /// so a commit wakes the requests it made durable and no others.
-    /// Reads wait for a number instead.
-    done: Option<oneshot::Receiver<()>>,
+pub enum Ticket {
+    /// An appended record: the writer signals exactly this waiter, so a
+    /// commit wakes the requests it made durable and no others.
+    Appended(oneshot::Receiver<()>),
+    /// A read: everything up to this ticket number must be durable.
+    Barrier(u64),
 }
 
 /// The journal failed before this ticket became durable.
@@ -131,32 +131,27 @@ impl Journal {
         // the record is then dropped with its sender, and its waiter gets
         // 503.
         let _ = queue.send((number, record, done));
-        Ticket {
-            number,
-            done: Some(signal),
-        }
+        Ticket::Appended(signal)
     }
 
     /// The newest ticket handed out: waiting on it covers every change
     /// made so far.
     pub fn barrier(&self) -> Ticket {
-        Ticket {
-            number: self.last_ticket.load(Ordering::SeqCst),
-            done: None,
-        }
+        Ticket::Barrier(self.last_ticket.load(Ordering::SeqCst))
     }
 
     pub async fn durable(&self, ticket: Ticket) -> Result<(), NotDurable> {
-        if let Some(done) = ticket.done {
+        let number = match ticket {
             // The writer drops the sender unsent when the commit fails.
-            return done.await.map_err(|_| NotDurable);
-        }
+            Ticket::Appended(done) => return done.await.map_err(|_| NotDurable),
+            Ticket::Barrier(number) => number,
+        };
         let mut progress = self.progress.clone();
         let reached = progress
-            .wait_for(|p| p.durable >= ticket.number || p.failed)
+            .wait_for(|p| p.durable >= number || p.failed)
             .await
             .map_err(|_| NotDurable)?;
-        if reached.durable >= ticket.number {
+        if reached.durable >= number {
             Ok(())
         } else {
             Err(NotDurable)

@@ -11,6 +11,7 @@
 //! checks run after every mutation in every build, and a full check of the
 //! touched slot runs after every mutation in debug builds and tests.
 
+mod arena;
 mod fenwick;
 mod model;
 mod slot;
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use jiff::civil::{Date, Time};
 use uuid::Uuid;
 
+use arena::{Arena, IdIndex};
 pub use model::*;
 use slot::{Slot, TokenKey};
 
@@ -118,8 +120,8 @@ pub struct Engine {
     /// Every slot in listing order: date, start time, slot id.
     schedule: BTreeMap<(Date, Time, SlotId), u32>,
     doctor_days: HashMap<(DoctorId, Date), DoctorDay>,
-    tokens: Vec<Token>,
-    token_keys: HashMap<Uuid, TokenKey>,
+    tokens: Arena<Token>,
+    token_keys: IdIndex,
     next_sequence: u64,
 }
 
@@ -167,12 +169,12 @@ impl Engine {
     /// Books a token. See the allocation rules in the HTTP contract.
     pub fn book(&mut self, request: BookRequest, ctx: &Context) -> Result<Outcome, EngineError> {
         let slot_key = self.slot_key(&request.slot)?;
-        if self.token_keys.contains_key(&request.token) {
+        if self.token_keys.contains(&request.token) {
             return Err(EngineError::TokenIdInUse(request.token));
         }
         let slot = &self.slots[slot_key as usize];
         if let Some(existing) = slot.active_token_of(&request.patient) {
-            let existing = self.tokens[existing as usize].id;
+            let existing = self.tokens[existing].id;
             return Err(EngineError::DuplicateBooking { existing });
         }
         let priority = request.source.priority();
@@ -203,7 +205,7 @@ impl Engine {
     /// of the waitlist unless it absorbs overbooking.
     pub fn act(&mut self, id: Uuid, action: Action, ctx: &Context) -> Result<Outcome, EngineError> {
         let key = self.token_key(id)?;
-        let token = &self.tokens[key as usize];
+        let token = &self.tokens[key];
         let from = token.status;
         let (to, reason) = action
             .transition(from)
@@ -250,14 +252,14 @@ impl Engine {
     }
 
     pub fn token(&self, id: Uuid) -> Option<TokenView> {
-        let key = *self.token_keys.get(&id)?;
+        let key = self.token_keys.get(&id)?;
         Some(self.view(key))
     }
 
     /// A token's history, oldest first.
     pub fn history(&self, id: Uuid) -> Option<&[HistoryEntry]> {
-        let key = *self.token_keys.get(&id)?;
-        Some(&self.tokens[key as usize].history)
+        let key = self.token_keys.get(&id)?;
+        Some(&self.tokens[key].history)
     }
 
     pub fn slot_summary(&self, id: &SlotId) -> Option<SlotSummary> {
@@ -311,7 +313,7 @@ impl Engine {
         if record.sequence < self.next_sequence {
             return fail("sequence numbers are not ascending".into());
         }
-        if self.token_keys.contains_key(&record.id) {
+        if self.token_keys.contains(&record.id) {
             return fail("stored twice".into());
         }
         let slot = &mut self.slots[slot_key as usize];
@@ -370,8 +372,8 @@ impl Engine {
             self.check_slot(key as u32)?;
         }
         let mut active = 0;
-        for (key, token) in self.tokens.iter().enumerate() {
-            if self.token_keys.get(&token.id) != Some(&(key as u32)) {
+        for (key, token) in self.tokens.iter() {
+            if self.token_keys.get(&token.id) != Some(key) {
                 return Err(RestoreError(format!("token {} is not indexed", token.id)));
             }
             active += usize::from(token.status.is_active());
@@ -395,7 +397,6 @@ impl Engine {
     fn token_key(&self, id: Uuid) -> Result<TokenKey, EngineError> {
         self.token_keys
             .get(&id)
-            .copied()
             .ok_or(EngineError::TokenNotFound(id))
     }
 
@@ -446,15 +447,15 @@ impl Engine {
     }
 
     fn push_token(&mut self, token: Token) -> TokenKey {
-        let key = TokenKey::try_from(self.tokens.len()).expect("fewer than 2^32 tokens");
-        self.token_keys.insert(token.id, key);
-        self.tokens.push(token);
+        let id = token.id;
+        let key = self.tokens.push(token);
+        self.token_keys.insert(id, key);
         key
     }
 
     /// Puts a token into the queue its status calls for.
     fn enter_status(&mut self, key: TokenKey) {
-        let token = &self.tokens[key as usize];
+        let token = &self.tokens[key];
         let slot = &mut self.slots[token.slot as usize];
         match token.status {
             Status::Allocated => slot.insert_allocated(token.queue_key(), key),
@@ -467,7 +468,7 @@ impl Engine {
     /// Moves an active token to `to` and records it in its history. This is
     /// the only place a token's status changes after creation.
     fn transition(&mut self, key: TokenKey, to: Status, reason: Reason, ctx: &Context) -> Change {
-        let token = &mut self.tokens[key as usize];
+        let token = &mut self.tokens[key];
         let slot = &mut self.slots[token.slot as usize];
         let from = token.status;
         match from {
@@ -518,7 +519,7 @@ impl Engine {
     }
 
     fn finish(&self, key: TokenKey, changes: Vec<Change>) -> Outcome {
-        let token = &self.tokens[key as usize];
+        let token = &self.tokens[key];
         self.check_after_mutation(token.slot);
         Outcome {
             token: self.view(key),
@@ -556,7 +557,7 @@ impl Engine {
         self.check_counts(slot_key)?;
         let mut emergencies = 0;
         for (queue_key, key) in slot.allocated_entries() {
-            let token = &self.tokens[*key as usize];
+            let token = &self.tokens[*key];
             if token.status != Status::Allocated || token.slot != slot_key {
                 return fail(format!("token {} is queued as allocated", token.id));
             }
@@ -569,7 +570,7 @@ impl Engine {
             return fail("emergency count drifted".into());
         }
         for (position, (queue_key, key)) in slot.waitlist_entries().enumerate() {
-            let token = &self.tokens[*key as usize];
+            let token = &self.tokens[*key];
             if token.status != Status::Waitlisted || token.slot != slot_key {
                 return fail(format!("token {} is queued as waitlisted", token.id));
             }
@@ -582,7 +583,7 @@ impl Engine {
             }
         }
         for (_, key) in slot.allocated_entries().chain(slot.waitlist_entries()) {
-            let token = &self.tokens[*key as usize];
+            let token = &self.tokens[*key];
             if slot.active_token_of(&token.patient) != Some(*key) {
                 return fail(format!("patient {} is not indexed", token.patient));
             }
@@ -591,7 +592,7 @@ impl Engine {
     }
 
     fn view(&self, key: TokenKey) -> TokenView {
-        let token = &self.tokens[key as usize];
+        let token = &self.tokens[key];
         let slot = &self.slots[token.slot as usize];
         TokenView {
             id: token.id,

@@ -9,10 +9,13 @@
 
 use std::ops::{Index, IndexMut};
 
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
+use hashbrown::hash_table::{Entry, HashTable};
 use uuid::Uuid;
 
 use super::slot::TokenKey;
-use super::HashMap;
 
 /// Tokens per chunk: 4096 tokens of about a hundred bytes are a few hundred
 /// kilobytes, large enough that the chunk list stays short.
@@ -77,6 +80,67 @@ impl<T> IndexMut<TokenKey> for Arena<T> {
     }
 }
 
+/// A set of token keys found by a field of the token each key names (its
+/// id, its patient). Only the 4-byte key is stored; the field is read
+/// through the arena when a lookup's 7-bit hash tag matches or the table
+/// grows. Against a map that stores the field beside the key, this saves
+/// about 20 bytes a token and the field's copy.
+#[derive(Debug, Default)]
+pub(super) struct KeyIndex {
+    table: HashTable<TokenKey>,
+}
+
+impl KeyIndex {
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The key whose field equals `wanted`; `hash` is `wanted`'s hash.
+    pub(super) fn find<'a, Q: PartialEq + ?Sized + 'a>(
+        &self,
+        hash: u64,
+        wanted: &Q,
+        field: impl Fn(TokenKey) -> &'a Q,
+    ) -> Option<TokenKey> {
+        self.table.find(hash, |&key| field(key) == wanted).copied()
+    }
+
+    /// Adds `key`, whose field hashes to `hash`, unless a key with an equal
+    /// field is there already; returns that key then. `rehash` gives the
+    /// hash of any stored key, for when the table grows.
+    pub(super) fn insert<'a, Q: PartialEq + ?Sized + 'a>(
+        &mut self,
+        hash: u64,
+        key: TokenKey,
+        field: impl Fn(TokenKey) -> &'a Q,
+        rehash: impl Fn(TokenKey) -> u64,
+    ) -> Result<(), TokenKey> {
+        let wanted = field(key);
+        match self.table.entry(
+            hash,
+            |&stored| field(stored) == wanted,
+            |&stored| rehash(stored),
+        ) {
+            Entry::Occupied(entry) => Err(*entry.get()),
+            Entry::Vacant(entry) => {
+                entry.insert(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes `key`, whose field hashes to `hash`; false if it was absent.
+    pub(super) fn remove(&mut self, hash: u64, key: TokenKey) -> bool {
+        match self.table.find_entry(hash, |&stored| stored == key) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// Shards of the id index. With 64 shards, a million tokens rehash at most
 /// about 16,000 entries at once.
 const SHARDS: usize = 64;
@@ -84,35 +148,47 @@ const SHARDS: usize = 64;
 /// The token id index, split into shards that each grow on their own.
 #[derive(Debug)]
 pub(super) struct IdIndex {
-    shards: Box<[HashMap<Uuid, TokenKey>]>,
+    hasher: RandomState,
+    shards: Box<[KeyIndex]>,
 }
 
 impl Default for IdIndex {
     fn default() -> Self {
         IdIndex {
-            shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
+            hasher: RandomState::default(),
+            shards: (0..SHARDS).map(|_| KeyIndex::default()).collect(),
         }
     }
 }
 
 impl IdIndex {
-    /// Token ids are random (version 4) UUIDs issued by the server, so their
-    /// last byte spreads them evenly; the shard's own hasher still hashes
-    /// the whole id.
-    fn shard(&self, id: &Uuid) -> &HashMap<Uuid, TokenKey> {
-        &self.shards[usize::from(id.as_bytes()[15]) % SHARDS]
+    /// The hash and the shard of an id. The shard takes bits that the
+    /// table uses for neither its bucket (the low bits) nor its tag (the
+    /// top seven).
+    fn locate(&self, id: &Uuid) -> (u64, usize) {
+        let hash = self.hasher.hash_one(id);
+        (hash, (hash >> 48) as usize % SHARDS)
     }
 
-    pub(super) fn get(&self, id: &Uuid) -> Option<TokenKey> {
-        self.shard(id).get(id).copied()
+    pub(super) fn get<'a>(
+        &self,
+        id: &Uuid,
+        id_of: impl Fn(TokenKey) -> &'a Uuid,
+    ) -> Option<TokenKey> {
+        let (hash, shard) = self.locate(id);
+        self.shards[shard].find(hash, id, id_of)
     }
 
-    pub(super) fn contains(&self, id: &Uuid) -> bool {
-        self.shard(id).contains_key(id)
-    }
-
-    pub(super) fn insert(&mut self, id: Uuid, key: TokenKey) {
-        self.shards[usize::from(id.as_bytes()[15]) % SHARDS].insert(id, key);
+    /// Indexes `key` under its id; if the id is indexed already, returns
+    /// the key that holds it.
+    pub(super) fn insert<'a>(
+        &mut self,
+        key: TokenKey,
+        id_of: impl Fn(TokenKey) -> &'a Uuid,
+    ) -> Result<(), TokenKey> {
+        let (hash, shard) = self.locate(id_of(key));
+        let hasher = &self.hasher;
+        self.shards[shard].insert(hash, key, &id_of, |stored| hasher.hash_one(id_of(stored)))
     }
 }
 
@@ -137,15 +213,40 @@ mod tests {
 
     #[test]
     fn id_index_finds_every_id_it_holds_and_no_other() {
+        let ids: Vec<Uuid> = (0..10_000u128)
+            .map(|n| Uuid::from_u128(n * 0x1_0000_0001))
+            .collect();
         let mut index = IdIndex::default();
-        for n in 0..1000u128 {
-            index.insert(Uuid::from_u128(n * 0x1_0000_0001), n as TokenKey);
+        for key in 0..ids.len() as TokenKey {
+            assert_eq!(index.insert(key, |k| &ids[k as usize]), Ok(()));
         }
-        for n in 0..1000u128 {
-            let id = Uuid::from_u128(n * 0x1_0000_0001);
-            assert_eq!(index.get(&id), Some(n as TokenKey));
-            assert!(index.contains(&id));
+        for (key, id) in ids.iter().enumerate() {
+            assert_eq!(index.get(id, |k| &ids[k as usize]), Some(key as TokenKey));
         }
-        assert_eq!(index.get(&Uuid::from_u128(7)), None);
+        assert_eq!(index.get(&Uuid::from_u128(7), |k| &ids[k as usize]), None);
+        let mut doubled = ids.clone();
+        doubled.push(ids[42]);
+        let last = (doubled.len() - 1) as TokenKey;
+        assert_eq!(index.insert(last, |k| &doubled[k as usize]), Err(42));
+    }
+
+    #[test]
+    fn key_index_removes_only_the_key_asked_for() {
+        let names = ["ana", "ben", "cy"];
+        let hasher = RandomState::default();
+        let field = |key: TokenKey| names[key as usize];
+        let mut index = KeyIndex::default();
+        for key in 0..3 {
+            let hash = hasher.hash_one(field(key));
+            assert_eq!(
+                index.insert(hash, key, field, |k| hasher.hash_one(field(k))),
+                Ok(())
+            );
+        }
+        assert!(index.remove(hasher.hash_one("ben"), 1));
+        assert!(!index.remove(hasher.hash_one("ben"), 1));
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.find(hasher.hash_one("ben"), "ben", field), None);
+        assert_eq!(index.find(hasher.hash_one("cy"), "cy", field), Some(2));
     }
 }

@@ -169,11 +169,12 @@ impl Engine {
     /// Books a token. See the allocation rules in the HTTP contract.
     pub fn book(&mut self, request: BookRequest, ctx: &Context) -> Result<Outcome, EngineError> {
         let slot_key = self.slot_key(&request.slot)?;
-        if self.token_keys.contains(&request.token) {
+        if self.find_token(&request.token).is_some() {
             return Err(EngineError::TokenIdInUse(request.token));
         }
         let slot = &self.slots[slot_key as usize];
-        if let Some(existing) = slot.active_token_of(&request.patient) {
+        if let Some(existing) = slot.active_token_of(&request.patient, |k| &self.tokens[k].patient)
+        {
             let existing = self.tokens[existing].id;
             return Err(EngineError::DuplicateBooking { existing });
         }
@@ -252,13 +253,13 @@ impl Engine {
     }
 
     pub fn token(&self, id: Uuid) -> Option<TokenView> {
-        let key = self.token_keys.get(&id)?;
+        let key = self.find_token(&id)?;
         Some(self.view(key))
     }
 
     /// A token's history, oldest first.
     pub fn history(&self, id: Uuid) -> Option<&[HistoryEntry]> {
-        let key = self.token_keys.get(&id)?;
+        let key = self.find_token(&id)?;
         Some(&self.tokens[key].history)
     }
 
@@ -313,11 +314,15 @@ impl Engine {
         if record.sequence < self.next_sequence {
             return fail("sequence numbers are not ascending".into());
         }
-        if self.token_keys.contains(&record.id) {
+        if self.find_token(&record.id).is_some() {
             return fail("stored twice".into());
         }
         let slot = &mut self.slots[slot_key as usize];
-        if record.status.is_active() && slot.active_token_of(&record.patient).is_some() {
+        if record.status.is_active()
+            && slot
+                .active_token_of(&record.patient, |k| &self.tokens[k].patient)
+                .is_some()
+        {
             return fail("patient holds two active tokens in the slot".into());
         }
         let day = self
@@ -373,7 +378,7 @@ impl Engine {
         }
         let mut active = 0;
         for (key, token) in self.tokens.iter() {
-            if self.token_keys.get(&token.id) != Some(key) {
+            if self.find_token(&token.id) != Some(key) {
                 return Err(RestoreError(format!("token {} is not indexed", token.id)));
             }
             active += usize::from(token.status.is_active());
@@ -394,10 +399,12 @@ impl Engine {
             .ok_or_else(|| EngineError::SlotNotFound(id.clone()))
     }
 
+    fn find_token(&self, id: &Uuid) -> Option<TokenKey> {
+        self.token_keys.get(id, |k| &self.tokens[k].id)
+    }
+
     fn token_key(&self, id: Uuid) -> Result<TokenKey, EngineError> {
-        self.token_keys
-            .get(&id)
-            .ok_or(EngineError::TokenNotFound(id))
+        self.find_token(&id).ok_or(EngineError::TokenNotFound(id))
     }
 
     fn waitlist_full(&self, slot_key: u32) -> EngineError {
@@ -447,9 +454,10 @@ impl Engine {
     }
 
     fn push_token(&mut self, token: Token) -> TokenKey {
-        let id = token.id;
         let key = self.tokens.push(token);
-        self.token_keys.insert(id, key);
+        let tokens = &self.tokens;
+        let indexed = self.token_keys.insert(key, |k| &tokens[k].id);
+        assert!(indexed.is_ok(), "a token id is indexed twice");
         key
     }
 
@@ -462,7 +470,7 @@ impl Engine {
             Status::Waitlisted => slot.insert_waitlisted(token.queue_key(), token.arrival, key),
             Status::Cancelled | Status::NoShow => return,
         }
-        slot.activate(token.patient.clone(), key);
+        slot.activate(key, |k| &self.tokens[k].patient);
     }
 
     /// Moves an active token to `to` and records it in its history. This is
@@ -481,7 +489,7 @@ impl Engine {
         match to {
             Status::Allocated => slot.insert_allocated(token.queue_key(), key),
             Status::Waitlisted => slot.insert_waitlisted(token.queue_key(), token.arrival, key),
-            Status::Cancelled | Status::NoShow => slot.deactivate(&token.patient),
+            Status::Cancelled | Status::NoShow => slot.deactivate(&token.patient, key),
         }
         token.status = to;
         token.updated_at = ctx.at;
@@ -584,7 +592,7 @@ impl Engine {
         }
         for (_, key) in slot.allocated_entries().chain(slot.waitlist_entries()) {
             let token = &self.tokens[*key];
-            if slot.active_token_of(&token.patient) != Some(*key) {
+            if slot.active_token_of(&token.patient, |k| &self.tokens[k].patient) != Some(*key) {
                 return fail(format!("patient {} is not indexed", token.patient));
             }
         }

@@ -8,7 +8,11 @@ use jiff::civil::{Date, Time};
 
 use super::fenwick::Fenwick;
 use super::model::{DoctorId, PatientId, Priority, SlotId, SlotSpec, SlotSummary};
-use super::HashMap;
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
+
+use super::arena::KeyIndex;
 
 /// Index of a token in the engine's arena.
 pub(super) type TokenKey = u32;
@@ -33,8 +37,11 @@ pub(super) struct Slot {
     /// while that token waits. Gives waitlist positions in O(log n).
     waitlist_ranks: [Fenwick; 5],
     waitlist_counts: [u32; 5],
-    /// The active token of each patient, for the one-per-slot rule.
-    active_patients: HashMap<PatientId, TokenKey>,
+    /// The active token of each patient, for the one-per-slot rule, found
+    /// by the patient id's hash under this slot's own random seed
+    /// (patient ids come from clients).
+    active_patients: KeyIndex,
+    patient_hasher: RandomState,
 }
 
 impl Slot {
@@ -51,7 +58,8 @@ impl Slot {
             waitlist: BTreeMap::new(),
             waitlist_ranks: Default::default(),
             waitlist_counts: [0; 5],
-            active_patients: HashMap::default(),
+            active_patients: KeyIndex::default(),
+            patient_hasher: RandomState::default(),
         }
     }
 
@@ -90,22 +98,37 @@ impl Slot {
         self.waitlist_ranks[priority.bucket()].push()
     }
 
-    pub(super) fn active_token_of(&self, patient: &PatientId) -> Option<TokenKey> {
-        self.active_patients.get(patient).copied()
+    pub(super) fn active_token_of<'a>(
+        &self,
+        patient: &PatientId,
+        patient_of: impl Fn(TokenKey) -> &'a PatientId,
+    ) -> Option<TokenKey> {
+        let hash = self.patient_hasher.hash_one(patient.as_str());
+        self.active_patients.find(hash, patient, patient_of)
     }
 
-    pub(super) fn activate(&mut self, patient: PatientId, token: TokenKey) {
-        let previous = self.active_patients.insert(patient, token);
+    pub(super) fn activate<'a>(
+        &mut self,
+        token: TokenKey,
+        patient_of: impl Fn(TokenKey) -> &'a PatientId,
+    ) {
+        let hasher = &self.patient_hasher;
+        let hash = hasher.hash_one(patient_of(token).as_str());
+        let added = self
+            .active_patients
+            .insert(hash, token, &patient_of, |stored| {
+                hasher.hash_one(patient_of(stored).as_str())
+            });
         assert!(
-            previous.is_none(),
+            added.is_ok(),
             "a patient holds two active tokens in one slot"
         );
     }
 
-    pub(super) fn deactivate(&mut self, patient: &PatientId) {
-        let removed = self.active_patients.remove(patient);
+    pub(super) fn deactivate(&mut self, patient: &PatientId, token: TokenKey) {
+        let hash = self.patient_hasher.hash_one(patient.as_str());
         assert!(
-            removed.is_some(),
+            self.active_patients.remove(hash, token),
             "deactivating a patient with no active token"
         );
     }

@@ -100,7 +100,7 @@ struct Token {
 
 impl Token {
     fn queue_key(&self) -> slot::QueueKey {
-        (self.source.priority(), self.sequence)
+        slot::QueueKey::new(self.source.priority(), self.sequence)
     }
 }
 
@@ -313,6 +313,9 @@ impl Engine {
         };
         if record.sequence < self.next_sequence {
             return fail("sequence numbers are not ascending".into());
+        }
+        if record.sequence >= slot::QueueKey::SEQUENCE_LIMIT {
+            return fail("sequence number out of range".into());
         }
         if self.find_token(&record.id).is_some() {
             return fail("stored twice".into());

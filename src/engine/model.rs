@@ -64,6 +64,12 @@ impl Priority {
         self.0
     }
 
+    /// The priority of a rank read back from a queue key.
+    pub(super) fn from_rank(rank: u8) -> Priority {
+        debug_assert!((1..=5).contains(&rank), "a rank from 1 to 5");
+        Priority(rank)
+    }
+
     /// Zero-based bucket index, used for the per-priority waitlist ranks.
     pub(super) fn bucket(self) -> usize {
         usize::from(self.0 - 1)

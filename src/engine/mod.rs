@@ -95,10 +95,41 @@ struct Token {
     /// Kept apart from `history` because a partially loaded engine (one
     /// slot's active tokens) has no history to derive it from.
     updated_at: jiff::Timestamp,
+    /// The first history line, at `created_at`. Kept inline rather than in
+    /// `history` because most tokens never change again, and a history
+    /// vector would cost every booking an allocation. `None` in a partially
+    /// loaded engine, which holds no history.
+    creation: Option<Creation>,
+    /// History after the creation, oldest first.
     history: Vec<HistoryEntry>,
 }
 
+#[derive(Debug)]
+struct Creation {
+    status: Status,
+    reason: Reason,
+    actor: Actor,
+}
+
 impl Token {
+    fn creation_entry(&self) -> Option<HistoryEntry> {
+        self.creation.as_ref().map(|creation| HistoryEntry {
+            at: self.created_at,
+            from: None,
+            to: creation.status,
+            reason: creation.reason,
+            actor: creation.actor.clone(),
+        })
+    }
+
+    /// The whole history, oldest first.
+    fn full_history(&self) -> Vec<HistoryEntry> {
+        self.creation_entry()
+            .into_iter()
+            .chain(self.history.iter().cloned())
+            .collect()
+    }
+
     fn queue_key(&self) -> slot::QueueKey {
         slot::QueueKey::new(self.source.priority(), self.sequence)
     }
@@ -258,9 +289,9 @@ impl Engine {
     }
 
     /// A token's history, oldest first.
-    pub fn history(&self, id: Uuid) -> Option<&[HistoryEntry]> {
+    pub fn history(&self, id: Uuid) -> Option<Vec<HistoryEntry>> {
         let key = self.find_token(&id)?;
-        Some(&self.tokens[key].history)
+        Some(self.tokens[key].full_history())
     }
 
     pub fn slot_summary(&self, id: &SlotId) -> Option<SlotSummary> {
@@ -332,6 +363,21 @@ impl Engine {
             .doctor_days
             .get_mut(&(slot.doctor.clone(), slot.date))
             .expect("every slot has its doctor's day");
+        let mut history = record.history;
+        let creation = match history.first() {
+            Some(first) if first.from.is_none() => {
+                if first.at != record.created_at {
+                    return fail("its creation is not at its creation time".into());
+                }
+                let first = history.remove(0);
+                Some(Creation {
+                    status: first.to,
+                    reason: first.reason,
+                    actor: first.actor,
+                })
+            }
+            _ => None,
+        };
         day.numbers_issued = day.numbers_issued.max(record.number);
         self.next_sequence = record.sequence + 1;
         let token = Token {
@@ -345,7 +391,8 @@ impl Engine {
             status: record.status,
             created_at: record.created_at,
             updated_at: record.updated_at,
-            history: record.history,
+            creation,
+            history,
         };
         let key = self.push_token(token);
         self.enter_status(key);
@@ -442,13 +489,12 @@ impl Engine {
             status,
             created_at: ctx.at,
             updated_at: ctx.at,
-            history: vec![HistoryEntry {
-                at: ctx.at,
-                from: None,
-                to: status,
+            creation: Some(Creation {
+                status,
                 reason: decision.reason(),
                 actor: ctx.actor.clone(),
-            }],
+            }),
+            history: Vec::new(),
         };
         self.next_sequence += 1;
         let key = self.push_token(token);
@@ -537,8 +583,9 @@ impl Engine {
             transition: token
                 .history
                 .last()
-                .expect("an acted-on token has history")
-                .clone(),
+                .cloned()
+                .or_else(|| token.creation_entry())
+                .expect("an acted-on token has history"),
             changes,
             slot: self.slots[token.slot as usize].summary(),
         }

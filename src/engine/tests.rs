@@ -566,7 +566,7 @@ fn restoring_stored_tokens_rebuilds_identical_queues() {
                 status: view.status,
                 created_at: view.created_at,
                 updated_at: view.updated_at,
-                history: f.engine.history(*id).unwrap().to_vec(),
+                history: f.engine.history(*id).unwrap(),
             })
             .unwrap();
     }

@@ -197,7 +197,7 @@ impl Service {
                     .read(|engine| {
                         Some(TokenDetail {
                             token: engine.token(id)?,
-                            history: engine.history(id)?.to_vec(),
+                            history: engine.history(id)?,
                         })
                     })
                     .await

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use jiff::civil::{Date, Time};
 use jiff::Timestamp;
 use uuid::Uuid;
@@ -240,17 +242,15 @@ pub fn is_valid_id(raw: &str) -> bool {
 }
 
 macro_rules! identifier {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident($storage:ty)) => {
         $(#[$doc])*
-        ///
-        /// Shared behind an `Arc` because every token of a slot refers to it.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name($storage);
 
         impl $name {
             /// Accepts only identifiers that pass [`is_valid_id`].
             pub fn parse(raw: &str) -> Option<Self> {
-                is_valid_id(raw).then(|| Self(Arc::from(raw)))
+                is_valid_id(raw).then(|| Self(<$storage>::from(raw)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -268,15 +268,23 @@ macro_rules! identifier {
 
 identifier!(
     /// Identifies a patient; the engine never interprets it.
-    PatientId
+    ///
+    /// Every token holds its own, so ids of up to 24 bytes (any realistic
+    /// record number) are kept inline, without an allocation per booking.
+    PatientId(CompactString)
 );
 identifier!(
     /// Identifies a slot, e.g. `D1-09`.
-    SlotId
+    ///
+    /// Shared behind an `Arc` because every token view of a slot refers to
+    /// it.
+    SlotId(Arc<str>)
 );
 identifier!(
     /// Identifies a doctor; token numbers are counted per doctor and date.
-    DoctorId
+    ///
+    /// Shared behind an `Arc` like [`SlotId`].
+    DoctorId(Arc<str>)
 );
 
 /// Who performed an action, as recorded in token history.

@@ -624,11 +624,28 @@ fn restoring_out_of_order_or_inconsistent_data_is_refused() {
         restored.restore_token(twin).is_err(),
         "two active tokens of one patient"
     );
-    let mut unknown_slot = record;
+    let mut unknown_slot = record.clone();
     unknown_slot.slot = slot_id("ELSEWHERE");
     assert!(Engine::new(Limits::default())
         .restore_token(unknown_slot)
         .is_err());
+    let mut late_creation = record.clone();
+    late_creation.history = f.engine.history(id).unwrap();
+    late_creation.history[0].at = record.created_at + jiff::SignedDuration::from_secs(1);
+    let mut fresh = Engine::new(Limits::default());
+    fresh.add_test_slot();
+    assert!(
+        fresh.restore_token(late_creation).is_err(),
+        "a creation line at another time than created_at"
+    );
+    let mut far_sequence = record;
+    far_sequence.sequence = 1 << 56;
+    let mut fresh = Engine::new(Limits::default());
+    fresh.add_test_slot();
+    assert!(
+        fresh.restore_token(far_sequence).is_err(),
+        "a sequence past what a queue key holds"
+    );
 }
 
 impl Engine {

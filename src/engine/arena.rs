@@ -81,13 +81,23 @@ impl<T> IndexMut<TokenKey> for Arena<T> {
 }
 
 /// A set of token keys found by a field of the token each key names (its
-/// id, its patient). Only the 4-byte key is stored; the field is read
-/// through the arena when a lookup's 7-bit hash tag matches or the table
-/// grows. Against a map that stores the field beside the key, this saves
-/// about 20 bytes a token and the field's copy.
+/// id, its patient). An entry is the 4-byte key and 32 bits of the field's
+/// hash; the field itself is read through the arena only when a lookup's
+/// hash bits match. Against a map that stores the field beside the key,
+/// this saves about 15 bytes a token and the field's copy, and growing the
+/// table needs no arena reads (those are cold cache lines).
 #[derive(Debug, Default)]
 pub(super) struct KeyIndex {
-    table: HashTable<TokenKey>,
+    table: HashTable<(TokenKey, u32)>,
+}
+
+/// The 32 hash bits an entry keeps, and the 64-bit hash the table places
+/// it by, rebuilt from those bits alone so that growing needs nothing
+/// else. The table takes its bucket from the low bits and a 7-bit tag
+/// from the top ones; both come from the kept bits.
+fn kept_bits(hash: u64) -> (u32, u64) {
+    let kept = (hash >> 32) as u32;
+    (kept, u64::from(kept) << 32 | u64::from(kept))
 }
 
 impl KeyIndex {
@@ -102,28 +112,30 @@ impl KeyIndex {
         wanted: &Q,
         field: impl Fn(TokenKey) -> &'a Q,
     ) -> Option<TokenKey> {
-        self.table.find(hash, |&key| field(key) == wanted).copied()
+        let (kept, placed) = kept_bits(hash);
+        self.table
+            .find(placed, |&(key, bits)| bits == kept && field(key) == wanted)
+            .map(|&(key, _)| key)
     }
 
     /// Adds `key`, whose field hashes to `hash`, unless a key with an equal
-    /// field is there already; returns that key then. `rehash` gives the
-    /// hash of any stored key, for when the table grows.
+    /// field is there already; returns that key then.
     pub(super) fn insert<'a, Q: PartialEq + ?Sized + 'a>(
         &mut self,
         hash: u64,
         key: TokenKey,
         field: impl Fn(TokenKey) -> &'a Q,
-        rehash: impl Fn(TokenKey) -> u64,
     ) -> Result<(), TokenKey> {
+        let (kept, placed) = kept_bits(hash);
         let wanted = field(key);
         match self.table.entry(
-            hash,
-            |&stored| field(stored) == wanted,
-            |&stored| rehash(stored),
+            placed,
+            |&(stored, bits)| bits == kept && field(stored) == wanted,
+            |&(_, bits)| kept_bits(u64::from(bits) << 32).1,
         ) {
-            Entry::Occupied(entry) => Err(*entry.get()),
+            Entry::Occupied(entry) => Err(entry.get().0),
             Entry::Vacant(entry) => {
-                entry.insert(key);
+                entry.insert((key, kept));
                 Ok(())
             }
         }
@@ -131,7 +143,8 @@ impl KeyIndex {
 
     /// Removes `key`, whose field hashes to `hash`; false if it was absent.
     pub(super) fn remove(&mut self, hash: u64, key: TokenKey) -> bool {
-        match self.table.find_entry(hash, |&stored| stored == key) {
+        let (_, placed) = kept_bits(hash);
+        match self.table.find_entry(placed, |&(stored, _)| stored == key) {
             Ok(entry) => {
                 entry.remove();
                 true
@@ -162,12 +175,11 @@ impl Default for IdIndex {
 }
 
 impl IdIndex {
-    /// The hash and the shard of an id. The shard takes bits that the
-    /// table uses for neither its bucket (the low bits) nor its tag (the
-    /// top seven).
+    /// The hash and the shard of an id. The shard takes the low bits,
+    /// which the shard's table does not keep.
     fn locate(&self, id: &Uuid) -> (u64, usize) {
         let hash = self.hasher.hash_one(id);
-        (hash, (hash >> 48) as usize % SHARDS)
+        (hash, hash as usize % SHARDS)
     }
 
     pub(super) fn get<'a>(
@@ -187,8 +199,7 @@ impl IdIndex {
         id_of: impl Fn(TokenKey) -> &'a Uuid,
     ) -> Result<(), TokenKey> {
         let (hash, shard) = self.locate(id_of(key));
-        let hasher = &self.hasher;
-        self.shards[shard].insert(hash, key, &id_of, |stored| hasher.hash_one(id_of(stored)))
+        self.shards[shard].insert(hash, key, id_of)
     }
 }
 
@@ -238,10 +249,7 @@ mod tests {
         let mut index = KeyIndex::default();
         for key in 0..3 {
             let hash = hasher.hash_one(field(key));
-            assert_eq!(
-                index.insert(hash, key, field, |k| hasher.hash_one(field(k))),
-                Ok(())
-            );
+            assert_eq!(index.insert(hash, key, field), Ok(()));
         }
         assert!(index.remove(hasher.hash_one("ben"), 1));
         assert!(!index.remove(hasher.hash_one("ben"), 1));

@@ -135,13 +135,8 @@ impl Slot {
         token: TokenKey,
         patient_of: impl Fn(TokenKey) -> &'a PatientId,
     ) {
-        let hasher = &self.patient_hasher;
-        let hash = hasher.hash_one(patient_of(token).as_str());
-        let added = self
-            .active_patients
-            .insert(hash, token, &patient_of, |stored| {
-                hasher.hash_one(patient_of(stored).as_str())
-            });
+        let hash = self.patient_hasher.hash_one(patient_of(token).as_str());
+        let added = self.active_patients.insert(hash, token, patient_of);
         assert!(
             added.is_ok(),
             "a patient holds two active tokens in one slot"

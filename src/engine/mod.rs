@@ -150,7 +150,11 @@ pub struct Engine {
     slot_keys: HashMap<SlotId, u32>,
     /// Every slot in listing order: date, start time, slot id.
     schedule: BTreeMap<(Date, Time, SlotId), u32>,
-    doctor_days: HashMap<(DoctorId, Date), DoctorDay>,
+    /// Each doctor's working day, found by doctor and date when a slot is
+    /// created; a slot keeps its day's index so that a booking reaches
+    /// the counter without hashing.
+    doctor_days: HashMap<(DoctorId, Date), u32>,
+    days: Vec<DoctorDay>,
     tokens: Arena<Token>,
     token_keys: IdIndex,
     next_sequence: u64,
@@ -176,10 +180,14 @@ impl Engine {
         if self.slot_keys.contains_key(&spec.id) {
             return Err(EngineError::SlotExists(spec.id));
         }
-        let day = self
+        let day_key = *self
             .doctor_days
             .entry((spec.doctor.clone(), spec.date))
-            .or_default();
+            .or_insert_with(|| {
+                self.days.push(DoctorDay::default());
+                u32::try_from(self.days.len() - 1).expect("fewer than 2^32 doctor days")
+            });
+        let day = &mut self.days[day_key as usize];
         // Slots of one doctor never overlap, so the last one starting before
         // the new end has the latest end of all those: one lookup suffices.
         if let Some((_, &(end, existing))) = day.slots_by_start.range(..spec.end).next_back() {
@@ -193,7 +201,7 @@ impl Engine {
         self.slot_keys.insert(spec.id.clone(), key);
         self.schedule
             .insert((spec.date, spec.start, spec.id.clone()), key);
-        self.slots.push(Slot::new(spec));
+        self.slots.push(Slot::new(spec, day_key));
         Ok(self.slots[key as usize].summary())
     }
 
@@ -359,10 +367,7 @@ impl Engine {
         {
             return fail("patient holds two active tokens in the slot".into());
         }
-        let day = self
-            .doctor_days
-            .get_mut(&(slot.doctor.clone(), slot.date))
-            .expect("every slot has its doctor's day");
+        let day = &mut self.days[slot.doctor_day as usize];
         let mut history = record.history;
         let creation = match history.first() {
             Some(first) if first.from.is_none() => {
@@ -411,10 +416,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let slot_key = self.slot_key(slot)?;
         let slot = &self.slots[slot_key as usize];
-        let day = self
-            .doctor_days
-            .get_mut(&(slot.doctor.clone(), slot.date))
-            .expect("every slot has its doctor's day");
+        let day = &mut self.days[slot.doctor_day as usize];
         day.numbers_issued = day.numbers_issued.max(numbers_issued);
         self.next_sequence = self.next_sequence.max(next_sequence);
         Ok(())
@@ -472,10 +474,7 @@ impl Engine {
         ctx: &Context,
     ) -> TokenKey {
         let slot = &mut self.slots[slot_key as usize];
-        let day = self
-            .doctor_days
-            .get_mut(&(slot.doctor.clone(), slot.date))
-            .expect("every slot has its doctor's day");
+        let day = &mut self.days[slot.doctor_day as usize];
         day.numbers_issued += 1;
         let status = decision.status();
         let token = Token {

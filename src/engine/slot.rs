@@ -52,6 +52,8 @@ pub(super) struct Slot {
     pub(super) start: Time,
     pub(super) end: Time,
     pub(super) capacity: u32,
+    /// Index of the doctor's day in the engine's day list.
+    pub(super) doctor_day: u32,
     allocated: BTreeMap<QueueKey, TokenKey>,
     /// Kept so that "only emergencies remain allocated" is O(1) to ask.
     allocated_emergencies: u32,
@@ -68,7 +70,7 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(spec: SlotSpec) -> Slot {
+    pub(super) fn new(spec: SlotSpec, doctor_day: u32) -> Slot {
         Slot {
             id: spec.id,
             doctor: spec.doctor,
@@ -76,6 +78,7 @@ impl Slot {
             start: spec.start,
             end: spec.end,
             capacity: spec.capacity.get(),
+            doctor_day,
             allocated: BTreeMap::new(),
             allocated_emergencies: 0,
             waitlist: BTreeMap::new(),

@@ -91,10 +91,10 @@ struct Token {
     /// Index among the slot's arrivals of the same priority, for the
     /// waitlist position tree.
     arrival: u32,
-    created_at: jiff::Timestamp,
+    created_at: Nanos,
     /// Kept apart from `history` because a partially loaded engine (one
     /// slot's active tokens) has no history to derive it from.
-    updated_at: jiff::Timestamp,
+    updated_at: Nanos,
     /// The first history line, at `created_at`. Kept inline rather than in
     /// `history` because most tokens never change again, and a history
     /// vector would cost every booking an allocation. `None` in a partially
@@ -102,6 +102,28 @@ struct Token {
     creation: Option<Creation>,
     /// History after the creation, oldest first.
     history: Vec<HistoryEntry>,
+}
+
+/// A moment in nanoseconds since the Unix epoch: half the size of a
+/// `Timestamp`, which matters in a struct kept for every token. It covers
+/// 1678 to 2261, as the stores do (they keep times in the same form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Nanos(i64);
+
+impl Nanos {
+    fn try_of(at: jiff::Timestamp) -> Option<Nanos> {
+        i64::try_from(at.as_nanosecond()).ok().map(Nanos)
+    }
+
+    /// The time of a mutation, which comes from the service's clock.
+    fn of(at: jiff::Timestamp) -> Nanos {
+        Nanos::try_of(at).expect("the clock reads a time before 2262")
+    }
+
+    fn timestamp(self) -> jiff::Timestamp {
+        jiff::Timestamp::from_nanosecond(i128::from(self.0))
+            .expect("every i64 nanosecond count is a valid timestamp")
+    }
 }
 
 #[derive(Debug)]
@@ -114,7 +136,7 @@ struct Creation {
 impl Token {
     fn creation_entry(&self) -> Option<HistoryEntry> {
         self.creation.as_ref().map(|creation| HistoryEntry {
-            at: self.created_at,
+            at: self.created_at.timestamp(),
             from: None,
             to: creation.status,
             reason: creation.reason,
@@ -367,6 +389,12 @@ impl Engine {
         {
             return fail("patient holds two active tokens in the slot".into());
         }
+        let (Some(created_at), Some(updated_at)) = (
+            Nanos::try_of(record.created_at),
+            Nanos::try_of(record.updated_at),
+        ) else {
+            return fail("a time outside 1678-2261".into());
+        };
         let day = &mut self.days[slot.doctor_day as usize];
         let mut history = record.history;
         let creation = match history.first() {
@@ -394,8 +422,8 @@ impl Engine {
             slot: slot_key,
             source: record.source,
             status: record.status,
-            created_at: record.created_at,
-            updated_at: record.updated_at,
+            created_at,
+            updated_at,
             creation,
             history,
         };
@@ -486,8 +514,8 @@ impl Engine {
             slot: slot_key,
             source: request.source,
             status,
-            created_at: ctx.at,
-            updated_at: ctx.at,
+            created_at: Nanos::of(ctx.at),
+            updated_at: Nanos::of(ctx.at),
             creation: Some(Creation {
                 status,
                 reason: decision.reason(),
@@ -540,7 +568,7 @@ impl Engine {
             Status::Cancelled | Status::NoShow => slot.deactivate(&token.patient, key),
         }
         token.status = to;
-        token.updated_at = ctx.at;
+        token.updated_at = Nanos::of(ctx.at);
         token.history.push(HistoryEntry {
             at: ctx.at,
             from: Some(from),
@@ -663,8 +691,8 @@ impl Engine {
             status: token.status,
             waitlist_position: (token.status == Status::Waitlisted)
                 .then(|| slot.waitlist_position(token.source.priority(), token.arrival)),
-            created_at: token.created_at,
-            updated_at: token.updated_at,
+            created_at: token.created_at.timestamp(),
+            updated_at: token.updated_at.timestamp(),
         }
     }
 }

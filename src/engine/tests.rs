@@ -638,6 +638,14 @@ fn restoring_out_of_order_or_inconsistent_data_is_refused() {
         fresh.restore_token(late_creation).is_err(),
         "a creation line at another time than created_at"
     );
+    let mut far_future = record.clone();
+    far_future.created_at = Timestamp::MAX;
+    let mut fresh = Engine::new(Limits::default());
+    fresh.add_test_slot();
+    assert!(
+        fresh.restore_token(far_future).is_err(),
+        "a time past what the engine keeps"
+    );
     let mut far_sequence = record;
     far_sequence.sequence = 1 << 56;
     let mut fresh = Engine::new(Limits::default());

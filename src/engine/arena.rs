@@ -7,9 +7,8 @@
 //! Both structures here grow in small fixed steps instead, so the worst
 //! single insert touches one chunk or one shard.
 
-use std::ops::{Index, IndexMut};
-
 use std::hash::BuildHasher;
+use std::ops::{Index, IndexMut};
 
 use foldhash::fast::RandomState;
 use hashbrown::hash_table::{Entry, HashTable};
@@ -17,8 +16,8 @@ use uuid::Uuid;
 
 use super::slot::TokenKey;
 
-/// Tokens per chunk: 4096 tokens of about a hundred bytes are a few hundred
-/// kilobytes, large enough that the chunk list stays short.
+/// Tokens per chunk: 4,096 tokens of 128 bytes are 512 KiB, large enough
+/// that the chunk list stays short.
 const CHUNK_BITS: u32 = 12;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 

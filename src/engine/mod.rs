@@ -505,6 +505,7 @@ impl Engine {
         let day = &mut self.days[slot.doctor_day as usize];
         day.numbers_issued += 1;
         let status = decision.status();
+        let now = Nanos::of(ctx.at);
         let token = Token {
             id: request.token,
             sequence: self.next_sequence,
@@ -514,8 +515,8 @@ impl Engine {
             slot: slot_key,
             source: request.source,
             status,
-            created_at: Nanos::of(ctx.at),
-            updated_at: Nanos::of(ctx.at),
+            created_at: now,
+            updated_at: now,
             creation: Some(Creation {
                 status,
                 reason: decision.reason(),

@@ -3,16 +3,14 @@
 //! so every insert, removal, head and tail lookup is O(log n).
 
 use std::collections::BTreeMap;
-
-use jiff::civil::{Date, Time};
-
-use super::fenwick::Fenwick;
-use super::model::{DoctorId, PatientId, Priority, SlotId, SlotSpec, SlotSummary};
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
+use jiff::civil::{Date, Time};
 
 use super::arena::KeyIndex;
+use super::fenwick::Fenwick;
+use super::model::{DoctorId, PatientId, Priority, SlotId, SlotSpec, SlotSummary};
 
 /// Index of a token in the engine's arena.
 pub(super) type TokenKey = u32;

@@ -237,7 +237,7 @@ const BATCH_MAX: usize = 4_096;
 /// and thread switches (durable bookings 51-53k -> 55-59k/s on one core in
 /// alternating runs). An idle CPU still runs the writer at once, so a lone
 /// booking waits no longer than before.
-fn yield_to_request_workers() {
+fn use_batch_scheduling() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
@@ -258,7 +258,7 @@ fn write_loop(
     queue: mpsc::Receiver<Queued>,
     progress: watch::Sender<Progress>,
 ) {
-    yield_to_request_workers();
+    use_batch_scheduling();
     let mut batch = Vec::with_capacity(BATCH_MAX);
     // Blocks for the first record, then takes whatever else is waiting:
     // the longer a commit takes, the more the next one carries.

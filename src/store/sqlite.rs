@@ -21,6 +21,7 @@ use crate::engine::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../migrations/sqlite/0002_creation_in_token_row.sql"),
+    include_str!("../../migrations/sqlite/0003_status_from_history.sql"),
 ];
 
 /// How many pages the write-ahead log holds before a commit copies them
@@ -106,22 +107,21 @@ pub(super) fn load(
     };
     let mut tokens = Vec::new();
     let mut statement = connection.prepare(
-        "SELECT sequence, token_id, token_number, patient_id, slot_id, source, status, created_at, updated_at,
-                created_reason, created_by
+        "SELECT sequence, token_id, token_number, patient_id, slot_id, source, created_at, created_reason, created_by
          FROM tokens ORDER BY sequence",
     )?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
         let slot = row.get_ref(4)?.as_str()?;
-        let created_at = timestamp(row.get(7)?)?;
+        let created_at = timestamp(row.get(6)?)?;
         let reason =
-            Reason::parse(row.get_ref(9)?.as_str()?).ok_or_else(|| corrupt("creation reason"))?;
+            Reason::parse(row.get_ref(7)?.as_str()?).ok_or_else(|| corrupt("creation reason"))?;
         let created = HistoryEntry {
             at: created_at,
             from: None,
             to: creation_status(reason)?,
             reason,
-            actor: actor(row.get_ref(10)?.as_str()?),
+            actor: actor(row.get_ref(8)?.as_str()?),
         };
         tokens.push(TokenRecord {
             sequence: row.get::<_, i64>(0)? as u64,
@@ -133,15 +133,18 @@ pub(super) fn load(
                 .cloned()
                 .ok_or_else(|| corrupt("token of an unknown slot"))?,
             source: Source::parse(row.get_ref(5)?.as_str()?).ok_or_else(|| corrupt("source"))?,
-            status: status(row.get_ref(6)?.as_str()?)?,
+            // The creation, until a later history row says otherwise.
+            status: created.to,
             created_at,
-            updated_at: timestamp(row.get(8)?)?,
+            updated_at: created_at,
             history: vec![created],
         });
     }
 
     // History rows come in insertion order, which is each token's order;
     // tokens are sorted by sequence, so a binary search finds the owner.
+    // Each row moves its token on from the status the previous one left,
+    // and the last one gives the token's current status.
     let mut statement = connection.prepare(
         "SELECT token_sequence, at, from_status, to_status, reason, actor FROM token_history ORDER BY id",
     )?;
@@ -152,13 +155,22 @@ pub(super) fn load(
             .binary_search_by_key(&sequence, |token| token.sequence)
             .map_err(|_| corrupt("history of an unknown token"))?;
         let actor = actor(row.get_ref(5)?.as_str()?);
-        tokens[owner].history.push(HistoryEntry {
+        let entry = HistoryEntry {
             at: timestamp(row.get(1)?)?,
             from: row.get_ref(2)?.as_str_or_null()?.map(status).transpose()?,
             to: status(row.get_ref(3)?.as_str()?)?,
             reason: Reason::parse(row.get_ref(4)?.as_str()?).ok_or_else(|| corrupt("reason"))?,
             actor,
-        });
+        };
+        let token = &mut tokens[owner];
+        if entry.from != Some(token.status) {
+            return Err(corrupt(
+                "a status change that does not start from the token's status",
+            ));
+        }
+        token.status = entry.to;
+        token.updated_at = entry.at;
+        token.history.push(entry);
     }
 
     let mut idempotency = Vec::new();
@@ -184,41 +196,30 @@ pub(super) fn load(
 }
 
 /// The statements every batch runs, prepared once per batch rather than
-/// looked up in the statement cache once per row.
+/// looked up in the statement cache once per row. Both append: a token's
+/// row is never rewritten.
 struct Statements<'c> {
     insert_token: rusqlite::CachedStatement<'c>,
     insert_history: rusqlite::CachedStatement<'c>,
-    update_status: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> Statements<'c> {
     fn prepare(connection: &'c Connection) -> Result<Statements<'c>, StoreError> {
         Ok(Statements {
             insert_token: connection.prepare_cached(
-                "INSERT INTO tokens (sequence, token_id, token_number, patient_id, slot_id, source, status, created_at, updated_at,
+                "INSERT INTO tokens (sequence, token_id, token_number, patient_id, slot_id, source, created_at,
                                      created_reason, created_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?,
             insert_history: connection.prepare_cached(
                 "INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?,
-            update_status: connection.prepare_cached(
-                "UPDATE tokens SET status = ?1, updated_at = ?2 WHERE sequence = ?3",
             )?,
         })
     }
 
     fn changes(&mut self, changes: &[Change], ctx: &Context) -> Result<(), StoreError> {
         for change in changes {
-            let updated = self.update_status.execute(params![
-                change.to.as_str(),
-                nanos(ctx.at),
-                change.sequence as i64
-            ])?;
-            if updated != 1 {
-                return Err(corrupt("a status change for a token that is not stored"));
-            }
             self.insert_history.execute(params![
                 change.sequence as i64,
                 nanos(ctx.at),
@@ -276,7 +277,6 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                     token.patient.as_str(),
                     token.slot.as_str(),
                     token.source.as_str(),
-                    token.status.as_str(),
                     nanos(ctx.at),
                     outcome.transition.reason.as_str(),
                     &*ctx.actor,
@@ -463,5 +463,71 @@ mod tests {
         assert_eq!(creation_rows, 0);
         drop(connection);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A database at schema version 2 with `sql` run on it, migrated to
+    /// the latest version and loaded.
+    fn load_version_2(sql: &str) -> Result<Snapshot, StoreError> {
+        let dir = std::env::temp_dir().join(format!("opd-migration-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("opd.sqlite3");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(MIGRATIONS[0]).unwrap();
+            connection.execute_batch(MIGRATIONS[1]).unwrap();
+            connection.pragma_update(None, "user_version", 2).unwrap();
+            connection.execute_batch(sql).unwrap();
+        }
+        let mut connection = connect(&path, None).unwrap();
+        migrate(&mut connection).unwrap();
+        let loaded = load(&connection, Timestamp::UNIX_EPOCH);
+        drop(connection);
+        std::fs::remove_dir_all(&dir).unwrap();
+        loaded
+    }
+
+    /// P1 is booked into a one-seat slot at 100 and bumped to the
+    /// waitlist at 200 by P2's paid booking; P2 cancels at 300 and P1 is
+    /// promoted.
+    const BUMP_CANCEL_PROMOTE: &str =
+        "INSERT INTO slots VALUES ('D1-09', 'D1', '2030-01-07', '09:00', '10:00', 1, 0);
+         INSERT INTO tokens (sequence, token_id, token_number, patient_id, slot_id, source, status,
+                             created_at, updated_at, created_reason, created_by) VALUES
+           (1, X'00000000000000000000000000000001', 1, 'P1', 'D1-09', 'ONLINE', 'ALLOCATED', 100, 300, 'ALLOCATED', 'desk'),
+           (2, X'00000000000000000000000000000002', 2, 'P2', 'D1-09', 'PAID', 'CANCELLED', 200, 300, 'BUMPED_LOWER', 'web');
+         INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor) VALUES
+           (1, 200, 'ALLOCATED', 'WAITLISTED', 'BUMPED', 'web'),
+           (2, 300, 'ALLOCATED', 'CANCELLED', 'CANCELLED', 'web'),
+           (1, 300, 'WAITLISTED', 'ALLOCATED', 'PROMOTED', 'web');";
+
+    /// Migration 0003 drops the status and update time from token rows:
+    /// after it, both come from the newest history row, and they are the
+    /// ones the rows held.
+    #[test]
+    fn migration_0003_takes_the_status_from_the_newest_history_row() {
+        let snapshot = load_version_2(BUMP_CANCEL_PROMOTE).unwrap();
+        let states: Vec<_> = snapshot
+            .tokens
+            .iter()
+            .map(|t| (t.status, nanos(t.updated_at), t.history.len()))
+            .collect();
+        assert_eq!(
+            states,
+            [(Status::Allocated, 300, 3), (Status::Cancelled, 300, 2)]
+        );
+    }
+
+    /// A history row that does not start from the status the previous one
+    /// left is refused, not silently applied.
+    #[test]
+    fn a_broken_history_chain_is_refused() {
+        let broken = BUMP_CANCEL_PROMOTE.replace(
+            "(1, 300, 'WAITLISTED', 'ALLOCATED'",
+            "(1, 300, 'CANCELLED', 'ALLOCATED'",
+        );
+        assert!(matches!(
+            load_version_2(&broken),
+            Err(StoreError::Corrupt(what)) if what.contains("does not start from")
+        ));
     }
 }

@@ -9,12 +9,15 @@
 # schedule (BENCH_DOCTORS doctors x 8 hourly slots 08:00-16:00, capacity
 # BENCH_CAPACITY, on BENCH_DAYS days from BENCH_DATE), warms up, and runs wrk
 # for BENCH_SECONDS with bench/wrk/bookings-only.lua and then
-# bench/wrk/bookings.lua. Finally, on a
+# bench/wrk/bookings.lua. The modes take turns for BENCH_ROUNDS rounds, each
+# on a fresh server, so that every project run has a baseline run minutes
+# away; a ratio is the median of the rounds' ratios. Finally, on a
 # fresh server per mode, a latency pass runs bookings.lua paced at half of the
-# mode's measured peak. Prints a table with ratios to the baseline.
+# mode's median peak. Prints a table with ratios to the baseline.
 #
 # Environment (all optional):
 #   BENCH_SECONDS=10          duration of each measured wrk run
+#   BENCH_ROUNDS=3            peak runs per mode, the modes taking turns
 #   BENCH_CONNECTIONS=64      wrk connections for the peak runs (threads: 2)
 #   BENCH_LAT_CONNECTIONS=32  wrk connections for the paced latency pass
 #   BENCH_WARMUP=2            warm-up seconds before measuring (per server)
@@ -38,6 +41,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-64}
 BENCH_LAT_CONNECTIONS=${BENCH_LAT_CONNECTIONS:-32}
 BENCH_WARMUP=${BENCH_WARMUP:-2}
@@ -53,11 +57,12 @@ PROJECT_BIN=$ROOT/target/release/opd-token-engine
 die() { echo "http.sh: $*" >&2; exit 1; }
 note() { echo "== $*"; }
 
-for v in BENCH_SECONDS BENCH_CONNECTIONS BENCH_LAT_CONNECTIONS BENCH_WARMUP \
+for v in BENCH_SECONDS BENCH_ROUNDS BENCH_CONNECTIONS BENCH_LAT_CONNECTIONS BENCH_WARMUP \
          BENCH_DOCTORS BENCH_CAPACITY; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 ((BENCH_SECONDS >= 1)) || die "BENCH_SECONDS must be >= 1"
+((BENCH_ROUNDS >= 1 && BENCH_ROUNDS <= 9)) || die "BENCH_ROUNDS must be 1..9"
 ((BENCH_CONNECTIONS >= THREADS && BENCH_LAT_CONNECTIONS >= THREADS)) ||
   die "connections must be >= $THREADS (wrk threads)"
 ((BENCH_DOCTORS >= 1 && BENCH_DOCTORS <= 99)) || die "BENCH_DOCTORS must be 1..99"
@@ -356,7 +361,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "cpu:         $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $NPROC"
   echo "wrk:         $(wrk -v 2>&1 | head -n 1)"
   echo "load avg:    $LOAD_START (anything else running skews the figures)"
-  echo "runs:        ${BENCH_SECONDS}s each, $BENCH_CONNECTIONS connections, $THREADS threads; warm-up ${BENCH_WARMUP}s"
+  echo "runs:        ${BENCH_SECONDS}s each, $BENCH_CONNECTIONS connections, $THREADS threads; warm-up ${BENCH_WARMUP}s; $BENCH_ROUNDS rounds"
   echo "schedule:    $BENCH_DOCTORS doctors x 8 slots x $BENCH_DAYS days from $BENCH_DATE (${#SLOT_IDS[@]} slots), capacity $BENCH_CAPACITY"
   if ((${#PIN_SERVER[@]})); then
     echo "cpu sharing: server pinned to CPU 0, wrk to CPU 1 (taskset); tokio sizes its"
@@ -371,34 +376,85 @@ echo "      for CPU; absolute req/s are a floor, compare modes by their ratio to
 echo "raw output:  $OUT"
 
 # ---------------------------------------------------------------------------
-# Phase 1: peak throughput.
+# Phase 1: peak throughput. This machine's speed drifts by up to a fifth
+# over minutes, the baseline's as much as the project's, so the modes take
+# turns: each round runs every mode once, and a mode's ratio to the baseline
+# is taken within each round and then the median over the rounds.
 # ---------------------------------------------------------------------------
-for mode in "${MODES[@]}"; do
-  note "$mode: peak throughput"
-  if ! start_server "$mode" "$OUT/$mode-peak.server.log"; then
-    RPS[$mode,failed]=1
-    continue
-  fi
-  if [[ $mode != baseline ]] && ! create_schedule; then
-    echo "   schedule creation failed; skipping $mode" >&2
+for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+  for mode in "${MODES[@]}"; do
+    [[ -z ${RPS[$mode,failed]:-} ]] || continue
+    note "$mode: peak throughput, round $round of $BENCH_ROUNDS"
+    if ! start_server "$mode" "$OUT/$mode-peak.r$round.server.log"; then
+      RPS[$mode,failed]=1
+      continue
+    fi
+    if [[ $mode != baseline ]] && ! create_schedule; then
+      echo "   schedule creation failed; skipping $mode" >&2
+      stop_server
+      RPS[$mode,failed]=1
+      continue
+    fi
+    ok=1
+    if ((BENCH_WARMUP > 0)); then
+      run_wrk "$OUT/$mode-warmup.r$round.txt" bench/wrk/bookings-only.lua "$BENCH_CONNECTIONS" "$BENCH_WARMUP" || ok=0
+    fi
+    for script in bookings-only bookings; do
+      ((ok)) || break
+      f=$OUT/$mode-$script.r$round.txt
+      if run_wrk "$f" "bench/wrk/$script.lua" "$BENCH_CONNECTIONS" "$BENCH_SECONDS"; then
+        record "$mode,$script,$round" "$f"
+      else
+        ok=0
+      fi
+    done
     stop_server
-    RPS[$mode,failed]=1
-    continue
-  fi
-  ok=1
-  if ((BENCH_WARMUP > 0)); then
-    run_wrk "$OUT/$mode-warmup.txt" bench/wrk/bookings-only.lua "$BENCH_CONNECTIONS" "$BENCH_WARMUP" || ok=0
-  fi
+    ((ok)) || RPS[$mode,failed]=1
+  done
+done
+
+median() { # median NUMBER... -> the middle value (the mean of the two middle ones)
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# For each mode and script: the run with the median req/s stands for the
+# mode (its req/s and latencies are shown), and RATIO_* hold the median and
+# the range of the per-round ratios to the baseline and to in-memory.
+declare -A RATIO_BASE RANGE_BASE RATIO_MEM
+for mode in "${MODES[@]}"; do
   for script in bookings-only bookings; do
-    ((ok)) || break
-    if run_wrk "$OUT/$mode-$script.txt" "bench/wrk/$script.lua" "$BENCH_CONNECTIONS" "$BENCH_SECONDS"; then
-      record "$mode,$script" "$OUT/$mode-$script.txt"
-    else
-      ok=0
+    values=() base_ratios=() mem_ratios=()
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+      v=${RPS[$mode,$script,$round]:-}
+      [[ -n $v ]] || continue
+      values+=("$v")
+      b=${RPS[baseline,$script,$round]:-}
+      [[ -n $b ]] && base_ratios+=("$(awk -v a="$v" -v b="$b" 'BEGIN { printf "%.4f", a / b }')")
+      m=${RPS[in-memory,$script,$round]:-}
+      [[ -n $m ]] && mem_ratios+=("$(awk -v a="$v" -v b="$m" 'BEGIN { printf "%.4f", a / b }')")
+    done
+    ((${#values[@]})) || continue
+    mid=$(median "${values[@]}")
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+      v=${RPS[$mode,$script,$round]:-}
+      [[ -n $v ]] || continue
+      # The run closest to the median (the median itself when the count is odd).
+      if [[ -z ${RPS[$mode,$script]:-} ]] ||
+        awk -v v="$v" -v m="$mid" -v c="${RPS[$mode,$script]}" 'BEGIN { d = v - m; e = c - m; exit !((d < 0 ? -d : d) < (e < 0 ? -e : e)) }'; then
+        RPS[$mode,$script]=$v
+        P50[$mode,$script]=${P50[$mode,$script,$round]}
+        P99[$mode,$script]=${P99[$mode,$script,$round]}
+        NON2XX[$mode,$script]=${NON2XX[$mode,$script,$round]}
+      fi
+    done
+    if ((${#base_ratios[@]})); then
+      RATIO_BASE[$mode,$script]=$(printf '%.2f' "$(median "${base_ratios[@]}")")
+      RANGE_BASE[$mode,$script]=$(printf '%s\n' "${base_ratios[@]}" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }')
+    fi
+    if ((${#mem_ratios[@]})); then
+      RATIO_MEM[$mode,$script]=$(printf '%.2f' "$(median "${mem_ratios[@]}")")
     fi
   done
-  stop_server
-  ((ok)) || RPS[$mode,failed]=1
 done
 
 # ---------------------------------------------------------------------------
@@ -447,8 +503,8 @@ ratio() { # ratio VALUE BASE
 }
 {
   echo
-  echo "Peak throughput: ${BENCH_SECONDS}s per run, $BENCH_CONNECTIONS connections, $THREADS wrk threads"
-  printf '%-10s %-14s %10s %9s %9s %8s %12s %13s\n' mode script "req/s" "p50 ms" "p99 ms" "non-2xx" "vs baseline" "vs in-memory"
+  echo "Peak throughput: ${BENCH_SECONDS}s per run, $BENCH_CONNECTIONS connections, $THREADS wrk threads, median of $BENCH_ROUNDS rounds"
+  printf '%-10s %-14s %10s %9s %9s %8s %12s %11s %13s\n' mode script "req/s" "p50 ms" "p99 ms" "non-2xx" "vs baseline" "range" "vs in-memory"
   for mode in "${MODES[@]}"; do
     if [[ -n ${RPS[$mode,failed]:-} && -z ${RPS[$mode,bookings-only]:-} ]]; then
       printf '%-10s %-14s %10s\n' "$mode" "-" "FAILED (see $OUT/$mode-*.log / .txt)"
@@ -457,9 +513,9 @@ ratio() { # ratio VALUE BASE
     for script in bookings-only bookings; do
       k=$mode,$script
       [[ -n ${RPS[$k]:-} ]] || continue
-      printf '%-10s %-14s %10.0f %9s %9s %8s %12s %13s\n' "$mode" "$script" "${RPS[$k]}" \
-        "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "$(ratio "${RPS[$k]}" "${RPS[baseline,$script]:-}")" \
-        "$(ratio "${RPS[$k]}" "${RPS[in-memory,$script]:-}")"
+      printf '%-10s %-14s %10.0f %9s %9s %8s %12s %11s %13s\n' "$mode" "$script" "${RPS[$k]}" \
+        "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "${RATIO_BASE[$k]:--}" "${RANGE_BASE[$k]:--}" \
+        "${RATIO_MEM[$k]:--}"
     done
   done
   echo
@@ -477,7 +533,9 @@ ratio() { # ratio VALUE BASE
       "$(ratio "${LAT_P99[$mode]}" "${LAT_P99[baseline]:-}")"
   done
   echo
-  echo "req/s ratio: project / baseline for the same script (1.00 = as fast as the bare stack);"
+  echo "req/s: the mode's median run, whose latencies are shown beside it."
+  echo "vs baseline: project / baseline req/s for the same script within each round, median"
+  echo "over the rounds (1.00 = as fast as the bare stack); range: the lowest and highest round."
   echo "vs in-memory: the same against the in-memory mode (the cost of durability)."
   echo "p99 ratio: project / baseline p99 at each one's own half-peak rate (lower is better)."
   echo "non-2xx counts non-2xx responses plus socket errors/timeouts (details in the .txt files)."

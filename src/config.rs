@@ -71,6 +71,13 @@ pub struct Config {
     #[arg(long, env = "OPD_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_secs: u64,
 
+    /// The most client connections served at once. Past it, new
+    /// connections wait in the kernel's accept queue until one closes, so a
+    /// flood of idle connections cannot exhaust the server's file
+    /// descriptors or memory.
+    #[arg(long, env = "OPD_MAX_CONNECTIONS", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// A file of API keys, one per line `name role[:doctorId] key` (see
     /// config/api-keys.example and docs/security.md). Without any keys the
     /// server runs open, and then only on a loopback address.

@@ -56,6 +56,7 @@ pub struct Application {
     app: http::App,
     service: Arc<Service>,
     header_timeout: Duration,
+    max_connections: usize,
 }
 
 impl Application {
@@ -126,6 +127,7 @@ impl Application {
             app,
             service,
             header_timeout: Duration::from_secs(config.header_timeout_secs),
+            max_connections: config.max_connections as usize,
         })
     }
 
@@ -145,7 +147,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        http::serve::serve(self.listener, self.app, self.header_timeout, shutdown).await
+        let limits = http::serve::ConnectionLimits {
+            head_timeout: self.header_timeout,
+            max_connections: self.max_connections,
+        };
+        http::serve::serve(self.listener, self.app, limits, shutdown).await
     }
 }
 

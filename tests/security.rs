@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use clap::Parser;
 use opd::http::auth::KeyLines;
 use opd::{Application, Config, StartError};
 use proptest::prelude::*;
@@ -799,6 +800,35 @@ async fn a_client_that_never_finishes_its_head_is_disconnected() {
             "the server kept a connection with an unfinished head"
         );
     }
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let mut config = keyed_config();
+    config.max_connections = 2;
+    let app = spawn_app(config).await;
+    // Two idle connections take both places.
+    let first = TcpStream::connect(app.address).await.unwrap();
+    let second = TcpStream::connect(app.address).await.unwrap();
+    // The kernel queues a third, but the server does not take it up.
+    let third = TcpStream::connect(app.address).await.unwrap();
+    write_all(&third, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), read_head(&third)).await;
+    assert!(early.is_err(), "served past the cap: {early:?}");
+    // Once one of the two closes, the waiting connection is served.
+    drop(first);
+    let head = read_head(&third).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(second);
+}
+
+#[test]
+fn the_connection_cap_must_allow_a_connection() {
+    let parsed =
+        Config::try_parse_from(["opd-token-engine", "--in-memory", "--max-connections", "0"]);
+    assert!(parsed.is_err());
 }
 
 #[tokio::test]

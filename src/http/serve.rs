@@ -1,5 +1,11 @@
 //! Serving connections: hyper's HTTP/1 server under the app, as
-//! `axum::serve` does, plus two bounds it does not set.
+//! `axum::serve` does, plus three bounds it does not set.
+//!
+//! - A cap on connections served at once. Past it the server stops
+//!   accepting, and new connections wait in the kernel's accept queue
+//!   (and, once that is full, are refused by the kernel) until one closes:
+//!   each connection holds a file descriptor, a task and its buffers, and
+//!   without a cap a flood of connections exhausts them.
 //!
 //! - A deadline for reading each request head. Without one, a client that
 //!   sends its headers a byte at a time, or opens a connection and sends
@@ -22,7 +28,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
 use super::App;
@@ -30,13 +36,23 @@ use super::App;
 /// The largest request head, request line and headers together.
 pub const HEAD_MAX_BYTES: usize = 64 * 1024;
 
+/// The per-connection bounds [`serve`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time allowed for a request head, and for an idle keep-alive
+    /// connection to send its next one.
+    pub head_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish. Handlers see the client's address as
 /// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     app: App,
-    head_timeout: Duration,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // `stop` tells connections to finish; each connection holds a clone of
@@ -44,7 +60,14 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(());
     let (running_tx, running_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        // A free connection slot first, then a connection: at the cap the
+        // server does not accept at all.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -67,7 +90,7 @@ pub async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(head_timeout)
+                .header_read_timeout(limits.head_timeout)
                 .max_header_size(HEAD_MAX_BYTES)
                 // Answers are small: one flattened write per answer measured
                 // 5 % more requests/s than a vectored write of head and body.
@@ -85,6 +108,7 @@ pub async fn serve(
             if let Err(error) = result {
                 tracing::debug!(%error, "connection ended with an error");
             }
+            drop(slot);
             drop(running);
         });
     }

@@ -57,6 +57,7 @@ pub struct Application {
     service: Arc<Service>,
     header_timeout: Duration,
     max_connections: usize,
+    security: Arc<http::auth::Security>,
 }
 
 impl Application {
@@ -119,7 +120,7 @@ impl Application {
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
-            security,
+            security: security.clone(),
         };
         let app = http::app(state, Duration::from_secs(config.request_timeout_secs));
         Ok(Application {
@@ -128,6 +129,7 @@ impl Application {
             service,
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             max_connections: config.max_connections as usize,
+            security,
         })
     }
 
@@ -141,6 +143,11 @@ impl Application {
         self.service.clone()
     }
 
+    /// The access settings, whose keys can be read again while serving.
+    pub fn security(&self) -> Arc<http::auth::Security> {
+        self.security.clone()
+    }
+
     /// Serves until `shutdown` completes, then lets requests in flight
     /// finish.
     pub async fn serve(
@@ -152,6 +159,27 @@ impl Application {
             max_connections: self.max_connections,
         };
         http::serve::serve(self.listener, self.app, limits, shutdown).await
+    }
+}
+
+/// Reads the API keys file again each time the process gets SIGHUP, so a
+/// key can be added or withdrawn without a restart. A failed reload is
+/// logged and leaves the keys in force as they were.
+#[cfg(unix)]
+pub async fn reload_keys_on_hangup(security: Arc<http::auth::Security>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; API keys reload only on restart");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match security.reload_keys() {
+            Ok(count) => tracing::info!(keys = count, "API keys reloaded"),
+            Err(error) => tracing::error!(%error, "the previous API keys stay in force"),
+        }
     }
 }
 

@@ -59,6 +59,8 @@ async fn serve() -> ExitCode {
 async fn run(config: opd::Config) -> Result<(), Box<dyn std::error::Error>> {
     let application = opd::Application::build(config).await?;
     tracing::info!(address = %application.local_addr(), "serving");
+    #[cfg(unix)]
+    tokio::spawn(opd::reload_keys_on_hangup(application.security()));
     application.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

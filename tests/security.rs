@@ -637,6 +637,105 @@ async fn keys_from_a_file_work_like_keys_from_the_environment() {
     std::fs::remove_dir_all(directory).unwrap();
 }
 
+/// A keys file holding `lines`, in a directory of its own.
+fn keys_file(lines: &str) -> std::path::PathBuf {
+    let directory =
+        std::env::temp_dir().join(format!("opd-security-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let path = directory.join("api-keys");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+/// The status of `GET /slots` with `key`.
+async fn slots_status(app: &TestApp, key: &str) -> StatusCode {
+    app.send(Method::GET, "/slots", Some(key), None)
+        .await
+        .status()
+}
+
+#[tokio::test]
+async fn a_reload_puts_the_keys_file_in_force_and_a_bad_file_changes_nothing() {
+    let path = keys_file(&format!("desk-1 front-desk {DESK_KEY}\n"));
+    let mut config = Config::for_tests();
+    config.api_keys_file = Some(path.clone());
+    let application = Application::build(config).await.unwrap();
+    let security = application.security();
+    let app = TestApp {
+        address: application.local_addr(),
+        client: client(),
+    };
+    tokio::spawn(application.serve(std::future::pending()));
+    assert_eq!(slots_status(&app, DESK_KEY).await, StatusCode::OK);
+    assert_eq!(
+        slots_status(&app, VIEWER_KEY).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The desk key is withdrawn and a viewer key added.
+    std::fs::write(&path, format!("watcher viewer {VIEWER_KEY}\n")).unwrap();
+    assert_eq!(security.reload_keys().unwrap(), 1);
+    assert_eq!(slots_status(&app, DESK_KEY).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(slots_status(&app, VIEWER_KEY).await, StatusCode::OK);
+
+    // An invalid line, repeated keys, an empty file or a missing file are
+    // refused, and the viewer key stays in force each time.
+    for bad in [
+        "watcher viewer\n".to_owned(),
+        format!("a viewer {VIEWER_KEY}\nb viewer {VIEWER_KEY}\n"),
+        "# no keys left\n".to_owned(),
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        assert!(security.reload_keys().is_err());
+        assert_eq!(slots_status(&app, VIEWER_KEY).await, StatusCode::OK);
+    }
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    assert!(security.reload_keys().is_err());
+    assert_eq!(slots_status(&app, VIEWER_KEY).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_open_server_or_inline_keys_alone_cannot_be_reloaded() {
+    let open = Application::build(Config::for_tests()).await.unwrap();
+    assert!(open.security().reload_keys().is_err());
+    let inline = Application::build(keyed_config()).await.unwrap();
+    assert!(inline.security().reload_keys().is_err());
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_keys_file() {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installs this process's SIGHUP handler before any SIGHUP is sent,
+    // so the signal cannot end the test process.
+    let _hangups = signal(SignalKind::hangup()).unwrap();
+    let path = keys_file(&format!("desk-1 front-desk {DESK_KEY}\n"));
+    let mut config = Config::for_tests();
+    config.api_keys_file = Some(path.clone());
+    let application = Application::build(config).await.unwrap();
+    tokio::spawn(opd::reload_keys_on_hangup(application.security()));
+    let app = TestApp {
+        address: application.local_addr(),
+        client: client(),
+    };
+    tokio::spawn(application.serve(std::future::pending()));
+    std::fs::write(&path, format!("watcher viewer {VIEWER_KEY}\n")).unwrap();
+    // The listener task may not have started yet: signal until it has.
+    let mut reloaded = false;
+    for _ in 0..100 {
+        // SAFETY: kill only sends a signal, here to this process.
+        assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if slots_status(&app, VIEWER_KEY).await == StatusCode::OK {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "SIGHUP did not reload the keys file");
+    assert_eq!(slots_status(&app, DESK_KEY).await, StatusCode::UNAUTHORIZED);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
 #[tokio::test]
 async fn configured_cors_origins_may_call_from_a_browser() {
     let mut config = keyed_config();

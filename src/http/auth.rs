@@ -20,9 +20,9 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -170,6 +170,7 @@ impl Access {
 }
 
 /// One configured key. Only the key's digest is kept.
+#[derive(Clone)]
 pub struct ApiKey {
     pub name: Arc<str>,
     pub role: Role,
@@ -219,6 +220,8 @@ pub enum SecurityError {
     RateLimit(String),
     #[error("invalid CORS origin {origin:?}: {message}")]
     CorsOrigin { origin: String, message: String },
+    #[error("API keys not reloaded: {0}")]
+    Reload(&'static str),
 }
 
 /// Parses key lines `name role[:doctorId] key`, separated by `separator`;
@@ -267,10 +270,17 @@ pub fn parse_keys(
     Ok(keys)
 }
 
-/// Everything the access middleware needs, built once at start-up.
+/// Everything the access middleware needs, built at start-up; the keys
+/// can be read again while serving (see [`Security::reload_keys`]).
 pub struct Security {
-    /// Empty when the server runs open.
-    keys: Vec<ApiKey>,
+    /// Empty when the server runs open. A reload replaces the whole set at
+    /// once, so a request sees either the old keys or the new ones.
+    keys: RwLock<Arc<[ApiKey]>>,
+    /// Where the keys were read from, to read them again.
+    keys_file: Option<PathBuf>,
+    inline_keys: Option<KeyLines>,
+    /// Fixed at start-up: the published API document depends on it.
+    open: bool,
     /// `None` when rate limiting is off.
     rate_limiter: Option<Arc<RateLimiter>>,
     cors: Option<CorsLayer>,
@@ -280,14 +290,7 @@ impl Security {
     /// Reads keys, rate limits and CORS origins from the configuration.
     /// Without keys the server may only listen on a loopback address.
     pub fn from_config(config: &Config) -> Result<Security, SecurityError> {
-        let mut keys = Vec::new();
-        if let Some(path) = &config.api_keys_file {
-            keys.extend(read_keys_file(path)?);
-        }
-        if let Some(KeyLines(text)) = &config.api_keys {
-            keys.extend(parse_keys(text, ';', "OPD_API_KEYS")?);
-        }
-        check_unique(&keys)?;
+        let keys = read_keys(config.api_keys_file.as_deref(), config.api_keys.as_ref())?;
         if keys.is_empty() {
             if !config.listen.ip().to_canonical().is_loopback() {
                 return Err(SecurityError::OpenOnPublicAddress {
@@ -319,7 +322,10 @@ impl Security {
         };
         let cors = cors_layer(&config.cors_origins)?;
         Ok(Security {
-            keys,
+            open: keys.is_empty(),
+            keys: RwLock::new(keys.into()),
+            keys_file: config.api_keys_file.clone(),
+            inline_keys: config.api_keys.clone(),
             rate_limiter,
             cors,
         })
@@ -328,7 +334,10 @@ impl Security {
     /// No keys, no rate limit, no CORS: for embedding the router in tests.
     pub fn open() -> Security {
         Security {
-            keys: Vec::new(),
+            keys: RwLock::new(Arc::new([])),
+            keys_file: None,
+            inline_keys: None,
+            open: true,
             rate_limiter: None,
             cors: None,
         }
@@ -336,7 +345,39 @@ impl Security {
 
     /// True when no keys are configured and every caller is anonymous.
     pub fn is_open(&self) -> bool {
-        self.keys.is_empty()
+        self.open
+    }
+
+    /// Reads the keys file again, with the inline keys (which cannot
+    /// change while the process runs), and puts the new set in place of
+    /// the old one: keys added to the file work from now on, keys removed
+    /// from it stop working. Returns how many keys are in force. On any
+    /// error the old keys stay: an unreadable or invalid file, repeated
+    /// names or keys, a server started without keys, or a file that would
+    /// leave no key at all (opening or closing the API needs a restart).
+    pub fn reload_keys(&self) -> Result<usize, SecurityError> {
+        if self.open {
+            return Err(SecurityError::Reload(
+                "the server was started without keys; restart it with keys to turn access control on",
+            ));
+        }
+        if self.keys_file.is_none() {
+            return Err(SecurityError::Reload(
+                "keys come only from OPD_API_KEYS, which is read at start-up; use --api-keys-file",
+            ));
+        }
+        let keys = read_keys(self.keys_file.as_deref(), self.inline_keys.as_ref())?;
+        if keys.is_empty() {
+            return Err(SecurityError::Reload(
+                "the new keys file holds no key, which would lock every client out",
+            ));
+        }
+        let count = keys.len();
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = keys.into();
+        Ok(count)
     }
 
     /// The CORS layer, when origins are configured.
@@ -346,15 +387,20 @@ impl Security {
 
     /// The key whose digest matches `presented`. Every digest is compared,
     /// each in constant time, so timing tells nothing about near misses.
-    fn key(&self, presented: &str) -> Option<&ApiKey> {
+    fn key(&self, presented: &str) -> Option<ApiKey> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
         let mut found = None;
-        for key in &self.keys {
+        for key in keys.iter() {
             if bool::from(key.digest.ct_eq(&digest)) {
                 found = Some(key);
             }
         }
-        found
+        found.cloned()
     }
 
     /// Spends one request of `client`'s budget, or answers 429.
@@ -368,6 +414,20 @@ impl Security {
                 retry_after_secs: rate_limit::retry_after_secs(wait),
             })
     }
+}
+
+/// The keys of the keys file and of the inline key lines together, each
+/// name and key at most once.
+fn read_keys(file: Option<&Path>, inline: Option<&KeyLines>) -> Result<Vec<ApiKey>, SecurityError> {
+    let mut keys = Vec::new();
+    if let Some(path) = file {
+        keys.extend(read_keys_file(path)?);
+    }
+    if let Some(KeyLines(text)) = inline {
+        keys.extend(parse_keys(text, ';', "OPD_API_KEYS")?);
+    }
+    check_unique(&keys)?;
+    Ok(keys)
 }
 
 fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>, SecurityError> {

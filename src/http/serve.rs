@@ -36,7 +36,7 @@ use super::App;
 /// The largest request head, request line and headers together.
 pub const HEAD_MAX_BYTES: usize = 64 * 1024;
 
-/// The per-connection bounds [`serve`] applies.
+/// The bounds [`serve`] puts on connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// Time allowed for a request head, and for an idle keep-alive

@@ -618,15 +618,10 @@ fn the_example_key_file_is_valid() {
 
 #[tokio::test]
 async fn keys_from_a_file_work_like_keys_from_the_environment() {
-    let directory =
-        std::env::temp_dir().join(format!("opd-security-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let path = directory.join("api-keys");
-    std::fs::write(
-        &path,
-        format!("# name role key\nfile-desk front-desk {DESK_KEY}\n\n"),
-    )
-    .unwrap();
+    let path = keys_file(&format!(
+        "# name role key\nfile-desk front-desk {DESK_KEY}\n\n"
+    ));
+    let directory = path.parent().unwrap().to_owned();
     let mut config = Config::for_tests();
     config.api_keys_file = Some(path);
     let app = spawn_app(config).await;

@@ -413,47 +413,44 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   done
 done
 
-median() { # median NUMBER... -> the middle value (the mean of the two middle ones)
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-    if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+# round_ratios MODE SCRIPT REF: MODE's req/s over REF's in each round where
+# both ran, one per line.
+round_ratios() {
+  local round v r
+  for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+    v=${RPS[$1,$2,$round]:-} r=${RPS[$3,$2,$round]:-}
+    [[ -n $v && -n $r ]] && awk -v a="$v" -v b="$r" 'BEGIN { printf "%.4f\n", a / b }'
+  done
 }
-# For each mode and script: the run with the median req/s stands for the
-# mode (its req/s and latencies are shown), and RATIO_* hold the median and
-# the range of the per-round ratios to the baseline and to in-memory.
+# median_and_range: numbers on stdin -> "median lowest highest" (the median of
+# an even count is the mean of the two middle ones), nothing for no input.
+median_and_range() {
+  sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit
+    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.2f %.2f %.2f\n", m, v[1], v[NR] }'
+}
+# For each mode and script: the median run stands for the mode (its req/s
+# and latencies are shown; the lower of the two middle runs for an even
+# count), and RATIO_* hold the median and range of the per-round ratios.
 declare -A RATIO_BASE RANGE_BASE RATIO_MEM
 for mode in "${MODES[@]}"; do
   for script in bookings-only bookings; do
-    values=() base_ratios=() mem_ratios=()
-    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
-      v=${RPS[$mode,$script,$round]:-}
-      [[ -n $v ]] || continue
-      values+=("$v")
-      b=${RPS[baseline,$script,$round]:-}
-      [[ -n $b ]] && base_ratios+=("$(awk -v a="$v" -v b="$b" 'BEGIN { printf "%.4f", a / b }')")
-      m=${RPS[in-memory,$script,$round]:-}
-      [[ -n $m ]] && mem_ratios+=("$(awk -v a="$v" -v b="$m" 'BEGIN { printf "%.4f", a / b }')")
-    done
-    ((${#values[@]})) || continue
-    mid=$(median "${values[@]}")
-    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
-      v=${RPS[$mode,$script,$round]:-}
-      [[ -n $v ]] || continue
-      # The run closest to the median (the median itself when the count is odd).
-      if [[ -z ${RPS[$mode,$script]:-} ]] ||
-        awk -v v="$v" -v m="$mid" -v c="${RPS[$mode,$script]}" 'BEGIN { d = v - m; e = c - m; exit !((d < 0 ? -d : d) < (e < 0 ? -e : e)) }'; then
-        RPS[$mode,$script]=$v
-        P50[$mode,$script]=${P50[$mode,$script,$round]}
-        P99[$mode,$script]=${P99[$mode,$script,$round]}
-        NON2XX[$mode,$script]=${NON2XX[$mode,$script,$round]}
-      fi
-    done
-    if ((${#base_ratios[@]})); then
-      RATIO_BASE[$mode,$script]=$(printf '%.2f' "$(median "${base_ratios[@]}")")
-      RANGE_BASE[$mode,$script]=$(printf '%s\n' "${base_ratios[@]}" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }')
+    mid=$(for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+      [[ -n ${RPS[$mode,$script,$round]:-} ]] && echo "${RPS[$mode,$script,$round]} $round"
+    done | sort -g | awk '{ r[NR] = $2 } END { if (NR) print r[int((NR + 1) / 2)] }')
+    [[ -n $mid ]] || continue
+    RPS[$mode,$script]=${RPS[$mode,$script,$mid]}
+    P50[$mode,$script]=${P50[$mode,$script,$mid]}
+    P99[$mode,$script]=${P99[$mode,$script,$mid]}
+    NON2XX[$mode,$script]=${NON2XX[$mode,$script,$mid]}
+    read -r median lowest highest < <(round_ratios "$mode" "$script" baseline | median_and_range) || true
+    if [[ -n ${median:-} ]]; then
+      RATIO_BASE[$mode,$script]=$median
+      RANGE_BASE[$mode,$script]=$lowest-$highest
     fi
-    if ((${#mem_ratios[@]})); then
-      RATIO_MEM[$mode,$script]=$(printf '%.2f' "$(median "${mem_ratios[@]}")")
-    fi
+    read -r median _ _ < <(round_ratios "$mode" "$script" in-memory | median_and_range) || true
+    [[ -n ${median:-} ]] && RATIO_MEM[$mode,$script]=$median
+    median=""
   done
 done
 

@@ -55,8 +55,7 @@ pub struct Application {
     listener: TcpListener,
     app: http::App,
     service: Arc<Service>,
-    header_timeout: Duration,
-    max_connections: usize,
+    connection_limits: http::serve::ConnectionLimits,
     security: Arc<http::auth::Security>,
 }
 
@@ -127,8 +126,10 @@ impl Application {
             listener,
             app,
             service,
-            header_timeout: Duration::from_secs(config.header_timeout_secs),
-            max_connections: config.max_connections as usize,
+            connection_limits: http::serve::ConnectionLimits {
+                head_timeout: Duration::from_secs(config.header_timeout_secs),
+                max_connections: config.max_connections as usize,
+            },
             security,
         })
     }
@@ -154,11 +155,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let limits = http::serve::ConnectionLimits {
-            head_timeout: self.header_timeout,
-            max_connections: self.max_connections,
-        };
-        http::serve::serve(self.listener, self.app, limits, shutdown).await
+        http::serve::serve(self.listener, self.app, self.connection_limits, shutdown).await
     }
 }
 

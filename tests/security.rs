@@ -8,10 +8,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use opd::http::auth::KeyLines;
+use opd::http::auth::{KeyLines, Security};
 use opd::{Application, Config, StartError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -48,6 +49,7 @@ fn keyed_config() -> Config {
 struct TestApp {
     address: SocketAddr,
     client: reqwest::Client,
+    security: Arc<Security>,
 }
 
 /// Starts the application and serves it on a spawned task for the rest of
@@ -55,10 +57,12 @@ struct TestApp {
 async fn spawn_app(config: Config) -> TestApp {
     let application = Application::build(config).await.expect("the app builds");
     let address = application.local_addr();
+    let security = application.security();
     tokio::spawn(application.serve(std::future::pending()));
     TestApp {
         address,
         client: client(),
+        security,
     }
 }
 
@@ -654,13 +658,8 @@ async fn a_reload_puts_the_keys_file_in_force_and_a_bad_file_changes_nothing() {
     let path = keys_file(&format!("desk-1 front-desk {DESK_KEY}\n"));
     let mut config = Config::for_tests();
     config.api_keys_file = Some(path.clone());
-    let application = Application::build(config).await.unwrap();
-    let security = application.security();
-    let app = TestApp {
-        address: application.local_addr(),
-        client: client(),
-    };
-    tokio::spawn(application.serve(std::future::pending()));
+    let app = spawn_app(config).await;
+    let security = &app.security;
     assert_eq!(slots_status(&app, DESK_KEY).await, StatusCode::OK);
     assert_eq!(
         slots_status(&app, VIEWER_KEY).await,
@@ -707,13 +706,8 @@ async fn sighup_reloads_the_keys_file() {
     let path = keys_file(&format!("desk-1 front-desk {DESK_KEY}\n"));
     let mut config = Config::for_tests();
     config.api_keys_file = Some(path.clone());
-    let application = Application::build(config).await.unwrap();
-    tokio::spawn(opd::reload_keys_on_hangup(application.security()));
-    let app = TestApp {
-        address: application.local_addr(),
-        client: client(),
-    };
-    tokio::spawn(application.serve(std::future::pending()));
+    let app = spawn_app(config).await;
+    tokio::spawn(opd::reload_keys_on_hangup(app.security.clone()));
     std::fs::write(&path, format!("watcher viewer {VIEWER_KEY}\n")).unwrap();
     // The listener task may not have started yet: signal until it has.
     let mut reloaded = false;

@@ -404,30 +404,19 @@ mod tests {
     /// histories, and no creation rows are left in the history table.
     #[test]
     fn migration_0002_moves_creation_into_the_token_row() {
-        let dir = std::env::temp_dir().join(format!("opd-migration-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("opd.sqlite3");
-        {
-            let connection = Connection::open(&path).unwrap();
-            connection.execute_batch(MIGRATIONS[0]).unwrap();
-            connection.pragma_update(None, "user_version", 1).unwrap();
-            // P1 is allocated, then bumped to the waitlist by P2's paid
-            // booking.
-            connection
-                .execute_batch(
-                    "INSERT INTO slots VALUES ('D1-09', 'D1', '2030-01-07', '09:00', '10:00', 1, 0);
-                     INSERT INTO tokens VALUES
-                       (1, X'00000000000000000000000000000001', 1, 'P1', 'D1-09', 'ONLINE', 'WAITLISTED', 100, 200),
-                       (2, X'00000000000000000000000000000002', 2, 'P2', 'D1-09', 'PAID', 'ALLOCATED', 200, 200);
-                     INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor) VALUES
-                       (1, 100, NULL, 'ALLOCATED', 'ALLOCATED', 'desk'),
-                       (2, 200, NULL, 'ALLOCATED', 'BUMPED_LOWER', 'web'),
-                       (1, 200, 'ALLOCATED', 'WAITLISTED', 'BUMPED', 'web');",
-                )
-                .unwrap();
-        }
-        let mut connection = connect(&path, None).unwrap();
-        migrate(&mut connection).unwrap();
+        // P1 is allocated, then bumped to the waitlist by P2's paid
+        // booking.
+        let (_dir, connection) = migrated_from(
+            1,
+            "INSERT INTO slots VALUES ('D1-09', 'D1', '2030-01-07', '09:00', '10:00', 1, 0);
+             INSERT INTO tokens VALUES
+               (1, X'00000000000000000000000000000001', 1, 'P1', 'D1-09', 'ONLINE', 'WAITLISTED', 100, 200),
+               (2, X'00000000000000000000000000000002', 2, 'P2', 'D1-09', 'PAID', 'ALLOCATED', 200, 200);
+             INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor) VALUES
+               (1, 100, NULL, 'ALLOCATED', 'ALLOCATED', 'desk'),
+               (2, 200, NULL, 'ALLOCATED', 'BUMPED_LOWER', 'web'),
+               (1, 200, 'ALLOCATED', 'WAITLISTED', 'BUMPED', 'web');",
+        );
         let snapshot = load(&connection, Timestamp::UNIX_EPOCH).unwrap();
 
         let histories: Vec<_> = snapshot.tokens.iter().map(|t| t.history.clone()).collect();
@@ -461,29 +450,44 @@ mod tests {
             )
             .unwrap();
         assert_eq!(creation_rows, 0);
-        drop(connection);
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A scratch directory, removed when dropped.
+    struct ScratchDir(std::path::PathBuf);
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A database at schema `version` with `sql` run on it, then opened
+    /// and migrated to the latest version as a server start does.
+    fn migrated_from(version: usize, sql: &str) -> (ScratchDir, Connection) {
+        let dir =
+            ScratchDir(std::env::temp_dir().join(format!("opd-migration-{}", Uuid::new_v4())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("opd.sqlite3");
+        {
+            let connection = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..version] {
+                connection.execute_batch(migration).unwrap();
+            }
+            connection
+                .pragma_update(None, "user_version", version)
+                .unwrap();
+            connection.execute_batch(sql).unwrap();
+        }
+        let mut connection = connect(&path, None).unwrap();
+        migrate(&mut connection).unwrap();
+        (dir, connection)
     }
 
     /// A database at schema version 2 with `sql` run on it, migrated to
     /// the latest version and loaded.
     fn load_version_2(sql: &str) -> Result<Snapshot, StoreError> {
-        let dir = std::env::temp_dir().join(format!("opd-migration-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("opd.sqlite3");
-        {
-            let connection = Connection::open(&path).unwrap();
-            connection.execute_batch(MIGRATIONS[0]).unwrap();
-            connection.execute_batch(MIGRATIONS[1]).unwrap();
-            connection.pragma_update(None, "user_version", 2).unwrap();
-            connection.execute_batch(sql).unwrap();
-        }
-        let mut connection = connect(&path, None).unwrap();
-        migrate(&mut connection).unwrap();
-        let loaded = load(&connection, Timestamp::UNIX_EPOCH);
-        drop(connection);
-        std::fs::remove_dir_all(&dir).unwrap();
-        loaded
+        let (_dir, connection) = migrated_from(2, sql);
+        load(&connection, Timestamp::UNIX_EPOCH)
     }
 
     /// P1 is booked into a one-seat slot at 100 and bumped to the

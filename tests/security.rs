@@ -823,6 +823,41 @@ async fn assert_still_serving(app: &TestApp) {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+/// The request timeout is armed only when an answer is not ready at once;
+/// a body that stops arriving is such a case.
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_and_books_nothing() {
+    let mut config = keyed_config();
+    config.request_timeout_secs = 1;
+    let app = spawn_app(config).await;
+    let patient = format!("P{}", unique());
+    let body = json!({"patientId": patient, "slotId": "D2-10", "source": "WALK_IN"}).to_string();
+    let head = format!(
+        "POST /tokens HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {DESK_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let stream = TcpStream::connect(app.address).await.unwrap();
+    write_all(&stream, head.as_bytes()).await.unwrap();
+    write_all(&stream, &body.as_bytes()[..10]).await.unwrap();
+    let answer = read_head(&stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    let rebooked = app
+        .send(
+            Method::POST,
+            "/tokens",
+            Some(DESK_KEY),
+            Some(serde_json::from_str(&body).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        rebooked.status(),
+        StatusCode::CREATED,
+        "the first booking was not made"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_do_not_stop_others_from_being_served() {
     let app = spawn_app(keyed_config()).await;

@@ -8,37 +8,36 @@
 //! of every change.
 //!
 //! Authorization is table-driven: [`RULES`] maps each (method, route
-//! template) pair, as axum's [`MatchedPath`] reports it, to an [`Access`].
-//! A route without a rule is closed (403, logged as an error), so a route
-//! added without thinking about access fails loudly rather than opening up.
+//! template) pair, the template found as axum's router finds it, to an
+//! [`Access`]. The API refuses to build when one of its routes has no
+//! rule, so a route added without thinking about access fails loudly
+//! rather than opening up; a method that a route's rules do not name gets
+//! 405.
 //!
 //! Without keys the server runs open, every caller anonymous; that is
 //! allowed only on a loopback address (see [`Security::from_config`]).
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{FromRequestParts, MatchedPath, Query, RawPathParams, Request};
+use axum::extract::{Query, Request};
 use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::{self, ApiError};
 use super::rate_limit::{self, Client, RateLimiter};
-use super::{input, take_ready, Answer, AppState, Caller};
+use super::{input, AppState, Caller};
 use crate::engine::{DoctorId, SlotId};
 use crate::Config;
 
@@ -530,109 +529,123 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, SecurityError> {
     HeaderValue::from_str(origin).map_err(|_| invalid("not a valid header value"))
 }
 
-/// The access check as a route layer, run for every routed request (so
-/// unknown paths get their 404 first). It is written as a layer, not with
-/// `axum::middleware::from_fn`, which boxes the inner service again and
-/// splits and rejoins the request for its extractors on every call.
-#[derive(Clone)]
-pub struct AuthLayer {
-    pub app: AppState,
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Authorize<S>;
-
-    fn layer(&self, inner: S) -> Authorize<S> {
-        Authorize {
-            inner,
-            app: self.app.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Authorize<S> {
-    inner: S,
+/// The access check, run by the [`edge`](super::edge) for every request
+/// before it is routed. It finds a request's rule by matching its path
+/// against the rules' route templates with matchit, the matcher axum's
+/// router uses, so a path gets the same template here as there.
+///
+/// It is not a route layer: axum clones a route layer's boxed service, and
+/// the layer's own state, for every request, which cost about a tenth of
+/// the in-memory booking throughput (see the README's performance
+/// section).
+pub struct Gate {
     app: AppState,
+    templates: matchit::Router<&'static str>,
 }
 
-impl<S> Service<Request> for Authorize<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Answer;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let app = self.app.clone();
-        Box::pin(async move {
-            match admit(&app, request).await {
-                Ok(request) => inner.call(request).await,
-                Err(refusal) => Ok(refusal),
+impl Gate {
+    pub fn new(app: AppState) -> Gate {
+        let mut templates = matchit::Router::new();
+        for (_, template, _) in RULES {
+            if templates.at(template).map(|found| *found.value) != Ok(*template) {
+                templates
+                    .insert(*template, *template)
+                    .expect("the rules' route templates are valid and distinct");
             }
-        })
+        }
+        Gate { app, templates }
+    }
+
+    /// The route template of a path, if a rule names it.
+    fn template(&self, path: &str) -> Option<&'static str> {
+        self.templates.at(path).ok().map(|found| *found.value)
+    }
+
+    /// Checks the key and the rate limit, narrows doctor keys to their
+    /// doctor and records the [`Caller`]; the request goes on, or the
+    /// refusal is the answer. A path that no rule names goes on unchecked,
+    /// to the router's 404: every route the router serves has a rule
+    /// (`http::app` refuses to build otherwise).
+    pub async fn admit(&self, request: &mut Request) -> Result<(), Response> {
+        match self.check(request) {
+            Verdict::Admitted => Ok(()),
+            Verdict::Refused(refusal) => Err(refusal),
+            Verdict::Narrow(scope, key) => {
+                let Role::Doctor(doctor) = &key.role else {
+                    unreachable!("only doctor keys are narrowed");
+                };
+                // Boxed: the reads it may make (of PostgreSQL, say) are
+                // large futures, and every request's future would carry
+                // their size.
+                Box::pin(narrow_to_doctor(self, scope, doctor, request)).await?;
+                record_caller(request, &key);
+                Ok(())
+            }
+        }
+    }
+
+    /// What can be decided without reading data.
+    fn check(&self, request: &mut Request) -> Verdict {
+        let security = &self.app.security;
+        let Some(route) = self.template(request.uri().path()) else {
+            return Verdict::Admitted;
+        };
+        let method = request.method();
+        let Some(access) = rule(method, route) else {
+            return Verdict::Refused(no_rule(method, route));
+        };
+        let address = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+
+        if access == Access::Public || security.is_open() {
+            return match security.spend(&Client::address(address)) {
+                // No caller recorded reads as anonymous (see `Caller::of`).
+                Ok(()) => Verdict::Admitted,
+                Err(error) => Verdict::Refused(error.into_response()),
+            };
+        }
+
+        let key = match bearer(request.headers()) {
+            Ok(presented) => security.key(presented),
+            Err(()) => None,
+        };
+        let Some(key) = key else {
+            // Failed attempts spend the address's budget, which slows guessing.
+            if let Err(error) = security.spend(&Client::address(address)) {
+                return Verdict::Refused(error.into_response());
+            }
+            return Verdict::Refused(unauthorized(
+                request.headers().contains_key(header::AUTHORIZATION),
+            ));
+        };
+        if let Err(error) = security.spend(&Client::Key(key.name.clone())) {
+            return Verdict::Refused(error.into_response());
+        }
+        if !access.permits(&key.role) {
+            return Verdict::Refused(ApiError::Forbidden.into_response());
+        }
+        if let (Access::Read(scope), Role::Doctor(_)) = (access, &key.role) {
+            return Verdict::Narrow(scope, key);
+        }
+        record_caller(request, &key);
+        Verdict::Admitted
     }
 }
 
-/// Finds the request's access rule, checks the key and the rate limit,
-/// narrows doctor keys to their doctor and records the [`Caller`]; the
-/// request goes on, or the refusal is the answer.
-async fn admit(app: &AppState, mut request: Request) -> Result<Request, Response> {
-    let security = &app.security;
-    let method = request.method().clone();
-    let Some(route) = request.extensions().get::<MatchedPath>().cloned() else {
-        tracing::error!(%method, "access check without a matched route");
-        return Err(closed("this request matched no route"));
-    };
-    let Some(access) = rule(&method, route.as_str()) else {
-        return Err(no_rule(&method, route.as_str()));
-    };
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+/// What [`Gate::check`] decided.
+enum Verdict {
+    Admitted,
+    Refused(Response),
+    /// A doctor key's read, admitted once it is narrowed to its doctor.
+    Narrow(DoctorScope, ApiKey),
+}
 
-    if access == Access::Public || security.is_open() {
-        if let Err(error) = security.spend(&Client::address(address)) {
-            return Err(error.into_response());
-        }
-        // No caller recorded reads as anonymous (see `Caller::of`).
-        return Ok(request);
-    }
-
-    let key = match bearer(request.headers()) {
-        Ok(presented) => security.key(presented),
-        Err(()) => None,
-    };
-    let Some(key) = key else {
-        // Failed attempts spend the address's budget, which slows guessing.
-        if let Err(error) = security.spend(&Client::address(address)) {
-            return Err(error.into_response());
-        }
-        return Err(unauthorized(
-            request.headers().contains_key(header::AUTHORIZATION),
-        ));
-    };
-    if let Err(error) = security.spend(&Client::Key(key.name.clone())) {
-        return Err(error.into_response());
-    }
-    if !access.permits(&key.role) {
-        return Err(ApiError::Forbidden.into_response());
-    }
-    if let (Access::Read(scope), Role::Doctor(doctor)) = (access, &key.role) {
-        narrow_to_doctor(app, scope, doctor, &mut request).await?;
-    }
+fn record_caller(request: &mut Request, key: &ApiKey) {
     request.extensions_mut().insert(Caller {
         name: key.name.clone(),
     });
-    Ok(request)
 }
 
 /// The key of an `Authorization: Bearer <key>` header.
@@ -657,11 +670,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ()> {
 /// Checks a doctor key's read against the data's doctor. Resources that do
 /// not exist or cannot be parsed are left to the handler (404 or 400).
 async fn narrow_to_doctor(
-    app: &AppState,
+    gate: &Gate,
     scope: DoctorScope,
     doctor: &DoctorId,
     request: &mut Request,
 ) -> Result<(), Response> {
+    let app = &gate.app;
     let other_doctor = || {
         error::problem(
             StatusCode::FORBIDDEN,
@@ -693,7 +707,8 @@ async fn narrow_to_doctor(
             Ok(())
         }
         DoctorScope::SlotInPath => {
-            let raw = path_parameter(request, "slotId").await?;
+            let raw =
+                path_parameter(gate, request, "slotId").map_err(IntoResponse::into_response)?;
             let Some(slot) = SlotId::parse(&raw) else {
                 return Ok(());
             };
@@ -704,7 +719,8 @@ async fn narrow_to_doctor(
             }
         }
         DoctorScope::TokenInPath => {
-            let raw = path_parameter(request, "tokenId").await?;
+            let raw =
+                path_parameter(gate, request, "tokenId").map_err(IntoResponse::into_response)?;
             let Ok(token) = input::token_id(&raw) else {
                 return Ok(());
             };
@@ -731,23 +747,21 @@ fn add_doctor_filter(request: &mut Request, doctor: &DoctorId) {
     *request.uri_mut() = Uri::from_parts(parts).expect("only the query changed");
 }
 
-async fn path_parameter(request: &mut Request, name: &str) -> Result<String, Response> {
-    let (mut parts, body) = std::mem::take(request).into_parts();
-    let params = RawPathParams::from_request_parts(&mut parts, &()).await;
-    *request = Request::from_parts(parts, body);
-    let params = params
-        .map_err(|_| ApiError::Malformed("the path could not be read".into()).into_response())?;
-    let found = params
-        .iter()
-        .find(|(param, _)| *param == name)
-        .map(|(_, value)| value.to_owned());
-    found.ok_or_else(|| {
+/// A path parameter of the request, percent-decoded as axum decodes it
+/// for the handler.
+fn path_parameter(gate: &Gate, request: &Request, name: &str) -> Result<String, ApiError> {
+    let found = gate.templates.at(request.uri().path()).ok();
+    let Some(raw) = found.as_ref().and_then(|found| found.params.get(name)) else {
         tracing::error!(
             parameter = name,
             "an access rule names a path parameter its route lacks"
         );
-        closed("this route's access rule does not fit it")
-    })
+        return Err(ApiError::Forbidden);
+    };
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|value| value.into_owned())
+        .map_err(|_| ApiError::Malformed("the path could not be read".into()))
 }
 
 fn unauthorized(sent_a_key: bool) -> Response {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::Extensions;
+use axum::http::{Extensions, Method};
 use axum::response::Response;
 use axum::Router;
 use tower::util::Either;
@@ -36,8 +36,7 @@ use crate::engine::Actor;
 use crate::service::Service;
 use error::ApiError;
 
-/// The future of the API's own middleware services ([`edge::Edge`],
-/// [`auth::Authorize`]).
+/// The future of the API's own middleware service, [`edge::Edge`].
 pub type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// The service that was made ready, to be called; a clone takes its place
@@ -100,20 +99,50 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub type App = Either<Cors<Edge<Router>>, Edge<Router>>;
 
 /// The whole API with its middleware.
+///
+/// # Panics
+///
+/// When a route of the API document has no access rule in
+/// [`auth::RULES`]: the access check runs before routing, so such a route
+/// would be served unchecked.
 pub fn app(state: AppState, request_timeout: Duration) -> App {
     let cors = state.security.cors();
     let (routes, document) = openapi::api(state.security.is_open());
+    for (path, item) in &document.paths.paths {
+        let operations = [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::PATCH, &item.patch),
+            (Method::DELETE, &item.delete),
+            (Method::HEAD, &item.head),
+            (Method::OPTIONS, &item.options),
+            (Method::TRACE, &item.trace),
+        ];
+        for (method, _) in operations
+            .iter()
+            .filter(|(_, operation)| operation.is_some())
+        {
+            assert!(
+                auth::rule(method, path).is_some(),
+                "{method} {path} has no access rule in auth::RULES"
+            );
+        }
+    }
     let router = routes
         .merge(openapi::docs(document))
-        // A route layer sees the matched route; unknown paths get 404 first.
-        .route_layer(auth::AuthLayer { app: state.clone() })
         .fallback(
             |uri: axum::http::Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) },
         )
-        .with_state(state);
+        .with_state(state.clone());
     // The edge wraps the router once, not each route: a per-route layer is
     // cloned, with its boxed inner services, for every request.
-    let app = edge::EdgeLayer { request_timeout }.layer(router);
+    let gate = Arc::new(auth::Gate::new(state));
+    let app = edge::EdgeLayer {
+        request_timeout,
+        gate,
+    }
+    .layer(router);
     // Outermost, so preflights need no key and every answer, errors
     // included, carries the CORS headers a browser needs to read it.
     match cors {

@@ -147,9 +147,7 @@ impl Service {
         match &self.backend {
             Backend::Local(local) => local.book(request, key, actor, render).await,
             Backend::Postgres(postgres) => {
-                postgres
-                    .book(request, key, actor, &self.clock, &render)
-                    .await
+                Box::pin(postgres.book(request, key, actor, &self.clock, &render)).await
             }
         }
     }

@@ -108,27 +108,11 @@ pub type App = Either<Cors<Edge<Router>>, Edge<Router>>;
 pub fn app(state: AppState, request_timeout: Duration) -> App {
     let cors = state.security.cors();
     let (routes, document) = openapi::api(state.security.is_open());
-    for (path, item) in &document.paths.paths {
-        let operations = [
-            (Method::GET, &item.get),
-            (Method::POST, &item.post),
-            (Method::PUT, &item.put),
-            (Method::PATCH, &item.patch),
-            (Method::DELETE, &item.delete),
-            (Method::HEAD, &item.head),
-            (Method::OPTIONS, &item.options),
-            (Method::TRACE, &item.trace),
-        ];
-        for (method, _) in operations
-            .iter()
-            .filter(|(_, operation)| operation.is_some())
-        {
-            assert!(
-                auth::rule(method, path).is_some(),
-                "{method} {path} has no access rule in auth::RULES"
-            );
-        }
-    }
+    let unguarded = operations_without_rule(&document);
+    assert!(
+        unguarded.is_empty(),
+        "routes without an access rule in auth::RULES: {unguarded:?}"
+    );
     let router = routes
         .merge(openapi::docs(document))
         .fallback(
@@ -148,5 +132,64 @@ pub fn app(state: AppState, request_timeout: Duration) -> App {
     match cors {
         Some(cors) => Either::Left(cors.layer(app)),
         None => Either::Right(app),
+    }
+}
+
+/// The operations of `document` that no access rule covers, as
+/// `METHOD /path`.
+fn operations_without_rule(document: &utoipa::openapi::OpenApi) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (path, item) in &document.paths.paths {
+        let operations = [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::PATCH, &item.patch),
+            (Method::DELETE, &item.delete),
+            (Method::HEAD, &item.head),
+            (Method::OPTIONS, &item.options),
+            (Method::TRACE, &item.trace),
+        ];
+        for (method, operation) in operations {
+            if operation.is_some() && auth::rule(&method, path).is_none() {
+                missing.push(format!("{method} {path}"));
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, Paths};
+    use utoipa::openapi::OpenApiBuilder;
+
+    use super::*;
+
+    #[test]
+    fn every_served_operation_has_an_access_rule() {
+        for open in [false, true] {
+            let (_, document) = openapi::api(open);
+            assert_eq!(operations_without_rule(&document), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn an_operation_without_a_rule_is_found() {
+        let paths = Paths::builder()
+            .path(
+                "/reports",
+                PathItem::new(HttpMethod::Get, OperationBuilder::new().build()),
+            )
+            .path(
+                "/slots",
+                PathItem::new(HttpMethod::Delete, OperationBuilder::new().build()),
+            )
+            .build();
+        let document = OpenApiBuilder::new().paths(paths).build();
+        assert_eq!(
+            operations_without_rule(&document),
+            vec!["GET /reports", "DELETE /slots"]
+        );
     }
 }

@@ -545,12 +545,15 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(app: AppState) -> Gate {
+        // In the rules' order, each template once (rules repeat a template
+        // for each of its methods).
+        let mut seen = HashSet::new();
         let mut templates = matchit::Router::new();
         for (_, template, _) in RULES {
-            if templates.at(template).map(|found| *found.value) != Ok(*template) {
+            if seen.insert(*template) {
                 templates
                     .insert(*template, *template)
-                    .expect("the rules' route templates are valid and distinct");
+                    .expect("the rules' route templates are valid and do not overlap");
             }
         }
         Gate { app, templates }
@@ -570,14 +573,11 @@ impl Gate {
         match self.check(request) {
             Verdict::Admitted => Ok(()),
             Verdict::Refused(refusal) => Err(refusal),
-            Verdict::Narrow(scope, key) => {
-                let Role::Doctor(doctor) = &key.role else {
-                    unreachable!("only doctor keys are narrowed");
-                };
+            Verdict::Narrow { scope, doctor, key } => {
                 // Boxed: the reads it may make (of PostgreSQL, say) are
                 // large futures, and every request's future would carry
                 // their size.
-                Box::pin(narrow_to_doctor(self, scope, doctor, request)).await?;
+                Box::pin(narrow_to_doctor(self, scope, &doctor, request)).await?;
                 record_caller(request, &key);
                 Ok(())
             }
@@ -626,8 +626,9 @@ impl Gate {
         if !access.permits(&key.role) {
             return Verdict::Refused(ApiError::Forbidden.into_response());
         }
-        if let (Access::Read(scope), Role::Doctor(_)) = (access, &key.role) {
-            return Verdict::Narrow(scope, key);
+        if let (Access::Read(scope), Role::Doctor(doctor)) = (access, &key.role) {
+            let doctor = doctor.clone();
+            return Verdict::Narrow { scope, doctor, key };
         }
         record_caller(request, &key);
         Verdict::Admitted
@@ -639,7 +640,11 @@ enum Verdict {
     Admitted,
     Refused(Response),
     /// A doctor key's read, admitted once it is narrowed to its doctor.
-    Narrow(DoctorScope, ApiKey),
+    Narrow {
+        scope: DoctorScope,
+        doctor: DoctorId,
+        key: ApiKey,
+    },
 }
 
 fn record_caller(request: &mut Request, key: &ApiKey) {

@@ -559,11 +559,6 @@ impl Gate {
         Gate { app, templates }
     }
 
-    /// The route template of a path, if a rule names it.
-    fn template(&self, path: &str) -> Option<&'static str> {
-        self.templates.at(path).ok().map(|found| *found.value)
-    }
-
     /// Checks the key and the rate limit, narrows doctor keys to their
     /// doctor and records the [`Caller`]; the request goes on, or the
     /// refusal is the answer. A path that no rule names goes on unchecked,
@@ -573,11 +568,15 @@ impl Gate {
         match self.check(request) {
             Verdict::Admitted => Ok(()),
             Verdict::Refused(refusal) => Err(refusal),
-            Verdict::Narrow { scope, doctor, key } => {
+            Verdict::Narrow {
+                subject,
+                doctor,
+                key,
+            } => {
                 // Boxed: the reads it may make (of PostgreSQL, say) are
                 // large futures, and every request's future would carry
                 // their size.
-                Box::pin(narrow_to_doctor(self, scope, &doctor, request)).await?;
+                Box::pin(narrow_to_doctor(self, subject, &doctor, request)).await?;
                 record_caller(request, &key);
                 Ok(())
             }
@@ -587,9 +586,10 @@ impl Gate {
     /// What can be decided without reading data.
     fn check(&self, request: &mut Request) -> Verdict {
         let security = &self.app.security;
-        let Some(route) = self.template(request.uri().path()) else {
+        let Ok(found) = self.templates.at(request.uri().path()) else {
             return Verdict::Admitted;
         };
+        let route = *found.value;
         let method = request.method();
         let Some(access) = rule(method, route) else {
             return Verdict::Refused(no_rule(method, route));
@@ -627,8 +627,20 @@ impl Gate {
             return Verdict::Refused(ApiError::Forbidden.into_response());
         }
         if let (Access::Read(scope), Role::Doctor(doctor)) = (access, &key.role) {
-            let doctor = doctor.clone();
-            return Verdict::Narrow { scope, doctor, key };
+            let in_path = |name| path_parameter(&found.params, name);
+            let subject = match scope {
+                DoctorScope::SlotList => Ok(Subject::SlotList),
+                DoctorScope::SlotInPath => in_path("slotId").map(Subject::Slot),
+                DoctorScope::TokenInPath => in_path("tokenId").map(Subject::Token),
+            };
+            return match subject {
+                Ok(subject) => Verdict::Narrow {
+                    subject,
+                    doctor: doctor.clone(),
+                    key,
+                },
+                Err(error) => Verdict::Refused(error.into_response()),
+            };
         }
         record_caller(request, &key);
         Verdict::Admitted
@@ -641,10 +653,18 @@ enum Verdict {
     Refused(Response),
     /// A doctor key's read, admitted once it is narrowed to its doctor.
     Narrow {
-        scope: DoctorScope,
+        subject: Subject,
         doctor: DoctorId,
         key: ApiKey,
     },
+}
+
+/// What a doctor key's read is about, as its rule's [`DoctorScope`] finds
+/// it; path parameters percent-decoded.
+enum Subject {
+    SlotList,
+    Slot(String),
+    Token(String),
 }
 
 fn record_caller(request: &mut Request, key: &ApiKey) {
@@ -676,7 +696,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ()> {
 /// not exist or cannot be parsed are left to the handler (404 or 400).
 async fn narrow_to_doctor(
     gate: &Gate,
-    scope: DoctorScope,
+    subject: Subject,
     doctor: &DoctorId,
     request: &mut Request,
 ) -> Result<(), Response> {
@@ -689,8 +709,8 @@ async fn narrow_to_doctor(
             Default::default(),
         )
     };
-    match scope {
-        DoctorScope::SlotList => {
+    match subject {
+        Subject::SlotList => {
             let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(request.uri())
             else {
                 return Err(
@@ -711,9 +731,7 @@ async fn narrow_to_doctor(
             }
             Ok(())
         }
-        DoctorScope::SlotInPath => {
-            let raw =
-                path_parameter(gate, request, "slotId").map_err(IntoResponse::into_response)?;
+        Subject::Slot(raw) => {
             let Some(slot) = SlotId::parse(&raw) else {
                 return Ok(());
             };
@@ -723,9 +741,7 @@ async fn narrow_to_doctor(
                 Err(error) => Err(ApiError::from(error).into_response()),
             }
         }
-        DoctorScope::TokenInPath => {
-            let raw =
-                path_parameter(gate, request, "tokenId").map_err(IntoResponse::into_response)?;
+        Subject::Token(raw) => {
             let Ok(token) = input::token_id(&raw) else {
                 return Ok(());
             };
@@ -754,9 +770,8 @@ fn add_doctor_filter(request: &mut Request, doctor: &DoctorId) {
 
 /// A path parameter of the request, percent-decoded as axum decodes it
 /// for the handler.
-fn path_parameter(gate: &Gate, request: &Request, name: &str) -> Result<String, ApiError> {
-    let found = gate.templates.at(request.uri().path()).ok();
-    let Some(raw) = found.as_ref().and_then(|found| found.params.get(name)) else {
+fn path_parameter(params: &matchit::Params, name: &str) -> Result<String, ApiError> {
+    let Some(raw) = params.get(name) else {
         tracing::error!(
             parameter = name,
             "an access rule names a path parameter its route lacks"

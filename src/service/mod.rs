@@ -146,6 +146,9 @@ impl Service {
     ) -> Result<Booking, ServiceError> {
         match &self.backend {
             Backend::Local(local) => local.book(request, key, actor, render).await,
+            // Boxed: the PostgreSQL future is several times the size of the
+            // embedded one, and every booking's future, whatever the
+            // backend, would otherwise be as large.
             Backend::Postgres(postgres) => {
                 Box::pin(postgres.book(request, key, actor, &self.clock, &render)).await
             }

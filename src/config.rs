@@ -62,6 +62,18 @@ pub struct Config {
     #[arg(long, env = "OPD_WAITLIST_MAX", default_value_t = 1_000)]
     pub waitlist_max: u32,
 
+    /// Idempotency keys one caller (one API key, or everyone when open)
+    /// may have remembered at once; a booking with a new key past it is
+    /// answered 429 `IDEMPOTENCY_LIMIT` until the caller's oldest key
+    /// expires. Keys are remembered for 24 hours.
+    #[arg(long, env = "OPD_IDEMPOTENCY_MAX_PER_CALLER", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub idempotency_max_per_caller: u32,
+
+    /// Idempotency keys remembered at once over all callers; past it, a
+    /// booking with a new key is answered 429 `IDEMPOTENCY_LIMIT`.
+    #[arg(long, env = "OPD_IDEMPOTENCY_MAX", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub idempotency_max: u32,
+
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "OPD_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,

@@ -74,11 +74,16 @@ impl Application {
         let limits = Limits {
             waitlist_max: config.waitlist_max,
         };
+        let idempotency_limits = service::IdempotencyLimits {
+            per_caller: config.idempotency_max_per_caller as usize,
+            total: config.idempotency_max as usize,
+        };
         let service = if let Some(url) = &config.database_url {
             let postgres = store::postgres::Postgres::connect(
                 url,
                 config.database_schema.as_deref(),
                 limits,
+                idempotency_limits,
                 config.database_connections,
             )
             .await?;
@@ -86,7 +91,14 @@ impl Application {
             Service::postgres(postgres, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");
-            Service::local(Engine::new(limits), Vec::new(), None, clock, zone)
+            Service::local(
+                Engine::new(limits),
+                Vec::new(),
+                idempotency_limits,
+                None,
+                clock,
+                zone,
+            )
         } else {
             let started = std::time::Instant::now();
             let limit_bytes = config.storage_limit_mib.map(|mib| mib * 1024 * 1024);
@@ -101,6 +113,7 @@ impl Application {
             Service::local(
                 loaded.engine,
                 loaded.idempotency,
+                idempotency_limits,
                 Some(loaded.journal),
                 clock,
                 zone,

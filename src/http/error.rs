@@ -45,6 +45,8 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyKeyReused,
+    #[error("this caller (or the service) remembers as many Idempotency-Keys as it may; book without a key, or retry after {retry_after_secs} s, when the oldest expires")]
+    IdempotencyLimit { retry_after_secs: u64 },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("the change could not be made durable; nothing was changed")]
@@ -62,6 +64,9 @@ impl From<ServiceError> for ApiError {
         match error {
             ServiceError::Engine(error) => ApiError::Engine(error),
             ServiceError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            ServiceError::IdempotencyLimit { retry_after } => ApiError::IdempotencyLimit {
+                retry_after_secs: super::rate_limit::retry_after_secs(retry_after.unsigned_abs()),
+            },
             ServiceError::Unavailable => ApiError::Unavailable,
         }
     }
@@ -94,7 +99,9 @@ impl ApiError {
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::IdempotencyLimit { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -125,6 +132,7 @@ impl ApiError {
             ApiError::Unauthorized => "UNAUTHORIZED",
             ApiError::Forbidden => "FORBIDDEN",
             ApiError::TooManyRequests { .. } => "RATE_LIMITED",
+            ApiError::IdempotencyLimit { .. } => "IDEMPOTENCY_LIMIT",
         }
     }
 }
@@ -182,7 +190,9 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = problem(self.status(), self.code(), &self.to_string(), extra);
-        if let ApiError::TooManyRequests { retry_after_secs } = self {
+        if let ApiError::TooManyRequests { retry_after_secs }
+        | ApiError::IdempotencyLimit { retry_after_secs } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

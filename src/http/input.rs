@@ -10,10 +10,12 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError};
 use crate::engine::{Capacity, PatientId, SlotId, Source, CAPACITY_MAX, ID_MAX_LEN};
+use crate::service::Fingerprint;
 
 /// The longest accepted `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 128;
@@ -164,10 +166,16 @@ pub fn token_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| malformed())
 }
 
+/// The SHA-256 digest of a request's canonical form: what an idempotency
+/// key remembers of the request it was first used with.
+pub fn fingerprint(value: &Value) -> Fingerprint {
+    Sha256::digest(canonical(value)).into()
+}
+
 /// The canonical text of a JSON value: object keys sorted at every level,
 /// no insignificant white space. Two bodies are "the same request" when
 /// their canonical texts are equal.
-pub fn canonical(value: &Value) -> String {
+fn canonical(value: &Value) -> String {
     fn write(value: &Value, out: &mut String) {
         match value {
             Value::Object(object) => {

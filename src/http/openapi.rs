@@ -136,13 +136,13 @@ impl Modify for AccessResponses {
                             .into(),
                     );
                 }
-                responses.insert(
-                    "429".into(),
+                // An operation with 429s of its own documents them itself.
+                responses.entry("429".into()).or_insert_with(|| {
                     problem("RATE_LIMITED: this key (or address) sent too many requests")
                         .header("Retry-After", integer_header("Seconds to wait"))
                         .build()
-                        .into(),
-                );
+                        .into()
+                });
             }
         }
     }

@@ -43,6 +43,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED or IDEMPOTENCY_KEY_REUSED", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED (this key or address sent too many requests), or IDEMPOTENCY_LIMIT (a new Idempotency-Key while the caller, or the service, remembers as many as it may)", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -118,7 +120,7 @@ fn booking_request(
     };
     let key = key.map(|key| IdempotencyKey {
         key,
-        fingerprint: input::canonical(&Value::Object(object)),
+        fingerprint: input::fingerprint(&Value::Object(object)),
     });
     Ok((book_request(patient, slot, source), key))
 }

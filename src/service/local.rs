@@ -13,12 +13,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use jiff::Timestamp;
 use uuid::Uuid;
 
-use super::{Booking, Clock, IdempotencyKey, Rendered, ServiceError, IDEMPOTENCY_RETENTION};
+use super::{Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError};
 use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, Outcome, SlotId,
     SlotSpec, SlotSummary,
 };
-use crate::store::{Journal, Record, StoredIdempotency, Ticket};
+use crate::store::{Journal, Record, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION};
 
 pub(super) struct Local {
     state: RwLock<State>,
@@ -32,27 +32,102 @@ struct State {
     idempotency: Idempotency,
 }
 
-/// Remembered first answers to idempotent bookings, oldest first for
-/// pruning.
-#[derive(Default)]
+/// Remembered first answers to idempotent bookings, per caller.
 struct Idempotency {
+    callers: HashMap<Actor, CallerKeys>,
+    /// Keys remembered over all callers.
+    total: usize,
+    limits: IdempotencyLimits,
+}
+
+/// One caller's remembered keys, oldest first for pruning.
+#[derive(Default)]
+struct CallerKeys {
     records: HashMap<String, StoredIdempotency>,
     by_age: VecDeque<(Timestamp, String)>,
 }
 
-impl Idempotency {
-    fn insert(&mut self, record: StoredIdempotency) {
-        let cutoff = record.stored_at - IDEMPOTENCY_RETENTION;
+impl CallerKeys {
+    /// Forgets the keys stored before `cutoff`; returns how many.
+    fn prune(&mut self, cutoff: Timestamp) -> usize {
+        let mut pruned = 0;
         while let Some((stored_at, _)) = self.by_age.front() {
             if *stored_at >= cutoff {
                 break;
             }
-            let (_, key) = self.by_age.pop_front().expect("front exists");
-            self.records.remove(&key);
+            let (stored_at, key) = self.by_age.pop_front().expect("front exists");
+            // A key used again after it expired has a newer record under
+            // the same name, which stays.
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|record| record.stored_at == stored_at)
+            {
+                self.records.remove(&key);
+                pruned += 1;
+            }
         }
-        self.by_age
+        pruned
+    }
+
+    fn oldest(&self) -> Option<Timestamp> {
+        self.by_age.front().map(|(stored_at, _)| *stored_at)
+    }
+}
+
+impl Idempotency {
+    fn new(limits: IdempotencyLimits) -> Idempotency {
+        Idempotency {
+            callers: HashMap::new(),
+            total: 0,
+            limits,
+        }
+    }
+
+    /// Forgets every key past its retention at `now`. Callers are few
+    /// (one per API key), so this visits each of them.
+    fn prune(&mut self, now: Timestamp) {
+        let cutoff = now - IDEMPOTENCY_RETENTION;
+        for keys in self.callers.values_mut() {
+            self.total -= keys.prune(cutoff);
+        }
+    }
+
+    /// The caller's remembered answer for `key`, if it is still within its
+    /// retention at `now`.
+    fn get(&self, caller: &str, key: &str, now: Timestamp) -> Option<&StoredIdempotency> {
+        let record = self.callers.get(caller)?.records.get(key)?;
+        (record.stored_at >= now - IDEMPOTENCY_RETENTION).then_some(record)
+    }
+
+    /// Refuses a new key when the caller or the service remembers as many
+    /// as it may, telling how long until the oldest one that counts is
+    /// forgotten. Call after [`Idempotency::prune`].
+    fn check_room(&self, caller: &str, now: Timestamp) -> Result<(), ServiceError> {
+        let expires = |oldest: Timestamp| ServiceError::IdempotencyLimit {
+            retry_after: (oldest + IDEMPOTENCY_RETENTION).duration_since(now),
+        };
+        if let Some(keys) = self.callers.get(caller) {
+            if keys.records.len() >= self.limits.per_caller {
+                return Err(expires(keys.oldest().unwrap_or(now)));
+            }
+        }
+        if self.total >= self.limits.total {
+            let oldest = self.callers.values().filter_map(CallerKeys::oldest).min();
+            return Err(expires(oldest.unwrap_or(now)));
+        }
+        Ok(())
+    }
+
+    /// Remembers a record. Loading from storage calls this without a
+    /// room check: what was stored stays until it expires.
+    fn insert(&mut self, record: StoredIdempotency) {
+        let keys = self.callers.entry(record.caller.clone()).or_default();
+        keys.by_age
             .push_back((record.stored_at, record.key.clone()));
-        self.records.insert(record.key.clone(), record);
+        if keys.records.insert(record.key.clone(), record).is_none() {
+            self.total += 1;
+        }
     }
 }
 
@@ -60,10 +135,11 @@ impl Local {
     pub(super) fn new(
         engine: Engine,
         idempotency: Vec<StoredIdempotency>,
+        idempotency_limits: IdempotencyLimits,
         journal: Option<Journal>,
         clock: Clock,
     ) -> Local {
-        let mut remembered = Idempotency::default();
+        let mut remembered = Idempotency::new(idempotency_limits);
         for record in idempotency {
             remembered.insert(record);
         }
@@ -97,7 +173,8 @@ impl Local {
         }
     }
 
-    /// Books a token; with a key, a retry replays the first answer.
+    /// Books a token; with a key, a retry by the same caller replays the
+    /// first answer. A key past its retention is a new key.
     /// `render` turns the outcome into the response body, under the lock,
     /// so that the remembered answer is exactly the one sent.
     pub(super) async fn book(
@@ -109,11 +186,14 @@ impl Local {
     ) -> Result<Booking, ServiceError> {
         let (booking, ticket) = {
             let mut state = self.write()?;
+            let ctx = self.context(actor);
+            if key.is_some() {
+                state.idempotency.prune(ctx.at);
+            }
             let stored = key.as_ref().and_then(|key| {
                 state
                     .idempotency
-                    .records
-                    .get(&key.key)
+                    .get(&ctx.actor, &key.key, ctx.at)
                     .map(|stored| (key, stored))
             });
             if let Some((key, stored)) = stored {
@@ -127,13 +207,16 @@ impl Local {
                 // A replay must not be seen before the original is durable.
                 (replay, self.journal.as_ref().map(Journal::barrier))
             } else {
-                let ctx = self.context(actor);
+                if key.is_some() {
+                    state.idempotency.check_room(&ctx.actor, ctx.at)?;
+                }
                 let outcome = state.engine.book(request, &ctx)?;
                 let rendered = Rendered {
                     token: outcome.token.id,
                     body: Arc::from(render(&outcome)),
                 };
                 let idempotency = key.map(|key| StoredIdempotency {
+                    caller: ctx.actor.clone(),
                     key: key.key,
                     fingerprint: key.fingerprint,
                     token: rendered.token,

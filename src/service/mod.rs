@@ -17,14 +17,23 @@ use crate::engine::{
     HistoryEntry, Outcome, SlotDetail, SlotId, SlotSpec, SlotSummary, TokenView,
 };
 use crate::store::postgres::Postgres;
+pub use crate::store::Fingerprint;
 use crate::store::{Journal, StoredIdempotency};
 use local::Local;
 
 /// Where the service reads the time. Tests inject a fixed clock.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
-/// How long idempotency keys are remembered at the least.
-pub const IDEMPOTENCY_RETENTION: SignedDuration = SignedDuration::from_hours(24);
+/// How many idempotency keys are remembered at once. Each remembered key
+/// keeps its booking's answer for the retention period, so without a
+/// bound one caller could grow memory and disk at will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyLimits {
+    /// Keys one caller (one API key) may have remembered at once.
+    pub per_caller: usize,
+    /// Keys remembered at once over all callers.
+    pub total: usize,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -32,15 +41,19 @@ pub enum ServiceError {
     Engine(#[from] EngineError),
     #[error("idempotency key reused with another request")]
     IdempotencyKeyReused,
+    /// The caller, or the service, remembers as many idempotency keys as
+    /// it may; the oldest is forgotten after `retry_after`.
+    #[error("too many idempotency keys are remembered")]
+    IdempotencyLimit { retry_after: SignedDuration },
     #[error("storage cannot make changes durable")]
     Unavailable,
 }
 
-/// An idempotency key with the canonical form of the request it guards.
+/// An idempotency key with the digest of the request it guards.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
     pub key: String,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
 /// A booking's answer as sent: the new token and the rendered body.
@@ -81,6 +94,7 @@ impl Service {
     pub fn local(
         engine: Engine,
         idempotency: Vec<StoredIdempotency>,
+        idempotency_limits: IdempotencyLimits,
         journal: Option<Journal>,
         clock: Clock,
         zone: TimeZone,
@@ -89,6 +103,7 @@ impl Service {
             backend: Backend::Local(Box::new(Local::new(
                 engine,
                 idempotency,
+                idempotency_limits,
                 journal,
                 clock.clone(),
             ))),
@@ -134,8 +149,8 @@ impl Service {
         }
     }
 
-    /// Books a token; with a key, a retry replays the first answer.
-    /// `render` turns the outcome into the response body before the change
+    /// Books a token; with a key, a retry by the same caller replays the
+    /// first answer. `render` turns the outcome into the response body before the change
     /// is committed, so that the remembered answer is exactly the one sent.
     pub async fn book(
         &self,

@@ -20,7 +20,15 @@ use jiff::Timestamp;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use crate::engine::{CapacityOutcome, Context, Engine, Limits, Outcome, SlotSummary};
+use crate::engine::{Actor, CapacityOutcome, Context, Engine, Limits, Outcome, SlotSummary};
+
+/// How long idempotency keys are remembered at the least. A key older than
+/// this is forgotten: used again, it books as a new key.
+pub const IDEMPOTENCY_RETENTION: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// The SHA-256 digest of a request's canonical form. Only the digest is
+/// kept, so a remembered key costs the same whatever the request carried.
+pub type Fingerprint = [u8; 32];
 
 /// One change to make durable, as the engine reported it.
 #[derive(Debug, Clone)]
@@ -47,9 +55,12 @@ pub enum Record {
 /// The first answer to an idempotent booking, kept to replay it.
 #[derive(Debug, Clone)]
 pub struct StoredIdempotency {
+    /// The name of the API key that used the key: keys are scoped by
+    /// caller, so one desk can neither replay nor probe another's.
+    pub caller: Actor,
     pub key: String,
-    /// The canonical request body the key was first used with.
-    pub fingerprint: String,
+    /// The digest of the canonical request the key was first used with.
+    pub fingerprint: Fingerprint,
     pub token: Uuid,
     pub response: Arc<str>,
     pub stored_at: Timestamp,
@@ -195,7 +206,7 @@ pub fn open(
         other => other,
     })?;
     sqlite::migrate(&mut connection)?;
-    let snapshot = sqlite::load(&connection, now - crate::service::IDEMPOTENCY_RETENTION)?;
+    let snapshot = sqlite::load(&connection, now - IDEMPOTENCY_RETENTION)?;
     let mut engine = Engine::new(limits);
     for slot in snapshot.slots {
         engine

@@ -23,13 +23,15 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{from_nanos, nanos, StoreError};
+use super::{from_nanos, nanos, StoreError, IDEMPOTENCY_RETENTION};
 use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Change, Context, DoctorId, Engine,
     EngineError, HistoryEntry, Limits, Outcome, PatientId, Reason, SlotDetail, SlotId, SlotSpec,
     SlotSummary, Source, Status, TokenRecord, TokenView,
 };
-use crate::service::{Booking, Clock, IdempotencyKey, Rendered, ServiceError, TokenDetail};
+use crate::service::{
+    Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
+};
 
 /// How often a transaction that lost a race is tried again.
 const ATTEMPTS: usize = 8;
@@ -37,6 +39,7 @@ const ATTEMPTS: usize = 8;
 pub struct Postgres {
     pool: PgPool,
     limits: Limits,
+    idempotency_limits: IdempotencyLimits,
 }
 
 /// Why one attempt failed.
@@ -67,6 +70,7 @@ impl Postgres {
         url: &str,
         schema: Option<&str>,
         limits: Limits,
+        idempotency_limits: IdempotencyLimits,
         connections: u32,
     ) -> Result<Postgres, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(postgres_error)?;
@@ -95,7 +99,11 @@ impl Postgres {
             .run(&pool)
             .await
             .map_err(|error| StoreError::Postgres(error.to_string()))?;
-        Ok(Postgres { pool, limits })
+        Ok(Postgres {
+            pool,
+            limits,
+            idempotency_limits,
+        })
     }
 
     /// Whether the database answers a trivial query.
@@ -152,19 +160,27 @@ impl Postgres {
     ) -> Attempt<Booking> {
         let mut tx = self.pool.begin().await?;
         if let Some(key) = key {
-            // Requests with one key queue here, so only the first books.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            let now = clock();
+            // Requests with one caller's key queue here, so only the first
+            // books.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\n' || $2, 0))")
+                .bind(&**actor)
                 .bind(&key.key)
                 .execute(&mut *tx)
                 .await?;
+            // A key past its retention is a new key, even while its row
+            // waits to be pruned.
             let stored = sqlx::query(
-                "SELECT fingerprint, token_id, response FROM idempotency WHERE key = $1",
+                "SELECT fingerprint, token_id, response FROM idempotency
+                 WHERE caller = $1 AND key = $2 AND stored_at >= $3",
             )
+            .bind(&**actor)
             .bind(&key.key)
+            .bind(retention_cutoff(now))
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(stored) = stored {
-                if stored.try_get::<&str, _>(0)? != key.fingerprint {
+                if stored.try_get::<&[u8], _>(0)? != key.fingerprint {
                     return Err(Failure::Refused(ServiceError::IdempotencyKeyReused));
                 }
                 return Ok(Booking::Replayed(Rendered {
@@ -172,6 +188,7 @@ impl Postgres {
                     body: Arc::from(stored.try_get::<&str, _>(2)?),
                 }));
             }
+            self.check_idempotency_room(&mut tx, actor, now).await?;
         }
         let mut engine = self
             .load_slot(&mut tx, &request.slot, Lock::ForUpdate)
@@ -235,19 +252,25 @@ impl Postgres {
         .await?;
         let body: Arc<str> = Arc::from(render(&outcome));
         if let Some(key) = key {
+            // The row of an expired use of this key may not be pruned yet:
+            // the new use replaces it.
             sqlx::query(
-                "INSERT INTO idempotency (key, fingerprint, token_id, response, stored_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO idempotency (caller, key, fingerprint, token_id, response, stored_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (caller, key) DO UPDATE SET
+                     fingerprint = excluded.fingerprint, token_id = excluded.token_id,
+                     response = excluded.response, stored_at = excluded.stored_at",
             )
+            .bind(&**actor)
             .bind(&key.key)
-            .bind(&key.fingerprint)
+            .bind(&key.fingerprint[..])
             .bind(token.id)
             .bind(&*body)
             .bind(nanos(ctx.at))
             .execute(&mut *tx)
             .await?;
-            let retention_ns = crate::service::IDEMPOTENCY_RETENTION.as_nanos() as i64;
             sqlx::query("DELETE FROM idempotency WHERE stored_at < $1")
-                .bind(nanos(ctx.at) - retention_ns)
+                .bind(retention_cutoff(ctx.at))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -255,6 +278,40 @@ impl Postgres {
         Ok(Booking::Created(Rendered {
             token: token.id,
             body,
+        }))
+    }
+
+    /// Refuses a new idempotency key when the caller, or the database,
+    /// remembers as many as it may. The count is of the keys within their
+    /// retention, so its cost grows with the keys the limits allow; keys
+    /// stored by bookings running at the same moment are not seen, so the
+    /// bound can be passed by at most the number of bookings in flight.
+    async fn check_idempotency_room(
+        &self,
+        tx: &mut PgConnection,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Attempt<()> {
+        let row = sqlx::query(
+            "SELECT count(*) FILTER (WHERE caller = $1), min(stored_at) FILTER (WHERE caller = $1),
+                    count(*), min(stored_at)
+               FROM idempotency WHERE stored_at >= $2",
+        )
+        .bind(&**actor)
+        .bind(retention_cutoff(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        let full = |count: i64, limit: usize| usize::try_from(count).unwrap_or(0) >= limit;
+        let oldest = if full(row.try_get(0)?, self.idempotency_limits.per_caller) {
+            row.try_get::<Option<i64>, _>(1)?
+        } else if full(row.try_get(2)?, self.idempotency_limits.total) {
+            row.try_get::<Option<i64>, _>(3)?
+        } else {
+            return Ok(());
+        };
+        let oldest = oldest.and_then(from_nanos).unwrap_or(now);
+        Err(Failure::Refused(ServiceError::IdempotencyLimit {
+            retry_after: (oldest + IDEMPOTENCY_RETENTION).duration_since(now),
         }))
     }
 
@@ -725,4 +782,10 @@ fn timestamp(nanos: i64) -> Attempt<Timestamp> {
 
 fn time(time: jiff::civil::Time) -> String {
     time.strftime("%H:%M").to_string()
+}
+
+/// Keys stored before this instant (in stored nanoseconds) are past their
+/// retention at `now`.
+fn retention_cutoff(now: Timestamp) -> i64 {
+    nanos(now - IDEMPOTENCY_RETENTION)
 }

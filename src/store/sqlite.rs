@@ -8,10 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{from_nanos, nanos, Record, StoreError, StoredIdempotency};
+use super::{from_nanos, nanos, Record, StoreError, StoredIdempotency, IDEMPOTENCY_RETENTION};
 use crate::engine::{
     Capacity, Change, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source,
     Status, TokenRecord,
@@ -22,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../migrations/sqlite/0002_creation_in_token_row.sql"),
     include_str!("../../migrations/sqlite/0003_status_from_history.sql"),
+    include_str!("../../migrations/sqlite/0004_idempotency_by_caller.sql"),
 ];
 
 /// How many pages the write-ahead log holds before a commit copies them
@@ -55,6 +58,14 @@ pub(super) fn connect(path: &Path, limit_bytes: Option<u64>) -> Result<Connectio
 
 pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let applied: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    // Migration 0004 digests stored requests; SQLite has no SHA-256 of its
+    // own, so the migrating connection lends it ours.
+    connection.create_scalar_function(
+        "sha256",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |context| Ok(Sha256::digest(context.get_raw(0).as_bytes()?).to_vec()),
+    )?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
         let transaction = connection.transaction()?;
         transaction.execute_batch(migration)?;
@@ -175,17 +186,22 @@ pub(super) fn load(
 
     let mut idempotency = Vec::new();
     let mut statement = connection.prepare(
-        "SELECT key, fingerprint, token_id, response, stored_at FROM idempotency
+        "SELECT caller, key, fingerprint, token_id, response, stored_at FROM idempotency
          WHERE stored_at >= ?1 ORDER BY stored_at",
     )?;
     let mut rows = statement.query([nanos(idempotency_since)])?;
     while let Some(row) = rows.next()? {
         idempotency.push(StoredIdempotency {
-            key: row.get(0)?,
-            fingerprint: row.get(1)?,
-            token: uuid(row.get_ref(2)?.as_blob()?)?,
-            response: Arc::from(row.get_ref(3)?.as_str()?),
-            stored_at: timestamp(row.get(4)?)?,
+            caller: actor(row.get_ref(0)?.as_str()?),
+            key: row.get(1)?,
+            fingerprint: row
+                .get_ref(2)?
+                .as_blob()?
+                .try_into()
+                .map_err(|_| corrupt("an idempotency fingerprint that is not 32 bytes"))?,
+            token: uuid(row.get_ref(3)?.as_blob()?)?,
+            response: Arc::from(row.get_ref(4)?.as_str()?),
+            stored_at: timestamp(row.get(5)?)?,
         });
     }
     Ok(Snapshot {
@@ -283,12 +299,20 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                 ])?;
                 statements.changes(&outcome.changes, ctx)?;
                 if let Some(stored) = idempotency {
+                    // A key past its retention may still have its row (rows
+                    // are pruned only as new keys arrive, and the pruning
+                    // runs after this insert): the new use replaces it.
+                    // Inserting plainly would fail the whole batch.
                     transaction
                         .prepare_cached(
-                            "INSERT INTO idempotency (key, fingerprint, token_id, response, stored_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                            "INSERT INTO idempotency (caller, key, fingerprint, token_id, response, stored_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT (caller, key) DO UPDATE SET
+                                 fingerprint = excluded.fingerprint, token_id = excluded.token_id,
+                                 response = excluded.response, stored_at = excluded.stored_at",
                         )?
                         .execute(params![
+                            &*stored.caller,
                             stored.key,
                             stored.fingerprint,
                             stored.token.as_bytes(),
@@ -351,7 +375,7 @@ fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
         .query_row([], |row| row.get(0))
         .optional()?
         .flatten();
-    let retention = crate::service::IDEMPOTENCY_RETENTION.as_nanos() as i64;
+    let retention = IDEMPOTENCY_RETENTION.as_nanos() as i64;
     Ok(newest.map(|newest| newest - retention))
 }
 
@@ -519,6 +543,35 @@ mod tests {
             states,
             [(Status::Allocated, 300, 3), (Status::Cancelled, 300, 2)]
         );
+    }
+
+    /// Migration 0004 scopes stored idempotency keys by the caller that
+    /// booked their token and keeps only the digest of the request: a
+    /// retry after the upgrade still replays, and another caller's key of
+    /// the same name is not found.
+    #[test]
+    fn migration_0004_keeps_keys_under_their_caller_with_a_digest() {
+        let request = r#"{"patientId":"P1","slotId":"D1-09","source":"ONLINE"}"#;
+        let (_dir, connection) = migrated_from(
+            3,
+            &format!(
+                "INSERT INTO slots VALUES ('D1-09', 'D1', '2030-01-07', '09:00', '10:00', 1, 0);
+                 INSERT INTO tokens (sequence, token_id, token_number, patient_id, slot_id, source,
+                                     created_at, created_reason, created_by) VALUES
+                   (1, X'00000000000000000000000000000001', 1, 'P1', 'D1-09', 'ONLINE', 100, 'ALLOCATED', 'desk');
+                 INSERT INTO idempotency (key, fingerprint, token_id, response, stored_at) VALUES
+                   ('k1', '{request}', X'00000000000000000000000000000001', '{{}}', 100);"
+            ),
+        );
+        let snapshot = load(&connection, Timestamp::UNIX_EPOCH).unwrap();
+
+        let keys: Vec<_> = snapshot
+            .idempotency
+            .iter()
+            .map(|k| (&*k.caller, k.key.as_str(), k.fingerprint, k.token.as_u128()))
+            .collect();
+        let digest: [u8; 32] = Sha256::digest(request).into();
+        assert_eq!(keys, [("desk", "k1", digest, 1)]);
     }
 
     /// A history row that does not start from the status the previous one

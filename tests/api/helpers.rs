@@ -170,6 +170,9 @@ impl TestClock {
     }
 }
 
+/// Changes a test makes to the settings, applied again on every restart.
+type Settings = Arc<dyn Fn(&mut opd::Config) + Send + Sync>;
+
 /// How to start an application; see [`TestApp::with`].
 pub struct Spawn {
     backend: Backend,
@@ -177,6 +180,7 @@ pub struct Spawn {
     clock: Option<TestClock>,
     timezone: String,
     data_dir: Option<DataDir>,
+    settings: Option<Settings>,
 }
 
 impl Spawn {
@@ -195,6 +199,16 @@ impl Spawn {
         self
     }
 
+    /// Changes settings beyond the test defaults (limits, keys); a restart
+    /// keeps them.
+    pub fn settings(
+        mut self,
+        settings: impl Fn(&mut opd::Config) + Send + Sync + 'static,
+    ) -> Spawn {
+        self.settings = Some(Arc::new(settings));
+        self
+    }
+
     /// Reuses the storage of an application that was stopped.
     pub fn data_dir(mut self, data_dir: Option<DataDir>) -> Spawn {
         self.data_dir = data_dir;
@@ -207,6 +221,9 @@ impl Spawn {
         config.timezone.clone_from(&self.timezone);
         // The demo schedule, whatever OPD_SCHEDULE says.
         config.schedule = None;
+        if let Some(settings) = &self.settings {
+            settings(&mut config);
+        }
         let data_dir = self.backend.configure(&mut config, self.data_dir);
         let application = match &self.clock {
             Some(clock) => opd::Application::build_with_clock(config, clock.as_clock()).await,
@@ -228,6 +245,7 @@ impl Spawn {
             real_clock: self.clock.is_none(),
             clock: self.clock.unwrap_or_else(|| TestClock::at(T0)),
             timezone: self.timezone,
+            settings: self.settings,
             data_dir,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -245,6 +263,7 @@ pub struct TestApp {
     pub clock: TestClock,
     real_clock: bool,
     timezone: String,
+    settings: Option<Settings>,
     /// The SQLite data directory, removed when dropped: [`TestApp::stop`]
     /// hands it back to keep it for another application.
     pub data_dir: Option<DataDir>,
@@ -265,6 +284,7 @@ impl TestApp {
             clock: Some(TestClock::at(T0)),
             timezone: "UTC".into(),
             data_dir: None,
+            settings: None,
         }
     }
 
@@ -292,6 +312,7 @@ impl TestApp {
         if self.real_clock {
             spawn = spawn.real_clock();
         }
+        spawn.settings = self.settings.clone();
         spawn.data_dir(self.stop().await).spawn().await
     }
 

@@ -6,7 +6,33 @@ use reqwest::header::HeaderValue;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{assert_problem, assert_validation, booking, id_of, Backend, Reply, TestApp};
+use crate::helpers::{
+    assert_problem, assert_validation, booking, id_of, with, Backend, Reply, TestApp,
+};
+
+/// Two front-desk keys, so two callers.
+const DESK_1_KEY: &str = "desk-one-0123456789abcdef";
+const DESK_2_KEY: &str = "desk-two-0123456789abcdef";
+
+/// Settings with two front-desk API keys, `desk-1` and `desk-2`.
+fn two_desks(config: &mut opd::Config) {
+    config.api_keys = Some(
+        format!("desk-1 front-desk {DESK_1_KEY};desk-2 front-desk {DESK_2_KEY}")
+            .parse()
+            .unwrap(),
+    );
+}
+
+/// A keyed booking sent with an API key.
+async fn book_keyed_as(app: &TestApp, api_key: &str, key: &str, body: &serde_json::Value) -> Reply {
+    app.send(
+        app.request(Method::POST, "/tokens")
+            .bearer_auth(api_key)
+            .header("idempotency-key", key)
+            .json(body),
+    )
+    .await
+}
 
 backend_tests!(
     a_retry_with_the_same_key_and_body_replays_the_first_answer,
@@ -18,7 +44,14 @@ backend_tests!(
     simultaneous_retries_with_one_key_book_exactly_once,
     keys_are_kept_for_at_least_24_hours,
     keys_apply_to_bookings_only,
+    a_key_past_its_retention_books_as_a_new_key,
+    keys_belong_to_the_caller_that_used_them,
+    a_caller_past_its_key_limit_gets_429_and_can_still_book_without_a_key,
+    the_limit_over_all_callers_refuses_new_keys_from_any_caller,
+    only_a_digest_of_the_request_is_kept_so_unknown_fields_change_nothing,
 );
+
+durable_backend_tests!(a_key_reused_after_its_retention_and_a_restart_books_and_keeps_serving);
 
 /// Checks that `replay` is `first` again: status, body and `Location`.
 #[track_caller]
@@ -271,4 +304,166 @@ async fn keys_apply_to_bookings_only(backend: Backend) {
     assert_problem(&created_again, 409, "SLOT_EXISTS");
     assert_eq!(cancelled.status, 200, "{}", cancelled.text);
     assert_problem(&cancelled_again, 409, "INVALID_TRANSITION");
+}
+
+async fn a_key_past_its_retention_books_as_a_new_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let first = app
+        .book_keyed("counter-1", &booking("P1", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+
+    // A desk whose counter restarts every day sends yesterday's key again.
+    app.clock
+        .advance(SignedDuration::from_hours(24) + SignedDuration::from_secs(1));
+    let next_day = app
+        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+    let retry = app
+        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .await;
+
+    assert_ne!(id_of(&next_day.body), id_of(&first.body));
+    assert_eq!(next_day.body["token"]["patientId"], "P2");
+    assert_replay(&retry, &next_day);
+    assert_eq!(app.slot("D1-09").await["allocatedCount"], 2);
+}
+
+async fn a_key_reused_after_its_retention_and_a_restart_books_and_keeps_serving(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.book_keyed("counter-1", &booking("P1", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+    app.clock.advance(SignedDuration::from_hours(25));
+    let app = app.restart().await;
+
+    // The restarted server no longer remembers the key, but its row is
+    // still stored: the new use must replace it, not fail the commit.
+    let next_day = app
+        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+    let other = app.book("P3", "D1-09", "ONLINE").await;
+    let health = app.get("/healthz").await;
+    let app = app.restart().await;
+    let retry = app
+        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .await;
+
+    assert_eq!(next_day.body["token"]["patientId"], "P2");
+    assert_eq!(other["decision"], "ALLOCATED");
+    assert_eq!(health.status, 200, "{}", health.text);
+    assert_replay(&retry, &next_day);
+    assert_eq!(app.slot("D1-09").await["allocatedCount"], 3);
+}
+
+async fn keys_belong_to_the_caller_that_used_them(backend: Backend) {
+    let app = TestApp::with(backend).settings(two_desks).spawn().await;
+    let body = booking("P1", "D1-09", "ONLINE");
+    let desk_1 = book_keyed_as(&app, DESK_1_KEY, "7", &body)
+        .await
+        .expect_status(201);
+
+    // Another desk's key "7" neither replays desk 1's answer nor reveals
+    // that desk 1 used "7": it is desk 2's own, new key.
+    let same_body = book_keyed_as(&app, DESK_2_KEY, "7", &body).await;
+    let other_body = book_keyed_as(&app, DESK_2_KEY, "7", &booking("P2", "D1-09", "ONLINE")).await;
+    let desk_1_retry = book_keyed_as(&app, DESK_1_KEY, "7", &body).await;
+
+    assert_problem(&same_body, 409, "DUPLICATE_BOOKING");
+    assert_eq!(other_body.status, 201, "{}", other_body.text);
+    assert_eq!(other_body.body["token"]["patientId"], "P2");
+    assert_replay(&desk_1_retry, &desk_1);
+}
+
+async fn a_caller_past_its_key_limit_gets_429_and_can_still_book_without_a_key(backend: Backend) {
+    let app = TestApp::with(backend)
+        .settings(|config| config.idempotency_max_per_caller = 2)
+        .spawn()
+        .await;
+    let first = app
+        .book_keyed("k1", &booking("P1", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+    app.clock.advance(SignedDuration::from_hours(1));
+    app.book_keyed("k2", &booking("P2", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+    let before = app.slot_text("D1-09").await;
+
+    let third = app
+        .book_keyed("k3", &booking("P3", "D1-09", "ONLINE"))
+        .await;
+    let after_refusal = app.slot_text("D1-09").await;
+    let replay = app
+        .book_keyed("k1", &booking("P1", "D1-09", "ONLINE"))
+        .await;
+    let unkeyed = app.try_book("P3", "D1-09", "ONLINE").await;
+    // Once the oldest key expires there is room again.
+    app.clock
+        .advance(SignedDuration::from_hours(23) + SignedDuration::from_secs(1));
+    let later = app
+        .book_keyed("k4", &booking("P4", "D1-10", "ONLINE"))
+        .await;
+
+    assert_problem(&third, 429, "IDEMPOTENCY_LIMIT");
+    // The oldest key, stored 1 h before, expires 23 h from now.
+    assert_eq!(third.header("retry-after"), Some("82800"));
+    assert_eq!(after_refusal, before);
+    assert_replay(&replay, &first);
+    assert_eq!(unkeyed.status, 201, "{}", unkeyed.text);
+    assert_eq!(later.status, 201, "{}", later.text);
+}
+
+async fn the_limit_over_all_callers_refuses_new_keys_from_any_caller(backend: Backend) {
+    let app = TestApp::with(backend)
+        .settings(|config| {
+            two_desks(config);
+            config.idempotency_max = 2;
+        })
+        .spawn()
+        .await;
+    book_keyed_as(&app, DESK_1_KEY, "a", &booking("P1", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+    book_keyed_as(&app, DESK_1_KEY, "b", &booking("P2", "D1-09", "ONLINE"))
+        .await
+        .expect_status(201);
+
+    let desk_2 = book_keyed_as(&app, DESK_2_KEY, "a", &booking("P3", "D1-09", "ONLINE")).await;
+
+    let slot = app
+        .send(
+            app.request(Method::GET, "/slots/D1-09")
+                .bearer_auth(DESK_2_KEY),
+        )
+        .await
+        .expect_status(200);
+
+    assert_problem(&desk_2, 429, "IDEMPOTENCY_LIMIT");
+    assert_eq!(desk_2.header("retry-after"), Some("86400"));
+    assert_eq!(slot.body["allocatedCount"], 2);
+}
+
+async fn only_a_digest_of_the_request_is_kept_so_unknown_fields_change_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let padded = with(
+        &booking("P1", "D1-09", "ONLINE"),
+        json!({"note": "x".repeat(15_000)}),
+    );
+    let first = app.book_keyed("padded", &padded).await.expect_status(201);
+    let app = if backend == Backend::Memory {
+        app
+    } else {
+        app.restart().await
+    };
+
+    let retry = app.book_keyed("padded", &padded).await;
+    let changed = app
+        .book_keyed("padded", &with(&padded, json!({"note": "y"})))
+        .await;
+
+    assert_replay(&retry, &first);
+    assert_problem(&changed, 422, "IDEMPOTENCY_KEY_REUSED");
 }

@@ -124,16 +124,21 @@ pub struct Config {
 
 impl Config {
     /// Defaults for tests and embedding: in memory, on a free loopback port,
-    /// open (no API keys) and without a rate limit, so tests that send many
-    /// requests are not throttled; tests of access control set those fields.
+    /// open (no API keys), without a rate limit and with the per-address
+    /// connection cap as high as the connection cap, so tests that send many
+    /// requests, some hundreds at once, all from 127.0.0.1, are not
+    /// throttled or turned away; tests of access control and limits set
+    /// those fields.
     pub fn for_tests() -> Config {
-        Config::parse_from([
+        let mut config = Config::parse_from([
             "opd-token-engine",
             "--listen",
             "127.0.0.1:0",
             "--in-memory",
             "--rate-limit-per-second",
             "0",
-        ])
+        ]);
+        config.max_connections_per_address = config.max_connections;
+        config
     }
 }

@@ -1021,6 +1021,22 @@ async fn clients_that_never_read_cannot_hold_every_connection() {
     assert!(bundle.bytes().await.unwrap().len() > 1024 * 1024);
 }
 
+/// Between requests a keep-alive connection waits for a head, so the header
+/// timeout closes it when the client has gone quiet after its answer.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let mut config = keyed_config();
+    config.header_timeout_secs = 1;
+    let app = spawn_app(config).await;
+    let stream = TcpStream::connect(app.address).await.unwrap();
+    write_all(&stream, HEALTHZ).await.unwrap();
+    let received = read_until_closed(&stream, Duration::from_secs(10))
+        .await
+        .expect("an idle keep-alive connection was kept open");
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+}
+
 #[tokio::test]
 async fn connections_past_the_per_address_cap_are_closed_unanswered() {
     let mut config = keyed_config();

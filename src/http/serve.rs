@@ -27,7 +27,8 @@
 //!   through the caps above (and the accept queue) now and then.
 //!
 //! A request whose head has arrived is bounded by the request timeout and
-//! the body limit of the router's layers.
+//! the body limit of the router's layers, and the writing of its answer by
+//! the write deadline.
 
 use std::cell::Cell;
 use std::collections::HashMap;

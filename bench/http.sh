@@ -270,10 +270,12 @@ start_server() {
   esac
   # The project reads its settings from the environment too: clear those that
   # would change the mode under test, and turn the per-client rate limiter
-  # off (all load comes from one address; it would answer 429 past 200 req/s).
+  # off (all load comes from one address; it would answer 429 past 200 req/s)
+  # and the per-address connection cap up to the connection cap (past its
+  # default of 256, further wrk connections would be closed).
   env -u DATABASE_URL -u DATABASE_SCHEMA -u OPD_IN_MEMORY -u OPD_DATA_DIR -u OPD_LISTEN \
     -u OPD_API_KEYS -u OPD_API_KEYS_FILE -u OPD_STORAGE_LIMIT_MIB \
-    OPD_RATE_LIMIT_PER_SECOND=0 \
+    OPD_RATE_LIMIT_PER_SECOND=0 OPD_MAX_CONNECTIONS_PER_ADDRESS=4096 \
     "${PIN_SERVER[@]+"${PIN_SERVER[@]}"}" "${cmd[@]}" >"$log" 2>&1 </dev/null &
   SERVER_PID=$!
   local i

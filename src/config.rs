@@ -90,6 +90,24 @@ pub struct Config {
     #[arg(long, env = "OPD_MAX_CONNECTIONS", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
+    /// A connection whose answer cannot be written for this long, because
+    /// the client has stopped reading, is closed. The deadline counts from
+    /// the last byte written, so slow readers that keep reading are served.
+    #[arg(long, env = "OPD_WRITE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_secs: u64,
+
+    /// The most connections open at once from one client address (an IPv6
+    /// client's /64); past it, new connections from there are closed at
+    /// once. Generous, since a clinic's desks may share one address.
+    #[arg(long, env = "OPD_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_address: u32,
+
+    /// Requests answered on one connection; the last answer says
+    /// `Connection: close` and the connection ends, so pipelined requests
+    /// past it are not served and the client connects again.
+    #[arg(long, env = "OPD_MAX_REQUESTS_PER_CONNECTION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_connection: u32,
+
     /// A file of API keys, one per line `name role[:doctorId] key` (see
     /// config/api-keys.example and docs/security.md). Without any keys the
     /// server runs open, and then only on a loopback address.
@@ -118,16 +136,21 @@ pub struct Config {
 
 impl Config {
     /// Defaults for tests and embedding: in memory, on a free loopback port,
-    /// open (no API keys) and without a rate limit, so tests that send many
-    /// requests are not throttled; tests of access control set those fields.
+    /// open (no API keys), without a rate limit and with the per-address
+    /// connection cap as high as the connection cap, so tests that send many
+    /// requests, some hundreds at once, all from 127.0.0.1, are not
+    /// throttled or turned away; tests of access control and limits set
+    /// those fields.
     pub fn for_tests() -> Config {
-        Config::parse_from([
+        let mut config = Config::parse_from([
             "opd-token-engine",
             "--listen",
             "127.0.0.1:0",
             "--in-memory",
             "--rate-limit-per-second",
             "0",
-        ])
+        ]);
+        config.max_connections_per_address = config.max_connections;
+        config
     }
 }

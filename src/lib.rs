@@ -141,7 +141,10 @@ impl Application {
             service,
             connection_limits: http::serve::ConnectionLimits {
                 head_timeout: Duration::from_secs(config.header_timeout_secs),
+                write_timeout: Duration::from_secs(config.write_timeout_secs),
                 max_connections: config.max_connections as usize,
+                max_connections_per_address: config.max_connections_per_address as usize,
+                max_requests_per_connection: config.max_requests_per_connection,
             },
             security,
         })

@@ -954,6 +954,163 @@ fn the_connection_cap_must_allow_a_connection() {
     assert!(parsed.is_err());
 }
 
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// Reads everything the server sends until it closes the connection;
+/// `None` if it has not closed within `within`.
+async fn read_until_closed(stream: &TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buffer) {
+                Ok(0) => return,
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    closed.ok().map(|()| received)
+}
+
+/// Five clients pipeline requests for an answer larger than the socket
+/// buffers and never read: each connection's writes stall. The write
+/// timeout closes them, so a sixth client, waiting behind the connection
+/// cap, is served.
+#[tokio::test]
+async fn clients_that_never_read_cannot_hold_every_connection() {
+    const WRITE_TIMEOUT_SECS: u64 = 1;
+    let mut config = keyed_config();
+    config.max_connections = 5;
+    config.write_timeout_secs = WRITE_TIMEOUT_SECS;
+    let app = spawn_app(config).await;
+    let pipelined = "GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(16);
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive window, so the answers back up into the server.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(app.address).await.unwrap();
+        write_all(&stream, pipelined.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    let sixth = TcpStream::connect(app.address).await.unwrap();
+    write_all(&sixth, HEALTHZ).await.unwrap();
+    let head = tokio::time::timeout(
+        Duration::from_secs(WRITE_TIMEOUT_SECS + 5),
+        read_head(&sixth),
+    )
+    .await
+    .expect("clients that never read held every connection");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(stalled);
+    // The answer the stalled clients asked for is larger than the socket
+    // buffers of this test (16 of them, several times over).
+    let bundle = app
+        .client
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), StatusCode::OK);
+    assert!(bundle.bytes().await.unwrap().len() > 1024 * 1024);
+}
+
+/// Between requests a keep-alive connection waits for a head, so the header
+/// timeout closes it when the client has gone quiet after its answer.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let mut config = keyed_config();
+    config.header_timeout_secs = 1;
+    let app = spawn_app(config).await;
+    let stream = TcpStream::connect(app.address).await.unwrap();
+    write_all(&stream, HEALTHZ).await.unwrap();
+    let received = read_until_closed(&stream, Duration::from_secs(10))
+        .await
+        .expect("an idle keep-alive connection was kept open");
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+}
+
+#[tokio::test]
+async fn connections_past_the_per_address_cap_are_closed_unanswered() {
+    let mut config = keyed_config();
+    config.max_connections_per_address = 2;
+    let app = spawn_app(config).await;
+    let first = TcpStream::connect(app.address).await.unwrap();
+    let second = TcpStream::connect(app.address).await.unwrap();
+    for stream in [&first, &second] {
+        write_all(stream, HEALTHZ).await.unwrap();
+        let head = read_head(stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    // A third from the same address is closed without an answer (the
+    // request may not even be written before the close).
+    let third = TcpStream::connect(app.address).await.unwrap();
+    let _ = write_all(&third, HEALTHZ).await;
+    let answer = read_until_closed(&third, Duration::from_secs(10))
+        .await
+        .expect("a connection past the per-address cap was kept open");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // Once one of the two closes, a new connection is served. The server
+    // learns of the close a moment after the client makes it, so a few
+    // attempts may be refused first.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = TcpStream::connect(app.address).await.unwrap();
+        let _ = write_all(&next, HEALTHZ).await;
+        let head = read_head(&next).await;
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no connection was served after one of the two closed: {head:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_after_its_request_cap() {
+    let mut config = keyed_config();
+    config.max_requests_per_connection = 3;
+    let app = spawn_app(config).await;
+    let stream = TcpStream::connect(app.address).await.unwrap();
+    write_all(&stream, &HEALTHZ.repeat(5)).await.unwrap();
+    let received = read_until_closed(&stream, Duration::from_secs(30))
+        .await
+        .expect("the connection was kept open");
+    let received = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    let answers: Vec<&str> = received.split("http/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{received}");
+    for answer in &answers[..2] {
+        assert!(answer.starts_with("200"), "{answer}");
+        assert!(!answer.contains("connection: close"), "{answer}");
+    }
+    assert!(answers[2].starts_with("200"), "{}", answers[2]);
+    assert!(answers[2].contains("connection: close"), "{}", answers[2]);
+}
+
+#[test]
+fn connection_bounds_must_be_positive() {
+    for flag in [
+        "--write-timeout-secs",
+        "--max-connections-per-address",
+        "--max-requests-per-connection",
+    ] {
+        let parsed = Config::try_parse_from(["opd-token-engine", "--in-memory", flag, "0"]);
+        assert!(parsed.is_err(), "{flag} 0 was accepted");
+    }
+}
+
 #[tokio::test]
 async fn oversized_heads_are_refused_and_others_still_served() {
     let app = spawn_app(keyed_config()).await;

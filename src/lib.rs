@@ -73,6 +73,7 @@ impl Application {
         let security = Arc::new(http::auth::Security::from_config(&config)?);
         let limits = Limits {
             waitlist_max: config.waitlist_max,
+            overbook_max: config.overbook_max,
         };
         let service = if let Some(url) = &config.database_url {
             let postgres = store::postgres::Postgres::connect(

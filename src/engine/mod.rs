@@ -40,12 +40,18 @@ pub struct Limits {
     /// The most tokens one slot's waitlist may hold. Emergencies never wait,
     /// so they are never refused by this limit.
     pub waitlist_max: u32,
+    /// The most emergencies a full slot may take beyond its capacity. With
+    /// the capacity cap, it bounds a slot's allocated tokens: a seat is
+    /// taken only below capacity and an emergency overbooks only below
+    /// capacity plus this.
+    pub overbook_max: u32,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             waitlist_max: 1_000,
+            overbook_max: 200,
         }
     }
 }
@@ -69,6 +75,11 @@ pub enum EngineError {
     InvalidTransition { from: Status, action: Action },
     #[error("the waitlist of slot {slot} would exceed its limit of {limit} tokens")]
     WaitlistFull { slot: SlotId, limit: u32 },
+    #[error(
+        "slot {slot} already holds its maximum of {limit} emergencies beyond its capacity; \
+         book the emergency into another slot"
+    )]
+    OverbookFull { slot: SlotId, limit: u32 },
     #[error("token id {0} is already in use")]
     TokenIdInUse(Uuid),
 }
@@ -252,6 +263,12 @@ impl Engine {
         let joins_waitlist = matches!(decision, Decision::BumpedLower | Decision::Waitlisted);
         if joins_waitlist && slot.waitlist_count() >= self.limits.waitlist_max {
             return Err(self.waitlist_full(slot_key));
+        }
+        if decision == Decision::Overbooked && slot.overbooked_by() >= self.limits.overbook_max {
+            return Err(EngineError::OverbookFull {
+                slot: slot.id.clone(),
+                limit: self.limits.overbook_max,
+            });
         }
 
         // Nothing below can fail: the request is accepted.

@@ -476,7 +476,13 @@ fn shrinking_capacity_keeps_emergencies_allocated() {
 
 #[test]
 fn the_waitlist_limit_refuses_waiting_and_bumping_but_never_emergencies() {
-    let mut f = Fixture::with_limits(1, Limits { waitlist_max: 1 });
+    let mut f = Fixture::with_limits(
+        1,
+        Limits {
+            waitlist_max: 1,
+            ..Limits::default()
+        },
+    );
     f.book("W1", WalkIn);
     f.book("W2", WalkIn);
     let full = EngineError::WaitlistFull {
@@ -498,6 +504,50 @@ fn the_waitlist_limit_refuses_waiting_and_bumping_but_never_emergencies() {
     f.check(&["E1", "W1"], &["W2"]);
     assert_eq!(f.set_capacity(0).map(|o| o.changes), Err(full));
     f.check(&["E1", "W1"], &["W2"]);
+}
+
+#[test]
+fn the_overbooking_limit_refuses_only_emergencies_past_it() {
+    let mut f = Fixture::with_limits(
+        1,
+        Limits {
+            overbook_max: 2,
+            ..Limits::default()
+        },
+    );
+    f.book("E1", Emergency);
+    f.book("E2", Emergency);
+    f.book("E3", Emergency);
+    let full = EngineError::OverbookFull {
+        slot: slot_id("S"),
+        limit: 2,
+    };
+    assert_eq!(
+        f.try_book_in("S", "E4", Emergency).map(|o| o.token),
+        Err(full.clone())
+    );
+    // A duplicate is reported as such, ahead of the limit.
+    let e1 = f.engine.slot(&slot_id("S")).unwrap().allocated[0].id;
+    assert_eq!(
+        f.try_book_in("S", "E1", Emergency).map(|o| o.token),
+        Err(EngineError::DuplicateBooking { existing: e1 })
+    );
+    // Others still wait; the refusal consumed no token number.
+    let waiting = f.book("W1", WalkIn);
+    assert_eq!(waiting.decision(), Some(Decision::Waitlisted));
+    assert_eq!(waiting.token.number, 4);
+    f.check(&["E1", "E2", "E3"], &["W1"]);
+    // A freed seat absorbs overbooking, which makes room for one more.
+    f.act(e1, Action::Cancel).unwrap();
+    assert_eq!(
+        f.book("E4", Emergency).decision(),
+        Some(Decision::Overbooked)
+    );
+    assert_eq!(
+        f.try_book_in("S", "E5", Emergency).map(|o| o.token),
+        Err(full)
+    );
+    f.check(&["E2", "E3", "E4"], &["W1"]);
 }
 
 #[test]

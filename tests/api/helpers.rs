@@ -177,7 +177,12 @@ pub struct Spawn {
     clock: Option<TestClock>,
     timezone: String,
     data_dir: Option<DataDir>,
+    settings: Settings,
 }
+
+/// Changes the test configuration before the application is built, such
+/// as a limit a scenario needs small.
+pub type Settings = fn(&mut opd::Config);
 
 impl Spawn {
     pub fn clock(mut self, clock: TestClock) -> Spawn {
@@ -195,6 +200,11 @@ impl Spawn {
         self
     }
 
+    pub fn settings(mut self, settings: Settings) -> Spawn {
+        self.settings = settings;
+        self
+    }
+
     /// Reuses the storage of an application that was stopped.
     pub fn data_dir(mut self, data_dir: Option<DataDir>) -> Spawn {
         self.data_dir = data_dir;
@@ -207,6 +217,7 @@ impl Spawn {
         config.timezone.clone_from(&self.timezone);
         // The demo schedule, whatever OPD_SCHEDULE says.
         config.schedule = None;
+        (self.settings)(&mut config);
         let data_dir = self.backend.configure(&mut config, self.data_dir);
         let application = match &self.clock {
             Some(clock) => opd::Application::build_with_clock(config, clock.as_clock()).await,
@@ -228,6 +239,7 @@ impl Spawn {
             real_clock: self.clock.is_none(),
             clock: self.clock.unwrap_or_else(|| TestClock::at(T0)),
             timezone: self.timezone,
+            settings: self.settings,
             data_dir,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -245,6 +257,7 @@ pub struct TestApp {
     pub clock: TestClock,
     real_clock: bool,
     timezone: String,
+    settings: Settings,
     /// The SQLite data directory, removed when dropped: [`TestApp::stop`]
     /// hands it back to keep it for another application.
     pub data_dir: Option<DataDir>,
@@ -265,6 +278,7 @@ impl TestApp {
             clock: Some(TestClock::at(T0)),
             timezone: "UTC".into(),
             data_dir: None,
+            settings: |_| {},
         }
     }
 
@@ -288,7 +302,8 @@ impl TestApp {
     pub async fn restart(self) -> TestApp {
         let mut spawn = TestApp::with(self.backend)
             .clock(self.clock.clone())
-            .timezone(&self.timezone);
+            .timezone(&self.timezone)
+            .settings(self.settings);
         if self.real_clock {
             spawn = spawn.real_clock();
         }

@@ -120,6 +120,7 @@ impl Application {
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
+            slots_page_max: config.slots_page_max as usize,
             security: security.clone(),
         };
         let app = http::app(state, Duration::from_secs(config.request_timeout_secs));

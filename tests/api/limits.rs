@@ -191,3 +191,20 @@ async fn invalid_slot_paging_is_refused(backend: Backend) {
     let largest = app.get("/slots?limit=5").await.expect_status(200);
     assert_eq!(slot_ids(&largest.body).len(), 5);
 }
+
+#[test]
+fn the_limits_have_generous_defaults_and_refuse_nonsense() {
+    use clap::Parser;
+    let parse = |args: &[&str]| {
+        opd::Config::try_parse_from(["opd-token-engine", "--in-memory"].iter().chain(args))
+    };
+    let defaults = parse(&[]).unwrap();
+    assert_eq!(defaults.overbook_max, 200);
+    assert_eq!(defaults.slots_page_max, 500);
+    // Without room for one emergency past capacity, a full slot would
+    // turn every emergency away.
+    assert!(parse(&["--overbook-max", "0"]).is_err());
+    assert!(parse(&["--slots-page-max", "0"]).is_err());
+    assert!(parse(&["--slots-page-max", "10001"]).is_err());
+    assert_eq!(parse(&["--overbook-max", "1"]).unwrap().overbook_max, 1);
+}

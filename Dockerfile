@@ -54,7 +54,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin opd \
-    && mkdir /data \
+    && mkdir --mode=700 /data \
     && chown opd:opd /data
 COPY --from=builder /app/target/release/opd-token-engine /usr/local/bin/opd-token-engine
 

@@ -34,6 +34,7 @@ impl Bench {
     fn new(capacity: u32) -> Bench {
         let mut engine = Engine::new(Limits {
             waitlist_max: u32::MAX,
+            overbook_max: u32::MAX,
         });
         let slot = SlotId::parse("S").unwrap();
         engine

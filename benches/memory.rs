@@ -101,9 +101,7 @@ fn book_all(engine: &mut Engine, mut record: impl FnMut(Record)) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let limits = Limits {
-        waitlist_max: 1_000,
-    };
+    let limits = Limits::default();
 
     let before = resident_bytes();
     let mut engine = Engine::new(limits);

@@ -74,6 +74,18 @@ pub struct Config {
     #[arg(long, env = "OPD_IDEMPOTENCY_MAX", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub idempotency_max: u32,
 
+    /// Most emergencies one full slot may take beyond its capacity; past
+    /// it, an emergency is refused with 409 and goes to another slot. At
+    /// least 1, and generous by default: an emergency is turned away only
+    /// when a slot is already far past its capacity.
+    #[arg(long, env = "OPD_OVERBOOK_MAX", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub overbook_max: u32,
+
+    /// The most slots one page of `GET /slots` holds, and the page size
+    /// when the request names none; a `Link` header leads to the next page.
+    #[arg(long, env = "OPD_SLOTS_PAGE_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub slots_page_max: u32,
+
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "OPD_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,

@@ -73,6 +73,7 @@ impl Application {
         let security = Arc::new(http::auth::Security::from_config(&config)?);
         let limits = Limits {
             waitlist_max: config.waitlist_max,
+            overbook_max: config.overbook_max,
         };
         let idempotency_limits = service::IdempotencyLimits {
             per_caller: config.idempotency_max_per_caller as usize,
@@ -132,6 +133,7 @@ impl Application {
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
+            slots_page_max: config.slots_page_max as usize,
             security: security.clone(),
         };
         let app = http::app(state, Duration::from_secs(config.request_timeout_secs));

@@ -19,6 +19,7 @@ mod slot;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use jiff::civil::{Date, Time};
 use uuid::Uuid;
@@ -40,12 +41,18 @@ pub struct Limits {
     /// The most tokens one slot's waitlist may hold. Emergencies never wait,
     /// so they are never refused by this limit.
     pub waitlist_max: u32,
+    /// The most emergencies a full slot may take beyond its capacity. With
+    /// the capacity cap, it bounds a slot's allocated tokens: a seat is
+    /// taken only below capacity and an emergency overbooks only below
+    /// capacity plus this.
+    pub overbook_max: u32,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             waitlist_max: 1_000,
+            overbook_max: 200,
         }
     }
 }
@@ -69,6 +76,11 @@ pub enum EngineError {
     InvalidTransition { from: Status, action: Action },
     #[error("the waitlist of slot {slot} would exceed its limit of {limit} tokens")]
     WaitlistFull { slot: SlotId, limit: u32 },
+    #[error(
+        "slot {slot} already holds its maximum of {limit} emergencies beyond its capacity; \
+         book the emergency into another slot"
+    )]
+    OverbookFull { slot: SlotId, limit: u32 },
     #[error("token id {0} is already in use")]
     TokenIdInUse(Uuid),
 }
@@ -172,6 +184,9 @@ pub struct Engine {
     slot_keys: HashMap<SlotId, u32>,
     /// Every slot in listing order: date, start time, slot id.
     schedule: BTreeMap<(Date, Time, SlotId), u32>,
+    /// Every slot by doctor, then in listing order, so that a doctor's
+    /// page is a range too instead of a scan past every other doctor.
+    doctor_schedule: BTreeMap<(DoctorId, Date, Time, SlotId), u32>,
     /// Each doctor's working day, found by doctor and date when a slot is
     /// created; a slot keeps its day's index so that a booking reaches
     /// the counter without hashing.
@@ -223,6 +238,10 @@ impl Engine {
         self.slot_keys.insert(spec.id.clone(), key);
         self.schedule
             .insert((spec.date, spec.start, spec.id.clone()), key);
+        self.doctor_schedule.insert(
+            (spec.doctor.clone(), spec.date, spec.start, spec.id.clone()),
+            key,
+        );
         self.slots.push(Slot::new(spec, day_key));
         Ok(self.slots[key as usize].summary())
     }
@@ -252,6 +271,12 @@ impl Engine {
         let joins_waitlist = matches!(decision, Decision::BumpedLower | Decision::Waitlisted);
         if joins_waitlist && slot.waitlist_count() >= self.limits.waitlist_max {
             return Err(self.waitlist_full(slot_key));
+        }
+        if decision == Decision::Overbooked && slot.overbooked_by() >= self.limits.overbook_max {
+            return Err(EngineError::OverbookFull {
+                slot: slot.id.clone(),
+                limit: self.limits.overbook_max,
+            });
         }
 
         // Nothing below can fail: the request is accepted.
@@ -345,15 +370,46 @@ impl Engine {
         })
     }
 
-    /// Slots by date, start time and id, optionally for one doctor or date.
-    pub fn slots(&self, doctor: Option<&DoctorId>, date: Option<Date>) -> Vec<SlotSummary> {
-        self.schedule
-            .iter()
-            .filter(|((slot_date, _, _), _)| date.is_none_or(|date| *slot_date == date))
-            .map(|(_, key)| &self.slots[*key as usize])
-            .filter(|slot| doctor.is_none_or(|doctor| slot.doctor == *doctor))
-            .map(Slot::summary)
-            .collect()
+    /// One page of slots by date, start time and id, optionally for one
+    /// doctor or date, in O(log n + page): each filter and the cursor are
+    /// a range of an ordered index. An `after` slot that does not exist is
+    /// refused.
+    pub fn slots(&self, query: &SlotQuery) -> Result<SlotPage, EngineError> {
+        // Pages start after `from`. An id sorts after the lowest one, so a
+        // date's own slots all follow (date, 00:00, lowest).
+        let mut from = (query.date.unwrap_or(Date::MIN), Time::MIN, SlotId::lowest());
+        if let Some(after) = &query.after {
+            let slot = &self.slots[self.slot_key(after)? as usize];
+            from = from.max((slot.date, slot.start, slot.id.clone()));
+        }
+        let on_date = |slot_date: &Date| query.date.is_none_or(|date| *slot_date == date);
+        let keys: Vec<u32> = match &query.doctor {
+            Some(doctor) => {
+                let from = (doctor.clone(), from.0, from.1, from.2);
+                self.doctor_schedule
+                    .range((Bound::Excluded(from), Bound::Unbounded))
+                    .take_while(|((of, date, _, _), _)| of == doctor && on_date(date))
+                    .map(|(_, key)| *key)
+                    .take(query.limit.saturating_add(1))
+                    .collect()
+            }
+            None => self
+                .schedule
+                .range((Bound::Excluded(from), Bound::Unbounded))
+                .take_while(|((date, _, _), _)| on_date(date))
+                .map(|(_, key)| *key)
+                .take(query.limit.saturating_add(1))
+                .collect(),
+        };
+        let more = keys.len() > query.limit;
+        Ok(SlotPage {
+            slots: keys
+                .iter()
+                .take(query.limit)
+                .map(|key| self.slots[*key as usize].summary())
+                .collect(),
+            more,
+        })
     }
 
     pub fn slot_count(&self) -> usize {

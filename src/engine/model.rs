@@ -287,6 +287,14 @@ identifier!(
     DoctorId(Arc<str>)
 );
 
+impl SlotId {
+    /// Sorts before every valid slot id (ids are never empty): the lower
+    /// end of a range over slots in listing order.
+    pub(super) fn lowest() -> SlotId {
+        SlotId(Arc::from(""))
+    }
+}
+
 /// Who performed an action, as recorded in token history.
 pub type Actor = Arc<str>;
 
@@ -393,6 +401,28 @@ impl SlotSummary {
     pub fn is_overbooked(&self) -> bool {
         self.allocated > self.capacity
     }
+}
+
+/// Which slots to list, and where the page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotQuery {
+    /// Only this doctor's slots.
+    pub doctor: Option<DoctorId>,
+    /// Only slots on this date.
+    pub date: Option<Date>,
+    /// Only slots after this one in listing order (date, start time, id);
+    /// it need not match the filters.
+    pub after: Option<SlotId>,
+    /// The most slots the page holds.
+    pub limit: usize,
+}
+
+/// One page of a slot listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotPage {
+    pub slots: Vec<SlotSummary>,
+    /// Whether slots matching the query follow the last one listed.
+    pub more: bool,
 }
 
 /// A slot with its queues, in service order and promotion order.

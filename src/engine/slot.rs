@@ -112,6 +112,11 @@ impl Slot {
         self.allocated_count() < self.capacity
     }
 
+    /// How many allocated tokens exceed the capacity.
+    pub(super) fn overbooked_by(&self) -> u32 {
+        self.allocated_count().saturating_sub(self.capacity)
+    }
+
     pub(super) fn non_emergency_allocated(&self) -> u32 {
         self.allocated_count() - self.allocated_emergencies
     }

@@ -2,7 +2,7 @@
 //! model-based property test against a deliberately naive reference.
 
 use super::*;
-use jiff::civil::date;
+use jiff::civil::{date, Date};
 use jiff::Timestamp;
 
 mod model_check;
@@ -101,6 +101,27 @@ impl Fixture {
         let ctx = self.ctx();
         self.engine
             .set_capacity(&slot_id("S"), Capacity::new(capacity).unwrap(), &ctx)
+    }
+
+    /// The ids of one page of slots, and whether more follow.
+    fn list(
+        &self,
+        doctor: Option<&str>,
+        date: Option<Date>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<String>, bool) {
+        let page = self
+            .engine
+            .slots(&SlotQuery {
+                doctor: doctor.map(|doctor| DoctorId::parse(doctor).unwrap()),
+                date,
+                after: after.map(slot_id),
+                limit,
+            })
+            .unwrap();
+        let ids = page.slots.iter().map(|s| s.id.to_string()).collect();
+        (ids, page.more)
     }
 
     /// The slot's allocated and waitlisted patients, in queue order.
@@ -398,16 +419,69 @@ fn slots_list_by_date_start_and_id_with_filters() {
     let mut f = Fixture::with_slot(1);
     f.add_slot("B", "D2", "08:00", "09:00", 1).unwrap();
     f.add_slot("A", "D3", "08:00", "09:00", 1).unwrap();
-    let ids = |slots: Vec<SlotSummary>| {
-        slots
-            .into_iter()
-            .map(|s| s.id.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(ids(f.engine.slots(None, None)), ["A", "B", "S"]);
-    let d2 = DoctorId::parse("D2").unwrap();
-    assert_eq!(ids(f.engine.slots(Some(&d2), None)), ["B"]);
-    assert!(f.engine.slots(None, Some(date(2031, 1, 1))).is_empty());
+    let ids = |doctor: Option<&str>, date: Option<Date>| f.list(doctor, date, None, 10).0;
+    assert_eq!(ids(None, None), ["A", "B", "S"]);
+    assert_eq!(ids(Some("D2"), None), ["B"]);
+    assert!(ids(None, Some(date(2031, 1, 1))).is_empty());
+}
+
+/// A page as [`Fixture::list`] gives it.
+fn page(ids: &[&str], more: bool) -> (Vec<String>, bool) {
+    (ids.iter().map(|id| id.to_string()).collect(), more)
+}
+
+#[test]
+fn slots_list_in_pages_after_a_cursor_slot() {
+    let mut f = Fixture::with_slot(1);
+    f.add_slot("B", "D", "08:00", "09:00", 1).unwrap();
+    f.add_slot("A", "E", "08:00", "09:00", 1).unwrap();
+    f.add_slot("C", "E", "09:00", "10:00", 1).unwrap();
+    f.engine
+        .create_slot(SlotSpec {
+            id: slot_id("N"),
+            doctor: DoctorId::parse("D").unwrap(),
+            date: date(2030, 1, 3),
+            start: "07:00".parse().unwrap(),
+            end: "08:00".parse().unwrap(),
+            capacity: Capacity::new(1).unwrap(),
+        })
+        .unwrap();
+    // Every slot: A, B (08:00), C, S (09:00), then N the next day.
+    assert_eq!(f.list(None, None, None, 2), page(&["A", "B"], true));
+    assert_eq!(f.list(None, None, Some("B"), 2), page(&["C", "S"], true));
+    assert_eq!(f.list(None, None, Some("S"), 2), page(&["N"], false));
+    assert_eq!(f.list(None, None, Some("N"), 2), page(&[], false));
+    assert!(
+        !f.list(None, None, None, 5).1,
+        "five slots fill a page of five"
+    );
+    // Filters page the same way; the cursor need not match them.
+    assert_eq!(f.list(Some("D"), None, None, 1), page(&["B"], true));
+    assert_eq!(f.list(Some("D"), None, Some("B"), 1), page(&["S"], true));
+    assert_eq!(
+        f.list(Some("D"), None, Some("C"), 5),
+        page(&["S", "N"], false)
+    );
+    let second = Some(date(2030, 1, 2));
+    assert_eq!(
+        f.list(None, second, Some("A"), 5),
+        page(&["B", "C", "S"], false)
+    );
+    assert_eq!(f.list(None, second, Some("N"), 5), page(&[], false));
+    assert_eq!(
+        f.list(None, Some(date(2030, 1, 3)), Some("A"), 5),
+        page(&["N"], false)
+    );
+    assert_eq!(f.list(Some("E"), second, Some("A"), 5), page(&["C"], false));
+    assert_eq!(
+        f.engine.slots(&SlotQuery {
+            doctor: None,
+            date: None,
+            after: Some(slot_id("X")),
+            limit: 5,
+        }),
+        Err(EngineError::SlotNotFound(slot_id("X")))
+    );
 }
 
 #[test]
@@ -476,7 +550,13 @@ fn shrinking_capacity_keeps_emergencies_allocated() {
 
 #[test]
 fn the_waitlist_limit_refuses_waiting_and_bumping_but_never_emergencies() {
-    let mut f = Fixture::with_limits(1, Limits { waitlist_max: 1 });
+    let mut f = Fixture::with_limits(
+        1,
+        Limits {
+            waitlist_max: 1,
+            ..Limits::default()
+        },
+    );
     f.book("W1", WalkIn);
     f.book("W2", WalkIn);
     let full = EngineError::WaitlistFull {
@@ -498,6 +578,50 @@ fn the_waitlist_limit_refuses_waiting_and_bumping_but_never_emergencies() {
     f.check(&["E1", "W1"], &["W2"]);
     assert_eq!(f.set_capacity(0).map(|o| o.changes), Err(full));
     f.check(&["E1", "W1"], &["W2"]);
+}
+
+#[test]
+fn the_overbooking_limit_refuses_only_emergencies_past_it() {
+    let mut f = Fixture::with_limits(
+        1,
+        Limits {
+            overbook_max: 2,
+            ..Limits::default()
+        },
+    );
+    f.book("E1", Emergency);
+    f.book("E2", Emergency);
+    f.book("E3", Emergency);
+    let full = EngineError::OverbookFull {
+        slot: slot_id("S"),
+        limit: 2,
+    };
+    assert_eq!(
+        f.try_book_in("S", "E4", Emergency).map(|o| o.token),
+        Err(full.clone())
+    );
+    // A duplicate is reported as such, ahead of the limit.
+    let e1 = f.engine.slot(&slot_id("S")).unwrap().allocated[0].id;
+    assert_eq!(
+        f.try_book_in("S", "E1", Emergency).map(|o| o.token),
+        Err(EngineError::DuplicateBooking { existing: e1 })
+    );
+    // Others still wait; the refusal consumed no token number.
+    let waiting = f.book("W1", WalkIn);
+    assert_eq!(waiting.decision(), Some(Decision::Waitlisted));
+    assert_eq!(waiting.token.number, 4);
+    f.check(&["E1", "E2", "E3"], &["W1"]);
+    // A freed seat absorbs overbooking, which makes room for one more.
+    f.act(e1, Action::Cancel).unwrap();
+    assert_eq!(
+        f.book("E4", Emergency).decision(),
+        Some(Decision::Overbooked)
+    );
+    assert_eq!(
+        f.try_book_in("S", "E5", Emergency).map(|o| o.token),
+        Err(full)
+    );
+    f.check(&["E2", "E3", "E4"], &["W1"]);
 }
 
 #[test]

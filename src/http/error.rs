@@ -94,6 +94,7 @@ impl ApiError {
                 | EngineError::DuplicateBooking { .. }
                 | EngineError::InvalidTransition { .. }
                 | EngineError::WaitlistFull { .. }
+                | EngineError::OverbookFull { .. }
                 | EngineError::TokenIdInUse(_) => StatusCode::CONFLICT,
             },
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -124,6 +125,7 @@ impl ApiError {
                 EngineError::DuplicateBooking { .. } => "DUPLICATE_BOOKING",
                 EngineError::InvalidTransition { .. } => "INVALID_TRANSITION",
                 EngineError::WaitlistFull { .. } => "WAITLIST_FULL",
+                EngineError::OverbookFull { .. } => "OVERBOOK_FULL",
                 // A random v4 id collided: the client may simply retry.
                 EngineError::TokenIdInUse(_) => "TOKEN_ID_CONFLICT",
                 EngineError::EndNotAfterStart => "VALIDATION_FAILED",

@@ -52,6 +52,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Bodies over this size get 413 before anything else is checked.
     pub body_limit_bytes: usize,
+    /// The most slots one page of `GET /slots` holds, and its default size.
+    pub slots_page_max: usize,
     /// API keys, access rules, rate limit and CORS; see [`auth`].
     pub security: Arc<auth::Security>,
 }

@@ -16,7 +16,8 @@ use super::dto::{CapacityChangeDto, SlotDetailDto, SlotSummaryDto};
 use super::error::{ApiError, FieldError, Result};
 use super::input::{self, Fields, PathParam};
 use super::{AppState, Caller};
-use crate::engine::{DoctorId, EngineError, SlotId, SlotSpec};
+use crate::engine::{DoctorId, EngineError, SlotId, SlotQuery, SlotSpec};
+use crate::service::ServiceError;
 
 /// The slot routes, registered with their OpenAPI operations.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -113,7 +114,8 @@ pub async fn create(
         .into_response())
 }
 
-/// Lists slots by date, start time and id.
+/// Lists slots by date, start time and id, one page at a time: when more
+/// follow, a `Link` header with `rel="next"` gives the next page's URL.
 #[utoipa::path(
     get,
     path = "/slots",
@@ -121,9 +123,11 @@ pub async fn create(
     params(
         ("doctorId" = Option<String>, Query, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Only this doctor's slots"),
         ("date" = Option<String>, Query, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "Only slots on this date, YYYY-MM-DD"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "The most slots to list, from 1 to the server's page size (--slots-page-max, default 500), which is also the default"),
+        ("after" = Option<String>, Query, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "List only slots after this existing slot in listing order (a cursor: the last slotId of the previous page)"),
     ),
     responses(
-        (status = 200, body = Vec<SlotSummaryDto>),
+        (status = 200, body = Vec<SlotSummaryDto>, headers(("Link" = String, description = "`</slots?…&after=<last slotId>>; rel=\"next\"` when more slots follow"))),
         (status = 422, description = "VALIDATION_FAILED", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -133,7 +137,7 @@ pub async fn list(
         Query<HashMap<String, String>>,
         axum::extract::rejection::QueryRejection,
     >,
-) -> Result<Json<Vec<SlotSummaryDto>>> {
+) -> Result<Response> {
     let Query(query) = query.map_err(|error| ApiError::Malformed(error.body_text()))?;
     let mut errors = Vec::new();
     let doctor = query.get("doctorId").and_then(|raw| {
@@ -151,11 +155,71 @@ pub async fn list(
             None
         })
     });
+    let page_max = app.slots_page_max;
+    let limit = match query.get("limit") {
+        None => Some(page_max),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=page_max).contains(limit))
+            .or_else(|| {
+                errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {page_max}"),
+                ));
+                None
+            }),
+    };
+    let after = query.get("after").and_then(|raw| {
+        SlotId::parse(raw).or_else(|| {
+            errors.push(FieldError::new("after", "must be the slotId of a slot"));
+            None
+        })
+    });
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let slots = app.service.slots(doctor.as_ref(), date).await?;
-    Ok(Json(slots.iter().map(SlotSummaryDto::from).collect()))
+    let query = SlotQuery {
+        doctor,
+        date,
+        after,
+        limit: limit.expect("an invalid limit was refused"),
+    };
+    let page = match app.service.slots(&query).await {
+        Err(ServiceError::Engine(EngineError::SlotNotFound(after))) => {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "after",
+                format!("no slot {after} exists"),
+            )]))
+        }
+        page => page?,
+    };
+    let body = Json(
+        page.slots
+            .iter()
+            .map(SlotSummaryDto::from)
+            .collect::<Vec<_>>(),
+    );
+    match page.slots.last().filter(|_| page.more) {
+        Some(last) => Ok(([(header::LINK, next_link(&query, &last.id))], body).into_response()),
+        None => Ok(body.into_response()),
+    }
+}
+
+/// The `Link` header leading to the page after `last`, with the same
+/// filters and page size. Ids and dates need no escaping in a URL: ids are
+/// letters, digits, `.`, `_` and `-`.
+fn next_link(query: &SlotQuery, last: &SlotId) -> HeaderValue {
+    let mut url = String::from("/slots?");
+    if let Some(doctor) = &query.doctor {
+        url.push_str(&format!("doctorId={doctor}&"));
+    }
+    if let Some(date) = query.date {
+        url.push_str(&format!("date={date}&"));
+    }
+    url.push_str(&format!("limit={}&after={last}", query.limit));
+    HeaderValue::from_str(&format!("<{url}>; rel=\"next\""))
+        .expect("ids and dates are valid header text")
 }
 
 /// A slot with its allocated tokens and waitlist.

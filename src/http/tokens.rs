@@ -39,7 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
             headers(("Location" = String, description = "/tokens/{tokenId}"))),
         (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "SLOT_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "DUPLICATE_BOOKING (with existingTokenId) or WAITLIST_FULL", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "DUPLICATE_BOOKING (with existingTokenId), WAITLIST_FULL, or OVERBOOK_FULL (an emergency in a slot already holding --overbook-max emergencies beyond its capacity)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED or IDEMPOTENCY_KEY_REUSED", body = super::openapi::Problem, content_type = "application/problem+json"),

@@ -13,8 +13,8 @@ use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, DoctorId, Engine, EngineError,
-    HistoryEntry, Outcome, SlotDetail, SlotId, SlotSpec, SlotSummary, TokenView,
+    Action, Actor, BookRequest, Capacity, CapacityOutcome, Engine, EngineError, HistoryEntry,
+    Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec, SlotSummary, TokenView,
 };
 use crate::store::postgres::Postgres;
 pub use crate::store::Fingerprint;
@@ -236,15 +236,12 @@ impl Service {
         }
     }
 
-    /// Slots by date, start time and id, optionally for one doctor or date.
-    pub async fn slots(
-        &self,
-        doctor: Option<&DoctorId>,
-        date: Option<Date>,
-    ) -> Result<Vec<SlotSummary>, ServiceError> {
+    /// One page of slots by date, start time and id, optionally for one
+    /// doctor or date; see [`Engine::slots`].
+    pub async fn slots(&self, query: &SlotQuery) -> Result<SlotPage, ServiceError> {
         match &self.backend {
-            Backend::Local(local) => local.read(|engine| engine.slots(doctor, date)).await,
-            Backend::Postgres(postgres) => postgres.slots(doctor, date).await,
+            Backend::Local(local) => Ok(local.read(|engine| engine.slots(query)).await??),
+            Backend::Postgres(postgres) => postgres.slots(query).await,
         }
     }
 }

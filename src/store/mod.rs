@@ -186,15 +186,18 @@ pub struct Loaded {
 /// Opens (creating and migrating if needed) the database in `dir`, rebuilds
 /// the engine from it, and starts the writer thread.
 /// `limit_bytes` caps the database's size: a commit that would pass it
-/// fails like a full disk.
+/// fails like a full disk. The files hold patient ids and their history,
+/// so a new directory is private to the server's user and the database
+/// files always are (see [`prepare_dir`] and [`protect_files`]).
 pub fn open(
     dir: &Path,
     limits: Limits,
     limit_bytes: Option<u64>,
     now: Timestamp,
 ) -> Result<Loaded, StoreError> {
-    std::fs::create_dir_all(dir)?;
+    prepare_dir(dir)?;
     let path = dir.join("opd.sqlite3");
+    protect_files(&path)?;
     // One connection, locked for this process from here on, migrates,
     // loads and then writes.
     let mut connection = sqlite::connect(&path, limit_bytes).map_err(|error| match error {
@@ -234,6 +237,85 @@ pub fn open(
         },
         tokens,
     })
+}
+
+/// Creates the data directory with mode 0700, whatever the umask, or warns
+/// when an existing one lets other users in. An existing directory keeps
+/// its mode: it was chosen by whoever runs the server, and may be shared on
+/// purpose (a group that backs it up); the database files in it are
+/// private either way.
+fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        match std::fs::metadata(dir) {
+            Ok(metadata) => {
+                let mode = metadata.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        data_dir = %dir.display(),
+                        mode = %format_args!("{mode:03o}"),
+                        "the data directory is open to other users and holds patient data: chmod 700 it"
+                    );
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+                // The umask applies to the mode given at creation.
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+/// Makes the database file, and the log files SQLite keeps beside it,
+/// readable and writable by the server's user only (0600), whatever the
+/// umask. SQLite creates its `-wal` and `-shm` files with the main file's
+/// permissions, so creating the main file (an empty file is an empty
+/// database) with 0600 before SQLite opens it carries over to them; files
+/// left by an earlier version with wider modes are narrowed. A file the
+/// server may use but not change the mode of (another user's, shared
+/// through a group) is warned about rather than refused.
+fn protect_files(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        let mut log = path.as_os_str().to_owned();
+        log.push("-wal");
+        let mut index = path.as_os_str().to_owned();
+        index.push("-shm");
+        for file in [path.as_os_str(), &log, &index] {
+            match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => tracing::warn!(
+                    file = %Path::new(file).display(),
+                    %error,
+                    "cannot make a database file private to the server's user"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// The most records one transaction takes, so one commit stays short.

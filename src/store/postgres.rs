@@ -17,7 +17,6 @@ use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use jiff::civil::Date;
 use jiff::Timestamp;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
@@ -26,8 +25,8 @@ use uuid::Uuid;
 use super::{from_nanos, nanos, StoreError, IDEMPOTENCY_RETENTION};
 use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Change, Context, DoctorId, Engine,
-    EngineError, HistoryEntry, Limits, Outcome, PatientId, Reason, SlotDetail, SlotId, SlotSpec,
-    SlotSummary, Source, Status, TokenRecord, TokenView,
+    EngineError, HistoryEntry, Limits, Outcome, PatientId, Reason, SlotDetail, SlotId, SlotPage,
+    SlotQuery, SlotSpec, SlotSummary, Source, Status, TokenRecord, TokenView,
 };
 use crate::service::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
@@ -507,22 +506,44 @@ impl Postgres {
         .await
     }
 
-    pub async fn slots(
-        &self,
-        doctor: Option<&DoctorId>,
-        date: Option<Date>,
-    ) -> Result<Vec<SlotSummary>, ServiceError> {
-        let date = date.map(|date| date.to_string());
+    /// One page of slots, as [`crate::engine::Engine::slots`] lists them.
+    pub async fn slots(&self, query: &SlotQuery) -> Result<SlotPage, ServiceError> {
+        let date = query.date.map(|date| date.to_string());
+        // One more row than the page tells whether more follow.
+        let rows = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
         self.retry(|| async {
-            let rows = sqlx::query(&format!(
+            // Slots are never deleted and never move, so the cursor slot's
+            // place needs no snapshot shared with the page.
+            let after = match &query.after {
+                Some(after) => {
+                    let row = sqlx::query("SELECT date, start_time FROM slots WHERE slot_id = $1")
+                        .bind(after.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .ok_or_else(|| EngineError::SlotNotFound(after.clone()))?;
+                    let date: String = row.try_get(0)?;
+                    let start: String = row.try_get(1)?;
+                    Some((date, start, after.as_str()))
+                }
+                None => None,
+            };
+            let found = sqlx::query(&format!(
                 "{SUMMARY_COLUMNS} WHERE ($1::text IS NULL OR doctor_id = $1) AND ($2::text IS NULL OR date = $2)
-                 ORDER BY date, start_time, slot_id"
+                 AND ($3::text IS NULL OR (date, start_time, slot_id) > ($3, $4, $5))
+                 ORDER BY date, start_time, slot_id LIMIT $6"
             ))
-            .bind(doctor.map(DoctorId::as_str))
+            .bind(query.doctor.as_ref().map(DoctorId::as_str))
             .bind(date.as_deref())
+            .bind(after.as_ref().map(|after| after.0.as_str()))
+            .bind(after.as_ref().map(|after| after.1.as_str()))
+            .bind(after.as_ref().map(|after| after.2))
+            .bind(rows)
             .fetch_all(&self.pool)
             .await?;
-            rows.iter().map(summary).collect()
+            let mut slots = found.iter().map(summary).collect::<Attempt<Vec<_>>>()?;
+            let more = slots.len() > query.limit;
+            slots.truncate(query.limit);
+            Ok(SlotPage { slots, more })
         })
         .await
     }

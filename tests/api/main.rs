@@ -11,6 +11,7 @@ mod docs;
 mod durability;
 mod errors;
 mod idempotency;
+mod limits;
 mod opd_day;
 mod slots;
 mod tokens;

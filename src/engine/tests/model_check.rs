@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 const SLOTS: [(&str, &str); 3] = [("A1", "DA"), ("A2", "DA"), ("B1", "DB")];
 const WAITLIST_MAX: u32 = 4;
+const OVERBOOK_MAX: u32 = 2;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -144,6 +145,11 @@ impl Reference {
         {
             return Step::Refused("waitlist full".into());
         }
+        if decision == Decision::Overbooked
+            && allocated.len() as u32 >= self.capacity[slot] + OVERBOOK_MAX
+        {
+            return Step::Refused("overbooking full".into());
+        }
         let mut changes = Vec::new();
         if decision == Decision::BumpedLower {
             self.set(
@@ -257,6 +263,7 @@ fn refusal(error: &EngineError) -> String {
     match error {
         EngineError::DuplicateBooking { existing } => format!("duplicate {existing}"),
         EngineError::WaitlistFull { .. } => "waitlist full".into(),
+        EngineError::OverbookFull { .. } => "overbooking full".into(),
         EngineError::InvalidTransition { from, action } => format!("invalid {from:?} {action:?}"),
         other => panic!("unexpected refusal {other:?}"),
     }
@@ -265,6 +272,7 @@ fn refusal(error: &EngineError) -> String {
 fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
     let mut engine = Engine::new(Limits {
         waitlist_max: WAITLIST_MAX,
+        overbook_max: OVERBOOK_MAX,
     });
     for (slot, (id, doctor)) in SLOTS.iter().enumerate() {
         let hour = 9 + slot as i8;

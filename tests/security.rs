@@ -613,6 +613,37 @@ async fn bad_key_configuration_stops_start_up_without_revealing_keys() {
 }
 
 #[test]
+fn help_does_not_show_the_database_password() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://u:secret@h/db")
+        .env("OPD_API_KEYS", format!("desk front-desk {DESK_KEY}"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("secret"), "{help}");
+    assert!(!help.contains(DESK_KEY), "{help}");
+
+    // Nor does a start-up that the URL makes fail, even at the most
+    // detailed log level.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env(
+            "DATABASE_URL",
+            "postgres://u:secret@127.0.0.1/db?sslmode=bogus",
+        )
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let logs = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("PostgreSQL"), "{logs}");
+    assert!(!logs.contains("secret"), "{logs}");
+}
+
+#[test]
 fn the_example_key_file_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/api-keys.example");
     let text = std::fs::read_to_string(path).unwrap();

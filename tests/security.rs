@@ -612,6 +612,41 @@ async fn bad_key_configuration_stops_start_up_without_revealing_keys() {
     assert!(message.contains("/nonexistent/api-keys"), "{message}");
 }
 
+#[tokio::test]
+async fn a_key_that_no_header_can_carry_stops_start_up() {
+    let mut config = Config::for_tests();
+    config.api_keys = Some("desk front-desk clé-0123456789abcdef".parse().unwrap());
+    let message = Application::build(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(message.contains("not visible ASCII"), "{message}");
+    assert!(!message.contains("0123456789abcdef"), "{message}");
+}
+
+#[tokio::test]
+async fn a_reload_refuses_a_key_that_no_header_can_carry() {
+    let path = keys_file(&format!("desk-1 front-desk {DESK_KEY}\n"));
+    let mut config = Config::for_tests();
+    config.api_keys_file = Some(path.clone());
+    let app = spawn_app(config).await;
+    std::fs::write(
+        &path,
+        format!("watcher viewer {VIEWER_KEY}\nnurse viewer clé-0123456789abcdef\n"),
+    )
+    .unwrap();
+    let message = app.security.reload_keys().unwrap_err().to_string();
+    assert!(message.contains("line 2"), "{message}");
+    assert!(message.contains("not visible ASCII"), "{message}");
+    assert_eq!(slots_status(&app, DESK_KEY).await, StatusCode::OK);
+    assert_eq!(
+        slots_status(&app, VIEWER_KEY).await,
+        StatusCode::UNAUTHORIZED
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
 #[test]
 fn help_does_not_show_the_database_password() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))

@@ -260,6 +260,14 @@ pub fn parse_keys(
                 "the key of {name:?} is shorter than {KEY_LEN_MIN} characters"
             )));
         }
+        // A key travels in the Authorization header, which the gate reads
+        // only as visible ASCII: any other character would make a key that
+        // loads but can never be presented.
+        if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(error(format!(
+                "the key of {name:?} has a character that is not visible ASCII (A–Z, a–z, 0–9 and punctuation)"
+            )));
+        }
         keys.push(ApiKey {
             name: Arc::from(name),
             role,
@@ -872,6 +880,19 @@ mod tests {
             assert!(error.contains(expected), "{text}: {error}");
             assert!(!error.contains("0123456789abcdef"), "{error}");
             assert!(!error.contains("short-key-12345"), "{error}");
+        }
+    }
+
+    #[test]
+    fn keys_that_no_header_can_carry_are_refused() {
+        for text in [
+            "desk front-desk 0123456789abcdéf",
+            "desk front-desk 0123456789abcdef\u{7f}",
+            "desk front-desk 0123456789abcdef\u{1}",
+        ] {
+            let error = keys(text).expect_err(text).to_string();
+            assert!(error.contains("not visible ASCII"), "{text}: {error}");
+            assert!(!error.contains("0123456789abcd"), "{error}");
         }
     }
 

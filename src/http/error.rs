@@ -55,6 +55,8 @@ pub enum ApiError {
     Forbidden,
     #[error("too many requests; retry after {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    #[error("this server runs without API keys and answers only requests addressed to localhost, 127.0.0.1 or [::1]")]
+    MisdirectedRequest,
 }
 
 impl From<ServiceError> for ApiError {
@@ -95,6 +97,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -125,6 +128,7 @@ impl ApiError {
             ApiError::Unauthorized => "UNAUTHORIZED",
             ApiError::Forbidden => "FORBIDDEN",
             ApiError::TooManyRequests { .. } => "RATE_LIMITED",
+            ApiError::MisdirectedRequest => "MISDIRECTED_REQUEST",
         }
     }
 }

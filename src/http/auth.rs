@@ -117,11 +117,15 @@ pub enum DoctorScope {
     TokenInPath,
 }
 
+/// The health check's route: its requests spend a rate budget of their
+/// own (see [`Client::health_check`]).
+const HEALTH_ROUTE: &str = "/healthz";
+
 /// The access rules, one per (method, route template). `HEAD` follows the
 /// `GET` rule. The security test walks every route of the OpenAPI document
 /// with every role against these.
 pub const RULES: &[(Method, &str, Access)] = &[
-    (Method::GET, "/healthz", Access::Public),
+    (Method::GET, HEALTH_ROUTE, Access::Public),
     (Method::GET, "/openapi.json", Access::Public),
     (Method::GET, "/docs", Access::Public),
     (Method::GET, "/docs/", Access::Public),
@@ -420,6 +424,23 @@ impl Security {
         found.cloned()
     }
 
+    /// Spends one request of the budget of a request that no route takes
+    /// (404) or whose method its route does not take (405): the key's, when
+    /// it carries a valid one, else its address's. Such answers are cheap,
+    /// but a flood of them is throttled like any other.
+    fn spend_unrouted(&self, headers: &HeaderMap, address: IpAddr) -> Result<(), ApiError> {
+        if self.rate_limiter.is_none() {
+            return Ok(());
+        }
+        let key = bearer(headers)
+            .ok()
+            .and_then(|presented| self.key(presented));
+        match key {
+            Some(key) => self.spend(&Client::Key(key.name)),
+            None => self.spend(&Client::address(address)),
+        }
+    }
+
     /// Spends one request of `client`'s budget, or answers 429.
     fn spend(&self, client: &Client) -> Result<(), ApiError> {
         let Some(limiter) = &self.rate_limiter else {
@@ -579,10 +600,11 @@ impl Gate {
 
     /// Checks the key and the rate limit, narrows doctor keys to their
     /// doctor and records the [`Caller`]; the request goes on, or the
-    /// refusal is the answer. A path that no rule names goes on unchecked,
-    /// to the router's 404: every route the router serves has a rule
-    /// (`http::app` refuses to build otherwise). An open server first
-    /// refuses requests that are not addressed to a loopback name.
+    /// refusal is the answer. A path that no rule names goes on to the
+    /// router's 404 once it has spent its caller's rate budget: every route
+    /// the router serves has a rule (`http::app` refuses to build
+    /// otherwise). An open server first refuses requests that are not
+    /// addressed to a loopback name.
     pub async fn admit(&self, request: &mut Request) -> Result<(), Response> {
         match self.check(request) {
             Verdict::Admitted => Ok(()),
@@ -613,21 +635,35 @@ impl Gate {
                 return Verdict::Refused(error.into_response());
             }
         }
-        let Ok(found) = self.templates.at(request.uri().path()) else {
-            return Verdict::Admitted;
-        };
-        let route = *found.value;
-        let method = request.method();
-        let Some(access) = rule(method, route) else {
-            return Verdict::Refused(no_rule(method, route));
-        };
         let address = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        let Ok(found) = self.templates.at(request.uri().path()) else {
+            return match security.spend_unrouted(request.headers(), address) {
+                Ok(()) => Verdict::Admitted,
+                Err(error) => Verdict::Refused(error.into_response()),
+            };
+        };
+        let route = *found.value;
+        let method = request.method();
+        let Some(access) = rule(method, route) else {
+            if let Err(error) = security.spend_unrouted(request.headers(), address) {
+                return Verdict::Refused(error.into_response());
+            }
+            return Verdict::Refused(no_rule(method, route));
+        };
 
         if access == Access::Public || security.is_open() {
-            return match security.spend(&Client::address(address)) {
+            // Health checks have a budget of their own, so that a flood of
+            // other requests from the address (bad keys, unknown paths)
+            // leaves them answerable.
+            let client = if route == HEALTH_ROUTE {
+                Client::health_check(address)
+            } else {
+                Client::address(address)
+            };
+            return match security.spend(&client) {
                 // No caller recorded reads as anonymous (see `Caller::of`).
                 Ok(()) => Verdict::Admitted,
                 Err(error) => Verdict::Refused(error.into_response()),

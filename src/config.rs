@@ -33,7 +33,8 @@ pub struct Config {
 
     /// A `postgres://` URL: keep state in PostgreSQL, shared by every
     /// instance given the same database (instead of the embedded store).
-    #[arg(long, env = "DATABASE_URL")]
+    // The URL may hold a password, so `--help` must not show its value.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// PostgreSQL schema to use (created if missing); the default is the

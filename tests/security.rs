@@ -591,6 +591,137 @@ async fn an_open_server_refuses_to_listen_beyond_loopback() {
 }
 
 #[tokio::test]
+async fn an_open_server_refuses_cors_origins() {
+    for origins in [vec!["*"], vec!["https://desk.example.org"]] {
+        let mut config = Config::for_tests();
+        config.cors_origins = origins.iter().map(|origin| origin.to_string()).collect();
+        let error = Application::build(config).await.err().expect("refused");
+        assert!(matches!(error, StartError::Security(_)), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("without API keys"), "{message}");
+        assert!(message.contains("--cors-origin"), "{message}");
+    }
+}
+
+/// Sends `request` (which asks the server to close the connection, or is
+/// HTTP/1.0) on a new connection and returns the whole answer as text.
+async fn exchange(address: SocketAddr, request: &[u8]) -> String {
+    let stream = TcpStream::connect(address).await.unwrap();
+    write_all(&stream, request).await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read_all = async {
+        loop {
+            stream.readable().await.unwrap();
+            match stream.try_read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => panic!("reading the answer: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all)
+        .await
+        .expect("the server answers and closes");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// The status of an answer read by [`exchange`].
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+#[tokio::test]
+async fn an_open_server_answers_only_requests_addressed_to_a_loopback_name() {
+    let app = spawn_app(Config::for_tests()).await;
+    let port = app.address.port();
+    for host in [
+        "localhost".to_owned(),
+        format!("LocalHost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "127.9.9.9".to_owned(),
+        "[::1]:8080".to_owned(),
+    ] {
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = exchange(app.address, request.as_bytes()).await;
+        assert_eq!(status_of(&answer), 200, "{host}: {answer}");
+    }
+    // HTTP/1.0 may omit Host; browsers never do.
+    let answer = exchange(app.address, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    // A page on another name that resolves to 127.0.0.1 (DNS rebinding),
+    // and absolute-form targets, are refused before routing or booking.
+    let booking = r#"{"patientId":"P-rebound","slotId":"D1-09","source":"ONLINE"}"#;
+    let misdirected = [
+        "GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_owned(),
+        format!("GET /slots HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n"),
+        "GET /nowhere HTTP/1.1\r\nHost: localhost.evil.example\r\n\r\n".to_owned(),
+        "DELETE /slots HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n".to_owned(),
+        "GET http://evil.example/slots HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
+        "GET http://localhost/slots HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_owned(),
+        format!(
+            "POST /tokens HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{booking}",
+            booking.len()
+        ),
+    ];
+    for head in misdirected {
+        let request = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+        let answer = exchange(app.address, request.as_bytes()).await;
+        assert_eq!(status_of(&answer), 421, "{head}: {answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/problem+json"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains(r#""code":"MISDIRECTED_REQUEST""#),
+            "{answer}"
+        );
+    }
+    let response = app
+        .send(
+            Method::POST,
+            "/tokens",
+            None,
+            Some(serde_json::from_str(booking).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "the refused booking was made"
+    );
+
+    // HTTP/1.1 needs exactly one Host header.
+    for request in [
+        "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(app.address, request.as_bytes()).await;
+        assert_eq!(status_of(&answer), 400, "{request}: {answer}");
+        assert!(answer.contains(r#""code":"MALFORMED_REQUEST""#), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_with_keys_answers_any_host() {
+    let app = spawn_app(keyed_config()).await;
+    let request = format!(
+        "GET /slots HTTP/1.1\r\nHost: opd.example.org\r\nAuthorization: Bearer {VIEWER_KEY}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = exchange(app.address, request.as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+}
+
+#[tokio::test]
 async fn bad_key_configuration_stops_start_up_without_revealing_keys() {
     let mut config = Config::for_tests();
     config.api_keys = Some("desk front-desk tooshort-key".parse().unwrap());
@@ -610,6 +741,72 @@ async fn bad_key_configuration_stops_start_up_without_revealing_keys() {
         .expect("refused")
         .to_string();
     assert!(message.contains("/nonexistent/api-keys"), "{message}");
+}
+
+#[tokio::test]
+async fn a_key_that_no_header_can_carry_stops_start_up() {
+    let mut config = Config::for_tests();
+    config.api_keys = Some("desk front-desk clé-0123456789abcdef".parse().unwrap());
+    let message = Application::build(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(message.contains("not visible ASCII"), "{message}");
+    assert!(!message.contains("0123456789abcdef"), "{message}");
+}
+
+#[tokio::test]
+async fn a_reload_refuses_a_key_that_no_header_can_carry() {
+    let path = keys_file(&format!("desk-1 front-desk {DESK_KEY}\n"));
+    let mut config = Config::for_tests();
+    config.api_keys_file = Some(path.clone());
+    let app = spawn_app(config).await;
+    std::fs::write(
+        &path,
+        format!("watcher viewer {VIEWER_KEY}\nnurse viewer clé-0123456789abcdef\n"),
+    )
+    .unwrap();
+    let message = app.security.reload_keys().unwrap_err().to_string();
+    assert!(message.contains("line 2"), "{message}");
+    assert!(message.contains("not visible ASCII"), "{message}");
+    assert_eq!(slots_status(&app, DESK_KEY).await, StatusCode::OK);
+    assert_eq!(
+        slots_status(&app, VIEWER_KEY).await,
+        StatusCode::UNAUTHORIZED
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn help_does_not_show_the_database_password() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://u:secret@h/db")
+        .env("OPD_API_KEYS", format!("desk front-desk {DESK_KEY}"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("secret"), "{help}");
+    assert!(!help.contains(DESK_KEY), "{help}");
+
+    // Nor does a start-up that the URL makes fail, even at the most
+    // detailed log level.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env(
+            "DATABASE_URL",
+            "postgres://u:secret@127.0.0.1/db?sslmode=bogus",
+        )
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let logs = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("PostgreSQL"), "{logs}");
+    assert!(!logs.contains("secret"), "{logs}");
 }
 
 #[test]
@@ -777,6 +974,213 @@ async fn configured_cors_origins_may_call_from_a_browser() {
         .is_none());
 }
 
+#[tokio::test]
+async fn health_checks_stay_answerable_while_an_address_floods_bad_keys() {
+    let mut config = keyed_config();
+    config.rate_limit_per_second = 1;
+    config.rate_limit_burst = 3;
+    let app = spawn_app(config).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let status = slots_status(&app, UNKNOWN_KEY).await;
+        statuses.push(status);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let response = app.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Sends `method path` with `key` until it is answered 429; returns the
+/// statuses in order.
+async fn flood(app: &TestApp, method: Method, path: &str, key: Option<&str>) -> Vec<StatusCode> {
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let response = app.send(method.clone(), path, key, None).await;
+        let (status, headers, body) = problem(response).await;
+        statuses.push(status);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(headers.contains_key("retry-after"));
+            assert_eq!(body["code"], "RATE_LIMITED");
+            break;
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn floods_of_unknown_paths_and_wrong_methods_get_429() {
+    let mut config = keyed_config();
+    config.rate_limit_per_second = 1;
+    config.rate_limit_burst = 3;
+
+    // Without a key, the address's budget; health checks keep their own.
+    let app = spawn_app(config.clone()).await;
+    let statuses = flood(&app, Method::GET, "/nowhere", None).await;
+    assert_eq!(
+        statuses[0],
+        StatusCode::NOT_FOUND,
+        "route errors come first"
+    );
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let response = app.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let app = spawn_app(config.clone()).await;
+    let statuses = flood(&app, Method::DELETE, "/slots", None).await;
+    assert_eq!(statuses[0], StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+
+    // With a valid key, the key's budget, which other keys do not share.
+    let app = spawn_app(config).await;
+    let statuses = flood(&app, Method::GET, "/nowhere", Some(DESK_KEY)).await;
+    assert_eq!(statuses[0], StatusCode::NOT_FOUND);
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        slots_status(&app, DESK_KEY).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(slots_status(&app, VIEWER_KEY).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn every_answer_tells_browsers_not_to_sniff() {
+    let app = spawn_app(keyed_config()).await;
+    let token = app.d1_token().await;
+    let booking = json!({"patientId": "P-sniff", "slotId": "D1-09", "source": "ONLINE"});
+    let cases = [
+        (Method::GET, "/healthz".to_owned(), None, None, 200),
+        (
+            Method::POST,
+            "/tokens".to_owned(),
+            Some(DESK_KEY),
+            Some(booking),
+            201,
+        ),
+        (Method::GET, "/nowhere".to_owned(), None, None, 404),
+        (
+            Method::DELETE,
+            "/slots".to_owned(),
+            Some(ADMIN_KEY),
+            None,
+            405,
+        ),
+        (Method::GET, "/slots".to_owned(), None, None, 401),
+        (
+            Method::POST,
+            "/slots".to_owned(),
+            Some(VIEWER_KEY),
+            Some(json!({})),
+            403,
+        ),
+        (
+            Method::GET,
+            "/tokens/not-a-uuid".to_owned(),
+            Some(VIEWER_KEY),
+            None,
+            400,
+        ),
+        (
+            Method::POST,
+            "/tokens".to_owned(),
+            Some(DESK_KEY),
+            Some(json!({})),
+            422,
+        ),
+        (
+            Method::POST,
+            format!("/tokens/{token}/no-show"),
+            Some(DESK_KEY),
+            None,
+            200,
+        ),
+        (
+            Method::POST,
+            format!("/tokens/{token}/no-show"),
+            Some(DESK_KEY),
+            None,
+            409,
+        ),
+    ];
+    for (method, path, key, body, status) in cases {
+        let response = app.send(method.clone(), &path, key, body).await;
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            response
+                .headers()
+                .get("x-content-type-options")
+                .map(|value| value.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{method} {path}"
+        );
+    }
+
+    let mut config = keyed_config();
+    config.rate_limit_per_second = 1;
+    config.rate_limit_burst = 1;
+    let app = spawn_app(config).await;
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(
+            app.send(Method::GET, "/slots", Some(VIEWER_KEY), None)
+                .await,
+        );
+    }
+    let response = last.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
+async fn a_413_says_the_connection_closes_and_closes_it() {
+    let app = spawn_app(keyed_config()).await;
+    let oversized = " ".repeat(17 * 1024);
+    let requests = [
+        // Declared too large.
+        format!(
+            "POST /tokens HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {DESK_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{oversized}",
+            oversized.len()
+        ),
+        // Chunked, over the limit.
+        format!(
+            "POST /tokens HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {DESK_KEY}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{oversized}\r\n0\r\n\r\n",
+            oversized.len()
+        ),
+    ];
+    for request in requests {
+        // A keep-alive request: only the server's answer ends the connection.
+        let answer = exchange(app.address, request.as_bytes()).await;
+        assert_eq!(status_of(&answer), 413, "{answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
+        assert!(
+            lower.contains("x-content-type-options: nosniff"),
+            "{answer}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Slow, oversized and random clients
 
@@ -843,6 +1247,12 @@ async fn a_body_that_stops_arriving_gets_408_and_books_nothing() {
     let answer = read_head(&stream).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{answer}"
+    );
     let rebooked = app
         .send(
             Method::POST,

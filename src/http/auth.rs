@@ -15,11 +15,13 @@
 //! 405.
 //!
 //! Without keys the server runs open, every caller anonymous; that is
-//! allowed only on a loopback address (see [`Security::from_config`]).
+//! allowed only on a loopback address, without CORS, and for requests
+//! addressed to a loopback name (see [`Security::from_config`] and
+//! [`Gate`]).
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,7 +31,7 @@ use std::time::Duration;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Query, Request};
 use axum::http::uri::PathAndQuery;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -115,11 +117,15 @@ pub enum DoctorScope {
     TokenInPath,
 }
 
+/// The health check's route: its requests spend a rate budget of their
+/// own (see [`Client::health_check`]).
+const HEALTH_ROUTE: &str = "/healthz";
+
 /// The access rules, one per (method, route template). `HEAD` follows the
 /// `GET` rule. The security test walks every route of the OpenAPI document
 /// with every role against these.
 pub const RULES: &[(Method, &str, Access)] = &[
-    (Method::GET, "/healthz", Access::Public),
+    (Method::GET, HEALTH_ROUTE, Access::Public),
     (Method::GET, "/openapi.json", Access::Public),
     (Method::GET, "/docs", Access::Public),
     (Method::GET, "/docs/", Access::Public),
@@ -219,6 +225,8 @@ pub enum SecurityError {
     RateLimit(String),
     #[error("invalid CORS origin {origin:?}: {message}")]
     CorsOrigin { origin: String, message: String },
+    #[error("refusing --cors-origin / OPD_CORS_ORIGINS without API keys: any page those origins serve could book and read patient data through the visitor's browser; configure keys (--api-keys-file / OPD_API_KEYS_FILE or OPD_API_KEYS) or drop the origins")]
+    CorsWithoutKeys,
     #[error("API keys not reloaded: {0}")]
     Reload(&'static str),
 }
@@ -260,6 +268,14 @@ pub fn parse_keys(
                 "the key of {name:?} is shorter than {KEY_LEN_MIN} characters"
             )));
         }
+        // A key travels in the Authorization header, which the gate reads
+        // only as visible ASCII: any other character would make a key that
+        // loads but can never be presented.
+        if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(error(format!(
+                "the key of {name:?} has a character that is not visible ASCII (A–Z, a–z, 0–9 and punctuation)"
+            )));
+        }
         keys.push(ApiKey {
             name: Arc::from(name),
             role,
@@ -287,7 +303,8 @@ pub struct Security {
 
 impl Security {
     /// Reads keys, rate limits and CORS origins from the configuration.
-    /// Without keys the server may only listen on a loopback address.
+    /// Without keys the server may only listen on a loopback address, and
+    /// allows no CORS origin.
     pub fn from_config(config: &Config) -> Result<Security, SecurityError> {
         let keys = read_keys(config.api_keys_file.as_deref(), config.api_keys.as_ref())?;
         if keys.is_empty() {
@@ -295,6 +312,11 @@ impl Security {
                 return Err(SecurityError::OpenOnPublicAddress {
                     address: config.listen,
                 });
+            }
+            // A page the clinic's user visits runs in a browser on this
+            // very machine: allowed as an origin, it would act for anyone.
+            if !config.cors_origins.is_empty() {
+                return Err(SecurityError::CorsWithoutKeys);
             }
             tracing::warn!(
                 listen = %config.listen,
@@ -400,6 +422,23 @@ impl Security {
             }
         }
         found.cloned()
+    }
+
+    /// Spends one request of the budget of a request that no route takes
+    /// (404) or whose method its route does not take (405): the key's, when
+    /// it carries a valid one, else its address's. Such answers are cheap,
+    /// but a flood of them is throttled like any other.
+    fn spend_unrouted(&self, headers: &HeaderMap, address: IpAddr) -> Result<(), ApiError> {
+        if self.rate_limiter.is_none() {
+            return Ok(());
+        }
+        let key = bearer(headers)
+            .ok()
+            .and_then(|presented| self.key(presented));
+        match key {
+            Some(key) => self.spend(&Client::Key(key.name)),
+            None => self.spend(&Client::address(address)),
+        }
     }
 
     /// Spends one request of `client`'s budget, or answers 429.
@@ -561,9 +600,11 @@ impl Gate {
 
     /// Checks the key and the rate limit, narrows doctor keys to their
     /// doctor and records the [`Caller`]; the request goes on, or the
-    /// refusal is the answer. A path that no rule names goes on unchecked,
-    /// to the router's 404: every route the router serves has a rule
-    /// (`http::app` refuses to build otherwise).
+    /// refusal is the answer. A path that no rule names goes on to the
+    /// router's 404 once it has spent its caller's rate budget: every route
+    /// the router serves has a rule (`http::app` refuses to build
+    /// otherwise). An open server first refuses requests that are not
+    /// addressed to a loopback name.
     pub async fn admit(&self, request: &mut Request) -> Result<(), Response> {
         match self.check(request) {
             Verdict::Admitted => Ok(()),
@@ -586,21 +627,43 @@ impl Gate {
     /// What can be decided without reading data.
     fn check(&self, request: &mut Request) -> Verdict {
         let security = &self.app.security;
-        let Ok(found) = self.templates.at(request.uri().path()) else {
-            return Verdict::Admitted;
-        };
-        let route = *found.value;
-        let method = request.method();
-        let Some(access) = rule(method, route) else {
-            return Verdict::Refused(no_rule(method, route));
-        };
+        // Before anything else: a web page that got a name of its own
+        // resolved to 127.0.0.1 (DNS rebinding) reaches an open server only
+        // under that name, which this refuses.
+        if security.is_open() {
+            if let Err(error) = addressed_to_loopback(request) {
+                return Verdict::Refused(error.into_response());
+            }
+        }
         let address = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        let Ok(found) = self.templates.at(request.uri().path()) else {
+            return match security.spend_unrouted(request.headers(), address) {
+                Ok(()) => Verdict::Admitted,
+                Err(error) => Verdict::Refused(error.into_response()),
+            };
+        };
+        let route = *found.value;
+        let method = request.method();
+        let Some(access) = rule(method, route) else {
+            if let Err(error) = security.spend_unrouted(request.headers(), address) {
+                return Verdict::Refused(error.into_response());
+            }
+            return Verdict::Refused(no_rule(method, route));
+        };
 
         if access == Access::Public || security.is_open() {
-            return match security.spend(&Client::address(address)) {
+            // Health checks have a budget of their own, so that a flood of
+            // other requests from the address (bad keys, unknown paths)
+            // leaves them answerable.
+            let client = if route == HEALTH_ROUTE {
+                Client::health_check(address)
+            } else {
+                Client::address(address)
+            };
+            return match security.spend(&client) {
                 // No caller recorded reads as anonymous (see `Caller::of`).
                 Ok(()) => Verdict::Admitted,
                 Err(error) => Verdict::Refused(error.into_response()),
@@ -671,6 +734,68 @@ fn record_caller(request: &mut Request, key: &ApiKey) {
     request.extensions_mut().insert(Caller {
         name: key.name.clone(),
     });
+}
+
+/// An open server answers only requests addressed to a loopback name:
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port, in the
+/// `Host` header and in the target of an absolute-form request line.
+/// 421 otherwise; 400 for an HTTP/1.1 request without exactly one `Host`
+/// header (RFC 9112, section 3.2). An HTTP/1.0 request may omit `Host`:
+/// browsers always send it.
+fn addressed_to_loopback(request: &Request) -> Result<(), ApiError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ApiError::Malformed(
+            "the request has more than one Host header".into(),
+        ));
+    }
+    if let Some(target) = request.uri().authority() {
+        if !is_loopback_authority(target.as_str()) {
+            return Err(ApiError::MisdirectedRequest);
+        }
+    }
+    match host {
+        Some(host) if host.to_str().is_ok_and(is_loopback_authority) => Ok(()),
+        Some(_) => Err(ApiError::MisdirectedRequest),
+        None if request.version() >= Version::HTTP_11 => Err(ApiError::Malformed(
+            "an HTTP/1.1 request must have a Host header".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether `authority` (`host[:port]`) names a loopback host: `localhost`
+/// in any letter case, an IPv4 address in 127.0.0.0/8, or the bracketed
+/// IPv6 loopback address (also as an IPv4-mapped address).
+fn is_loopback_authority(authority: &str) -> bool {
+    let (is_loopback, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let Some((inside, port)) = bracketed.split_once(']') else {
+                return false;
+            };
+            let address = inside.parse::<Ipv6Addr>();
+            (
+                address.is_ok_and(|address| IpAddr::V6(address).to_canonical().is_loopback()),
+                port,
+            )
+        }
+        None => {
+            let (host, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+            (
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<Ipv4Addr>()
+                        .is_ok_and(|address| address.is_loopback()),
+                port,
+            )
+        }
+    };
+    let port_is_valid = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len()) && digits.bytes().all(|byte| byte.is_ascii_digit())
+        });
+    is_loopback && port_is_valid
 }
 
 /// The key of an `Authorization: Bearer <key>` header.
@@ -872,6 +997,54 @@ mod tests {
             assert!(error.contains(expected), "{text}: {error}");
             assert!(!error.contains("0123456789abcdef"), "{error}");
             assert!(!error.contains("short-key-12345"), "{error}");
+        }
+    }
+
+    #[test]
+    fn keys_that_no_header_can_carry_are_refused() {
+        for text in [
+            "desk front-desk 0123456789abcdéf",
+            "desk front-desk 0123456789abcdef\u{7f}",
+            "desk front-desk 0123456789abcdef\u{1}",
+        ] {
+            let error = keys(text).expect_err(text).to_string();
+            assert!(error.contains("not visible ASCII"), "{text}: {error}");
+            assert!(!error.contains("0123456789abcd"), "{error}");
+        }
+    }
+
+    #[test]
+    fn loopback_authorities_are_recognised() {
+        for loopback in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "127.1.2.3:65535",
+            "[::1]",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            assert!(is_loopback_authority(loopback), "{loopback}");
+        }
+        for other in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "localhost.",
+            "user@localhost",
+            "128.0.0.1",
+            "10.0.0.1:8080",
+            "[::2]",
+            "::1",
+            "[::1",
+            "localhost:",
+            "localhost:80x",
+            "localhost:123456",
+            "127.0.0.1:8080:80",
+        ] {
+            assert!(!is_loopback_authority(other), "{other}");
         }
     }
 

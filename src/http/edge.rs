@@ -11,6 +11,8 @@
 //! - Error answers made outside the handlers (axum's 405 with its `Allow`
 //!   header, a timeout, a panic, a rejected path) get the problem+json
 //!   shape.
+//! - Every answer carries `X-Content-Type-Options: nosniff`, and a 413
+//!   carries `Connection: close`, since the connection is closed after it.
 //!
 //! These were six tower and tower-http layers (request id, propagation,
 //! trace, response mapping, catch-panic, timeout). Each one wraps the next
@@ -38,6 +40,10 @@ use super::{take_ready, Answer};
 
 /// The header that carries a request's id both ways.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Tells browsers to take every answer as the media type it declares, never
+/// to guess another (a problem+json echoing input read as HTML, say).
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 /// Wraps a router in [`Edge`].
 #[derive(Clone)]
@@ -108,7 +114,16 @@ where
                         "request failed"
                     );
                 }
-                response.headers_mut().insert(REQUEST_ID, id);
+                let too_large = response.status() == StatusCode::PAYLOAD_TOO_LARGE;
+                let headers = response.headers_mut();
+                headers.insert(REQUEST_ID, id);
+                headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+                // The body of a request refused for its size is not read,
+                // so the connection cannot carry another request: say so,
+                // and hyper closes it after this answer.
+                if too_large {
+                    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok(response)
             }
             .instrument(span),

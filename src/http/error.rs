@@ -57,6 +57,8 @@ pub enum ApiError {
     Forbidden,
     #[error("too many requests; retry after {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    #[error("this server runs without API keys and answers only requests addressed to localhost, 127.0.0.1 or [::1]")]
+    MisdirectedRequest,
 }
 
 impl From<ServiceError> for ApiError {
@@ -103,6 +105,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } | ApiError::IdempotencyLimit { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            ApiError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -135,6 +138,7 @@ impl ApiError {
             ApiError::Forbidden => "FORBIDDEN",
             ApiError::TooManyRequests { .. } => "RATE_LIMITED",
             ApiError::IdempotencyLimit { .. } => "IDEMPOTENCY_LIMIT",
+            ApiError::MisdirectedRequest => "MISDIRECTED_REQUEST",
         }
     }
 }

@@ -85,10 +85,10 @@ pub async fn json_bytes(
     Ok(bytes)
 }
 
-/// The fields of a booking body, when it is a JSON object whose
-/// `patientId`, `slotId` and `source` are valid strings without escapes;
-/// other fields are ignored, as the thorough reading ignores them. `None`
-/// for anything else, including a body that is not JSON at all: the
+/// The fields of a booking body, when it is a plain JSON object (see
+/// [`is_plain`]) whose `patientId`, `slotId` and `source` are valid
+/// strings; other fields are ignored, as the thorough reading ignores them.
+/// `None` for anything else, including a body that is not JSON at all: the
 /// thorough reading then finds and reports the problems.
 pub fn quick_booking(bytes: &[u8]) -> Option<(PatientId, SlotId, Source)> {
     #[derive(serde::Deserialize)]
@@ -98,10 +98,7 @@ pub fn quick_booking(bytes: &[u8]) -> Option<(PatientId, SlotId, Source)> {
         slot_id: &'a str,
         source: &'a str,
     }
-    // A struct also deserializes from a JSON array; the contract wants an
-    // object.
-    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace())?;
-    if *first != b'{' {
+    if !is_plain(bytes) {
         return None;
     }
     let booking: Booking = serde_json::from_slice(bytes).ok()?;
@@ -110,6 +107,36 @@ pub fn quick_booking(bytes: &[u8]) -> Option<(PatientId, SlotId, Source)> {
         SlotId::parse(booking.slot_id)?,
         Source::parse(booking.source)?,
     ))
+}
+
+/// Whether a body has only what the quick reading checks as thoroughly as
+/// the full one: ASCII (serde_json skips an ignored string without checking
+/// its UTF-8), no backslash (nor its escapes, such as a lone surrogate),
+/// and outside strings only one object's punctuation, white space and
+/// letters (`true`, `false`, `null`). So no number (an ignored number's
+/// range is not checked) and no nesting (an ignored value's depth is not
+/// limited). It looks at each byte once and allocates nothing.
+fn is_plain(bytes: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut objects = 0;
+    for &byte in bytes {
+        if in_string {
+            match byte {
+                b'"' => in_string = false,
+                b'\\' | 0x80.. => return false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'{' if objects == 0 => objects += 1,
+                b'}' | b':' | b',' | b' ' | b'\t' | b'\n' | b'\r' => {}
+                byte if byte.is_ascii_alphabetic() => {}
+                _ => return false,
+            }
+        }
+    }
+    true
 }
 
 /// 400 unless the body is a JSON object.
@@ -374,6 +401,29 @@ mod tests {
         ] {
             assert!(parse_date(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_quick_reading_takes_plain_bookings_only() {
+        let plain = br#"{"patientId":"P1","slotId":"D1-09","source":"ONLINE"}"#;
+        assert!(quick_booking(plain).is_some());
+        let spaced = b"{ \"patientId\" : \"P1\",\n\t\"note\": \"hi\", \"vip\": true, \"slotId\": \"D1-09\", \"source\": \"ONLINE\", \"x\": null }\r\n";
+        assert!(quick_booking(spaced).is_some());
+        let fields = r#""patientId":"P1","slotId":"D1-09","source":"ONLINE""#;
+        for extra in [
+            r#""note":"\u00e9""#,
+            r#""note":"é""#,
+            r#""note":1"#,
+            r#""note":-1"#,
+            r#""note":[]"#,
+            r#""note":{}"#,
+        ] {
+            let body = format!("{{{fields},{extra}}}");
+            assert!(quick_booking(body.as_bytes()).is_none(), "{body}");
+            assert!(json_object(body.as_bytes()).is_ok(), "{body}");
+        }
+        let array = format!("[{{{fields}}}]");
+        assert!(quick_booking(array.as_bytes()).is_none());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Per-client rate limiting: a keyed GCRA limiter (the `governor` crate)
 //! with one bucket per API key, or per client address when a request
-//! carries no valid key (open mode, public routes, failed logins).
+//! carries no valid key (open mode, public routes, failed logins, unknown
+//! paths). Health checks spend a bucket of their own per address, so that
+//! no flood of other requests from an address makes its health checks
+//! fail.
 //!
 //! Every bucket refills at `per_second` requests a second and holds at most
 //! `burst` requests. A refused request is answered 429 with `Retry-After`
@@ -27,17 +30,28 @@ pub enum Client {
     /// A client address; IPv6 addresses are cut to their /64 network, since
     /// one host usually holds a whole /64.
     Address(IpAddr),
+    /// Health checks from a client address (cut as for `Address`).
+    HealthCheck(IpAddr),
 }
 
 impl Client {
     pub fn address(address: IpAddr) -> Client {
-        match address.to_canonical() {
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                Client::Address(IpAddr::V6(bits.into()))
-            }
-            v4 => Client::Address(v4),
+        Client::Address(network(address))
+    }
+
+    pub fn health_check(address: IpAddr) -> Client {
+        Client::HealthCheck(network(address))
+    }
+}
+
+/// The address itself for IPv4, its /64 network for IPv6.
+fn network(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
         }
+        v4 => v4,
     }
 }
 
@@ -117,6 +131,20 @@ mod tests {
         assert_ne!(a, c);
         let mapped = Client::address("::ffff:10.0.0.1".parse().unwrap());
         assert_eq!(mapped, Client::Address("10.0.0.1".parse().unwrap()));
+        let health = Client::health_check("2001:db8:1:2::1".parse().unwrap());
+        assert_eq!(
+            health,
+            Client::HealthCheck("2001:db8:1:2::".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn an_address_spends_its_health_checks_apart_from_its_other_requests() {
+        let limiter = RateLimiter::new(NonZeroU32::new(1).unwrap(), NonZeroU32::new(1).unwrap());
+        let address: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(limiter.check(&Client::address(address)).is_ok());
+        assert!(limiter.check(&Client::address(address)).is_err());
+        assert!(limiter.check(&Client::health_check(address)).is_ok());
     }
 
     #[test]

@@ -14,6 +14,7 @@ backend_tests!(
     a_body_of_exactly_16_kib_is_accepted,
     a_chunked_body_over_the_limit_is_refused,
     a_body_that_is_not_a_json_object_is_malformed,
+    bad_json_in_a_field_a_booking_ignores_is_malformed,
     a_token_id_that_is_not_a_uuid_is_malformed,
     a_body_without_a_json_content_type_is_unsupported,
     invalid_booking_fields_are_refused_naming_each_field,
@@ -191,6 +192,55 @@ async fn a_body_that_is_not_a_json_object_is_malformed(backend: Backend) {
             let reply = app.raw(method, path, Some("application/json"), body).await;
             assert_problem(&reply, 400, "MALFORMED_REQUEST");
         }
+    }
+}
+
+/// A booking's unknown fields are ignored, but they must still be valid
+/// JSON: a plain booking body (no `Idempotency-Key`) is read by a quick
+/// path that must not let bad JSON through.
+async fn bad_json_in_a_field_a_booking_ignores_is_malformed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let before = app.slot_text("D1-09").await;
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let bad_notes: [&[u8]; 6] = [
+        b"\"\xff\"",
+        b"\"caf\xc3\"",
+        br#""\ud800""#,
+        br#""\udc00\ud800""#,
+        b"1e999999",
+        deep.as_bytes(),
+    ];
+    for (index, note) in bad_notes.into_iter().enumerate() {
+        let fields =
+            format!(r#"{{"patientId":"P-bad-{index}","slotId":"D1-09","source":"ONLINE","note":"#);
+        let mut body = fields.into_bytes();
+        body.extend_from_slice(note);
+        body.push(b'}');
+        let reply = app
+            .raw(Method::POST, "/tokens", Some("application/json"), body)
+            .await;
+        assert_problem(&reply, 400, "MALFORMED_REQUEST");
+    }
+    assert_eq!(app.slot_text("D1-09").await, before);
+
+    // Valid JSON there is still ignored.
+    let deep_enough = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let good_notes = [
+        r#""café""#,
+        r#""\u00e9\ud83d\ude00""#,
+        "1e300",
+        "-0.5",
+        deep_enough.as_str(),
+        r#"{"a":[true,null]}"#,
+    ];
+    for (index, note) in good_notes.into_iter().enumerate() {
+        let body = format!(
+            r#"{{"patientId":"P-good-{index}","slotId":"D1-09","source":"ONLINE","note":{note}}}"#
+        );
+        let reply = app
+            .raw(Method::POST, "/tokens", Some("application/json"), body)
+            .await;
+        assert_eq!(reply.status, 201, "{note}: {}", reply.text);
     }
 }
 

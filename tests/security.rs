@@ -944,6 +944,24 @@ async fn configured_cors_origins_may_call_from_a_browser() {
         preflight.headers()["access-control-allow-origin"],
         "https://desk.example.org"
     );
+    // A page from the desk's origin can follow the slot listing's pages.
+    let listing = app
+        .client
+        .get(app.url("/slots?limit=1"))
+        .header("origin", "https://desk.example.org")
+        .bearer_auth(VIEWER_KEY)
+        .send()
+        .await
+        .unwrap();
+    let exposed = listing.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(listing.headers().contains_key("link"));
+    assert!(
+        exposed.split(',').any(|name| name.trim() == "link"),
+        "{exposed}"
+    );
 
     let response = app
         .client

@@ -540,6 +540,7 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, SecurityError> {
             ])
             .expose_headers([
                 header::LOCATION,
+                header::LINK,
                 header::RETRY_AFTER,
                 header::WWW_AUTHENTICATE,
                 HeaderName::from_static("x-request-id"),

@@ -636,7 +636,9 @@ impl Engine {
         Change {
             token: token.id,
             sequence: token.sequence,
+            number: token.number,
             patient: token.patient.clone(),
+            source: token.source,
             from,
             to,
             reason,

@@ -370,8 +370,41 @@ pub struct Change {
     pub token: Uuid,
     /// The token's arrival sequence: the key storage finds it by.
     pub sequence: u64,
+    pub number: u32,
     pub patient: PatientId,
+    pub source: Source,
     pub from: Status,
+    pub to: Status,
+    pub reason: Reason,
+}
+
+impl Change {
+    fn as_token_change(&self) -> TokenChange<'_> {
+        TokenChange {
+            token: self.token,
+            sequence: self.sequence,
+            number: self.number,
+            patient: &self.patient,
+            source: self.source,
+            from: Some(self.from),
+            to: self.to,
+            reason: self.reason,
+        }
+    }
+}
+
+/// One status change of one token, its creation included (`from` is
+/// `None`): the one record of a token change that every store persists and
+/// the event log tells. Outcomes list theirs with `token_changes`, so no
+/// store rebuilds the acted-on token's change on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenChange<'a> {
+    pub token: Uuid,
+    pub sequence: u64,
+    pub number: u32,
+    pub patient: &'a PatientId,
+    pub source: Source,
+    pub from: Option<Status>,
     pub to: Status,
     pub reason: Reason,
 }
@@ -445,6 +478,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Every token change the operation made, in the order of its answer:
+    /// the token acted on, then the others.
+    pub fn token_changes(&self) -> impl Iterator<Item = TokenChange<'_>> {
+        let acted = TokenChange {
+            token: self.token.id,
+            sequence: self.token.sequence,
+            number: self.token.number,
+            patient: &self.token.patient,
+            source: self.token.source,
+            from: self.transition.from,
+            to: self.transition.to,
+            reason: self.transition.reason,
+        };
+        std::iter::once(acted).chain(self.changes.iter().map(Change::as_token_change))
+    }
+
     /// The decision of a booking; `None` for later actions.
     pub fn decision(&self) -> Option<Decision> {
         match (self.transition.from, self.transition.reason) {
@@ -462,6 +511,13 @@ impl Outcome {
 pub struct CapacityOutcome {
     pub slot: SlotSummary,
     pub changes: Vec<Change>,
+}
+
+impl CapacityOutcome {
+    /// Every token change the capacity change made, in order.
+    pub fn token_changes(&self) -> impl Iterator<Item = TokenChange<'_>> {
+        self.changes.iter().map(Change::as_token_change)
+    }
 }
 
 /// A booking request that passed input validation.

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use super::{from_nanos, nanos, StoreError, IDEMPOTENCY_RETENTION};
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, Change, Context, DoctorId, Engine,
-    EngineError, HistoryEntry, Limits, Outcome, PatientId, Reason, SlotDetail, SlotId, SlotPage,
-    SlotQuery, SlotSpec, SlotSummary, Source, Status, TokenRecord, TokenView,
+    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, DoctorId, Engine, EngineError,
+    HistoryEntry, Limits, Outcome, PatientId, Reason, SlotDetail, SlotId, SlotPage, SlotQuery,
+    SlotSpec, SlotSummary, Source, Status, TokenChange, TokenRecord, TokenView,
 };
 use crate::service::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
@@ -213,33 +213,7 @@ impl Postgres {
         };
         let outcome = engine.book(request.clone(), &ctx)?;
         let token = &outcome.token;
-        sqlx::query(
-            "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-        )
-        .bind(token.id)
-        .bind(token.sequence as i64)
-        .bind(token.number as i32)
-        .bind(token.patient.as_str())
-        .bind(token.slot.as_str())
-        .bind(token.doctor.as_str())
-        .bind(token.source.as_str())
-        .bind(i16::from(token.source.priority().get()))
-        .bind(token.status.as_str())
-        .bind(nanos(ctx.at))
-        .execute(&mut *tx)
-        .await?;
-        insert_history(
-            &mut tx,
-            token.id,
-            &token.doctor,
-            None,
-            token.status,
-            outcome.transition.reason,
-            &ctx,
-        )
-        .await?;
-        write_changes(&mut tx, &token.doctor, &outcome.changes, &ctx).await?;
+        write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
         write_counts(&mut tx, &outcome.slot).await?;
         sqlx::query(
             "UPDATE doctor_days SET numbers_issued = $3 WHERE doctor_id = $1 AND date = $2",
@@ -358,20 +332,7 @@ impl Postgres {
             actor: actor.clone(),
         };
         let outcome = engine.act(id, action, &ctx)?;
-        let acted = Change {
-            token: id,
-            sequence: outcome.token.sequence,
-            patient: outcome.token.patient.clone(),
-            from: outcome
-                .transition
-                .from
-                .expect("an action starts from a status"),
-            to: outcome.transition.to,
-            reason: outcome.transition.reason,
-        };
-        let doctor = &outcome.token.doctor;
-        write_changes(&mut tx, doctor, std::slice::from_ref(&acted), &ctx).await?;
-        write_changes(&mut tx, doctor, &outcome.changes, &ctx).await?;
+        write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
         write_counts(&mut tx, &outcome.slot).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -405,7 +366,7 @@ impl Postgres {
             actor: actor.clone(),
         };
         let outcome = engine.set_capacity(slot, capacity, &ctx)?;
-        write_changes(&mut tx, &outcome.slot.doctor, &outcome.changes, &ctx).await?;
+        write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
         sqlx::query("UPDATE slots SET capacity = $2 WHERE slot_id = $1")
             .bind(slot.as_str())
             .bind(outcome.slot.capacity as i32)
@@ -713,24 +674,45 @@ fn history_entry(row: &PgRow) -> Attempt<HistoryEntry> {
     })
 }
 
-async fn write_changes(
+/// Writes token changes as the engine made them: a creation inserts the
+/// token's row, a later change updates its status; each is one history row.
+async fn write_token_changes(
     connection: &mut PgConnection,
-    doctor: &DoctorId,
-    changes: &[Change],
+    slot: &SlotSummary,
+    changes: impl Iterator<Item = TokenChange<'_>>,
     ctx: &Context,
 ) -> Attempt<()> {
     for change in changes {
-        sqlx::query("UPDATE tokens SET status = $2, updated_at = $3 WHERE token_id = $1")
+        if change.from.is_none() {
+            sqlx::query(
+                "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+            )
             .bind(change.token)
+            .bind(change.sequence as i64)
+            .bind(change.number as i32)
+            .bind(change.patient.as_str())
+            .bind(slot.id.as_str())
+            .bind(slot.doctor.as_str())
+            .bind(change.source.as_str())
+            .bind(i16::from(change.source.priority().get()))
             .bind(change.to.as_str())
             .bind(nanos(ctx.at))
             .execute(&mut *connection)
             .await?;
+        } else {
+            sqlx::query("UPDATE tokens SET status = $2, updated_at = $3 WHERE token_id = $1")
+                .bind(change.token)
+                .bind(change.to.as_str())
+                .bind(nanos(ctx.at))
+                .execute(&mut *connection)
+                .await?;
+        }
         insert_history(
             connection,
             change.token,
-            doctor,
-            Some(change.from),
+            &slot.doctor,
+            change.from,
             change.to,
             change.reason,
             ctx,

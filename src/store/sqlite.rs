@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::{from_nanos, nanos, Record, StoreError, StoredIdempotency, IDEMPOTENCY_RETENTION};
 use crate::engine::{
-    Capacity, Change, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source,
-    Status, TokenRecord,
+    Capacity, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source, Status,
+    TokenChange, TokenRecord,
 };
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
@@ -234,16 +234,36 @@ impl<'c> Statements<'c> {
         })
     }
 
-    fn changes(&mut self, changes: &[Change], ctx: &Context) -> Result<(), StoreError> {
+    /// Writes token changes as the engine made them: a creation is the
+    /// token's row, every later change a history row.
+    fn token_changes<'a>(
+        &mut self,
+        slot: &SlotId,
+        changes: impl Iterator<Item = TokenChange<'a>>,
+        ctx: &Context,
+    ) -> Result<(), StoreError> {
         for change in changes {
-            self.insert_history.execute(params![
-                change.sequence as i64,
-                nanos(ctx.at),
-                change.from.as_str(),
-                change.to.as_str(),
-                change.reason.as_str(),
-                &*ctx.actor,
-            ])?;
+            match change.from {
+                None => self.insert_token.execute(params![
+                    change.sequence as i64,
+                    change.token.as_bytes(),
+                    change.number,
+                    change.patient.as_str(),
+                    slot.as_str(),
+                    change.source.as_str(),
+                    nanos(ctx.at),
+                    change.reason.as_str(),
+                    &*ctx.actor,
+                ])?,
+                Some(from) => self.insert_history.execute(params![
+                    change.sequence as i64,
+                    nanos(ctx.at),
+                    from.as_str(),
+                    change.to.as_str(),
+                    change.reason.as_str(),
+                    &*ctx.actor,
+                ])?,
+            };
         }
         Ok(())
     }
@@ -285,19 +305,7 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                 ctx,
                 idempotency,
             } => {
-                let token = &outcome.token;
-                statements.insert_token.execute(params![
-                    token.sequence as i64,
-                    token.id.as_bytes(),
-                    token.number,
-                    token.patient.as_str(),
-                    token.slot.as_str(),
-                    token.source.as_str(),
-                    nanos(ctx.at),
-                    outcome.transition.reason.as_str(),
-                    &*ctx.actor,
-                ])?;
-                statements.changes(&outcome.changes, ctx)?;
+                statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
                 if let Some(stored) = idempotency {
                     // A key past its retention may still have its row (rows
                     // are pruned only as new keys arrive, and the pruning
@@ -322,23 +330,13 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                 }
             }
             Record::Acted { outcome, ctx } => {
-                let transition = &outcome.transition;
-                let acted = Change {
-                    token: outcome.token.id,
-                    sequence: outcome.token.sequence,
-                    patient: outcome.token.patient.clone(),
-                    from: transition.from.expect("an action starts from a status"),
-                    to: transition.to,
-                    reason: transition.reason,
-                };
-                statements.changes(std::slice::from_ref(&acted), ctx)?;
-                statements.changes(&outcome.changes, ctx)?;
+                statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
             }
             Record::CapacityChanged { outcome, ctx } => {
                 transaction
                     .prepare_cached("UPDATE slots SET capacity = ?1 WHERE slot_id = ?2")?
                     .execute(params![outcome.slot.capacity, outcome.slot.id.as_str()])?;
-                statements.changes(&outcome.changes, ctx)?;
+                statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
             }
         }
     }

@@ -14,7 +14,7 @@ use jiff::{Timestamp, ToSpan};
 use opd::engine::{
     BookRequest, Capacity, Context, DoctorId, Engine, Limits, PatientId, SlotId, SlotSpec, Source,
 };
-use opd::store::{self, Record};
+use opd::store::{self, EventBus, Record};
 use uuid::Uuid;
 
 const DOCTORS: u32 = 100;
@@ -52,7 +52,7 @@ fn book_all(engine: &mut Engine, mut record: impl FnMut(Record)) -> u64 {
         let summary = engine.create_slot(slot).unwrap();
         record(Record::SlotCreated {
             slot: summary,
-            at: ctx.at,
+            ctx: ctx.clone(),
         });
     }
     // Most patients walk in or book online; few are emergencies.
@@ -117,13 +117,34 @@ async fn main() {
     drop(engine);
 
     let dir = std::env::temp_dir().join(format!("opd-memory-bench-{}", Uuid::new_v4()));
-    let loaded = store::open(&dir, limits, None, Timestamp::UNIX_EPOCH).unwrap();
+    let events = EventBus::default();
+    let loaded = store::open(&dir, limits, None, Timestamp::UNIX_EPOCH, &events).unwrap();
     let mut engine = loaded.engine;
     let journal = loaded.journal;
     let started = Instant::now();
     // Commits are in ticket order: the last ticket durable means all are.
+    // The queue is bounded, so the bench waits for the writer whenever it
+    // is full, as a server under load refuses changes until it has room.
+    let mut next_event = 1;
     let mut last = None;
-    book_all(&mut engine, |record| last = Some(journal.append(record)));
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        book_all(&mut engine, |record| {
+            let reservation = loop {
+                match journal.reserve() {
+                    Ok(reservation) => break reservation,
+                    Err(_) => {
+                        let full = last.take().expect("a full queue holds a record");
+                        runtime.block_on(journal.durable(full)).unwrap();
+                        last = Some(journal.barrier());
+                    }
+                }
+            };
+            let count = record.event_count();
+            last = Some(reservation.append(record, next_event));
+            next_event += count;
+        })
+    });
     journal
         .durable(last.expect("the bench books tokens"))
         .await
@@ -136,7 +157,7 @@ async fn main() {
     drop(journal);
 
     let started = Instant::now();
-    let loaded = store::open(&dir, limits, None, Timestamp::UNIX_EPOCH).unwrap();
+    let loaded = store::open(&dir, limits, None, Timestamp::UNIX_EPOCH, &events).unwrap();
     println!(
         "recovery: rebuilt {} tokens in {} slots from SQLite in {:.2} s",
         loaded.tokens,

@@ -29,7 +29,12 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 use engine::{Engine, Limits};
-use service::{Clock, Service};
+use service::{Clock, LocalStart, Service};
+use store::EventBus;
+
+/// The actor of changes the service makes on its own, such as loading the
+/// schedule at start-up.
+pub const SYSTEM: &str = "system";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -93,17 +98,17 @@ impl Application {
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");
             Service::local(
-                Engine::new(limits),
-                Vec::new(),
+                LocalStart::in_memory(Engine::new(limits)),
                 idempotency_limits,
-                None,
+                EventBus::default(),
                 clock,
                 zone,
             )
         } else {
             let started = std::time::Instant::now();
             let limit_bytes = config.storage_limit_mib.map(|mib| mib * 1024 * 1024);
-            let loaded = store::open(&config.data_dir, limits, limit_bytes, clock())?;
+            let events = EventBus::default();
+            let loaded = store::open(&config.data_dir, limits, limit_bytes, clock(), &events)?;
             tracing::info!(
                 data_dir = %config.data_dir.display(),
                 slots = loaded.engine.slot_count(),
@@ -112,10 +117,14 @@ impl Application {
                 "rebuilt from storage"
             );
             Service::local(
-                loaded.engine,
-                loaded.idempotency,
+                LocalStart {
+                    engine: loaded.engine,
+                    idempotency: loaded.idempotency,
+                    journal: Some(loaded.journal),
+                    last_event: loaded.last_event,
+                },
                 idempotency_limits,
-                Some(loaded.journal),
+                events,
                 clock,
                 zone,
             )
@@ -225,7 +234,7 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartEr
             })?;
         if !exists {
             service
-                .create_slot(spec)
+                .create_slot(spec, SYSTEM.into())
                 .await
                 .map_err(|error| StartError::Slot {
                     slot: id.to_string(),

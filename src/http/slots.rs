@@ -98,12 +98,13 @@ pub fn schedule(text: &str, today: jiff::civil::Date) -> Result<Vec<SlotSpec>, S
 )]
 pub async fn create(
     State(app): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
     let object = input::json_body(&headers, body, app.body_limit_bytes).await?;
     let spec = slot_spec(&object, app.service.today())?;
-    let summary = app.service.create_slot(spec).await?;
+    let summary = app.service.create_slot(spec, caller.actor()).await?;
     let location = HeaderValue::from_str(&format!("/slots/{}", summary.id))
         .expect("slot ids are valid header text");
     Ok((

@@ -13,23 +13,57 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use jiff::Timestamp;
 use uuid::Uuid;
 
-use super::{Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError};
+use super::{
+    Booking, Clock, IdempotencyKey, IdempotencyLimits, LocalStart, Rendered, ServiceError,
+};
 use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, Outcome, SlotId,
     SlotSpec, SlotSummary,
 };
-use crate::store::{Journal, Record, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION};
+use crate::store::{
+    EventBus, Journal, Record, Reservation, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION,
+};
 
 pub(super) struct Local {
     state: RwLock<State>,
     /// `None` when the service runs in memory only.
     journal: Option<Journal>,
+    events: EventBus,
     clock: Clock,
 }
 
 struct State {
     engine: Engine,
     idempotency: Idempotency,
+    /// The id of the newest event handed out.
+    last_event: u64,
+}
+
+/// The write lock, and a place in the journal's queue taken with it.
+struct Writer<'a> {
+    state: RwLockWriteGuard<'a, State>,
+    /// `None` in memory, where there is no journal.
+    reservation: Option<Reservation<'a>>,
+    events: &'a EventBus,
+}
+
+impl Writer<'_> {
+    /// Queues a record in engine order, its events numbered on from the
+    /// newest; the lock is released after. In memory nothing is kept: the
+    /// events are told at once, still in order.
+    fn append(mut self, record: Record) -> Option<Ticket> {
+        let first_event = self.state.last_event + 1;
+        self.state.last_event += record.event_count();
+        match self.reservation {
+            Some(reservation) => Some(reservation.append(record, first_event)),
+            None => {
+                if self.events.has_subscribers() {
+                    self.events.publish(record.events(first_event));
+                }
+                None
+            }
+        }
+    }
 }
 
 /// Remembered first answers to idempotent bookings, per caller.
@@ -133,22 +167,23 @@ impl Idempotency {
 
 impl Local {
     pub(super) fn new(
-        engine: Engine,
-        idempotency: Vec<StoredIdempotency>,
+        start: LocalStart,
         idempotency_limits: IdempotencyLimits,
-        journal: Option<Journal>,
+        events: EventBus,
         clock: Clock,
     ) -> Local {
         let mut remembered = Idempotency::new(idempotency_limits);
-        for record in idempotency {
+        for record in start.idempotency {
             remembered.insert(record);
         }
         Local {
             state: RwLock::new(State {
-                engine,
+                engine: start.engine,
                 idempotency: remembered,
+                last_event: start.last_event,
             }),
-            journal,
+            journal: start.journal,
+            events,
             clock,
         }
     }
@@ -185,7 +220,8 @@ impl Local {
         render: impl Fn(&Outcome) -> String,
     ) -> Result<Booking, ServiceError> {
         let (booking, ticket) = {
-            let mut state = self.write()?;
+            let mut writer = self.write()?;
+            let state = &mut *writer.state;
             let ctx = self.context(actor);
             if key.is_some() {
                 state.idempotency.prune(ctx.at);
@@ -226,7 +262,7 @@ impl Local {
                 if let Some(record) = &idempotency {
                     state.idempotency.insert(record.clone());
                 }
-                let ticket = self.append(Record::Booked {
+                let ticket = writer.append(Record::Booked {
                     outcome,
                     ctx,
                     idempotency,
@@ -246,10 +282,10 @@ impl Local {
         actor: Actor,
     ) -> Result<Outcome, ServiceError> {
         let (outcome, ticket) = {
-            let mut state = self.write()?;
+            let mut writer = self.write()?;
             let ctx = self.context(actor);
-            let outcome = state.engine.act(id, action, &ctx)?;
-            let ticket = self.append(Record::Acted {
+            let outcome = writer.state.engine.act(id, action, &ctx)?;
+            let ticket = writer.append(Record::Acted {
                 outcome: outcome.clone(),
                 ctx,
             });
@@ -266,10 +302,10 @@ impl Local {
         actor: Actor,
     ) -> Result<CapacityOutcome, ServiceError> {
         let (outcome, ticket) = {
-            let mut state = self.write()?;
+            let mut writer = self.write()?;
             let ctx = self.context(actor);
-            let outcome = state.engine.set_capacity(slot, capacity, &ctx)?;
-            let ticket = self.append(Record::CapacityChanged {
+            let outcome = writer.state.engine.set_capacity(slot, capacity, &ctx)?;
+            let ticket = writer.append(Record::CapacityChanged {
                 outcome: outcome.clone(),
                 ctx,
             });
@@ -279,13 +315,17 @@ impl Local {
         Ok(outcome)
     }
 
-    pub(super) async fn create_slot(&self, spec: SlotSpec) -> Result<SlotSummary, ServiceError> {
+    pub(super) async fn create_slot(
+        &self,
+        spec: SlotSpec,
+        actor: Actor,
+    ) -> Result<SlotSummary, ServiceError> {
         let (summary, ticket) = {
-            let mut state = self.write()?;
-            let summary = state.engine.create_slot(spec)?;
-            let ticket = self.append(Record::SlotCreated {
+            let mut writer = self.write()?;
+            let summary = writer.state.engine.create_slot(spec)?;
+            let ticket = writer.append(Record::SlotCreated {
                 slot: summary.clone(),
-                at: (self.clock)(),
+                ctx: self.context(actor),
             });
             (summary, ticket)
         };
@@ -308,22 +348,28 @@ impl Local {
         Ok(value)
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, State>, ServiceError> {
+    /// Takes the write lock and a place in the journal's queue. A full
+    /// queue (storage far behind) refuses the change before it is made.
+    fn write(&self) -> Result<Writer<'_>, ServiceError> {
         if !self.is_healthy() {
             return Err(ServiceError::Unavailable);
         }
         // A poisoned lock means an invariant check panicked mid-mutation:
         // the state is suspect, so the service stops serving it.
-        self.state.write().map_err(|_| ServiceError::Unavailable)
+        let state = self.state.write().map_err(|_| ServiceError::Unavailable)?;
+        let reservation = match &self.journal {
+            Some(journal) => Some(journal.reserve().map_err(|_| ServiceError::Unavailable)?),
+            None => None,
+        };
+        Ok(Writer {
+            state,
+            reservation,
+            events: &self.events,
+        })
     }
 
     fn read_lock(&self) -> Result<RwLockReadGuard<'_, State>, ServiceError> {
         self.state.read().map_err(|_| ServiceError::Unavailable)
-    }
-
-    /// Queues a record in engine order; called with the write lock held.
-    fn append(&self, record: Record) -> Option<Ticket> {
-        self.journal.as_ref().map(|journal| journal.append(record))
     }
 
     async fn wait(&self, ticket: Option<Ticket>) -> Result<(), ServiceError> {

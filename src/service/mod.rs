@@ -16,9 +16,10 @@ use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Engine, EngineError, HistoryEntry,
     Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec, SlotSummary, TokenView,
 };
+use crate::store::events::Published;
 use crate::store::postgres::Postgres;
 pub use crate::store::Fingerprint;
-use crate::store::{Journal, StoredIdempotency};
+use crate::store::{EventBus, Journal, StoredIdempotency};
 use local::Local;
 
 /// Where the service reads the time. Tests inject a fixed clock.
@@ -79,8 +80,32 @@ pub struct TokenDetail {
 
 pub struct Service {
     backend: Backend,
+    events: EventBus,
     clock: Clock,
     zone: TimeZone,
+}
+
+/// What the embedded backend starts from: an engine and what storage
+/// remembered of the changes before.
+pub struct LocalStart {
+    pub engine: Engine,
+    pub idempotency: Vec<StoredIdempotency>,
+    /// `None` in memory: nothing is kept.
+    pub journal: Option<Journal>,
+    /// The id of the newest event; 0 when there is none.
+    pub last_event: u64,
+}
+
+impl LocalStart {
+    /// A fresh engine kept in memory only.
+    pub fn in_memory(engine: Engine) -> LocalStart {
+        LocalStart {
+            engine,
+            idempotency: Vec::new(),
+            journal: None,
+            last_event: 0,
+        }
+    }
 }
 
 enum Backend {
@@ -90,23 +115,23 @@ enum Backend {
 }
 
 impl Service {
-    /// A service on this process's engine; durable when `journal` is given.
+    /// A service on this process's engine; durable when `start` has a
+    /// journal. Durable changes are told on `events`.
     pub fn local(
-        engine: Engine,
-        idempotency: Vec<StoredIdempotency>,
+        start: LocalStart,
         idempotency_limits: IdempotencyLimits,
-        journal: Option<Journal>,
+        events: EventBus,
         clock: Clock,
         zone: TimeZone,
     ) -> Service {
         Service {
             backend: Backend::Local(Box::new(Local::new(
-                engine,
-                idempotency,
+                start,
                 idempotency_limits,
-                journal,
+                events.clone(),
                 clock.clone(),
             ))),
+            events,
             clock,
             zone,
         }
@@ -116,9 +141,15 @@ impl Service {
     pub fn postgres(postgres: Postgres, clock: Clock, zone: TimeZone) -> Service {
         Service {
             backend: Backend::Postgres(postgres),
+            events: EventBus::default(),
             clock,
             zone,
         }
+    }
+
+    /// Every change made durable from now on, as events in id order.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Published> {
+        self.events.subscribe()
     }
 
     pub fn now(&self) -> Timestamp {
@@ -199,9 +230,13 @@ impl Service {
         }
     }
 
-    pub async fn create_slot(&self, spec: SlotSpec) -> Result<SlotSummary, ServiceError> {
+    pub async fn create_slot(
+        &self,
+        spec: SlotSpec,
+        actor: Actor,
+    ) -> Result<SlotSummary, ServiceError> {
         match &self.backend {
-            Backend::Local(local) => local.create_slot(spec).await,
+            Backend::Local(local) => local.create_slot(spec, actor).await,
             Backend::Postgres(postgres) => postgres.create_slot(spec, self.now()).await,
         }
     }

@@ -9,15 +9,18 @@
 //! good: the service then refuses writes, and a restart rebuilds from what
 //! is on disk.
 
+pub mod events;
 pub mod postgres;
 mod sqlite;
 
+pub use events::{Event, EventBus, EventKind};
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 
 use jiff::Timestamp;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::engine::{Actor, CapacityOutcome, Context, Engine, Limits, Outcome, SlotSummary};
@@ -35,7 +38,7 @@ pub type Fingerprint = [u8; 32];
 pub enum Record {
     SlotCreated {
         slot: SlotSummary,
-        at: Timestamp,
+        ctx: Context,
     },
     Booked {
         outcome: Outcome,
@@ -104,16 +107,40 @@ struct Progress {
 
 /// The durable queue of changes. Cheap to share behind the service.
 pub struct Journal {
-    /// Guarded so that ticket order and queue order are one order even if
-    /// a caller appends without the engine lock.
-    queue: Mutex<mpsc::Sender<Queued>>,
+    /// Bounded: a writer that falls behind (a stalled disk) holds back new
+    /// changes, which are refused before they are made, instead of letting
+    /// the queue grow without limit.
+    queue: mpsc::Sender<Queued>,
     last_ticket: AtomicU64,
     progress: watch::Receiver<Progress>,
 }
 
-/// A record on its way to the writer, with the ticket it was given and
-/// the channel that tells its waiter it is durable.
-type Queued = (u64, Record, oneshot::Sender<()>);
+/// Records that may wait for the writer at once. A commit takes up to
+/// [`BATCH_MAX`], so this holds four commits' worth.
+pub const QUEUE_MAX: usize = 4 * BATCH_MAX;
+
+/// A record on its way to the writer.
+struct Queued {
+    ticket: u64,
+    record: Record,
+    /// The id of the record's first event; its events take the ids after.
+    first_event: u64,
+    /// Tells the record's waiter it is durable.
+    done: oneshot::Sender<()>,
+}
+
+/// A place in the writer's queue, taken before a change is decided so that
+/// a full queue refuses the change before it is made.
+pub struct Reservation<'a> {
+    permit: mpsc::Permit<'a, Queued>,
+    journal: &'a Journal,
+}
+
+/// The journal takes no record now: its queue is full, or its writer
+/// stopped after a failure. The change was not made.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the journal takes no more records now")]
+pub struct NotAccepting;
 
 /// What a change or a read waits on before it is answered.
 pub enum Ticket {
@@ -129,20 +156,32 @@ pub enum Ticket {
 #[error("the change could not be made durable")]
 pub struct NotDurable;
 
-impl Journal {
-    /// Queues a record and returns the ticket to wait on.
-    pub fn append(&self, record: Record) -> Ticket {
+impl Reservation<'_> {
+    /// Queues a record, whose events take the ids from `first_event` on,
+    /// and returns the ticket to wait on. Callers append in engine order
+    /// (under the engine's write lock), so ticket order, queue order and
+    /// event id order are one order.
+    pub fn append(self, record: Record, first_event: u64) -> Ticket {
         let (done, signal) = oneshot::channel();
-        let queue = self
-            .queue
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let number = self.last_ticket.fetch_add(1, Ordering::SeqCst) + 1;
-        // A send fails only when the writer has stopped after a failure;
-        // the record is then dropped with its sender, and its waiter gets
-        // 503.
-        let _ = queue.send((number, record, done));
+        let ticket = self.journal.last_ticket.fetch_add(1, Ordering::SeqCst) + 1;
+        self.permit.send(Queued {
+            ticket,
+            record,
+            first_event,
+            done,
+        });
         Ticket::Appended(signal)
+    }
+}
+
+impl Journal {
+    /// Takes a place in the queue for the next record.
+    pub fn reserve(&self) -> Result<Reservation<'_>, NotAccepting> {
+        let permit = self.queue.try_reserve().map_err(|_| NotAccepting)?;
+        Ok(Reservation {
+            permit,
+            journal: self,
+        })
     }
 
     /// The newest ticket handed out: waiting on it covers every change
@@ -178,6 +217,8 @@ impl Journal {
 /// Everything needed to serve again after a restart.
 pub struct Loaded {
     pub engine: Engine,
+    /// The id of the newest event in the log; 0 when it is empty.
+    pub last_event: u64,
     pub idempotency: Vec<StoredIdempotency>,
     pub journal: Journal,
     pub tokens: usize,
@@ -194,6 +235,7 @@ pub fn open(
     limits: Limits,
     limit_bytes: Option<u64>,
     now: Timestamp,
+    events: &EventBus,
 ) -> Result<Loaded, StoreError> {
     prepare_dir(dir)?;
     let path = dir.join("opd.sqlite3");
@@ -222,16 +264,18 @@ pub fn open(
     }
     engine.check_invariants()?;
 
-    let (sender, receiver) = mpsc::channel();
+    let (sender, receiver) = mpsc::channel(QUEUE_MAX);
     let (progress_sender, progress) = watch::channel(Progress::default());
+    let bus = events.clone();
     std::thread::Builder::new()
         .name("opd-journal".into())
-        .spawn(move || write_loop(connection, receiver, progress_sender))?;
+        .spawn(move || write_loop(connection, receiver, progress_sender, bus))?;
     Ok(Loaded {
         engine,
+        last_event: snapshot.last_event,
         idempotency: snapshot.idempotency,
         journal: Journal {
-            queue: Mutex::new(sender),
+            queue: sender,
             last_ticket: AtomicU64::new(0),
             progress,
         },
@@ -348,14 +392,16 @@ fn use_batch_scheduling() {
 
 fn write_loop(
     mut connection: rusqlite::Connection,
-    queue: mpsc::Receiver<Queued>,
+    mut queue: mpsc::Receiver<Queued>,
     progress: watch::Sender<Progress>,
+    bus: EventBus,
 ) {
     use_batch_scheduling();
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut events = Vec::new();
     // Blocks for the first record, then takes whatever else is waiting:
     // the longer a commit takes, the more the next one carries.
-    while let Ok(first) = queue.recv() {
+    while let Some(first) = queue.blocking_recv() {
         batch.push(first);
         while batch.len() < BATCH_MAX {
             match queue.try_recv() {
@@ -363,14 +409,24 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let last = batch.last().expect("batch is not empty").0;
-        let records: Vec<&Record> = batch.iter().map(|(_, record, _)| record).collect();
-        match sqlite::commit(&mut connection, &records) {
+        let last = batch.last().expect("batch is not empty").ticket;
+        for queued in &batch {
+            events.extend(queued.record.events(queued.first_event));
+        }
+        let records: Vec<&Record> = batch.iter().map(|queued| &queued.record).collect();
+        match sqlite::commit(&mut connection, &records, &events) {
             Ok(()) => {
                 progress.send_modify(|p| p.durable = last);
-                for (_, _, done) in batch.drain(..) {
+                for queued in batch.drain(..) {
                     // The waiter may have gone (its client disconnected).
-                    let _ = done.send(());
+                    let _ = queued.done.send(());
+                }
+                // Told only now that they are durable, one message for the
+                // whole commit.
+                if bus.has_subscribers() {
+                    bus.publish(std::mem::take(&mut events));
+                } else {
+                    events.clear();
                 }
             }
             Err(error) => {
@@ -410,7 +466,14 @@ mod tests {
     #[test]
     fn the_writer_thread_runs_under_sched_batch() {
         let dir = std::env::temp_dir().join(format!("opd-writer-{}", uuid::Uuid::new_v4()));
-        let loaded = open(&dir, Limits::default(), None, Timestamp::UNIX_EPOCH).unwrap();
+        let loaded = open(
+            &dir,
+            Limits::default(),
+            None,
+            Timestamp::UNIX_EPOCH,
+            &EventBus::default(),
+        )
+        .unwrap();
         // The writer sets its policy first thing; give it a moment to start.
         let mut policies = Vec::new();
         for _ in 0..100 {

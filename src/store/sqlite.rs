@@ -13,7 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{from_nanos, nanos, Record, StoreError, StoredIdempotency, IDEMPOTENCY_RETENTION};
+use super::{
+    from_nanos, nanos, Event, EventKind, Record, StoreError, StoredIdempotency,
+    IDEMPOTENCY_RETENTION,
+};
 use crate::engine::{
     Capacity, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source, Status,
     TokenChange, TokenRecord,
@@ -25,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_creation_in_token_row.sql"),
     include_str!("../../migrations/sqlite/0003_status_from_history.sql"),
     include_str!("../../migrations/sqlite/0004_idempotency_by_caller.sql"),
+    include_str!("../../migrations/sqlite/0005_events.sql"),
 ];
 
 /// How many pages the write-ahead log holds before a commit copies them
@@ -80,6 +84,8 @@ pub(super) struct Snapshot {
     /// In arrival order, each with its full history.
     pub(super) tokens: Vec<TokenRecord>,
     pub(super) idempotency: Vec<StoredIdempotency>,
+    /// The newest event's id; 0 when the log is empty.
+    pub(super) last_event: u64,
 }
 
 pub(super) fn load(
@@ -204,10 +210,13 @@ pub(super) fn load(
             stored_at: timestamp(row.get(5)?)?,
         });
     }
+    let last_event: Option<i64> =
+        connection.query_row("SELECT max(id) FROM events", [], |row| row.get(0))?;
     Ok(Snapshot {
         slots,
         tokens,
         idempotency,
+        last_event: last_event.map_or(0, |id| id as u64),
     })
 }
 
@@ -217,6 +226,7 @@ pub(super) fn load(
 struct Statements<'c> {
     insert_token: rusqlite::CachedStatement<'c>,
     insert_history: rusqlite::CachedStatement<'c>,
+    insert_event: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> Statements<'c> {
@@ -231,7 +241,70 @@ impl<'c> Statements<'c> {
                 "INSERT INTO token_history (token_sequence, at, from_status, to_status, reason, actor)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?,
+            insert_event: connection.prepare_cached(
+                "INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason,
+                                     token_id, token_number, source, from_status, to_status,
+                                     start_time, end_time, capacity, allocated, waitlisted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            )?,
         })
+    }
+
+    fn event(&mut self, event: &Event) -> Result<(), StoreError> {
+        let at = nanos(event.at);
+        match &event.kind {
+            EventKind::Token {
+                token,
+                number,
+                slot,
+                doctor,
+                date,
+                source,
+                from,
+                to,
+                reason,
+            } => self.insert_event.execute(params![
+                event.id as i64,
+                at,
+                &*event.actor,
+                "TOKEN",
+                slot.as_str(),
+                doctor.as_str(),
+                date.to_string(),
+                reason.as_str(),
+                token.as_bytes(),
+                number,
+                source.as_str(),
+                from.map(Status::as_str),
+                to.as_str(),
+                None::<&str>,
+                None::<&str>,
+                None::<u32>,
+                None::<u32>,
+                None::<u32>,
+            ])?,
+            EventKind::Slot { reason, slot } => self.insert_event.execute(params![
+                event.id as i64,
+                at,
+                &*event.actor,
+                "SLOT",
+                slot.id.as_str(),
+                slot.doctor.as_str(),
+                slot.date.to_string(),
+                reason.as_str(),
+                None::<&[u8]>,
+                None::<u32>,
+                None::<&str>,
+                None::<&str>,
+                None::<&str>,
+                clock_time(slot.start),
+                clock_time(slot.end),
+                slot.capacity,
+                slot.allocated,
+                slot.waitlisted,
+            ])?,
+        };
+        Ok(())
     }
 
     /// Writes token changes as the engine made them: a creation is the
@@ -278,13 +351,21 @@ fn creation_status(reason: Reason) -> Result<Status, StoreError> {
     }
 }
 
-/// Writes a batch of records in one transaction: one fsync for all.
-pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result<(), StoreError> {
+/// Writes a batch of records and their events in one transaction: one
+/// fsync for all.
+pub(super) fn commit(
+    connection: &mut Connection,
+    records: &[&Record],
+    events: &[Event],
+) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
     let mut statements = Statements::prepare(&transaction)?;
+    for event in events {
+        statements.event(event)?;
+    }
     for record in records.iter().copied() {
         match record {
-            Record::SlotCreated { slot, at } => {
+            Record::SlotCreated { slot, ctx } => {
                 transaction
                     .prepare_cached(
                         "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at)
@@ -294,10 +375,10 @@ pub(super) fn commit(connection: &mut Connection, records: &[&Record]) -> Result
                         slot.id.as_str(),
                         slot.doctor.as_str(),
                         slot.date.to_string(),
-                        slot.start.strftime("%H:%M").to_string(),
-                        slot.end.strftime("%H:%M").to_string(),
+                        clock_time(slot.start),
+                        clock_time(slot.end),
                         slot.capacity,
-                        nanos(*at),
+                        nanos(ctx.at),
                     ])?;
             }
             Record::Booked {
@@ -375,6 +456,11 @@ fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
         .flatten();
     let retention = IDEMPOTENCY_RETENTION.as_nanos() as i64;
     Ok(newest.map(|newest| newest - retention))
+}
+
+/// A time of day as stored: `HH:MM`.
+fn clock_time(time: jiff::civil::Time) -> String {
+    time.strftime("%H:%M").to_string()
 }
 
 fn timestamp(nanos: i64) -> Result<Timestamp, StoreError> {

@@ -231,12 +231,14 @@ impl Spawn {
         }
         .expect("the application builds");
         let address = format!("http://{}", application.local_addr());
+        let service = application.service();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(application.serve(async move {
             let _ = stopped.await;
         }));
         TestApp {
             address,
+            service,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -257,6 +259,9 @@ impl Spawn {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub address: String,
+    /// The application's service, for what HTTP does not show yet (the
+    /// event log's subscribers).
+    pub service: Arc<opd::service::Service>,
     pub client: reqwest::Client,
     pub backend: Backend,
     /// The application's clock (unused when spawned with the real clock).

@@ -10,6 +10,7 @@ mod concurrency;
 mod docs;
 mod durability;
 mod errors;
+mod events;
 mod idempotency;
 mod limits;
 mod opd_day;

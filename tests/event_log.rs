@@ -1,0 +1,272 @@
+//! The event log survives `kill -9`: every acknowledged change is in the
+//! database as events, in the order the changes were made, with ids that
+//! run 1, 2, 3, … without a gap, and a restarted server goes on from the
+//! last id.
+//!
+//! The server is the real binary in its own process, killed with SIGKILL so
+//! that no shutdown code runs; the log is then read straight from its
+//! SQLite file.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// One row of the `events` table, in the columns the assertions compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    id: i64,
+    kind: String,
+    actor: String,
+    slot: String,
+    reason: String,
+    token: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    capacity: Option<i64>,
+}
+
+fn slot_row(id: i64, actor: &str, slot: &str, reason: &str, capacity: i64) -> Row {
+    Row {
+        id,
+        kind: "SLOT".into(),
+        actor: actor.into(),
+        slot: slot.into(),
+        reason: reason.into(),
+        token: None,
+        from: None,
+        to: None,
+        capacity: Some(capacity),
+    }
+}
+
+fn token_row(id: i64, token: &str, from: Option<&str>, to: &str, reason: &str) -> Row {
+    Row {
+        id,
+        kind: "TOKEN".into(),
+        actor: "anonymous".into(),
+        slot: "EV-1".into(),
+        reason: reason.into(),
+        token: Some(token.into()),
+        from: from.map(Into::into),
+        to: Some(to.into()),
+        capacity: None,
+    }
+}
+
+/// The log as the killed server left it, oldest first.
+fn read_log(data: &Path) -> Vec<Row> {
+    let connection = rusqlite::Connection::open(data.join("opd.sqlite3")).expect("open the log");
+    let mut statement = connection
+        .prepare(
+            "SELECT id, kind, actor, slot_id, reason, token_id, from_status, to_status, capacity
+             FROM events ORDER BY id",
+        )
+        .expect("query the log");
+    statement
+        .query_map([], |row| {
+            let token: Option<Vec<u8>> = row.get(5)?;
+            Ok(Row {
+                id: row.get(0)?,
+                kind: row.get(1)?,
+                actor: row.get(2)?,
+                slot: row.get(3)?,
+                reason: row.get(4)?,
+                token: token.map(|bytes| {
+                    uuid::Uuid::from_slice(&bytes)
+                        .expect("a 16-byte token id")
+                        .to_string()
+                }),
+                from: row.get(6)?,
+                to: row.get(7)?,
+                capacity: row.get(8)?,
+            })
+        })
+        .expect("read the log")
+        .collect::<Result<_, _>>()
+        .expect("rows of the log")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_keeps_every_acknowledged_change_in_order_across_kill_9() {
+    let dir = TempDir::new();
+    let data = dir.path().join("data");
+
+    let mut server = Server::start(&dir, &data).await;
+    server
+        .send(
+            "POST",
+            "/slots",
+            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 1}),
+            201,
+        )
+        .await;
+    let p1 = server.book("P1", "ONLINE").await;
+    let p2 = server.book("P2", "PAID").await;
+    server
+        .send("POST", &format!("/tokens/{p2}/cancel"), Value::Null, 200)
+        .await;
+    server
+        .send("PATCH", "/slots/EV-1", json!({"capacity": 2}), 200)
+        .await;
+    server.kill();
+    let log = read_log(&data);
+
+    // The demo schedule's twelve slots were created at start-up, by the
+    // service itself.
+    let demo: Vec<Row> = (1..=12)
+        .map(|id| Row {
+            slot: log[id - 1].slot.clone(),
+            capacity: log[id - 1].capacity,
+            ..slot_row(id as i64, "system", "", "CREATED", 0)
+        })
+        .collect();
+    let ours = vec![
+        slot_row(13, "anonymous", "EV-1", "CREATED", 1),
+        token_row(14, &p1, None, "ALLOCATED", "ALLOCATED"),
+        token_row(15, &p2, None, "ALLOCATED", "BUMPED_LOWER"),
+        token_row(16, &p1, Some("ALLOCATED"), "WAITLISTED", "BUMPED"),
+        token_row(17, &p2, Some("ALLOCATED"), "CANCELLED", "CANCELLED"),
+        token_row(18, &p1, Some("WAITLISTED"), "ALLOCATED", "PROMOTED"),
+        slot_row(19, "anonymous", "EV-1", "CAPACITY_CHANGED", 2),
+    ];
+    assert_eq!(log, [demo, ours.clone()].concat());
+
+    // A restarted server numbers on from the last durable id.
+    let mut server = Server::start(&dir, &data).await;
+    let p3 = server.book("P3", "WALK_IN").await;
+    server.kill();
+    let log = read_log(&data);
+
+    assert_eq!(log.len(), 20);
+    assert_eq!(log[12..19], ours[..]);
+    assert_eq!(log[19], token_row(20, &p3, None, "ALLOCATED", "ALLOCATED"));
+}
+
+/// The server binary in its own process.
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts the binary on a free loopback port with the demo schedule and
+    /// waits until it answers.
+    async fn start(dir: &TempDir, data: &Path) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let log = std::fs::File::create(dir.path().join(format!("server-{port}.log")))
+            .expect("a server log");
+        // Nothing from the caller's environment (a DATABASE_URL, API keys)
+        // may change what is tested.
+        let child = Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data)
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .env("OPD_RATE_LIMIT_PER_SECOND", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a server log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the server binary");
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                server.child.try_wait().expect("poll the server").is_none(),
+                "the server exited at start-up"
+            );
+            let ready = server
+                .http
+                .get(format!("{}/healthz", server.base))
+                .send()
+                .await;
+            if ready.is_ok_and(|response| response.status().is_success()) {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "the server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a request and checks its status; returns the answer's body.
+    async fn send(&self, method: &str, path: &str, body: Value, status: u16) -> Value {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let actual = response.status().as_u16();
+        let text = response.text().await.expect("an answer body");
+        assert_eq!(actual, status, "{path}: {text}");
+        serde_json::from_str(&text).expect("a JSON answer")
+    }
+
+    /// Books a token in slot `EV-1`; returns its id.
+    async fn book(&self, patient: &str, source: &str) -> String {
+        let answer = self
+            .send(
+                "POST",
+                "/tokens",
+                json!({"patientId": patient, "slotId": "EV-1", "source": source}),
+                201,
+            )
+            .await;
+        answer["token"]["tokenId"]
+            .as_str()
+            .expect("a token id")
+            .to_owned()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill(&mut self) {
+        self.child.kill().expect("kill -9 the server");
+        self.child.wait().expect("reap the server");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A unique directory under the system temporary directory, removed when
+/// dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!("opd-event-log-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).expect("a temporary directory");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

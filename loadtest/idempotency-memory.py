@@ -8,8 +8,8 @@ run. A remembered key keeps only a digest of its request, so the padded run
 should cost what the plain one does.
 
     cargo build --release
-    python3 bench/idempotency-memory.py            # durable, 5,000 bookings, 15,000-byte padding
-    BENCH_BOOKINGS=20000 python3 bench/idempotency-memory.py --in-memory
+    python3 loadtest/idempotency-memory.py            # durable, 5,000 bookings, 15,000-byte padding
+    BENCH_BOOKINGS=20000 python3 loadtest/idempotency-memory.py --in-memory
 
 Not part of CI: the figures depend on the machine and its allocator.
 """

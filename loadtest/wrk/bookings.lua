@@ -1,6 +1,6 @@
 -- wrk script: realistic OPD token traffic against the OPD Token Engine.
 --
---   wrk -t2 -c64 -d10s -s bench/wrk/bookings.lua http://127.0.0.1:PORT \
+--   wrk -t2 -c64 -d10s -s loadtest/wrk/bookings.lua http://127.0.0.1:PORT \
 --       -- D1-08,D1-09,D2-08,...
 --
 -- Every request is one of:
@@ -20,11 +20,11 @@
 --   slot list     first script argument, comma-separated, or BENCH_SLOTS;
 --                 default: D1-09
 --   BENCH_ACTION_PCT   percentage of cancel/no-show requests (default 15;
---                      bench/wrk/bookings-only.lua forces 0)
+--                      loadtest/wrk/bookings-only.lua forces 0)
 --   BENCH_RUN_ID       prefix of the patient ids (default: time + random), so
 --                      several runs against one server never collide
 --   BENCH_RATE         if set: target total requests/s; a pacer in delay()
---                      spreads sends evenly (latency pass, see bench/README.md)
+--                      spreads sends evenly (latency pass, see loadtest/README.md)
 --   BENCH_THREADS      wrk -t value, needed by the pacer (default 2)
 --
 -- Output: wrk's own summary, then per-status counts and one machine-readable

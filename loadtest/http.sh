@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# bench/http.sh — HTTP load benchmark of the OPD Token Engine.
+# loadtest/http.sh — HTTP load benchmark of the OPD Token Engine.
 #
 # One command, one run: installs wrk if missing, builds the bare axum baseline
-# (bench/baseline) and the project in release mode, then for each mode
+# (loadtest/baseline) and the project in release mode, then for each mode
 #   baseline | in-memory | durable (--data-dir, fresh temp dir) | postgres
 #   (only when DATABASE_URL is set and points at this machine)
 # starts the server on a free 127.0.0.1 port, waits for /healthz, creates a
 # schedule (BENCH_DOCTORS doctors x 8 hourly slots 08:00-16:00, capacity
 # BENCH_CAPACITY, on BENCH_DAYS days from BENCH_DATE), warms up, and runs wrk
-# for BENCH_SECONDS with bench/wrk/bookings-only.lua and then
-# bench/wrk/bookings.lua. The modes take turns for BENCH_ROUNDS rounds, each
+# for BENCH_SECONDS with loadtest/wrk/bookings-only.lua and then
+# loadtest/wrk/bookings.lua. The modes take turns for BENCH_ROUNDS rounds, each
 # on a fresh server, so that every project run has a baseline run minutes
 # away; a ratio is the median of the rounds' ratios. Finally, on a
 # fresh server per mode, a latency pass runs bookings.lua paced at half of the
@@ -399,12 +399,12 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
     fi
     ok=1
     if ((BENCH_WARMUP > 0)); then
-      run_wrk "$OUT/$mode-warmup.r$round.txt" bench/wrk/bookings-only.lua "$BENCH_CONNECTIONS" "$BENCH_WARMUP" || ok=0
+      run_wrk "$OUT/$mode-warmup.r$round.txt" loadtest/wrk/bookings-only.lua "$BENCH_CONNECTIONS" "$BENCH_WARMUP" || ok=0
     fi
     for script in bookings-only bookings; do
       ((ok)) || break
       f=$OUT/$mode-$script.r$round.txt
-      if run_wrk "$f" "bench/wrk/$script.lua" "$BENCH_CONNECTIONS" "$BENCH_SECONDS"; then
+      if run_wrk "$f" "loadtest/wrk/$script.lua" "$BENCH_CONNECTIONS" "$BENCH_SECONDS"; then
         record "$mode,$script,$round" "$f"
       else
         ok=0
@@ -476,10 +476,10 @@ for mode in "${MODES[@]}"; do
   start_server "$mode" "$OUT/$mode-latency.server.log" || continue
   if [[ $mode != baseline ]] && ! create_schedule; then stop_server; continue; fi
   if ((BENCH_WARMUP > 0)); then
-    run_wrk "$OUT/$mode-latency-warmup.txt" bench/wrk/bookings.lua "$BENCH_LAT_CONNECTIONS" "$BENCH_WARMUP" "$rate" || true
+    run_wrk "$OUT/$mode-latency-warmup.txt" loadtest/wrk/bookings.lua "$BENCH_LAT_CONNECTIONS" "$BENCH_WARMUP" "$rate" || true
   fi
   f=$OUT/$mode-latency.txt
-  if run_wrk "$f" bench/wrk/bookings.lua "$BENCH_LAT_CONNECTIONS" "$BENCH_SECONDS" "$rate"; then
+  if run_wrk "$f" loadtest/wrk/bookings.lua "$BENCH_LAT_CONNECTIONS" "$BENCH_SECONDS" "$rate"; then
     LAT_RPS[$mode]=$(field "$f" rps)
     LAT_P50[$mode]=$(field "$f" p50_ms)
     LAT_P99[$mode]=$(field "$f" p99_ms)

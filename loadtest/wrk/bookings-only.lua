@@ -1,6 +1,6 @@
 -- wrk script: POST /tokens only — the pure booking figure.
 --
---   wrk -t2 -c64 -d10s -s bench/wrk/bookings-only.lua http://127.0.0.1:PORT \
+--   wrk -t2 -c64 -d10s -s loadtest/wrk/bookings-only.lua http://127.0.0.1:PORT \
 --       -- D1-08,D1-09,D2-08,...
 --
 -- Same source distribution, unique patient ids, slot list, pacing (BENCH_RATE)

@@ -1,4 +1,4 @@
-//! Bare-stack reference server for the HTTP load benchmark (`bench/http.sh`).
+//! Bare-stack reference server for the HTTP load benchmark (`loadtest/http.sh`).
 //!
 //! Why it exists: a requests-per-second figure for the OPD Token Engine means
 //! little on its own on a 2-core machine where the load generator shares the

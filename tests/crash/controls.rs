@@ -1,0 +1,151 @@
+//! The negative controls: the same workload and checker against servers
+//! that acknowledge changes they do not keep, which the checker must report
+//! as lost.
+
+use std::time::Duration;
+
+use crate::checker::check;
+use crate::ledger::Ledger;
+use crate::load::run_load;
+use crate::rng::{seed, Rng};
+use crate::schedule::{slots_up_to, write_schedule};
+use crate::server::{Server, TempDir};
+
+/// A server started with `--in-memory` acknowledges without making
+/// anything durable, so a restart loses every acknowledged booking.
+pub async fn in_memory() {
+    let seed = seed();
+    println!("negative control: seed {seed}");
+    let mut rng = Rng::new(seed ^ 0x6e65_6761_7469_7665);
+    let dir = TempDir::new("control");
+    let data = dir.path().join("data");
+    let schedule = dir.path().join("schedule.json");
+    write_schedule(&schedule, 0);
+    let mut server = Server::start(dir.path(), &data, &schedule, true).await;
+    let mut ledger = Ledger::default();
+    // Killed only once something was acknowledged, so there is something
+    // to lose.
+    let load = run_load(
+        &mut server,
+        0,
+        "N",
+        Vec::new(),
+        Duration::from_millis(200),
+        50,
+        rng.next(),
+    )
+    .await;
+    ledger.record(&load);
+    let server = Server::start(dir.path(), &data, &schedule, true).await;
+    let report = check(&server, &ledger, &slots_up_to(0)).await;
+    println!(
+        "negative control: killed after {} ms; bookings acked {}, actions acked {}; lost {}, other violations {}",
+        load.killed_after.as_millis(),
+        load.bookings_acked(),
+        load.actions_acked(),
+        report.lost,
+        report.violations.len() - report.lost,
+    );
+    for violation in report.violations.iter().take(5) {
+        println!("  control: {violation}");
+    }
+    assert!(
+        load.bookings_acked() > 0,
+        "the control acknowledged nothing"
+    );
+    assert!(
+        report.lost > 0,
+        "the checker did not notice that an in-memory server lost {} acknowledged bookings",
+        load.bookings_acked()
+    );
+}
+
+/// A sharper control: a durable server whose data directory is put back to
+/// a copy taken before a round, as if that round's commits had been
+/// acknowledged but never written. Older tokens survive, so the checker
+/// must notice lost cancels and no-shows of them, not only missing tokens.
+pub async fn rolled_back() {
+    let seed = seed();
+    println!("rollback control: seed {seed}");
+    let mut rng = Rng::new(seed ^ 0x726f_6c6c_6261_636b);
+    let dir = TempDir::new("rollback");
+    let data = dir.path().join("data");
+    let snapshot = dir.path().join("snapshot");
+    let schedule = dir.path().join("schedule.json");
+    write_schedule(&schedule, 1);
+    let slots = slots_up_to(1);
+    let mut server = Server::start(dir.path(), &data, &schedule, false).await;
+    let mut ledger = Ledger::default();
+    let load = run_load(
+        &mut server,
+        0,
+        "B",
+        Vec::new(),
+        Duration::from_millis(150),
+        50,
+        rng.next(),
+    )
+    .await;
+    ledger.record(&load);
+    let mut server = Server::start(dir.path(), &data, &schedule, false).await;
+    let report = check(&server, &ledger, &slots).await;
+    assert!(
+        report.violations.is_empty(),
+        "the first round already fails: {:?}",
+        &report.violations[..report.violations.len().min(5)]
+    );
+    let owned = ledger.observe(&report);
+
+    // Killed first, so the files are at rest while copied.
+    server.kill();
+    std::fs::create_dir_all(&snapshot).expect("snapshot directory");
+    for entry in std::fs::read_dir(&data).expect("data directory") {
+        let entry = entry.expect("data directory entry");
+        std::fs::copy(entry.path(), snapshot.join(entry.file_name())).expect("copy the data");
+    }
+    let mut server = Server::start(dir.path(), &data, &schedule, false).await;
+    let load = run_load(
+        &mut server,
+        1,
+        "B",
+        owned,
+        Duration::from_millis(150),
+        50,
+        rng.next(),
+    )
+    .await;
+    ledger.record(&load);
+    std::fs::remove_dir_all(&data).expect("remove the data");
+    std::fs::rename(&snapshot, &data).expect("put the old data back");
+    let server = Server::start(dir.path(), &data, &schedule, false).await;
+    let report = check(&server, &ledger, &slots).await;
+    println!(
+        "rollback control: round killed after {} ms; bookings acked {}, actions acked {}; lost {} \
+         (tokens {}, statuses {}, transitions {}, idempotency keys {}), other violations {}",
+        load.killed_after.as_millis(),
+        load.bookings_acked(),
+        load.actions_acked(),
+        report.lost,
+        report.lost_of("token"),
+        report.lost_of("status"),
+        report.lost_of("transition"),
+        report.lost_of("idempotency key"),
+        report.violations.len() - report.lost,
+    );
+    for violation in report
+        .violations
+        .iter()
+        .filter(|v| v.starts_with("LOST status"))
+        .take(3)
+    {
+        println!("  rollback control: {violation}");
+    }
+    assert!(
+        report.lost_of("token") > 0,
+        "the checker missed lost bookings"
+    );
+    assert!(
+        report.lost_of("status") > 0,
+        "the checker missed lost cancels and no-shows of tokens that survived"
+    );
+}

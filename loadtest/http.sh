@@ -184,11 +184,14 @@ for m in "${MODES[@]}"; do
   case $m in
     baseline) ;;
     in-memory | durable) [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN" ;;
+    in-memory@previous | durable@previous)
+      [[ -x ${BENCH_PREVIOUS_BIN:-} ]] || die "mode $m needs BENCH_PREVIOUS_BIN, an earlier build of opd-token-engine"
+      ;;
     postgres)
       [[ -n ${DATABASE_URL:-} ]] || die "postgres mode needs DATABASE_URL"
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       ;;
-    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres)" ;;
+    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous)" ;;
   esac
 done
 if [[ " ${MODES[*]} " == *" postgres "* ]] && ! pg_url_is_local "$DATABASE_URL"; then
@@ -249,17 +252,23 @@ free_port() {
 PORT=""
 # start_server MODE LOGFILE: sets SERVER_PID and PORT; returns 1 on failure.
 start_server() {
-  local mode=$1 log=$2 cmd
+  local mode=$1 log=$2 cmd bin=$PROJECT_BIN
   PORT=$(free_port) || { echo "no free port" >&2; return 1; }
   local addr=127.0.0.1:$PORT
+  # MODE@previous runs MODE with the earlier binary, to compare two builds
+  # side by side in one run.
+  if [[ $mode == *@previous ]]; then
+    bin=$BENCH_PREVIOUS_BIN
+    mode=${mode%@previous}
+  fi
   case $mode in
     baseline) cmd=("$BASELINE_BIN" "$addr") ;;
-    in-memory) cmd=("$PROJECT_BIN" --in-memory --listen "$addr") ;;
+    in-memory) cmd=("$bin" --in-memory --listen "$addr") ;;
     durable)
       local dir
       dir=$(mktemp -d "${TMPDIR:-/tmp}/opd-bench-data.XXXXXX")
       TMP_DIRS+=("$dir")
-      cmd=("$PROJECT_BIN" --data-dir "$dir" --listen "$addr")
+      cmd=("$bin" --data-dir "$dir" --listen "$addr")
       ;;
     postgres)
       # A fresh schema per server start (created by the server), dropped on exit.

@@ -7,7 +7,8 @@
 //!   decide → persist → acknowledge write path;
 //! - [`store`]: durable storage in embedded SQLite with group commit;
 //! - [`http`]: routes, JSON shapes, validation and problem+json errors;
-//! - [`config`] and [`schedule`]: start-up settings and the demo schedule.
+//! - [`config`] and [`schedule`]: start-up settings, the demo schedule and
+//!   schedule files.
 //!
 //! [`Application::build`] prepares everything and binds the listener;
 //! [`Application::serve`] runs until the shutdown future completes.
@@ -209,7 +210,7 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartEr
             };
             let text =
                 std::fs::read_to_string(path).map_err(|error| schedule_error(error.to_string()))?;
-            http::slots::schedule(&text, today).map_err(schedule_error)?
+            schedule::parse_file(&text, today).map_err(schedule_error)?
         }
         None => schedule::demo(today),
     };

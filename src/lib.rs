@@ -81,15 +81,14 @@ impl Application {
             total: config.idempotency_max as usize,
         };
         let service = if let Some(url) = &config.database_url {
-            let postgres = store::postgres::Postgres::connect(
+            let database = store::postgres::Database::connect(
                 url,
                 config.database_schema.as_deref(),
-                limits,
-                idempotency_limits,
                 config.database_connections,
             )
             .await?;
             tracing::info!("state is kept in PostgreSQL");
+            let postgres = service::Postgres::new(database, limits, idempotency_limits);
             Service::postgres(postgres, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");

@@ -4,6 +4,7 @@
 //! with the same engine and make a change durable before acknowledging it.
 
 mod local;
+mod postgres;
 
 use std::sync::Arc;
 
@@ -16,10 +17,10 @@ use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Engine, EngineError, HistoryEntry,
     Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec, SlotSummary, TokenView,
 };
-use crate::store::postgres::Postgres;
 pub use crate::store::Fingerprint;
 use crate::store::{Journal, StoredIdempotency};
 use local::Local;
+pub use postgres::Postgres;
 
 /// Where the service reads the time. Tests inject a fixed clock.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;

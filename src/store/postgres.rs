@@ -110,7 +110,8 @@ pub enum Lock {
 }
 
 /// Loads one slot and its active tokens into a fresh engine; `None` when
-/// the slot does not exist.
+/// the slot does not exist. Ended tokens never change again, so the engine
+/// needs only the active ones to decide.
 pub async fn load_slot(
     connection: &mut PgConnection,
     id: &SlotId,
@@ -144,7 +145,7 @@ pub async fn load_slot(
         .map_err(|error| PgError::Corrupt(error.to_string()))?;
     let tokens = sqlx::query(
         "SELECT token_id, sequence, token_number, patient_id, source, status, created_at, updated_at
-         FROM tokens WHERE slot_id = $1 AND status IN ('ALLOCATED', 'WAITLISTED') ORDER BY sequence",
+         FROM tokens WHERE slot_id = $1 AND active ORDER BY sequence",
     )
     .bind(id.as_str())
     .fetch_all(&mut *connection)
@@ -362,6 +363,9 @@ pub async fn token_status(connection: &mut PgConnection, id: Uuid) -> PgResult<S
 
 /// Writes token changes as the engine made them: a creation inserts the
 /// token's row, a later change updates its status; each is one history row.
+/// Whether the token is active is written with its status, from the
+/// engine's [`Status::is_active`], for the queries that select active
+/// tokens.
 pub async fn write_token_changes(
     connection: &mut PgConnection,
     slot: &SlotSummary,
@@ -371,8 +375,8 @@ pub async fn write_token_changes(
     for change in changes {
         if change.from.is_none() {
             sqlx::query(
-                "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, active, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
             )
             .bind(change.token)
             .bind(change.sequence as i64)
@@ -383,16 +387,20 @@ pub async fn write_token_changes(
             .bind(change.source.as_str())
             .bind(i16::from(change.source.priority().get()))
             .bind(change.to.as_str())
+            .bind(change.to.is_active())
             .bind(nanos(ctx.at))
             .execute(&mut *connection)
             .await?;
         } else {
-            sqlx::query("UPDATE tokens SET status = $2, updated_at = $3 WHERE token_id = $1")
-                .bind(change.token)
-                .bind(change.to.as_str())
-                .bind(nanos(ctx.at))
-                .execute(&mut *connection)
-                .await?;
+            sqlx::query(
+                "UPDATE tokens SET status = $2, active = $3, updated_at = $4 WHERE token_id = $1",
+            )
+            .bind(change.token)
+            .bind(change.to.as_str())
+            .bind(change.to.is_active())
+            .bind(nanos(ctx.at))
+            .execute(&mut *connection)
+            .await?;
         }
         insert_history(
             connection,
@@ -580,12 +588,15 @@ pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Opt
     let status = parse(Status::parse, row.try_get(8)?)?;
     let sequence: i64 = row.try_get(1)?;
     let priority: i16 = row.try_get(11)?;
-    let waitlist_position = if status == Status::Waitlisted {
+    let waitlist_position = if status.is_waiting() {
+        // The waiting tokens of the slot (active, in this token's status)
+        // up to this one in promotion order.
         let ahead: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tokens WHERE slot_id = $1 AND status = 'WAITLISTED'
-             AND (priority < $2 OR (priority = $2 AND sequence <= $3))",
+            "SELECT count(*) FROM tokens WHERE slot_id = $1 AND active AND status = $2
+             AND (priority < $3 OR (priority = $3 AND sequence <= $4))",
         )
         .bind(row.try_get::<&str, _>(4)?)
+        .bind(status.as_str())
         .bind(priority)
         .bind(sequence)
         .fetch_one(&mut *connection)

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::{from_nanos, nanos, Record, StoreError, StoredIdempotency, IDEMPOTENCY_RETENTION};
 use crate::engine::{
-    Capacity, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source, Status,
-    TokenChange, TokenRecord,
+    Capacity, Context, Decision, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec,
+    Source, Status, TokenChange, TokenRecord,
 };
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
@@ -127,10 +127,12 @@ pub(super) fn load(
         let created_at = timestamp(row.get(6)?)?;
         let reason =
             Reason::parse(row.get_ref(7)?.as_str()?).ok_or_else(|| corrupt("creation reason"))?;
+        let decision = Decision::from_reason(reason)
+            .ok_or_else(|| corrupt("a creation reason that no booking gives"))?;
         let created = HistoryEntry {
             at: created_at,
             from: None,
-            to: creation_status(reason)?,
+            to: decision.status(),
             reason,
             actor: actor(row.get_ref(8)?.as_str()?),
         };
@@ -266,15 +268,6 @@ impl<'c> Statements<'c> {
             };
         }
         Ok(())
-    }
-}
-
-/// The status a token is created in, by the reason its creation records.
-fn creation_status(reason: Reason) -> Result<Status, StoreError> {
-    match reason {
-        Reason::Allocated | Reason::Overbooked | Reason::BumpedLower => Ok(Status::Allocated),
-        Reason::Waitlisted => Ok(Status::Waitlisted),
-        _ => Err(corrupt("a creation reason that no booking gives")),
     }
 }
 

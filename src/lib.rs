@@ -3,9 +3,11 @@
 //!
 //! Modules in reading order:
 //! - [`engine`]: the pure allocation state machine (no I/O, no clock);
-//! - [`service`]: the engine behind a lock, with idempotency and the
-//!   decide → persist → acknowledge write path;
-//! - [`store`]: durable storage in embedded SQLite with group commit;
+//! - [`service`]: the engine behind a lock, or one PostgreSQL transaction
+//!   per request, with idempotency and the decide → persist → acknowledge
+//!   write path;
+//! - [`store`]: durable storage: embedded SQLite with group commit, or the
+//!   rows of a shared PostgreSQL database;
 //! - [`http`]: routes, JSON shapes, validation and problem+json errors;
 //! - [`config`] and [`schedule`]: start-up settings, the demo schedule and
 //!   schedule files.

@@ -3,11 +3,14 @@
 //!
 //! Modules in reading order:
 //! - [`engine`]: the pure allocation state machine (no I/O, no clock);
-//! - [`service`]: the engine behind a lock, with idempotency and the
-//!   decide → persist → acknowledge write path;
-//! - [`store`]: durable storage in embedded SQLite with group commit;
+//! - [`service`]: the engine behind a lock, or one PostgreSQL transaction
+//!   per request, with idempotency and the decide → persist → acknowledge
+//!   write path;
+//! - [`store`]: durable storage: embedded SQLite with group commit, or the
+//!   rows of a shared PostgreSQL database;
 //! - [`http`]: routes, JSON shapes, validation and problem+json errors;
-//! - [`config`] and [`schedule`]: start-up settings and the demo schedule.
+//! - [`config`] and [`schedule`]: start-up settings, the demo schedule and
+//!   schedule files.
 //!
 //! [`Application::build`] prepares everything and binds the listener;
 //! [`Application::serve`] runs until the shutdown future completes.
@@ -85,16 +88,17 @@ impl Application {
             total: config.idempotency_max as usize,
         };
         let service = if let Some(url) = &config.database_url {
-            let postgres = store::postgres::Postgres::connect(
+            let database = store::postgres::Database::connect(
                 url,
                 config.database_schema.as_deref(),
-                limits,
-                idempotency_limits,
                 config.database_connections,
             )
             .await?;
             tracing::info!("state is kept in PostgreSQL");
-            Service::postgres(postgres, clock, zone)
+            let events = EventBus::default();
+            let postgres =
+                service::Postgres::new(database, limits, idempotency_limits, events.clone());
+            Service::postgres(postgres, events, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");
             Service::local(
@@ -218,7 +222,7 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartEr
             };
             let text =
                 std::fs::read_to_string(path).map_err(|error| schedule_error(error.to_string()))?;
-            http::slots::schedule(&text, today).map_err(schedule_error)?
+            schedule::parse_file(&text, today).map_err(schedule_error)?
         }
         None => schedule::demo(today),
     };

@@ -5,7 +5,11 @@
 //!
 //! The server is the real binary in its own process, killed with SIGKILL so
 //! that no shutdown code runs; the log is then read straight from its
-//! SQLite file.
+//! SQLite file or PostgreSQL schema. On PostgreSQL, two instances writing
+//! at once share one sequence of ids, without gaps.
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -56,8 +60,72 @@ fn token_row(id: i64, token: &str, from: Option<&str>, to: &str, reason: &str) -
     }
 }
 
-/// The log as the killed server left it, oldest first.
-fn read_log(data: &Path) -> Vec<Row> {
+/// Where a server keeps its state.
+#[derive(Debug, Clone)]
+enum Store {
+    Sqlite(PathBuf),
+    /// A schema of the test database.
+    Postgres(String),
+}
+
+impl Store {
+    fn sqlite(dir: &TempDir) -> Store {
+        Store::Sqlite(dir.path().join("data"))
+    }
+
+    fn postgres(dir: &TempDir) -> Store {
+        let name = dir.path().file_name().expect("a named directory");
+        Store::Postgres(format!(
+            "event_log_{}",
+            name.to_string_lossy().replace('-', "_")
+        ))
+    }
+
+    /// The log as the server left it, oldest first.
+    async fn read_log(&self) -> Vec<Row> {
+        match self {
+            Store::Sqlite(data) => read_sqlite_log(data),
+            Store::Postgres(schema) => read_postgres_log(schema).await,
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Store::Postgres(schema) = self {
+            common::drop_schema(schema);
+        }
+    }
+}
+
+async fn read_postgres_log(schema: &str) -> Vec<Row> {
+    use sqlx::Row as _;
+    let mut connection: sqlx::PgConnection = sqlx::Connection::connect(&common::database_url())
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!(
+        "SELECT id, kind, actor, slot_id, reason, token_id, from_status, to_status, capacity
+         FROM \"{schema}\".events ORDER BY id"
+    ))
+    .fetch_all(&mut connection)
+    .await
+    .expect("read the log")
+    .into_iter()
+    .map(|row| Row {
+        id: row.get(0),
+        kind: row.get(1),
+        actor: row.get(2),
+        slot: row.get(3),
+        reason: row.get(4),
+        token: row.get::<Option<uuid::Uuid>, _>(5).map(|id| id.to_string()),
+        from: row.get(6),
+        to: row.get(7),
+        capacity: row.get::<Option<i32>, _>(8).map(i64::from),
+    })
+    .collect()
+}
+
+fn read_sqlite_log(data: &Path) -> Vec<Row> {
     let connection = rusqlite::Connection::open(data.join("opd.sqlite3")).expect("open the log");
     let mut statement = connection
         .prepare(
@@ -90,11 +158,24 @@ fn read_log(data: &Path) -> Vec<Row> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_event_log_keeps_every_acknowledged_change_in_order_across_kill_9() {
+async fn sqlite_keeps_every_acknowledged_change_in_order_across_kill_9() {
     let dir = TempDir::new();
-    let data = dir.path().join("data");
+    the_log_keeps_every_acknowledged_change_in_order_across_kill_9(&dir, Store::sqlite(&dir)).await
+}
 
-    let mut server = Server::start(&dir, &data).await;
+#[cfg(feature = "postgres-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_every_acknowledged_change_in_order_across_kill_9() {
+    let dir = TempDir::new();
+    the_log_keeps_every_acknowledged_change_in_order_across_kill_9(&dir, Store::postgres(&dir))
+        .await
+}
+
+async fn the_log_keeps_every_acknowledged_change_in_order_across_kill_9(
+    dir: &TempDir,
+    store: Store,
+) {
+    let mut server = Server::start(dir, &store).await;
     server
         .send(
             "POST",
@@ -112,7 +193,7 @@ async fn the_event_log_keeps_every_acknowledged_change_in_order_across_kill_9() 
         .send("PATCH", "/slots/EV-1", json!({"capacity": 2}), 200)
         .await;
     server.kill();
-    let log = read_log(&data);
+    let log = store.read_log().await;
 
     // The demo schedule's twelve slots were created at start-up, by the
     // service itself.
@@ -135,14 +216,55 @@ async fn the_event_log_keeps_every_acknowledged_change_in_order_across_kill_9() 
     assert_eq!(log, [demo, ours.clone()].concat());
 
     // A restarted server numbers on from the last durable id.
-    let mut server = Server::start(&dir, &data).await;
+    let mut server = Server::start(dir, &store).await;
     let p3 = server.book("P3", "WALK_IN").await;
     server.kill();
-    let log = read_log(&data);
+    let log = store.read_log().await;
 
     assert_eq!(log.len(), 20);
     assert_eq!(log[12..19], ours[..]);
     assert_eq!(log[19], token_row(20, &p3, None, "ALLOCATED", "ALLOCATED"));
+}
+
+/// Two instances on one database book at once into one small slot, so
+/// that bookings bump each other; the log holds exactly the events their
+/// answers imply, under ids 1, 2, 3, … with no gap.
+#[cfg(feature = "postgres-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_instances_share_one_log_without_gaps() {
+    let dir = TempDir::new();
+    let store = Store::postgres(&dir);
+    let first = Server::start(&dir, &store).await;
+    let second = Server::start(&dir, &store).await;
+    first
+        .send(
+            "POST",
+            "/slots",
+            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 3}),
+            201,
+        )
+        .await;
+    let sources = ["WALK_IN", "ONLINE", "FOLLOW_UP", "PAID"];
+    let bookings = (0..40).map(|n| {
+        let server = if n % 2 == 0 { &first } else { &second };
+        server.send(
+            "POST",
+            "/tokens",
+            json!({"patientId": format!("P{n}"), "slotId": "EV-1", "source": sources[n % 4]}),
+            201,
+        )
+    });
+    let answers = futures_util::future::join_all(bookings).await;
+    let log = store.read_log().await;
+
+    let implied: usize = answers
+        .iter()
+        .map(|answer| 1 + answer["changes"].as_array().expect("changes").len())
+        .sum();
+    // The demo's twelve slots (the second instance found them made) and EV-1.
+    assert_eq!(log.len(), 12 + 1 + implied);
+    let ids: Vec<i64> = log.iter().map(|row| row.id).collect();
+    assert_eq!(ids, (1..=log.len() as i64).collect::<Vec<_>>());
 }
 
 /// The server binary in its own process.
@@ -155,7 +277,7 @@ struct Server {
 impl Server {
     /// Starts the binary on a free loopback port with the demo schedule and
     /// waits until it answers.
-    async fn start(dir: &TempDir, data: &Path) -> Server {
+    async fn start(dir: &TempDir, store: &Store) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
@@ -164,11 +286,17 @@ impl Server {
             .expect("a server log");
         // Nothing from the caller's environment (a DATABASE_URL, API keys)
         // may change what is tested.
-        let child = Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opd-token-engine"));
+        command.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        match store {
+            Store::Sqlite(data) => command.arg("--data-dir").arg(data),
+            Store::Postgres(schema) => command
+                .arg("--database-url")
+                .arg(common::database_url())
+                .arg("--database-schema")
+                .arg(schema),
+        };
+        let child = command
             .env_clear()
             .env("RUST_LOG", "warn")
             .env("OPD_RATE_LIMIT_PER_SECOND", "0")

@@ -748,7 +748,9 @@ impl Engine {
             date: slot.date,
             source: token.source,
             status: token.status,
-            waitlist_position: (token.status == Status::Waitlisted)
+            waitlist_position: token
+                .status
+                .is_waiting()
                 .then(|| slot.waitlist_position(token.source.priority(), token.arrival)),
             created_at: token.created_at.timestamp(),
             updated_at: token.updated_at.timestamp(),

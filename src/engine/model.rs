@@ -100,6 +100,12 @@ impl Status {
         matches!(self, Status::Allocated | Status::Waitlisted)
     }
 
+    /// Whether a token in this status holds a place in its slot's
+    /// waitlist, and so has a waitlist position.
+    pub fn is_waiting(self) -> bool {
+        self == Status::Waitlisted
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Allocated => "ALLOCATED",
@@ -130,6 +136,18 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The decision a booking recorded as its creation's reason; `None`
+    /// for reasons of later changes, which no booking gives.
+    pub fn from_reason(reason: Reason) -> Option<Decision> {
+        match reason {
+            Reason::Allocated => Some(Decision::Allocated),
+            Reason::Overbooked => Some(Decision::Overbooked),
+            Reason::BumpedLower => Some(Decision::BumpedLower),
+            Reason::Waitlisted => Some(Decision::Waitlisted),
+            _ => None,
+        }
+    }
+
     pub fn reason(self) -> Reason {
         match self {
             Decision::Allocated => Reason::Allocated,
@@ -496,12 +514,9 @@ impl Outcome {
 
     /// The decision of a booking; `None` for later actions.
     pub fn decision(&self) -> Option<Decision> {
-        match (self.transition.from, self.transition.reason) {
-            (None, Reason::Allocated) => Some(Decision::Allocated),
-            (None, Reason::Overbooked) => Some(Decision::Overbooked),
-            (None, Reason::BumpedLower) => Some(Decision::BumpedLower),
-            (None, Reason::Waitlisted) => Some(Decision::Waitlisted),
-            _ => None,
+        match self.transition.from {
+            None => Decision::from_reason(self.transition.reason),
+            Some(_) => None,
         }
     }
 }

@@ -793,3 +793,23 @@ impl Engine {
         .unwrap();
     }
 }
+
+#[test]
+fn a_creation_reason_names_its_decision_and_no_other_reason_does() {
+    for decision in [
+        Decision::Allocated,
+        Decision::Overbooked,
+        Decision::BumpedLower,
+        Decision::Waitlisted,
+    ] {
+        assert_eq!(Decision::from_reason(decision.reason()), Some(decision));
+    }
+    let creations = Reason::ALL
+        .into_iter()
+        .filter(|reason| Decision::from_reason(*reason).is_some())
+        .count();
+    assert_eq!(
+        creations, 4,
+        "only the four booking decisions create tokens"
+    );
+}

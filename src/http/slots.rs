@@ -1,5 +1,4 @@
-//! Slot routes: create, list, read with queues, change capacity. Also the
-//! schedule file, which is a list of `POST /slots` bodies.
+//! Slot routes: create, list, read with queues, change capacity.
 
 use std::collections::HashMap;
 
@@ -26,7 +25,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(slot, set_capacity))
 }
 
-/// Reads a slot body; a missing `date` means `today`.
+/// Reads a slot body; a missing `date` means `today`. Schedule files read
+/// at start-up hold the same bodies.
 pub fn slot_spec(object: &Map<String, Value>, today: jiff::civil::Date) -> Result<SlotSpec> {
     let mut fields = Fields::new(object);
     let id = fields.id("slotId", SlotId::parse);
@@ -49,35 +49,6 @@ pub fn slot_spec(object: &Map<String, Value>, today: jiff::civil::Date) -> Resul
         }
         _ => unreachable!("finish() refuses requests with a missing field"),
     }
-}
-
-/// Parses a schedule file: `{"slots": [ <POST /slots body>, ... ]}`.
-pub fn schedule(text: &str, today: jiff::civil::Date) -> Result<Vec<SlotSpec>, String> {
-    let document: Value =
-        serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))?;
-    let slots = document
-        .get("slots")
-        .and_then(Value::as_array)
-        .ok_or("expected an object with a \"slots\" array")?;
-    slots
-        .iter()
-        .enumerate()
-        .map(|(index, slot)| {
-            let object = slot
-                .as_object()
-                .ok_or(format!("slots[{index}] is not an object"))?;
-            slot_spec(object, today).map_err(|error| match error {
-                ApiError::Validation(errors) => {
-                    let fields: Vec<_> = errors
-                        .iter()
-                        .map(|e| format!("{} {}", e.field, e.message))
-                        .collect();
-                    format!("slots[{index}]: {}", fields.join("; "))
-                }
-                other => format!("slots[{index}]: {other}"),
-            })
-        })
-        .collect()
 }
 
 /// Creates a slot.

@@ -4,6 +4,7 @@
 //! with the same engine and make a change durable before acknowledging it.
 
 mod local;
+mod postgres;
 
 use std::sync::Arc;
 
@@ -17,10 +18,10 @@ use crate::engine::{
     Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec, SlotSummary, TokenView,
 };
 use crate::store::events::Published;
-use crate::store::postgres::Postgres;
 pub use crate::store::Fingerprint;
 use crate::store::{EventBus, Journal, StoredIdempotency};
 use local::Local;
+pub use postgres::Postgres;
 
 /// Where the service reads the time. Tests inject a fixed clock.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -138,10 +139,13 @@ impl Service {
     }
 
     /// A service on a shared PostgreSQL database.
-    pub fn postgres(postgres: Postgres, clock: Clock, zone: TimeZone) -> Service {
+    /// A service on a shared PostgreSQL database. The instance tells the
+    /// events of its own changes on `events`, the bus `postgres` was made
+    /// with.
+    pub fn postgres(postgres: Postgres, events: EventBus, clock: Clock, zone: TimeZone) -> Service {
         Service {
             backend: Backend::Postgres(postgres),
-            events: EventBus::default(),
+            events,
             clock,
             zone,
         }
@@ -237,7 +241,7 @@ impl Service {
     ) -> Result<SlotSummary, ServiceError> {
         match &self.backend {
             Backend::Local(local) => local.create_slot(spec, actor).await,
-            Backend::Postgres(postgres) => postgres.create_slot(spec, self.now()).await,
+            Backend::Postgres(postgres) => postgres.create_slot(spec, actor, &self.clock).await,
         }
     }
 

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::Record;
 use crate::engine::{
-    Actor, Context, DoctorId, Reason, SlotId, SlotSummary, Source, Status, TokenChange,
+    Actor, CapacityOutcome, Context, DoctorId, Outcome, Reason, SlotId, SlotSummary, Source,
+    Status, TokenChange,
 };
 
 /// One entry of the event log.
@@ -120,60 +121,86 @@ impl EventBus {
     }
 }
 
-impl Record {
-    /// How many events this record makes: the ids it takes.
-    pub fn event_count(&self) -> u64 {
+/// A change as the engine reported it, borrowed: what its events are made
+/// of. The journal's records and the PostgreSQL backend's transactions both
+/// name their change this way, so both log the same events for it.
+#[derive(Debug, Clone, Copy)]
+pub enum Made<'a> {
+    SlotCreated(&'a SlotSummary),
+    /// A booking or an action on a token.
+    Token(&'a Outcome),
+    CapacityChanged(&'a CapacityOutcome),
+}
+
+impl Made<'_> {
+    /// How many events the change makes: the ids it takes.
+    pub fn event_count(self) -> u64 {
         let count = match self {
-            Record::SlotCreated { .. } => 1,
-            Record::Booked { outcome, .. } | Record::Acted { outcome, .. } => {
-                1 + outcome.changes.len()
-            }
-            Record::CapacityChanged { outcome, .. } => 1 + outcome.changes.len(),
+            Made::SlotCreated(_) => 1,
+            Made::Token(outcome) => 1 + outcome.changes.len(),
+            Made::CapacityChanged(outcome) => 1 + outcome.changes.len(),
         };
         count as u64
     }
 
-    /// The record's events, numbered from `first_id`, in the order of the
-    /// change's answer.
-    pub fn events(&self, first_id: u64) -> Vec<Event> {
+    /// The change's events, numbered from `first_id`, in the order of its
+    /// answer: a slot event before the token events it caused, the token
+    /// acted on before the others.
+    pub fn events(self, ctx: &Context, first_id: u64) -> Vec<Event> {
         let mut events = Vec::with_capacity(self.event_count() as usize);
-        let mut next_id = first_id;
-        let mut push = |ctx: &Context, kind: EventKind| {
+        let mut push = |kind: EventKind| {
             events.push(Event {
-                id: next_id,
+                id: first_id + events.len() as u64,
                 at: ctx.at,
                 actor: ctx.actor.clone(),
                 kind,
             });
-            next_id += 1;
         };
         match self {
-            Record::SlotCreated { slot, ctx } => push(
-                ctx,
-                EventKind::Slot {
-                    reason: SlotReason::Created,
-                    slot: slot.clone(),
-                },
-            ),
-            Record::Booked { outcome, ctx, .. } | Record::Acted { outcome, ctx } => {
+            Made::SlotCreated(slot) => push(EventKind::Slot {
+                reason: SlotReason::Created,
+                slot: slot.clone(),
+            }),
+            Made::Token(outcome) => {
                 for change in outcome.token_changes() {
-                    push(ctx, token_event(&outcome.slot, change));
+                    push(token_event(&outcome.slot, change));
                 }
             }
-            Record::CapacityChanged { outcome, ctx } => {
-                push(
-                    ctx,
-                    EventKind::Slot {
-                        reason: SlotReason::CapacityChanged,
-                        slot: outcome.slot.clone(),
-                    },
-                );
+            Made::CapacityChanged(outcome) => {
+                push(EventKind::Slot {
+                    reason: SlotReason::CapacityChanged,
+                    slot: outcome.slot.clone(),
+                });
                 for change in outcome.token_changes() {
-                    push(ctx, token_event(&outcome.slot, change));
+                    push(token_event(&outcome.slot, change));
                 }
             }
         }
         events
+    }
+}
+
+impl Record {
+    /// The change this record makes durable, and when and by whom.
+    pub fn made(&self) -> (Made<'_>, &Context) {
+        match self {
+            Record::SlotCreated { slot, ctx } => (Made::SlotCreated(slot), ctx),
+            Record::Booked { outcome, ctx, .. } | Record::Acted { outcome, ctx } => {
+                (Made::Token(outcome), ctx)
+            }
+            Record::CapacityChanged { outcome, ctx } => (Made::CapacityChanged(outcome), ctx),
+        }
+    }
+
+    /// How many events this record makes.
+    pub fn event_count(&self) -> u64 {
+        self.made().0.event_count()
+    }
+
+    /// The record's events, numbered from `first_id`.
+    pub fn events(&self, first_id: u64) -> Vec<Event> {
+        let (made, ctx) = self.made();
+        made.events(ctx, first_id)
     }
 }
 

@@ -1,77 +1,56 @@
-//! The PostgreSQL backend: state shared by any number of instances.
+//! PostgreSQL storage: the connection pool, the schema and its migrations,
+//! the row codecs, and the reads and writes a transaction is made of.
 //!
-//! Each write is one transaction: lock the slot's row, load its active
-//! tokens into a fresh engine, apply the request with the same engine the
-//! embedded backend uses, write what changed, commit, and only then answer.
-//! The row lock serialises every request on one slot across instances; the
-//! doctor's day row is locked after it, so token numbers stay gapless and in
-//! request order. Locks are always taken in the order idempotency key, slot,
-//! doctor's day, so transactions never wait on each other in a cycle.
-//!
-//! Serialization failures, deadlocks and the race of two instances storing
-//! one idempotency key are retried from the start; anything else the
-//! database or network does wrong rolls the transaction back and answers
-//! 503, so a change is never half applied.
+//! Every read and write here runs on the connection or transaction it is
+//! handed and answers in store terms: engine values, or a [`PgError`].
+//! Which transaction to open, the order locks are taken in, retrying a
+//! transaction that lost a race, and what a missing row means to a client
+//! are the service's (`service/postgres.rs`).
 
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{from_nanos, nanos, StoreError, IDEMPOTENCY_RETENTION};
+use super::{from_nanos, nanos, Event, EventKind, StoreError, StoredIdempotency};
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, DoctorId, Engine, EngineError,
-    HistoryEntry, Limits, Outcome, PatientId, Reason, SlotDetail, SlotId, SlotPage, SlotQuery,
-    SlotSpec, SlotSummary, Source, Status, TokenChange, TokenRecord, TokenView,
-};
-use crate::service::{
-    Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
+    Actor, Capacity, Context, DoctorId, Engine, HistoryEntry, Limits, PatientId, Reason, SlotId,
+    SlotPage, SlotQuery, SlotSpec, SlotSummary, Source, Status, TokenChange, TokenRecord,
+    TokenView,
 };
 
-/// How often a transaction that lost a race is tried again.
-const ATTEMPTS: usize = 8;
-
-pub struct Postgres {
-    pool: PgPool,
-    limits: Limits,
-    idempotency_limits: IdempotencyLimits,
-}
-
-/// Why one attempt failed.
-enum Failure {
-    Refused(ServiceError),
-    Database(sqlx::Error),
+/// Why a read or write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A stored value that no valid write produces.
+    #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
 }
 
-impl From<sqlx::Error> for Failure {
-    fn from(error: sqlx::Error) -> Failure {
-        Failure::Database(error)
-    }
+pub type PgResult<T> = Result<T, PgError>;
+
+/// A transaction on the shared database.
+pub type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// The connection pool of one instance.
+pub struct Database {
+    pool: PgPool,
 }
 
-impl From<EngineError> for Failure {
-    fn from(error: EngineError) -> Failure {
-        Failure::Refused(ServiceError::Engine(error))
-    }
-}
-
-type Attempt<T> = Result<T, Failure>;
-
-impl Postgres {
+impl Database {
     /// Connects, creates `schema` if one is given (and uses it for every
     /// connection), and applies the migrations.
     pub async fn connect(
         url: &str,
         schema: Option<&str>,
-        limits: Limits,
-        idempotency_limits: IdempotencyLimits,
         connections: u32,
-    ) -> Result<Postgres, StoreError> {
+    ) -> Result<Database, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(postgres_error)?;
         let options = match schema {
             Some(schema) => {
@@ -98,11 +77,7 @@ impl Postgres {
             .run(&pool)
             .await
             .map_err(|error| StoreError::Postgres(error.to_string()))?;
-        Ok(Postgres {
-            pool,
-            limits,
-            idempotency_limits,
-        })
+        Ok(Database { pool })
     }
 
     /// Whether the database answers a trivial query.
@@ -110,466 +85,13 @@ impl Postgres {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Runs `attempt` until it succeeds, is refused, or fails in a way a
-    /// retry cannot fix.
-    async fn retry<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Attempt<T>>,
-    {
-        for remaining in (0..ATTEMPTS).rev() {
-            match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(Failure::Refused(error)) => return Err(error),
-                Err(Failure::Database(error)) if remaining > 0 && is_retryable(&error) => {
-                    tracing::debug!(%error, "retrying a transaction that lost a race");
-                }
-                Err(Failure::Database(error)) => {
-                    tracing::error!(%error, "database error; nothing was changed");
-                    return Err(ServiceError::Unavailable);
-                }
-                Err(Failure::Corrupt(what)) => {
-                    tracing::error!(what, "stored data is inconsistent");
-                    return Err(ServiceError::Unavailable);
-                }
-            }
-        }
-        unreachable!("the last attempt returns")
-    }
-
-    pub async fn book(
-        &self,
-        request: BookRequest,
-        key: Option<IdempotencyKey>,
-        actor: Actor,
-        clock: &Clock,
-        render: &(dyn Fn(&Outcome) -> String + Sync),
-    ) -> Result<Booking, ServiceError> {
-        self.retry(|| self.try_book(&request, key.as_ref(), &actor, clock, render))
-            .await
-    }
-
-    async fn try_book(
-        &self,
-        request: &BookRequest,
-        key: Option<&IdempotencyKey>,
-        actor: &Actor,
-        clock: &Clock,
-        render: &(dyn Fn(&Outcome) -> String + Sync),
-    ) -> Attempt<Booking> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(key) = key {
-            let now = clock();
-            // Requests with one caller's key queue here, so only the first
-            // books.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\n' || $2, 0))")
-                .bind(&**actor)
-                .bind(&key.key)
-                .execute(&mut *tx)
-                .await?;
-            // A key past its retention is a new key, even while its row
-            // waits to be pruned.
-            let stored = sqlx::query(
-                "SELECT fingerprint, token_id, response FROM idempotency
-                 WHERE caller = $1 AND key = $2 AND stored_at >= $3",
-            )
-            .bind(&**actor)
-            .bind(&key.key)
-            .bind(retention_cutoff(now))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(stored) = stored {
-                if stored.try_get::<&[u8], _>(0)? != key.fingerprint {
-                    return Err(Failure::Refused(ServiceError::IdempotencyKeyReused));
-                }
-                return Ok(Booking::Replayed(Rendered {
-                    token: stored.try_get(1)?,
-                    body: Arc::from(stored.try_get::<&str, _>(2)?),
-                }));
-            }
-            self.check_idempotency_room(&mut tx, actor, now).await?;
-        }
-        let mut engine = self
-            .load_slot(&mut tx, &request.slot, Lock::ForUpdate)
-            .await?
-            .ok_or_else(|| EngineError::SlotNotFound(request.slot.clone()))?;
-        let summary = engine
-            .slot_summary(&request.slot)
-            .expect("the loaded slot is in the engine");
-        let issued: i32 = sqlx::query_scalar(
-            "SELECT numbers_issued FROM doctor_days WHERE doctor_id = $1 AND date = $2 FOR UPDATE",
-        )
-        .bind(summary.doctor.as_str())
-        .bind(summary.date.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
-        let next_sequence: i64 = sqlx::query_scalar("SELECT nextval('token_sequence')")
-            .fetch_one(&mut *tx)
-            .await?;
-        engine.resume_counters(&request.slot, next_sequence as u64, issued as u32)?;
-        let ctx = Context {
-            at: clock(),
-            actor: actor.clone(),
-        };
-        let outcome = engine.book(request.clone(), &ctx)?;
-        let token = &outcome.token;
-        write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
-        write_counts(&mut tx, &outcome.slot).await?;
-        sqlx::query(
-            "UPDATE doctor_days SET numbers_issued = $3 WHERE doctor_id = $1 AND date = $2",
-        )
-        .bind(token.doctor.as_str())
-        .bind(token.date.to_string())
-        .bind(token.number as i32)
-        .execute(&mut *tx)
-        .await?;
-        let body: Arc<str> = Arc::from(render(&outcome));
-        if let Some(key) = key {
-            // The row of an expired use of this key may not be pruned yet:
-            // the new use replaces it.
-            sqlx::query(
-                "INSERT INTO idempotency (caller, key, fingerprint, token_id, response, stored_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (caller, key) DO UPDATE SET
-                     fingerprint = excluded.fingerprint, token_id = excluded.token_id,
-                     response = excluded.response, stored_at = excluded.stored_at",
-            )
-            .bind(&**actor)
-            .bind(&key.key)
-            .bind(&key.fingerprint[..])
-            .bind(token.id)
-            .bind(&*body)
-            .bind(nanos(ctx.at))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM idempotency WHERE stored_at < $1")
-                .bind(retention_cutoff(ctx.at))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Booking::Created(Rendered {
-            token: token.id,
-            body,
-        }))
-    }
-
-    /// Refuses a new idempotency key when the caller, or the database,
-    /// remembers as many as it may. The count is of the keys within their
-    /// retention, so its cost grows with the keys the limits allow; keys
-    /// stored by bookings running at the same moment are not seen, so the
-    /// bound can be passed by at most the number of bookings in flight.
-    async fn check_idempotency_room(
-        &self,
-        tx: &mut PgConnection,
-        actor: &Actor,
-        now: Timestamp,
-    ) -> Attempt<()> {
-        let row = sqlx::query(
-            "SELECT count(*) FILTER (WHERE caller = $1), min(stored_at) FILTER (WHERE caller = $1),
-                    count(*), min(stored_at)
-               FROM idempotency WHERE stored_at >= $2",
-        )
-        .bind(&**actor)
-        .bind(retention_cutoff(now))
-        .fetch_one(&mut *tx)
-        .await?;
-        let full = |count: i64, limit: usize| usize::try_from(count).unwrap_or(0) >= limit;
-        let oldest = if full(row.try_get(0)?, self.idempotency_limits.per_caller) {
-            row.try_get::<Option<i64>, _>(1)?
-        } else if full(row.try_get(2)?, self.idempotency_limits.total) {
-            row.try_get::<Option<i64>, _>(3)?
-        } else {
-            return Ok(());
-        };
-        let oldest = oldest.and_then(from_nanos).unwrap_or(now);
-        Err(Failure::Refused(ServiceError::IdempotencyLimit {
-            retry_after: (oldest + IDEMPOTENCY_RETENTION).duration_since(now),
-        }))
-    }
-
-    pub async fn act(
-        &self,
-        id: Uuid,
-        action: Action,
-        actor: Actor,
-        clock: &Clock,
-    ) -> Result<Outcome, ServiceError> {
-        self.retry(|| self.try_act(id, action, &actor, clock)).await
-    }
-
-    async fn try_act(
-        &self,
-        id: Uuid,
-        action: Action,
-        actor: &Actor,
-        clock: &Clock,
-    ) -> Attempt<Outcome> {
-        let mut tx = self.pool.begin().await?;
-        let slot: Option<String> =
-            sqlx::query_scalar("SELECT slot_id FROM tokens WHERE token_id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let slot = slot.ok_or(EngineError::TokenNotFound(id))?;
-        let slot = parse(SlotId::parse, &slot)?;
-        let mut engine = self
-            .load_slot(&mut tx, &slot, Lock::ForUpdate)
-            .await?
-            .ok_or_else(|| Failure::Corrupt(format!("token {id} names a missing slot")))?;
-        if engine.token(id).is_none() {
-            // Only active tokens are loaded: this one has ended.
-            let status: String =
-                sqlx::query_scalar("SELECT status FROM tokens WHERE token_id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let from = parse(Status::parse, &status)?;
-            return Err(EngineError::InvalidTransition { from, action }.into());
-        }
-        let ctx = Context {
-            at: clock(),
-            actor: actor.clone(),
-        };
-        let outcome = engine.act(id, action, &ctx)?;
-        write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
-        write_counts(&mut tx, &outcome.slot).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn set_capacity(
-        &self,
-        slot: &SlotId,
-        capacity: Capacity,
-        actor: Actor,
-        clock: &Clock,
-    ) -> Result<CapacityOutcome, ServiceError> {
-        self.retry(|| self.try_set_capacity(slot, capacity, &actor, clock))
-            .await
-    }
-
-    async fn try_set_capacity(
-        &self,
-        slot: &SlotId,
-        capacity: Capacity,
-        actor: &Actor,
-        clock: &Clock,
-    ) -> Attempt<CapacityOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let mut engine = self
-            .load_slot(&mut tx, slot, Lock::ForUpdate)
-            .await?
-            .ok_or_else(|| EngineError::SlotNotFound(slot.clone()))?;
-        let ctx = Context {
-            at: clock(),
-            actor: actor.clone(),
-        };
-        let outcome = engine.set_capacity(slot, capacity, &ctx)?;
-        write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
-        sqlx::query("UPDATE slots SET capacity = $2 WHERE slot_id = $1")
-            .bind(slot.as_str())
-            .bind(outcome.slot.capacity as i32)
-            .execute(&mut *tx)
-            .await?;
-        write_counts(&mut tx, &outcome.slot).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    pub async fn create_slot(
-        &self,
-        spec: SlotSpec,
-        at: Timestamp,
-    ) -> Result<SlotSummary, ServiceError> {
-        self.retry(|| self.try_create_slot(&spec, at)).await
-    }
-
-    async fn try_create_slot(&self, spec: &SlotSpec, at: Timestamp) -> Attempt<SlotSummary> {
-        // The engine checks the slot on its own first, so refusals come in
-        // the same order as with the embedded backend.
-        let summary = Engine::new(self.limits).create_slot(spec.clone())?;
-        let mut tx = self.pool.begin().await?;
-        let date = spec.date.to_string();
-        sqlx::query(
-            "INSERT INTO doctor_days (doctor_id, date) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(spec.doctor.as_str())
-        .bind(&date)
-        .execute(&mut *tx)
-        .await?;
-        // Slot creation for one doctor's day is serialised by this lock, so
-        // two instances cannot both pass the overlap check.
-        sqlx::query("SELECT 1 FROM doctor_days WHERE doctor_id = $1 AND date = $2 FOR UPDATE")
-            .bind(spec.doctor.as_str())
-            .bind(&date)
-            .execute(&mut *tx)
-            .await?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM slots WHERE slot_id = $1")
-            .bind(spec.id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(EngineError::SlotExists(spec.id.clone()).into());
-        }
-        let overlapping: Option<String> = sqlx::query_scalar(
-            "SELECT slot_id FROM slots WHERE doctor_id = $1 AND date = $2 AND start_time < $4 AND end_time > $3
-             ORDER BY start_time LIMIT 1",
-        )
-        .bind(spec.doctor.as_str())
-        .bind(&date)
-        .bind(time(spec.start))
-        .bind(time(spec.end))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(existing) = overlapping {
-            let existing = parse(SlotId::parse, &existing)?;
-            return Err(EngineError::SlotOverlap { existing }.into());
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slot_id) DO NOTHING",
-        )
-        .bind(spec.id.as_str())
-        .bind(spec.doctor.as_str())
-        .bind(&date)
-        .bind(time(spec.start))
-        .bind(time(spec.end))
-        .bind(spec.capacity.get() as i32)
-        .bind(nanos(at))
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            // Another doctor's slot took this id meanwhile.
-            return Err(EngineError::SlotExists(spec.id.clone()).into());
-        }
-        tx.commit().await?;
-        Ok(summary)
-    }
-
-    pub async fn slot(&self, id: &SlotId) -> Result<Option<SlotDetail>, ServiceError> {
-        self.retry(|| async {
-            let mut tx = self.snapshot().await?;
-            let engine = self.load_slot(&mut tx, id, Lock::None).await?;
-            Ok(engine.and_then(|engine| engine.slot(id)))
-        })
-        .await
-    }
-
-    pub async fn slot_summary(&self, id: &SlotId) -> Result<Option<SlotSummary>, ServiceError> {
-        self.retry(|| async {
-            let row = sqlx::query(&format!("{SUMMARY_COLUMNS} WHERE slot_id = $1"))
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-            row.as_ref().map(summary).transpose()
-        })
-        .await
-    }
-
-    /// One page of slots, as [`crate::engine::Engine::slots`] lists them.
-    pub async fn slots(&self, query: &SlotQuery) -> Result<SlotPage, ServiceError> {
-        let date = query.date.map(|date| date.to_string());
-        // One more row than the page tells whether more follow.
-        let rows = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
-        self.retry(|| async {
-            // Slots are never deleted and never move, so the cursor slot's
-            // place needs no snapshot shared with the page.
-            let after = match &query.after {
-                Some(after) => {
-                    let row = sqlx::query("SELECT date, start_time FROM slots WHERE slot_id = $1")
-                        .bind(after.as_str())
-                        .fetch_optional(&self.pool)
-                        .await?
-                        .ok_or_else(|| EngineError::SlotNotFound(after.clone()))?;
-                    let date: String = row.try_get(0)?;
-                    let start: String = row.try_get(1)?;
-                    Some((date, start, after.as_str()))
-                }
-                None => None,
-            };
-            let found = sqlx::query(&format!(
-                "{SUMMARY_COLUMNS} WHERE ($1::text IS NULL OR doctor_id = $1) AND ($2::text IS NULL OR date = $2)
-                 AND ($3::text IS NULL OR (date, start_time, slot_id) > ($3, $4, $5))
-                 ORDER BY date, start_time, slot_id LIMIT $6"
-            ))
-            .bind(query.doctor.as_ref().map(DoctorId::as_str))
-            .bind(date.as_deref())
-            .bind(after.as_ref().map(|after| after.0.as_str()))
-            .bind(after.as_ref().map(|after| after.1.as_str()))
-            .bind(after.as_ref().map(|after| after.2))
-            .bind(rows)
-            .fetch_all(&self.pool)
-            .await?;
-            let mut slots = found.iter().map(summary).collect::<Attempt<Vec<_>>>()?;
-            let more = slots.len() > query.limit;
-            slots.truncate(query.limit);
-            Ok(SlotPage { slots, more })
-        })
-        .await
-    }
-
-    pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {
-        self.retry(|| async {
-            let mut tx = self.snapshot().await?;
-            let row = sqlx::query(
-                "SELECT t.token_id, t.sequence, t.token_number, t.patient_id, t.slot_id, t.doctor_id, s.date,
-                        t.source, t.status, t.created_at, t.updated_at, t.priority
-                 FROM tokens t JOIN slots s ON s.slot_id = t.slot_id WHERE t.token_id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let status = parse(Status::parse, row.try_get(8)?)?;
-            let sequence: i64 = row.try_get(1)?;
-            let priority: i16 = row.try_get(11)?;
-            let waitlist_position = if status == Status::Waitlisted {
-                let ahead: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM tokens WHERE slot_id = $1 AND status = 'WAITLISTED'
-                     AND (priority < $2 OR (priority = $2 AND sequence <= $3))",
-                )
-                .bind(row.try_get::<&str, _>(4)?)
-                .bind(priority)
-                .bind(sequence)
-                .fetch_one(&mut *tx)
-                .await?;
-                Some(ahead as u32)
-            } else {
-                None
-            };
-            let token = TokenView {
-                id: row.try_get(0)?,
-                sequence: sequence as u64,
-                number: row.try_get::<i32, _>(2)? as u32,
-                patient: parse(PatientId::parse, row.try_get(3)?)?,
-                slot: parse(SlotId::parse, row.try_get(4)?)?,
-                doctor: parse(DoctorId::parse, row.try_get(5)?)?,
-                date: parse(|raw| raw.parse().ok(), row.try_get(6)?)?,
-                source: parse(Source::parse, row.try_get(7)?)?,
-                status,
-                waitlist_position,
-                created_at: timestamp(row.try_get(9)?)?,
-                updated_at: timestamp(row.try_get(10)?)?,
-            };
-            let history = sqlx::query(
-                "SELECT at, from_status, to_status, reason, actor FROM token_history WHERE token_id = $1 ORDER BY id",
-            )
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(history_entry)
-            .collect::<Attempt<Vec<_>>>()?;
-            Ok(Some(TokenDetail { token, history }))
-        })
-        .await
+    /// A read-write transaction.
+    pub async fn begin(&self) -> PgResult<Transaction> {
+        Ok(self.pool.begin().await?)
     }
 
     /// A read-only transaction that sees one consistent snapshot.
-    async fn snapshot(&self) -> Attempt<sqlx::Transaction<'static, sqlx::Postgres>> {
+    pub async fn snapshot(&self) -> PgResult<Transaction> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -577,116 +99,287 @@ impl Postgres {
         Ok(tx)
     }
 
-    /// Loads one slot and its active tokens into a fresh engine.
-    async fn load_slot(
-        &self,
-        connection: &mut PgConnection,
-        id: &SlotId,
-        lock: Lock,
-    ) -> Attempt<Option<Engine>> {
-        let query = match lock {
-            Lock::ForUpdate => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1 FOR UPDATE",
-            Lock::None => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1",
-        };
-        let Some(row) = sqlx::query(query)
-            .bind(id.as_str())
-            .fetch_optional(&mut *connection)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut engine = Engine::new(self.limits);
-        engine
-            .create_slot(SlotSpec {
-                id: id.clone(),
-                doctor: parse(DoctorId::parse, row.try_get(0)?)?,
-                date: parse(|raw| raw.parse().ok(), row.try_get(1)?)?,
-                start: parse(|raw| raw.parse().ok(), row.try_get(2)?)?,
-                end: parse(|raw| raw.parse().ok(), row.try_get(3)?)?,
-                capacity: u32::try_from(row.try_get::<i32, _>(4)?)
-                    .ok()
-                    .and_then(Capacity::new)
-                    .ok_or_else(|| Failure::Corrupt("capacity out of range".into()))?,
-            })
-            .map_err(|error| Failure::Corrupt(error.to_string()))?;
-        let tokens = sqlx::query(
-            "SELECT token_id, sequence, token_number, patient_id, source, status, created_at, updated_at
-             FROM tokens WHERE slot_id = $1 AND status IN ('ALLOCATED', 'WAITLISTED') ORDER BY sequence",
-        )
-        .bind(id.as_str())
-        .fetch_all(&mut *connection)
-        .await?;
-        for row in &tokens {
-            engine
-                .restore_token(TokenRecord {
-                    id: row.try_get(0)?,
-                    sequence: row.try_get::<i64, _>(1)? as u64,
-                    number: row.try_get::<i32, _>(2)? as u32,
-                    patient: parse(PatientId::parse, row.try_get(3)?)?,
-                    slot: id.clone(),
-                    source: parse(Source::parse, row.try_get(4)?)?,
-                    status: parse(Status::parse, row.try_get(5)?)?,
-                    created_at: timestamp(row.try_get(6)?)?,
-                    updated_at: timestamp(row.try_get(7)?)?,
-                    // History is not needed to decide, only to show.
-                    history: Vec::new(),
-                })
-                .map_err(|error| Failure::Corrupt(error.to_string()))?;
-        }
-        engine
-            .check_invariants()
-            .map_err(|error| Failure::Corrupt(error.to_string()))?;
-        Ok(Some(engine))
+    /// A connection for reads that need no transaction of their own.
+    pub async fn connection(&self) -> PgResult<PoolConnection<sqlx::Postgres>> {
+        Ok(self.pool.acquire().await?)
     }
 }
 
-enum Lock {
+/// Whether [`load_slot`] locks the slot's row until the transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
     ForUpdate,
     None,
 }
 
-const SUMMARY_COLUMNS: &str =
-    "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, allocated_count, waitlist_count FROM slots";
+/// Loads one slot and its active tokens into a fresh engine; `None` when
+/// the slot does not exist. Ended tokens never change again, so the engine
+/// needs only the active ones to decide.
+pub async fn load_slot(
+    connection: &mut PgConnection,
+    id: &SlotId,
+    lock: Lock,
+    limits: Limits,
+) -> PgResult<Option<Engine>> {
+    let query = match lock {
+        Lock::ForUpdate => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1 FOR UPDATE",
+        Lock::None => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1",
+    };
+    let Some(row) = sqlx::query(query)
+        .bind(id.as_str())
+        .fetch_optional(&mut *connection)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut engine = Engine::new(limits);
+    engine
+        .create_slot(SlotSpec {
+            id: id.clone(),
+            doctor: parse(DoctorId::parse, row.try_get(0)?)?,
+            date: parse(|raw| raw.parse().ok(), row.try_get(1)?)?,
+            start: parse(|raw| raw.parse().ok(), row.try_get(2)?)?,
+            end: parse(|raw| raw.parse().ok(), row.try_get(3)?)?,
+            capacity: u32::try_from(row.try_get::<i32, _>(4)?)
+                .ok()
+                .and_then(Capacity::new)
+                .ok_or_else(|| PgError::Corrupt("capacity out of range".into()))?,
+        })
+        .map_err(|error| PgError::Corrupt(error.to_string()))?;
+    let tokens = sqlx::query(
+        "SELECT token_id, sequence, token_number, patient_id, source, status, created_at, updated_at
+         FROM tokens WHERE slot_id = $1 AND active ORDER BY sequence",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut *connection)
+    .await?;
+    for row in &tokens {
+        engine
+            .restore_token(TokenRecord {
+                id: row.try_get(0)?,
+                sequence: row.try_get::<i64, _>(1)? as u64,
+                number: row.try_get::<i32, _>(2)? as u32,
+                patient: parse(PatientId::parse, row.try_get(3)?)?,
+                slot: id.clone(),
+                source: parse(Source::parse, row.try_get(4)?)?,
+                status: parse(Status::parse, row.try_get(5)?)?,
+                created_at: timestamp(row.try_get(6)?)?,
+                updated_at: timestamp(row.try_get(7)?)?,
+                // History is not needed to decide, only to show.
+                history: Vec::new(),
+            })
+            .map_err(|error| PgError::Corrupt(error.to_string()))?;
+    }
+    engine
+        .check_invariants()
+        .map_err(|error| PgError::Corrupt(error.to_string()))?;
+    Ok(Some(engine))
+}
 
-fn summary(row: &PgRow) -> Attempt<SlotSummary> {
-    Ok(SlotSummary {
-        id: parse(SlotId::parse, row.try_get(0)?)?,
-        doctor: parse(DoctorId::parse, row.try_get(1)?)?,
-        date: parse(|raw| raw.parse().ok(), row.try_get(2)?)?,
-        start: parse(|raw| raw.parse().ok(), row.try_get(3)?)?,
-        end: parse(|raw| raw.parse().ok(), row.try_get(4)?)?,
-        capacity: row.try_get::<i32, _>(5)? as u32,
-        allocated: row.try_get::<i32, _>(6)? as u32,
-        waitlisted: row.try_get::<i32, _>(7)? as u32,
+/// Takes the lock of one caller's idempotency key until the transaction
+/// ends.
+pub async fn lock_idempotency_key(
+    connection: &mut PgConnection,
+    caller: &Actor,
+    key: &str,
+) -> PgResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\n' || $2, 0))")
+        .bind(&**caller)
+        .bind(key)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// The caller's record for `key`, if it was stored at or after `since`.
+pub async fn find_idempotency(
+    connection: &mut PgConnection,
+    caller: &Actor,
+    key: &str,
+    since: Timestamp,
+) -> PgResult<Option<StoredIdempotency>> {
+    let row = sqlx::query(
+        "SELECT fingerprint, token_id, response, stored_at FROM idempotency
+         WHERE caller = $1 AND key = $2 AND stored_at >= $3",
+    )
+    .bind(&**caller)
+    .bind(key)
+    .bind(nanos(since))
+    .fetch_optional(connection)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(StoredIdempotency {
+        caller: caller.clone(),
+        key: key.to_owned(),
+        fingerprint: row.try_get::<&[u8], _>(0)?.try_into().map_err(|_| {
+            PgError::Corrupt("an idempotency fingerprint that is not 32 bytes".into())
+        })?,
+        token: row.try_get(1)?,
+        response: Arc::from(row.try_get::<&str, _>(2)?),
+        stored_at: timestamp(row.try_get(3)?)?,
+    }))
+}
+
+/// How many idempotency keys stored at or after some instant are
+/// remembered, for one caller and over all, and the oldest of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub caller: usize,
+    pub caller_oldest: Option<Timestamp>,
+    pub total: usize,
+    pub total_oldest: Option<Timestamp>,
+}
+
+/// Counts the keys stored at or after `since`. The count visits every such
+/// key, so its cost grows with the keys the limits allow.
+pub async fn count_idempotency(
+    connection: &mut PgConnection,
+    caller: &Actor,
+    since: Timestamp,
+) -> PgResult<KeyCounts> {
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE caller = $1), min(stored_at) FILTER (WHERE caller = $1),
+                count(*), min(stored_at)
+           FROM idempotency WHERE stored_at >= $2",
+    )
+    .bind(&**caller)
+    .bind(nanos(since))
+    .fetch_one(connection)
+    .await?;
+    let count = |count: i64| usize::try_from(count).unwrap_or(0);
+    Ok(KeyCounts {
+        caller: count(row.try_get(0)?),
+        caller_oldest: row.try_get::<Option<i64>, _>(1)?.and_then(from_nanos),
+        total: count(row.try_get(2)?),
+        total_oldest: row.try_get::<Option<i64>, _>(3)?.and_then(from_nanos),
     })
 }
 
-fn history_entry(row: &PgRow) -> Attempt<HistoryEntry> {
-    Ok(HistoryEntry {
-        at: timestamp(row.try_get(0)?)?,
-        from: row
-            .try_get::<Option<&str>, _>(1)?
-            .map(|raw| parse(Status::parse, raw))
-            .transpose()?,
-        to: parse(Status::parse, row.try_get(2)?)?,
-        reason: parse(Reason::parse, row.try_get(3)?)?,
-        actor: Arc::from(row.try_get::<&str, _>(4)?),
-    })
+/// Stores an idempotency record. The row of an expired use of the same
+/// key may not be pruned yet: the new use replaces it.
+pub async fn store_idempotency(
+    connection: &mut PgConnection,
+    record: &StoredIdempotency,
+) -> PgResult<()> {
+    sqlx::query(
+        "INSERT INTO idempotency (caller, key, fingerprint, token_id, response, stored_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (caller, key) DO UPDATE SET
+             fingerprint = excluded.fingerprint, token_id = excluded.token_id,
+             response = excluded.response, stored_at = excluded.stored_at",
+    )
+    .bind(&*record.caller)
+    .bind(&record.key)
+    .bind(&record.fingerprint[..])
+    .bind(record.token)
+    .bind(&*record.response)
+    .bind(nanos(record.stored_at))
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the idempotency records stored before `before`.
+pub async fn prune_idempotency(connection: &mut PgConnection, before: Timestamp) -> PgResult<()> {
+    sqlx::query("DELETE FROM idempotency WHERE stored_at < $1")
+        .bind(nanos(before))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Creates the doctor's day row, which holds its token number counter, if
+/// it does not exist yet.
+pub async fn add_doctor_day(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+) -> PgResult<()> {
+    sqlx::query("INSERT INTO doctor_days (doctor_id, date) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(doctor.as_str())
+        .bind(date.to_string())
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Locks the doctor's day row until the transaction ends and reads how
+/// many token numbers it has issued.
+pub async fn lock_doctor_day(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+) -> PgResult<u32> {
+    let issued: i32 = sqlx::query_scalar(
+        "SELECT numbers_issued FROM doctor_days WHERE doctor_id = $1 AND date = $2 FOR UPDATE",
+    )
+    .bind(doctor.as_str())
+    .bind(date.to_string())
+    .fetch_one(connection)
+    .await?;
+    u32::try_from(issued).map_err(|_| PgError::Corrupt("a negative token number".into()))
+}
+
+/// Records the last token number the doctor's day has issued.
+pub async fn write_numbers_issued(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+    issued: u32,
+) -> PgResult<()> {
+    sqlx::query("UPDATE doctor_days SET numbers_issued = $3 WHERE doctor_id = $1 AND date = $2")
+        .bind(doctor.as_str())
+        .bind(date.to_string())
+        .bind(issued as i32)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Draws the next arrival sequence number.
+pub async fn next_sequence(connection: &mut PgConnection) -> PgResult<u64> {
+    let next: i64 = sqlx::query_scalar("SELECT nextval('token_sequence')")
+        .fetch_one(connection)
+        .await?;
+    Ok(next as u64)
+}
+
+/// The slot a token belongs to; `None` when no such token exists.
+pub async fn token_slot(connection: &mut PgConnection, id: Uuid) -> PgResult<Option<SlotId>> {
+    let slot: Option<String> = sqlx::query_scalar("SELECT slot_id FROM tokens WHERE token_id = $1")
+        .bind(id)
+        .fetch_optional(connection)
+        .await?;
+    slot.map(|slot| parse(SlotId::parse, &slot)).transpose()
+}
+
+/// The current status of a token known to exist.
+pub async fn token_status(connection: &mut PgConnection, id: Uuid) -> PgResult<Status> {
+    let status: String = sqlx::query_scalar("SELECT status FROM tokens WHERE token_id = $1")
+        .bind(id)
+        .fetch_one(connection)
+        .await?;
+    parse(Status::parse, &status)
 }
 
 /// Writes token changes as the engine made them: a creation inserts the
 /// token's row, a later change updates its status; each is one history row.
-async fn write_token_changes(
+/// Whether the token is active is written with its status, from the
+/// engine's [`Status::is_active`], for the queries that select active
+/// tokens.
+pub async fn write_token_changes(
     connection: &mut PgConnection,
     slot: &SlotSummary,
     changes: impl Iterator<Item = TokenChange<'_>>,
     ctx: &Context,
-) -> Attempt<()> {
+) -> PgResult<()> {
     for change in changes {
         if change.from.is_none() {
             sqlx::query(
-                "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, active, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
             )
             .bind(change.token)
             .bind(change.sequence as i64)
@@ -697,16 +390,20 @@ async fn write_token_changes(
             .bind(change.source.as_str())
             .bind(i16::from(change.source.priority().get()))
             .bind(change.to.as_str())
+            .bind(change.to.is_active())
             .bind(nanos(ctx.at))
             .execute(&mut *connection)
             .await?;
         } else {
-            sqlx::query("UPDATE tokens SET status = $2, updated_at = $3 WHERE token_id = $1")
-                .bind(change.token)
-                .bind(change.to.as_str())
-                .bind(nanos(ctx.at))
-                .execute(&mut *connection)
-                .await?;
+            sqlx::query(
+                "UPDATE tokens SET status = $2, active = $3, updated_at = $4 WHERE token_id = $1",
+            )
+            .bind(change.token)
+            .bind(change.to.as_str())
+            .bind(change.to.is_active())
+            .bind(nanos(ctx.at))
+            .execute(&mut *connection)
+            .await?;
         }
         insert_history(
             connection,
@@ -730,7 +427,7 @@ async fn insert_history(
     to: Status,
     reason: Reason,
     ctx: &Context,
-) -> Attempt<()> {
+) -> PgResult<()> {
     sqlx::query(
         "INSERT INTO token_history (token_id, doctor_id, at, from_status, to_status, reason, actor)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -747,8 +444,83 @@ async fn insert_history(
     Ok(())
 }
 
+/// Takes `count` event ids, the next after the newest handed out, and
+/// returns the first. The head row stays locked until the transaction
+/// ends, so transactions commit in the order of their ids: take the ids as
+/// the last write before the commit, to hold the lock for as short a time
+/// as the commit allows.
+pub async fn take_event_ids(connection: &mut PgConnection, count: u64) -> PgResult<u64> {
+    let last: i64 =
+        sqlx::query_scalar("UPDATE event_log_head SET last_id = last_id + $1 RETURNING last_id")
+            .bind(count as i64)
+            .fetch_one(connection)
+            .await?;
+    Ok(last as u64 + 1 - count)
+}
+
+/// Writes events into the log.
+pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> PgResult<()> {
+    for event in events {
+        let query = sqlx::query(
+            "INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason,
+                                 token_id, token_number, source, from_status, to_status,
+                                 start_time, end_time, capacity, allocated, waitlisted)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(event.id as i64)
+        .bind(nanos(event.at))
+        .bind(&*event.actor);
+        let query = match &event.kind {
+            EventKind::Token {
+                token,
+                number,
+                slot,
+                doctor,
+                date,
+                source,
+                from,
+                to,
+                reason,
+            } => query
+                .bind("TOKEN")
+                .bind(slot.as_str())
+                .bind(doctor.as_str())
+                .bind(date.to_string())
+                .bind(reason.as_str())
+                .bind(Some(*token))
+                .bind(Some(*number as i32))
+                .bind(Some(source.as_str()))
+                .bind(from.map(Status::as_str))
+                .bind(Some(to.as_str()))
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<i32>)
+                .bind(None::<i32>)
+                .bind(None::<i32>),
+            EventKind::Slot { reason, slot } => query
+                .bind("SLOT")
+                .bind(slot.id.as_str())
+                .bind(slot.doctor.as_str())
+                .bind(slot.date.to_string())
+                .bind(reason.as_str())
+                .bind(None::<Uuid>)
+                .bind(None::<i32>)
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(Some(slot.start.strftime("%H:%M").to_string()))
+                .bind(Some(slot.end.strftime("%H:%M").to_string()))
+                .bind(Some(slot.capacity as i32))
+                .bind(Some(slot.allocated as i32))
+                .bind(Some(slot.waitlisted as i32)),
+        };
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
 /// Keeps the slot's counters, read by listings, in step with its queues.
-async fn write_counts(connection: &mut PgConnection, slot: &SlotSummary) -> Attempt<()> {
+pub async fn write_counts(connection: &mut PgConnection, slot: &SlotSummary) -> PgResult<()> {
     sqlx::query("UPDATE slots SET allocated_count = $2, waitlist_count = $3 WHERE slot_id = $1")
         .bind(slot.id.as_str())
         .bind(slot.allocated as i32)
@@ -758,37 +530,226 @@ async fn write_counts(connection: &mut PgConnection, slot: &SlotSummary) -> Atte
     Ok(())
 }
 
-fn is_retryable(error: &sqlx::Error) -> bool {
-    match error {
-        // Serialization failure, deadlock, and a unique violation: the last
-        // happens when two instances store one idempotency key or slot at
-        // once, and the retry then sees the winner's row.
-        sqlx::Error::Database(database) => matches!(
-            database.code().as_deref(),
-            Some("40001" | "40P01" | "23505")
-        ),
-        _ => false,
-    }
+/// Records a slot's new capacity.
+pub async fn write_capacity(connection: &mut PgConnection, slot: &SlotSummary) -> PgResult<()> {
+    sqlx::query("UPDATE slots SET capacity = $2 WHERE slot_id = $1")
+        .bind(slot.id.as_str())
+        .bind(slot.capacity as i32)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+pub async fn slot_exists(connection: &mut PgConnection, id: &SlotId) -> PgResult<bool> {
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM slots WHERE slot_id = $1")
+        .bind(id.as_str())
+        .fetch_optional(connection)
+        .await?;
+    Ok(exists.is_some())
+}
+
+/// The earliest of the doctor's slots that day whose time overlaps the
+/// new slot's.
+pub async fn overlapping_slot(
+    connection: &mut PgConnection,
+    spec: &SlotSpec,
+) -> PgResult<Option<SlotId>> {
+    let overlapping: Option<String> = sqlx::query_scalar(
+        "SELECT slot_id FROM slots WHERE doctor_id = $1 AND date = $2 AND start_time < $4 AND end_time > $3
+         ORDER BY start_time LIMIT 1",
+    )
+    .bind(spec.doctor.as_str())
+    .bind(spec.date.to_string())
+    .bind(time(spec.start))
+    .bind(time(spec.end))
+    .fetch_optional(connection)
+    .await?;
+    overlapping
+        .map(|existing| parse(SlotId::parse, &existing))
+        .transpose()
+}
+
+/// Inserts a slot; `false` when a slot with its id exists already.
+pub async fn insert_slot(
+    connection: &mut PgConnection,
+    spec: &SlotSpec,
+    at: Timestamp,
+) -> PgResult<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slot_id) DO NOTHING",
+    )
+    .bind(spec.id.as_str())
+    .bind(spec.doctor.as_str())
+    .bind(spec.date.to_string())
+    .bind(time(spec.start))
+    .bind(time(spec.end))
+    .bind(spec.capacity.get() as i32)
+    .bind(nanos(at))
+    .execute(connection)
+    .await?;
+    Ok(inserted.rows_affected() > 0)
+}
+
+const SUMMARY_COLUMNS: &str =
+    "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, allocated_count, waitlist_count FROM slots";
+
+pub async fn slot_summary(
+    connection: &mut PgConnection,
+    id: &SlotId,
+) -> PgResult<Option<SlotSummary>> {
+    let row = sqlx::query(&format!("{SUMMARY_COLUMNS} WHERE slot_id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(connection)
+        .await?;
+    row.as_ref().map(summary).transpose()
+}
+
+/// One page of slots, as [`crate::engine::Engine::slots`] lists them;
+/// `None` when the query's cursor names no slot.
+pub async fn slot_page(
+    connection: &mut PgConnection,
+    query: &SlotQuery,
+) -> PgResult<Option<SlotPage>> {
+    // Slots are never deleted and never move, so the cursor slot's place
+    // needs no snapshot shared with the page.
+    let after = match &query.after {
+        Some(after) => {
+            let row = sqlx::query("SELECT date, start_time FROM slots WHERE slot_id = $1")
+                .bind(after.as_str())
+                .fetch_optional(&mut *connection)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let date: String = row.try_get(0)?;
+            let start: String = row.try_get(1)?;
+            Some((date, start, after.as_str()))
+        }
+        None => None,
+    };
+    // One more row than the page tells whether more follow.
+    let rows = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let found = sqlx::query(&format!(
+        "{SUMMARY_COLUMNS} WHERE ($1::text IS NULL OR doctor_id = $1) AND ($2::text IS NULL OR date = $2)
+         AND ($3::text IS NULL OR (date, start_time, slot_id) > ($3, $4, $5))
+         ORDER BY date, start_time, slot_id LIMIT $6"
+    ))
+    .bind(query.doctor.as_ref().map(DoctorId::as_str))
+    .bind(query.date.map(|date| date.to_string()))
+    .bind(after.as_ref().map(|after| after.0.as_str()))
+    .bind(after.as_ref().map(|after| after.1.as_str()))
+    .bind(after.as_ref().map(|after| after.2))
+    .bind(rows)
+    .fetch_all(connection)
+    .await?;
+    let mut slots = found.iter().map(summary).collect::<PgResult<Vec<_>>>()?;
+    let more = slots.len() > query.limit;
+    slots.truncate(query.limit);
+    Ok(Some(SlotPage { slots, more }))
+}
+
+/// A token as shown to clients, with its waitlist position while it
+/// waits.
+pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Option<TokenView>> {
+    let row = sqlx::query(
+        "SELECT t.token_id, t.sequence, t.token_number, t.patient_id, t.slot_id, t.doctor_id, s.date,
+                t.source, t.status, t.created_at, t.updated_at, t.priority
+         FROM tokens t JOIN slots s ON s.slot_id = t.slot_id WHERE t.token_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let status = parse(Status::parse, row.try_get(8)?)?;
+    let sequence: i64 = row.try_get(1)?;
+    let priority: i16 = row.try_get(11)?;
+    let waitlist_position = if status.is_waiting() {
+        // The waiting tokens of the slot (active, in this token's status)
+        // up to this one in promotion order.
+        let ahead: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tokens WHERE slot_id = $1 AND active AND status = $2
+             AND (priority < $3 OR (priority = $3 AND sequence <= $4))",
+        )
+        .bind(row.try_get::<&str, _>(4)?)
+        .bind(status.as_str())
+        .bind(priority)
+        .bind(sequence)
+        .fetch_one(&mut *connection)
+        .await?;
+        Some(ahead as u32)
+    } else {
+        None
+    };
+    Ok(Some(TokenView {
+        id: row.try_get(0)?,
+        sequence: sequence as u64,
+        number: row.try_get::<i32, _>(2)? as u32,
+        patient: parse(PatientId::parse, row.try_get(3)?)?,
+        slot: parse(SlotId::parse, row.try_get(4)?)?,
+        doctor: parse(DoctorId::parse, row.try_get(5)?)?,
+        date: parse(|raw| raw.parse().ok(), row.try_get(6)?)?,
+        source: parse(Source::parse, row.try_get(7)?)?,
+        status,
+        waitlist_position,
+        created_at: timestamp(row.try_get(9)?)?,
+        updated_at: timestamp(row.try_get(10)?)?,
+    }))
+}
+
+/// A token's history, oldest first.
+pub async fn token_history(connection: &mut PgConnection, id: Uuid) -> PgResult<Vec<HistoryEntry>> {
+    sqlx::query(
+        "SELECT at, from_status, to_status, reason, actor FROM token_history WHERE token_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(connection)
+    .await?
+    .iter()
+    .map(history_entry)
+    .collect()
+}
+
+fn summary(row: &PgRow) -> PgResult<SlotSummary> {
+    Ok(SlotSummary {
+        id: parse(SlotId::parse, row.try_get(0)?)?,
+        doctor: parse(DoctorId::parse, row.try_get(1)?)?,
+        date: parse(|raw| raw.parse().ok(), row.try_get(2)?)?,
+        start: parse(|raw| raw.parse().ok(), row.try_get(3)?)?,
+        end: parse(|raw| raw.parse().ok(), row.try_get(4)?)?,
+        capacity: row.try_get::<i32, _>(5)? as u32,
+        allocated: row.try_get::<i32, _>(6)? as u32,
+        waitlisted: row.try_get::<i32, _>(7)? as u32,
+    })
+}
+
+fn history_entry(row: &PgRow) -> PgResult<HistoryEntry> {
+    Ok(HistoryEntry {
+        at: timestamp(row.try_get(0)?)?,
+        from: row
+            .try_get::<Option<&str>, _>(1)?
+            .map(|raw| parse(Status::parse, raw))
+            .transpose()?,
+        to: parse(Status::parse, row.try_get(2)?)?,
+        reason: parse(Reason::parse, row.try_get(3)?)?,
+        actor: Arc::from(row.try_get::<&str, _>(4)?),
+    })
 }
 
 fn postgres_error(error: sqlx::Error) -> StoreError {
     StoreError::Postgres(error.to_string())
 }
 
-fn parse<T>(parse: impl Fn(&str) -> Option<T>, raw: &str) -> Attempt<T> {
-    parse(raw).ok_or_else(|| Failure::Corrupt(format!("unexpected stored value {raw:?}")))
+fn parse<T>(parse: impl Fn(&str) -> Option<T>, raw: &str) -> PgResult<T> {
+    parse(raw).ok_or_else(|| PgError::Corrupt(format!("unexpected stored value {raw:?}")))
 }
 
-fn timestamp(nanos: i64) -> Attempt<Timestamp> {
-    from_nanos(nanos).ok_or_else(|| Failure::Corrupt("timestamp out of range".into()))
+fn timestamp(nanos: i64) -> PgResult<Timestamp> {
+    from_nanos(nanos).ok_or_else(|| PgError::Corrupt("timestamp out of range".into()))
 }
 
 fn time(time: jiff::civil::Time) -> String {
     time.strftime("%H:%M").to_string()
-}
-
-/// Keys stored before this instant (in stored nanoseconds) are past their
-/// retention at `now`.
-fn retention_cutoff(now: Timestamp) -> i64 {
-    nanos(now - IDEMPOTENCY_RETENTION)
 }

@@ -18,8 +18,8 @@ use super::{
     IDEMPOTENCY_RETENTION,
 };
 use crate::engine::{
-    Capacity, Context, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec, Source, Status,
-    TokenChange, TokenRecord,
+    Capacity, Context, Decision, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec,
+    Source, Status, TokenChange, TokenRecord,
 };
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
@@ -133,10 +133,12 @@ pub(super) fn load(
         let created_at = timestamp(row.get(6)?)?;
         let reason =
             Reason::parse(row.get_ref(7)?.as_str()?).ok_or_else(|| corrupt("creation reason"))?;
+        let decision = Decision::from_reason(reason)
+            .ok_or_else(|| corrupt("a creation reason that no booking gives"))?;
         let created = HistoryEntry {
             at: created_at,
             from: None,
-            to: creation_status(reason)?,
+            to: decision.status(),
             reason,
             actor: actor(row.get_ref(8)?.as_str()?),
         };
@@ -339,15 +341,6 @@ impl<'c> Statements<'c> {
             };
         }
         Ok(())
-    }
-}
-
-/// The status a token is created in, by the reason its creation records.
-fn creation_status(reason: Reason) -> Result<Status, StoreError> {
-    match reason {
-        Reason::Allocated | Reason::Overbooked | Reason::BumpedLower => Ok(Status::Allocated),
-        Reason::Waitlisted => Ok(Status::Waitlisted),
-        _ => Err(corrupt("a creation reason that no booking gives")),
     }
 }
 

@@ -1,0 +1,419 @@
+//! The PostgreSQL backend: state shared by any number of instances.
+//!
+//! Each write is one transaction: lock the slot's row, load its active
+//! tokens into a fresh engine, apply the request with the same engine the
+//! embedded backend uses, write what changed, commit, and only then answer.
+//! The row lock serialises every request on one slot across instances; the
+//! doctor's day row is locked after it, so token numbers stay gapless and in
+//! request order. Locks are always taken in the order idempotency key, slot,
+//! doctor's day, so transactions never wait on each other in a cycle.
+//!
+//! Serialization failures, deadlocks and the race of two instances storing
+//! one idempotency key are retried from the start; anything else the
+//! database or network does wrong rolls the transaction back and answers
+//! 503, so a change is never half applied.
+//!
+//! The rows themselves are read and written by [`crate::store::postgres`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use uuid::Uuid;
+
+use super::{
+    Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
+};
+use crate::engine::{
+    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, EngineError, Limits,
+    Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec, SlotSummary,
+};
+use crate::store::events::Made;
+use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
+use crate::store::{EventBus, StoredIdempotency, IDEMPOTENCY_RETENTION};
+
+/// How often a transaction that lost a race is tried again.
+const ATTEMPTS: usize = 8;
+
+pub struct Postgres {
+    database: Database,
+    limits: Limits,
+    idempotency_limits: IdempotencyLimits,
+    /// Where this instance tells the events of its own changes once they
+    /// are committed.
+    events: EventBus,
+}
+
+/// Why one attempt failed.
+enum Failure {
+    Refused(ServiceError),
+    Store(PgError),
+}
+
+impl From<PgError> for Failure {
+    fn from(error: PgError) -> Failure {
+        Failure::Store(error)
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Failure {
+        Failure::Store(PgError::Database(error))
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(error: EngineError) -> Failure {
+        Failure::Refused(ServiceError::Engine(error))
+    }
+}
+
+type Attempt<T> = Result<T, Failure>;
+
+impl Postgres {
+    pub fn new(
+        database: Database,
+        limits: Limits,
+        idempotency_limits: IdempotencyLimits,
+        events: EventBus,
+    ) -> Postgres {
+        Postgres {
+            database,
+            limits,
+            idempotency_limits,
+            events,
+        }
+    }
+
+    /// Logs a change's events as the transaction's last write and commits;
+    /// once committed, the events are told. The event ids are taken last
+    /// because taking them locks the log's head until the commit.
+    async fn log_and_commit(
+        &self,
+        mut tx: Transaction,
+        made: Made<'_>,
+        ctx: &Context,
+    ) -> Attempt<()> {
+        let first = db::take_event_ids(&mut tx, made.event_count()).await?;
+        let events = made.events(ctx, first);
+        db::insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        if self.events.has_subscribers() {
+            self.events.publish(events);
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn check(&self) -> bool {
+        self.database.check().await
+    }
+
+    /// Runs `attempt` until it succeeds, is refused, or fails in a way a
+    /// retry cannot fix.
+    async fn retry<T, F, Fut>(&self, mut attempt: F) -> Result<T, ServiceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        for remaining in (0..ATTEMPTS).rev() {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(Failure::Refused(error)) => return Err(error),
+                Err(Failure::Store(PgError::Database(error)))
+                    if remaining > 0 && is_retryable(&error) =>
+                {
+                    tracing::debug!(%error, "retrying a transaction that lost a race");
+                }
+                Err(Failure::Store(PgError::Database(error))) => {
+                    tracing::error!(%error, "database error; nothing was changed");
+                    return Err(ServiceError::Unavailable);
+                }
+                Err(Failure::Store(PgError::Corrupt(what))) => {
+                    tracing::error!(what, "stored data is inconsistent");
+                    return Err(ServiceError::Unavailable);
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    pub async fn book(
+        &self,
+        request: BookRequest,
+        key: Option<IdempotencyKey>,
+        actor: Actor,
+        clock: &Clock,
+        render: &(dyn Fn(&Outcome) -> String + Sync),
+    ) -> Result<Booking, ServiceError> {
+        self.retry(|| self.try_book(&request, key.as_ref(), &actor, clock, render))
+            .await
+    }
+
+    async fn try_book(
+        &self,
+        request: &BookRequest,
+        key: Option<&IdempotencyKey>,
+        actor: &Actor,
+        clock: &Clock,
+        render: &(dyn Fn(&Outcome) -> String + Sync),
+    ) -> Attempt<Booking> {
+        let mut tx = self.database.begin().await?;
+        if let Some(key) = key {
+            let now = clock();
+            // Requests with one caller's key queue here, so only the first
+            // books.
+            db::lock_idempotency_key(&mut tx, actor, &key.key).await?;
+            // A key past its retention is a new key, even while its row
+            // waits to be pruned.
+            let stored =
+                db::find_idempotency(&mut tx, actor, &key.key, now - IDEMPOTENCY_RETENTION).await?;
+            if let Some(stored) = stored {
+                if stored.fingerprint != key.fingerprint {
+                    return Err(Failure::Refused(ServiceError::IdempotencyKeyReused));
+                }
+                return Ok(Booking::Replayed(Rendered {
+                    token: stored.token,
+                    body: stored.response,
+                }));
+            }
+            self.check_idempotency_room(&mut tx, actor, now).await?;
+        }
+        let mut engine = db::load_slot(&mut tx, &request.slot, Lock::ForUpdate, self.limits)
+            .await?
+            .ok_or_else(|| EngineError::SlotNotFound(request.slot.clone()))?;
+        let summary = engine
+            .slot_summary(&request.slot)
+            .expect("the loaded slot is in the engine");
+        let issued = db::lock_doctor_day(&mut tx, &summary.doctor, summary.date).await?;
+        // Drawn after the slot's lock, so within a slot arrival order is
+        // commit order.
+        let next_sequence = db::next_sequence(&mut tx).await?;
+        engine.resume_counters(&request.slot, next_sequence, issued)?;
+        let ctx = Context {
+            at: clock(),
+            actor: actor.clone(),
+        };
+        let outcome = engine.book(request.clone(), &ctx)?;
+        let token = &outcome.token;
+        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
+        db::write_counts(&mut tx, &outcome.slot).await?;
+        db::write_numbers_issued(&mut tx, &token.doctor, token.date, token.number).await?;
+        let body: Arc<str> = Arc::from(render(&outcome));
+        if let Some(key) = key {
+            let record = StoredIdempotency {
+                caller: actor.clone(),
+                key: key.key.clone(),
+                fingerprint: key.fingerprint,
+                token: token.id,
+                response: body.clone(),
+                stored_at: ctx.at,
+            };
+            db::store_idempotency(&mut tx, &record).await?;
+            db::prune_idempotency(&mut tx, ctx.at - IDEMPOTENCY_RETENTION).await?;
+        }
+        self.log_and_commit(tx, Made::Token(&outcome), &ctx).await?;
+        Ok(Booking::Created(Rendered {
+            token: token.id,
+            body,
+        }))
+    }
+
+    /// Refuses a new idempotency key when the caller, or the database,
+    /// remembers as many as it may. Only keys within their retention
+    /// count; keys stored by bookings running at the same moment are not
+    /// seen, so the bound can be passed by at most the number of bookings
+    /// in flight.
+    async fn check_idempotency_room(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Attempt<()> {
+        let counts = db::count_idempotency(tx, actor, now - IDEMPOTENCY_RETENTION).await?;
+        let oldest = if counts.caller >= self.idempotency_limits.per_caller {
+            counts.caller_oldest
+        } else if counts.total >= self.idempotency_limits.total {
+            counts.total_oldest
+        } else {
+            return Ok(());
+        };
+        let oldest = oldest.unwrap_or(now);
+        Err(Failure::Refused(ServiceError::IdempotencyLimit {
+            retry_after: (oldest + IDEMPOTENCY_RETENTION).duration_since(now),
+        }))
+    }
+
+    pub async fn act(
+        &self,
+        id: Uuid,
+        action: Action,
+        actor: Actor,
+        clock: &Clock,
+    ) -> Result<Outcome, ServiceError> {
+        self.retry(|| self.try_act(id, action, &actor, clock)).await
+    }
+
+    async fn try_act(
+        &self,
+        id: Uuid,
+        action: Action,
+        actor: &Actor,
+        clock: &Clock,
+    ) -> Attempt<Outcome> {
+        let mut tx = self.database.begin().await?;
+        let slot = db::token_slot(&mut tx, id)
+            .await?
+            .ok_or(EngineError::TokenNotFound(id))?;
+        let mut engine = db::load_slot(&mut tx, &slot, Lock::ForUpdate, self.limits)
+            .await?
+            .ok_or_else(|| PgError::Corrupt(format!("token {id} names a missing slot")))?;
+        if engine.token(id).is_none() {
+            // Only active tokens are loaded: this one has ended.
+            let from = db::token_status(&mut tx, id).await?;
+            return Err(EngineError::InvalidTransition { from, action }.into());
+        }
+        let ctx = Context {
+            at: clock(),
+            actor: actor.clone(),
+        };
+        let outcome = engine.act(id, action, &ctx)?;
+        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
+        db::write_counts(&mut tx, &outcome.slot).await?;
+        self.log_and_commit(tx, Made::Token(&outcome), &ctx).await?;
+        Ok(outcome)
+    }
+
+    pub async fn set_capacity(
+        &self,
+        slot: &SlotId,
+        capacity: Capacity,
+        actor: Actor,
+        clock: &Clock,
+    ) -> Result<CapacityOutcome, ServiceError> {
+        self.retry(|| self.try_set_capacity(slot, capacity, &actor, clock))
+            .await
+    }
+
+    async fn try_set_capacity(
+        &self,
+        slot: &SlotId,
+        capacity: Capacity,
+        actor: &Actor,
+        clock: &Clock,
+    ) -> Attempt<CapacityOutcome> {
+        let mut tx = self.database.begin().await?;
+        let mut engine = db::load_slot(&mut tx, slot, Lock::ForUpdate, self.limits)
+            .await?
+            .ok_or_else(|| EngineError::SlotNotFound(slot.clone()))?;
+        let ctx = Context {
+            at: clock(),
+            actor: actor.clone(),
+        };
+        let outcome = engine.set_capacity(slot, capacity, &ctx)?;
+        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
+        db::write_capacity(&mut tx, &outcome.slot).await?;
+        db::write_counts(&mut tx, &outcome.slot).await?;
+        self.log_and_commit(tx, Made::CapacityChanged(&outcome), &ctx)
+            .await?;
+        Ok(outcome)
+    }
+
+    pub async fn create_slot(
+        &self,
+        spec: SlotSpec,
+        actor: Actor,
+        clock: &Clock,
+    ) -> Result<SlotSummary, ServiceError> {
+        self.retry(|| self.try_create_slot(&spec, &actor, clock))
+            .await
+    }
+
+    async fn try_create_slot(
+        &self,
+        spec: &SlotSpec,
+        actor: &Actor,
+        clock: &Clock,
+    ) -> Attempt<SlotSummary> {
+        let ctx = Context {
+            at: clock(),
+            actor: actor.clone(),
+        };
+        // The engine checks the slot on its own first, so refusals come in
+        // the same order as with the embedded backend.
+        let summary = Engine::new(self.limits).create_slot(spec.clone())?;
+        let mut tx = self.database.begin().await?;
+        db::add_doctor_day(&mut tx, &spec.doctor, spec.date).await?;
+        // Slot creation for one doctor's day is serialised by this lock, so
+        // two instances cannot both pass the overlap check.
+        db::lock_doctor_day(&mut tx, &spec.doctor, spec.date).await?;
+        if db::slot_exists(&mut tx, &spec.id).await? {
+            return Err(EngineError::SlotExists(spec.id.clone()).into());
+        }
+        if let Some(existing) = db::overlapping_slot(&mut tx, spec).await? {
+            return Err(EngineError::SlotOverlap { existing }.into());
+        }
+        if !db::insert_slot(&mut tx, spec, ctx.at).await? {
+            // Another doctor's slot took this id meanwhile.
+            return Err(EngineError::SlotExists(spec.id.clone()).into());
+        }
+        self.log_and_commit(tx, Made::SlotCreated(&summary), &ctx)
+            .await?;
+        Ok(summary)
+    }
+
+    pub async fn slot(&self, id: &SlotId) -> Result<Option<SlotDetail>, ServiceError> {
+        self.retry(|| async {
+            let mut tx = self.database.snapshot().await?;
+            let engine = db::load_slot(&mut tx, id, Lock::None, self.limits).await?;
+            Ok(engine.and_then(|engine| engine.slot(id)))
+        })
+        .await
+    }
+
+    pub async fn slot_summary(&self, id: &SlotId) -> Result<Option<SlotSummary>, ServiceError> {
+        self.retry(|| async {
+            let mut connection = self.database.connection().await?;
+            Ok(db::slot_summary(&mut connection, id).await?)
+        })
+        .await
+    }
+
+    /// One page of slots, as [`crate::engine::Engine::slots`] lists them.
+    pub async fn slots(&self, query: &SlotQuery) -> Result<SlotPage, ServiceError> {
+        self.retry(|| async {
+            let mut connection = self.database.connection().await?;
+            let page = db::slot_page(&mut connection, query).await?;
+            Ok(page.ok_or_else(|| {
+                let after = query.after.clone();
+                EngineError::SlotNotFound(after.expect("only a cursor names a missing slot"))
+            })?)
+        })
+        .await
+    }
+
+    pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {
+        self.retry(|| async {
+            let mut tx = self.database.snapshot().await?;
+            let Some(token) = db::token_view(&mut tx, id).await? else {
+                return Ok(None);
+            };
+            let history = db::token_history(&mut tx, id).await?;
+            Ok(Some(TokenDetail { token, history }))
+        })
+        .await
+    }
+}
+
+fn is_retryable(error: &sqlx::Error) -> bool {
+    match error {
+        // Serialization failure, deadlock, and a unique violation: the last
+        // happens when two instances store one idempotency key or slot at
+        // once, and the retry then sees the winner's row.
+        sqlx::Error::Database(database) => matches!(
+            database.code().as_deref(),
+            Some("40001" | "40P01" | "23505")
+        ),
+        _ => false,
+    }
+}

@@ -35,6 +35,7 @@ impl Bench {
         let mut engine = Engine::new(Limits {
             waitlist_max: u32::MAX,
             overbook_max: u32::MAX,
+            ..Limits::default()
         });
         let slot = SlotId::parse("S").unwrap();
         engine
@@ -53,6 +54,7 @@ impl Bench {
             ctx: Context {
                 at: Timestamp::UNIX_EPOCH,
                 actor: "bench".into(),
+                today: jiff::civil::Date::MIN,
             },
             next: 0,
         }

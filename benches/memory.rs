@@ -47,6 +47,7 @@ fn book_all(engine: &mut Engine, mut record: impl FnMut(Record)) -> u64 {
     let ctx = Context {
         at: Timestamp::from_second(1_900_000_000).unwrap(),
         actor: "bench".into(),
+        today: jiff::civil::Date::MIN,
     };
     for slot in slots() {
         let summary = engine.create_slot(slot).unwrap();

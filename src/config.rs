@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "OPD_OVERBOOK_MAX", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub overbook_max: u32,
 
+    /// The skip that reaches this count makes a called patient who did
+    /// not come a no-show (at least 1).
+    #[arg(long, env = "OPD_MAX_SKIPS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..))]
+    pub max_skips: u8,
+
     /// The most slots one page of `GET /slots` holds, and the page size
     /// when the request names none; a `Link` header leads to the next page.
     #[arg(long, env = "OPD_SLOTS_PAGE_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -82,6 +82,7 @@ impl Application {
         let limits = Limits {
             waitlist_max: config.waitlist_max,
             overbook_max: config.overbook_max,
+            max_skips: config.max_skips,
         };
         let idempotency_limits = service::IdempotencyLimits {
             per_caller: config.idempotency_max_per_caller as usize,
@@ -97,7 +98,8 @@ impl Application {
             tracing::info!("state is kept in PostgreSQL");
             let events = EventBus::default();
             let postgres =
-                service::Postgres::new(database, limits, idempotency_limits, events.clone());
+                service::Postgres::new(database, limits, idempotency_limits, events.clone())
+                    .with_zone(zone.clone());
             Service::postgres(postgres, events, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");

@@ -111,6 +111,34 @@ impl TestApp {
         let booking: Value = response.json().await.unwrap();
         booking["token"]["tokenId"].as_str().unwrap().to_owned()
     }
+
+    /// A new D1 token taken through `steps` by the admin, after D1's
+    /// current patient (if any) is skipped or completed, so that the
+    /// doctor is free to call.
+    async fn d1_token_through(&self, steps: &[&str]) -> String {
+        let queue: Value = self
+            .send(Method::GET, "/doctors/D1/queue", Some(ADMIN_KEY), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(current) = queue["current"]["tokenId"].as_str() {
+            let finish = match queue["current"]["status"].as_str() {
+                Some("CALLED") => "skip",
+                _ => "complete",
+            };
+            let path = format!("/tokens/{current}/{finish}");
+            let response = self.send(Method::POST, &path, Some(ADMIN_KEY), None).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+        let token = self.d1_token().await;
+        for step in steps {
+            let path = format!("/tokens/{token}/{step}");
+            let response = self.send(Method::POST, &path, Some(ADMIN_KEY), None).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+        token
+    }
 }
 
 async fn problem(response: reqwest::Response) -> (StatusCode, HeaderMap, Value) {
@@ -189,14 +217,27 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         Admin,
         /// Every role; a doctor sees only its own doctor's slots.
         ReadList,
-        /// Every role; a doctor only for its own doctor's slot or token.
+        /// Every role; a doctor only for its own doctor's slot, token or
+        /// queue.
         ReadOwned,
+        /// Admin, front-desk, and a doctor for its own doctor's patients.
+        Clinical,
+        /// Every role, any doctor: the board.
+        ReadAny,
     }
     let class = match (method, route) {
         ("GET", "/healthz") => Class::Public,
         ("POST", "/tokens")
         | ("POST", "/tokens/{tokenId}/cancel")
-        | ("POST", "/tokens/{tokenId}/no-show") => Class::Desk,
+        | ("POST", "/tokens/{tokenId}/no-show")
+        | ("POST", "/tokens/{tokenId}/check-in") => Class::Desk,
+        ("POST", "/tokens/{tokenId}/call")
+        | ("POST", "/tokens/{tokenId}/start")
+        | ("POST", "/tokens/{tokenId}/complete")
+        | ("POST", "/tokens/{tokenId}/skip")
+        | ("POST", "/doctors/{doctorId}/call-next") => Class::Clinical,
+        ("GET", "/doctors/{doctorId}/queue") => Class::ReadOwned,
+        ("GET", "/board") => Class::ReadAny,
         ("POST", "/slots") | ("PATCH", "/slots/{slotId}") => Class::Admin,
         ("GET", "/slots") => Class::ReadList,
         ("GET", "/slots/{slotId}") | ("GET", "/tokens/{tokenId}") => Class::ReadOwned,
@@ -214,8 +255,11 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         (Class::Desk, _) => Forbidden,
         (Class::Admin, _) => Forbidden,
         (Class::ReadList, _) => Allowed,
-        (Class::ReadOwned, Who::OtherDoctor) => Forbidden,
+        (Class::ReadOwned | Class::Clinical, Who::OtherDoctor) => Forbidden,
         (Class::ReadOwned, _) => Allowed,
+        (Class::Clinical, Who::FrontDesk | Who::OwnDoctor) => Allowed,
+        (Class::Clinical, _) => Forbidden,
+        (Class::ReadAny, _) => Allowed,
     }
 }
 
@@ -223,11 +267,23 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
 /// allowed call succeeds (2xx) rather than failing on its input.
 async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<Value>) {
     let n = unique();
-    let path = if route.contains("{tokenId}") {
-        route.replace("{tokenId}", &app.d1_token().await)
-    } else {
-        route.replace("{slotId}", "D1-09")
+    // A token of D1 in the state the action takes, with D1 free.
+    let stage = match route.rsplit('/').next() {
+        Some("call" | "call-next") => Some(&["check-in"][..]),
+        Some("start" | "skip") => Some(&["check-in", "call"][..]),
+        Some("complete") => Some(&["check-in", "call", "start"][..]),
+        _ => None,
     };
+    let token = match stage {
+        Some(steps) => Some(app.d1_token_through(steps).await),
+        None if route.contains("{tokenId}") => Some(app.d1_token().await),
+        None => None,
+    };
+    let path = match token {
+        Some(token) => route.replace("{tokenId}", &token),
+        None => route.replace("{slotId}", "D1-09"),
+    }
+    .replace("{doctorId}", "D1");
     let body = match (method, route) {
         ("POST", "/tokens") => {
             Some(json!({"patientId": format!("P{n}"), "slotId": "D1-09", "source": "EMERGENCY"}))

@@ -1,4 +1,4 @@
-//! A growable Fenwick (binary indexed) tree of 0/1 counts.
+//! A growable Fenwick (binary indexed) tree of counts.
 //!
 //! The waitlist needs each token's 1-based position in O(log n). A waitlist
 //! position is "waitlisted tokens of a more important priority" plus "tokens
@@ -25,8 +25,12 @@ impl Fenwick {
         u32::try_from(index - 1).expect("a slot never sees 2^32 arrivals of one priority")
     }
 
-    /// Sets the element at `index` (0-based) from 0 to 1 or back.
+    /// Adds one to the element at `index` (0-based), or takes one away.
+    /// An index past the end grows the tree with zero elements first.
     pub(super) fn set(&mut self, index: u32, present: bool) {
+        while self.tree.len() <= index as usize {
+            self.push();
+        }
         let mut node = index as usize + 1;
         while node <= self.tree.len() {
             if present {
@@ -38,9 +42,10 @@ impl Fenwick {
         }
     }
 
-    /// The sum of the first `count` elements.
+    /// The sum of the first `count` elements (elements past the end are
+    /// zero).
     pub(super) fn prefix(&self, count: usize) -> u32 {
-        let mut node = count;
+        let mut node = count.min(self.tree.len());
         let mut sum = 0;
         while node > 0 {
             sum += self.tree[node - 1];

@@ -1,7 +1,8 @@
 //! The allocation engine: a pure, synchronous state machine.
 //!
 //! It owns every slot and token and applies the rules of the HTTP contract
-//! (bumping, overbooking, waitlisting, promotion, capacity changes). It does
+//! (bumping, overbooking, waitlisting, promotion, capacity changes, and the
+//! OPD day: check-in, the doctor's call order, consultations, skips). It does
 //! no I/O, never awaits and never reads a clock: the caller passes the time
 //! and the new token's id in, so the same calls always give the same result.
 //! Each mutation returns everything it changed, which is what the store
@@ -22,11 +23,14 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use jiff::civil::{Date, Time};
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
 use uuid::Uuid;
 
 use arena::{Arena, IdIndex};
+use fenwick::Fenwick;
 pub use model::*;
-use slot::{Slot, TokenKey};
+use slot::{BumpKey, Slot, TokenKey};
 
 /// The engine's hash maps. foldhash, seeded per process, hashes a token id
 /// or a short id in a few instructions where the standard SipHash takes
@@ -46,6 +50,9 @@ pub struct Limits {
     /// taken only below capacity and an emergency overbooks only below
     /// capacity plus this.
     pub overbook_max: u32,
+    /// The skip that reaches this count (at least 1) makes the token a
+    /// no-show.
+    pub max_skips: u8,
 }
 
 impl Default for Limits {
@@ -53,6 +60,7 @@ impl Default for Limits {
         Limits {
             waitlist_max: 1_000,
             overbook_max: 200,
+            max_skips: 2,
         }
     }
 }
@@ -83,6 +91,14 @@ pub enum EngineError {
     OverbookFull { slot: SlotId, limit: u32 },
     #[error("token id {0} is already in use")]
     TokenIdInUse(Uuid),
+    #[error("doctor {0} has no slot")]
+    DoctorNotFound(DoctorId),
+    #[error("a {} is taken only on the slot's date, {date}", action.as_str())]
+    NotToday { action: Action, date: Date },
+    #[error("the doctor is busy with token {current}")]
+    DoctorBusy { current: Uuid },
+    #[error("nobody is checked in for this doctor today")]
+    QueueEmpty,
 }
 
 /// Stored data that cannot be the result of any sequence of operations.
@@ -114,6 +130,10 @@ struct Token {
     creation: Option<Creation>,
     /// History after the creation, oldest first.
     history: Vec<HistoryEntry>,
+    /// The first check-in; kept for life.
+    checked_in_at: Option<Nanos>,
+    /// Calls the patient did not answer.
+    skips: u8,
 }
 
 /// A moment in nanoseconds since the Unix epoch: half the size of a
@@ -167,19 +187,134 @@ impl Token {
     fn queue_key(&self) -> slot::QueueKey {
         slot::QueueKey::new(self.source.priority(), self.sequence)
     }
+
+    fn bump_key(&self) -> BumpKey {
+        BumpKey::new(
+            self.source.priority(),
+            self.status.is_callable(),
+            self.sequence,
+        )
+    }
+
+    /// Whether a booking or a capacity cut may move the token to the
+    /// waitlist: only tokens the doctor has never called. A token back
+    /// from a skip was called, so it keeps its seat.
+    fn is_bumpable(&self) -> bool {
+        self.status.may_be_bumped() && self.skips == 0
+    }
 }
 
-/// A doctor's working day: the token number counter and the slots, by start
-/// time, for the overlap check.
+/// The allowance for a called patient who does not come: the doctor waits
+/// this long before skipping them.
+const SKIP_ALLOWANCE_NANOS: i128 = 2 * 60 * 1_000_000_000;
+
+/// How many consultations of the slot's own length ÷ capacity the mean
+/// starts from: completed consultations move it away from that guess as
+/// they accumulate.
+const PRIOR_CONSULTATIONS: i128 = 2;
+
+/// Minutes in a day: the bound of a slot's start minute.
+const DAY_MINUTES: u32 = 24 * 60;
+
+/// A checked-in token's place in its doctor's call order: emergencies
+/// first, then slot start time, then priority, then arrival sequence,
+/// packed into one integer so that integer order is call order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct CallKey(u128);
+
+/// What a call key is made of, and the call position bucket it falls in:
+/// the doctor's day counts checked-in tokens per bucket (emergencies per
+/// slot, then per slot and priority), and a slot counts them per arrival
+/// within a priority, which together give a position in O(log n).
+struct CallPlace {
+    key: CallKey,
+    bucket: u32,
+    emergency: bool,
+    start: Time,
+}
+
+impl CallPlace {
+    fn of(token: &Token, slot: &Slot) -> CallPlace {
+        let emergency = token.source.priority() == Priority::EMERGENCY;
+        let minute = u32::from(slot.start.hour() as u8) * 60 + u32::from(slot.start.minute() as u8);
+        let priority = u32::from(token.source.priority().get());
+        let key = u128::from(!emergency) << 78
+            | u128::from(minute) << 67
+            | u128::from(priority) << 64
+            | u128::from(token.sequence);
+        let bucket = if emergency {
+            minute
+        } else {
+            DAY_MINUTES + minute * 5 + (priority - 1)
+        };
+        CallPlace {
+            key: CallKey(key),
+            bucket,
+            emergency,
+            start: slot.start,
+        }
+    }
+}
+
+/// A doctor's working day: the token number counter, the slots by start
+/// time (for the overlap check), and the doctor's call order over all of
+/// them.
 #[derive(Debug, Default)]
 struct DoctorDay {
     numbers_issued: u32,
     slots_by_start: BTreeMap<Time, (Time, u32)>,
+    /// Checked-in tokens in call order.
+    call_queue: BTreeMap<CallKey, TokenKey>,
+    /// Checked-in tokens per call position bucket (see [`CallPlace`]).
+    call_buckets: Fenwick,
+    /// Start times of the slots whose checked-in emergencies go first,
+    /// with how many each has: no token after them is called before the
+    /// latest of those slots starts.
+    emergency_starts: BTreeMap<Time, u32>,
+    /// The token called or in consultation.
+    current: Option<TokenKey>,
+    pace: Pace,
+    /// Tokens that ended, per final status (indexed as `Status::ALL`).
+    finals: [u32; Status::ALL.len()],
+}
+
+fn status_index(status: Status) -> usize {
+    Status::ALL
+        .iter()
+        .position(|each| *each == status)
+        .expect("every status is listed")
+}
+
+/// Adds one change to the day's pace: a call, a call not answered, a
+/// consultation completed after running since `since`.
+fn record_pace(pace: &mut Pace, from: Status, to: Status, at: Nanos, since: Nanos) {
+    if to == Status::Called {
+        pace.calls += 1;
+    }
+    if from == Status::Called && matches!(to, Status::Skipped | Status::NoShow) {
+        pace.skips += 1;
+    }
+    if from == Status::InConsultation && to == Status::Completed {
+        pace.consultations += 1;
+        pace.consultation_nanos += (at.0 - since.0).max(0);
+    }
+}
+
+/// The clinic's time zone, UTC unless set.
+#[derive(Debug, Clone)]
+struct Zone(TimeZone);
+
+impl Default for Zone {
+    fn default() -> Zone {
+        Zone(TimeZone::UTC)
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Engine {
     limits: Limits,
+    /// The clinic's time zone: slot times are local, estimates instants.
+    zone: Zone,
     slots: Vec<Slot>,
     slot_keys: HashMap<SlotId, u32>,
     /// Every slot in listing order: date, start time, slot id.
@@ -204,6 +339,12 @@ impl Engine {
             next_sequence: 1,
             ..Engine::default()
         }
+    }
+
+    /// Sets the clinic's time zone, in which slot times are read.
+    pub fn with_zone(mut self, zone: TimeZone) -> Engine {
+        self.zone = Zone(zone);
+        self
     }
 
     pub fn limits(&self) -> Limits {
@@ -285,23 +426,67 @@ impl Engine {
             changes.push(self.transition(victim, Status::Waitlisted, Reason::Bumped, ctx));
         }
         let token = self.create_token(request, slot_key, decision, ctx);
-        Ok(self.finish(token, changes))
+        Ok(self.finish(token, changes, ctx.at))
     }
 
-    /// Cancels a token or marks it a no-show; a freed seat promotes the head
-    /// of the waitlist unless it absorbs overbooking.
+    /// Takes an action on a token (see the actions table of the HTTP
+    /// contract); a freed seat promotes the head of the waitlist unless it
+    /// absorbs overbooking. When several refusals apply, the first of
+    /// invalid transition, not today, doctor busy wins.
     pub fn act(&mut self, id: Uuid, action: Action, ctx: &Context) -> Result<Outcome, EngineError> {
         let key = self.token_key(id)?;
         let token = &self.tokens[key];
         let from = token.status;
-        let (to, reason) = action
-            .transition(from)
+        let (mut to, mut reason) = action
+            .transition(from, token.checked_in_at.is_some())
             .ok_or(EngineError::InvalidTransition { from, action })?;
         let slot_key = token.slot;
+        let slot = &self.slots[slot_key as usize];
+        if action.only_on_the_day() && slot.date != ctx.today {
+            return Err(EngineError::NotToday {
+                action,
+                date: slot.date,
+            });
+        }
+        if to.is_with_doctor() && !from.is_with_doctor() {
+            if let Some(current) = self.days[slot.doctor_day as usize].current {
+                let current = self.tokens[current].id;
+                return Err(EngineError::DoctorBusy { current });
+            }
+        }
+
+        // Nothing below can fail: the action is taken.
+        if action == Action::Skip {
+            let token = &mut self.tokens[key];
+            token.skips = token.skips.saturating_add(1);
+            if token.skips >= self.limits.max_skips {
+                (to, reason) = (Status::NoShow, Reason::NoShow);
+            }
+        }
         self.transition(key, to, reason, ctx);
         let mut changes = Vec::new();
         self.promote_while_seats_free(slot_key, ctx, &mut changes);
-        Ok(self.finish(key, changes))
+        Ok(self.finish(key, changes, ctx.at))
+    }
+
+    /// Calls the first checked-in token of the doctor's slots dated today,
+    /// in call order.
+    pub fn call_next(&mut self, doctor: &DoctorId, ctx: &Context) -> Result<Outcome, EngineError> {
+        if !self.has_doctor(doctor) {
+            return Err(EngineError::DoctorNotFound(doctor.clone()));
+        }
+        let Some(&day) = self.doctor_days.get(&(doctor.clone(), ctx.today)) else {
+            return Err(EngineError::QueueEmpty);
+        };
+        let day = &self.days[day as usize];
+        if let Some(current) = day.current {
+            let current = self.tokens[current].id;
+            return Err(EngineError::DoctorBusy { current });
+        }
+        let Some((_, &first)) = day.call_queue.first_key_value() else {
+            return Err(EngineError::QueueEmpty);
+        };
+        self.act(self.tokens[first].id, Action::Call, ctx)
     }
 
     /// Changes a slot's capacity. Growing promotes from the waitlist;
@@ -317,7 +502,7 @@ impl Engine {
         let demotions = slot
             .allocated_count()
             .saturating_sub(capacity.get())
-            .min(slot.non_emergency_allocated());
+            .min(slot.non_emergency_bumpable());
         if slot.waitlist_count() + demotions > self.limits.waitlist_max {
             return Err(self.waitlist_full(slot_key));
         }
@@ -338,9 +523,10 @@ impl Engine {
         })
     }
 
-    pub fn token(&self, id: Uuid) -> Option<TokenView> {
+    /// A token as it stands at `at` (which its call estimate is made for).
+    pub fn token(&self, id: Uuid, at: Timestamp) -> Option<TokenView> {
         let key = self.find_token(&id)?;
-        Some(self.view(key))
+        Some(self.view(key, at))
     }
 
     /// A token's history, oldest first.
@@ -354,20 +540,150 @@ impl Engine {
         Some(self.slots[key as usize].summary())
     }
 
-    pub fn slot(&self, id: &SlotId) -> Option<SlotDetail> {
+    pub fn slot(&self, id: &SlotId, at: Timestamp) -> Option<SlotDetail> {
         let key = *self.slot_keys.get(id)?;
         let slot = &self.slots[key as usize];
         Some(SlotDetail {
             summary: slot.summary(),
             allocated: slot
                 .allocated_entries()
-                .map(|(_, t)| self.view(*t))
+                .map(|(_, t)| self.view(*t, at))
                 .collect(),
             waitlist: slot
                 .waitlist_entries()
-                .map(|(_, t)| self.view(*t))
+                .map(|(_, t)| self.view(*t, at))
                 .collect(),
         })
+    }
+
+    /// Whether the doctor has a slot on any date.
+    pub fn has_doctor(&self, doctor: &DoctorId) -> bool {
+        let from = (doctor.clone(), Date::MIN, Time::MIN, SlotId::lowest());
+        self.doctor_schedule
+            .range(from..)
+            .next()
+            .is_some_and(|((of, _, _, _), _)| of == doctor)
+    }
+
+    /// The doctor's day on `date`, over all of the doctor's slots; `None`
+    /// when the doctor has no slot on any date. Listing is O(n log n) in
+    /// the day's tokens, proportional to the answer.
+    pub fn doctor_queue(
+        &self,
+        doctor: &DoctorId,
+        date: Date,
+        at: Timestamp,
+    ) -> Option<DoctorQueue> {
+        if !self.has_doctor(doctor) {
+            return None;
+        }
+        let mut queue = DoctorQueue {
+            doctor: doctor.clone(),
+            date,
+            current: None,
+            call_queue: Vec::new(),
+            not_arrived: Vec::new(),
+            skipped: Vec::new(),
+            waitlist: Vec::new(),
+            completed: 0,
+            no_show: 0,
+            cancelled: 0,
+        };
+        let Some(&day) = self.doctor_days.get(&(doctor.clone(), date)) else {
+            return Some(queue);
+        };
+        let day = &self.days[day as usize];
+        queue.current = day.current.map(|key| self.view(key, at));
+        queue.call_queue = day
+            .call_queue
+            .values()
+            .map(|key| self.view(*key, at))
+            .collect();
+        let mut not_arrived = Vec::new();
+        let mut skipped = Vec::new();
+        for &(_, slot_key) in day.slots_by_start.values() {
+            let slot = &self.slots[slot_key as usize];
+            for (_, &key) in slot.allocated_entries() {
+                let token = &self.tokens[key];
+                let place = CallPlace::of(token, slot).key;
+                match token.status {
+                    Status::Allocated => not_arrived.push((place, key)),
+                    Status::Skipped => skipped.push((place, key)),
+                    _ => {}
+                }
+            }
+            queue
+                .waitlist
+                .extend(slot.waitlist_entries().map(|(_, key)| self.view(*key, at)));
+        }
+        not_arrived.sort_unstable();
+        skipped.sort_unstable();
+        queue.not_arrived = not_arrived
+            .iter()
+            .map(|(_, key)| self.view(*key, at))
+            .collect();
+        queue.skipped = skipped.iter().map(|(_, key)| self.view(*key, at)).collect();
+        queue.completed = day.finals[status_index(Status::Completed)];
+        queue.no_show = day.finals[status_index(Status::NoShow)];
+        queue.cancelled = day.finals[status_index(Status::Cancelled)];
+        Some(queue)
+    }
+
+    /// The waiting-hall board for `date`: the given doctors, or every
+    /// doctor with a slot that day, by doctor id.
+    pub fn board(&self, doctors: Option<&[DoctorId]>, date: Date) -> Vec<BoardEntry> {
+        let doctors: std::collections::BTreeSet<DoctorId> = match doctors {
+            Some(doctors) => doctors.iter().cloned().collect(),
+            None => self
+                .schedule
+                .range((date, Time::MIN, SlotId::lowest())..)
+                .take_while(|((of, _, _), _)| *of == date)
+                .map(|(_, key)| self.slots[*key as usize].doctor.clone())
+                .collect(),
+        };
+        doctors
+            .into_iter()
+            .map(|doctor| {
+                let day = self
+                    .doctor_days
+                    .get(&(doctor.clone(), date))
+                    .map(|day| &self.days[*day as usize]);
+                BoardEntry {
+                    now_serving: day.and_then(|day| day.current).map(|key| {
+                        let token = &self.tokens[key];
+                        (token.number, token.status)
+                    }),
+                    next: day
+                        .map(|day| {
+                            day.call_queue
+                                .values()
+                                .take(5)
+                                .map(|key| self.tokens[*key].number)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    waiting: day.map_or(0, |day| len_u32(day.call_queue.len())),
+                    doctor,
+                }
+            })
+            .collect()
+    }
+
+    /// How the doctor's day has gone, for estimates; the default for a day
+    /// without slots.
+    pub fn pace(&self, doctor: &DoctorId, date: Date) -> Pace {
+        self.doctor_days
+            .get(&(doctor.clone(), date))
+            .map(|day| self.days[*day as usize].pace)
+            .unwrap_or_default()
+    }
+
+    /// Continues the pace of a doctor's day in an engine that holds only
+    /// part of the state (its tokens were loaded without their history).
+    pub fn resume_pace(&mut self, doctor: &DoctorId, date: Date, pace: Pace) {
+        if let Some(day) = self.doctor_days.get(&(doctor.clone(), date)) {
+            self.days[*day as usize].pace = pace;
+        }
     }
 
     /// One page of slots by date, start time and id, optionally for one
@@ -445,6 +761,9 @@ impl Engine {
         {
             return fail("patient holds two active tokens in the slot".into());
         }
+        if record.status.is_with_doctor() && self.days[slot.doctor_day as usize].current.is_some() {
+            return fail("a second token with the doctor".into());
+        }
         let (Some(created_at), Some(updated_at)) = (
             Nanos::try_of(record.created_at),
             Nanos::try_of(record.updated_at),
@@ -453,6 +772,7 @@ impl Engine {
         };
         let day = &mut self.days[slot.doctor_day as usize];
         let mut history = record.history;
+        let (mut checked_in_at, mut skips) = (record.checked_in_at, record.skips);
         let creation = match history.first() {
             Some(first) if first.from.is_none() => {
                 if first.at != record.created_at {
@@ -466,6 +786,30 @@ impl Engine {
                 })
             }
             _ => None,
+        };
+        if creation.is_some() {
+            // A full history says what the record's own fields would.
+            (checked_in_at, skips) = (None, 0);
+            let mut since = record.created_at;
+            for entry in &history {
+                if entry.reason == Reason::CheckedIn && checked_in_at.is_none() {
+                    checked_in_at = Some(entry.at);
+                }
+                if entry.reason == Reason::Skipped {
+                    skips = skips.saturating_add(1);
+                }
+                if let (Some(from), Some(at), Some(since)) =
+                    (entry.from, Nanos::try_of(entry.at), Nanos::try_of(since))
+                {
+                    record_pace(&mut day.pace, from, entry.to, at, since);
+                }
+                since = entry.at;
+            }
+        }
+        let checked_in_at = match checked_in_at.map(Nanos::try_of) {
+            None => None,
+            Some(Some(at)) => Some(at),
+            Some(None) => return fail("a time outside 1678-2261".into()),
         };
         day.numbers_issued = day.numbers_issued.max(record.number);
         self.next_sequence = record.sequence + 1;
@@ -482,8 +826,14 @@ impl Engine {
             updated_at,
             creation,
             history,
+            checked_in_at,
+            skips,
         };
+        let active = token.status.is_active();
         let key = self.push_token(token);
+        if active {
+            self.activate(key);
+        }
         self.enter_status(key);
         Ok(())
     }
@@ -579,9 +929,12 @@ impl Engine {
                 actor: ctx.actor.clone(),
             }),
             history: Vec::new(),
+            checked_in_at: None,
+            skips: 0,
         };
         self.next_sequence += 1;
         let key = self.push_token(token);
+        self.activate(key);
         self.enter_status(key);
         key
     }
@@ -594,38 +947,112 @@ impl Engine {
         key
     }
 
-    /// Puts a token into the queue its status calls for.
+    fn activate(&mut self, key: TokenKey) {
+        let slot = &mut self.slots[self.tokens[key].slot as usize];
+        slot.activate(key, |k| &self.tokens[k].patient);
+    }
+
+    /// Puts a token into every queue and count its status calls for, as
+    /// the status's properties say.
     fn enter_status(&mut self, key: TokenKey) {
+        self.place_status(key, true);
+    }
+
+    /// Takes a token out of every queue and count its status put it in.
+    fn leave_status(&mut self, key: TokenKey) {
+        self.place_status(key, false);
+    }
+
+    fn place_status(&mut self, key: TokenKey, enter: bool) {
         let token = &self.tokens[key];
         let slot = &mut self.slots[token.slot as usize];
-        match token.status {
-            Status::Allocated => slot.insert_allocated(token.queue_key(), key),
-            Status::Waitlisted => slot.insert_waitlisted(token.queue_key(), token.arrival, key),
-            Status::Cancelled | Status::NoShow => return,
+        let status = token.status;
+        if status.holds_seat() {
+            if enter {
+                slot.insert_allocated(token.queue_key(), key, status.is_final());
+            } else {
+                assert!(!status.is_final(), "a final token never changes");
+                slot.remove_allocated(token.queue_key());
+            }
         }
-        slot.activate(key, |k| &self.tokens[k].patient);
+        if status.is_waiting() {
+            if enter {
+                slot.insert_waitlisted(token.queue_key(), token.arrival, key);
+            } else {
+                slot.remove_waitlisted(token.queue_key(), token.arrival);
+            }
+        }
+        if token.is_bumpable() {
+            if enter {
+                slot.insert_bumpable(token.bump_key(), key);
+            } else {
+                slot.remove_bumpable(token.bump_key());
+            }
+        }
+        let day = &mut self.days[slot.doctor_day as usize];
+        if status.is_callable() {
+            slot.set_checked_in(token.source.priority(), token.arrival, enter);
+            let place = CallPlace::of(token, slot);
+            day.call_buckets.set(place.bucket, enter);
+            if enter {
+                day.call_queue.insert(place.key, key);
+            } else {
+                day.call_queue.remove(&place.key);
+            }
+            if place.emergency {
+                let count = day.emergency_starts.entry(place.start).or_default();
+                if enter {
+                    *count += 1;
+                } else {
+                    *count -= 1;
+                    if *count == 0 {
+                        day.emergency_starts.remove(&place.start);
+                    }
+                }
+            }
+        }
+        if status.is_with_doctor() {
+            if enter {
+                assert!(day.current.is_none(), "a doctor with two patients at once");
+                day.current = Some(key);
+            } else {
+                day.current = None;
+            }
+        }
+        if status.is_final() {
+            assert!(enter, "a final token never changes");
+            day.finals[status_index(status)] += 1;
+        }
     }
 
     /// Moves an active token to `to` and records it in its history. This is
     /// the only place a token's status changes after creation.
     fn transition(&mut self, key: TokenKey, to: Status, reason: Reason, ctx: &Context) -> Change {
+        let from = self.tokens[key].status;
+        assert!(
+            !from.is_final(),
+            "final token {} cannot become {to:?}",
+            self.tokens[key].id
+        );
+        self.leave_status(key);
+        let at = Nanos::of(ctx.at);
         let token = &mut self.tokens[key];
         let slot = &mut self.slots[token.slot as usize];
-        let from = token.status;
-        match from {
-            Status::Allocated => slot.remove_allocated(token.queue_key()),
-            Status::Waitlisted => slot.remove_waitlisted(token.queue_key(), token.arrival),
-            Status::Cancelled | Status::NoShow => {
-                panic!("terminal token {} cannot become {to:?}", token.id)
-            }
+        if !to.is_active() {
+            slot.deactivate(&token.patient, key);
         }
-        match to {
-            Status::Allocated => slot.insert_allocated(token.queue_key(), key),
-            Status::Waitlisted => slot.insert_waitlisted(token.queue_key(), token.arrival, key),
-            Status::Cancelled | Status::NoShow => slot.deactivate(&token.patient, key),
+        record_pace(
+            &mut self.days[slot.doctor_day as usize].pace,
+            from,
+            to,
+            at,
+            token.updated_at,
+        );
+        if reason == Reason::CheckedIn && token.checked_in_at.is_none() {
+            token.checked_in_at = Some(at);
         }
         token.status = to;
-        token.updated_at = Nanos::of(ctx.at);
+        token.updated_at = at;
         token.history.push(HistoryEntry {
             at: ctx.at,
             from: Some(from),
@@ -633,7 +1060,7 @@ impl Engine {
             reason,
             actor: ctx.actor.clone(),
         });
-        Change {
+        let change = Change {
             token: token.id,
             sequence: token.sequence,
             number: token.number,
@@ -642,7 +1069,11 @@ impl Engine {
             from,
             to,
             reason,
-        }
+            checked_in_at: token.checked_in_at.map(Nanos::timestamp),
+            skips: token.skips,
+        };
+        self.enter_status(key);
+        change
     }
 
     /// Promotes waitlist heads while seats are free. Seats freed in an
@@ -657,15 +1088,22 @@ impl Engine {
             let Some(head) = self.slots[slot_key as usize].waitlist_head() else {
                 break;
             };
-            changes.push(self.transition(head, Status::Allocated, Reason::Promoted, ctx));
+            // A patient who checked in while waiting goes to the hall's
+            // queue; one who has not is booked into the seat.
+            let to = if self.tokens[head].checked_in_at.is_some() {
+                Status::CheckedIn
+            } else {
+                Status::Allocated
+            };
+            changes.push(self.transition(head, to, Reason::Promoted, ctx));
         }
     }
 
-    fn finish(&self, key: TokenKey, changes: Vec<Change>) -> Outcome {
+    fn finish(&self, key: TokenKey, changes: Vec<Change>, at: Timestamp) -> Outcome {
         let token = &self.tokens[key];
         self.check_after_mutation(token.slot);
         Outcome {
-            token: self.view(key),
+            token: self.view(key, at),
             transition: token
                 .history
                 .last()
@@ -694,24 +1132,39 @@ impl Engine {
             .map_err(|what| RestoreError(format!("slot {}: {what}", slot.id)))
     }
 
-    /// Checks one slot's queues against its tokens, in O(slot size).
+    /// Checks one slot's queues against its tokens, in O(slot size), and
+    /// its doctor's day.
     fn check_slot(&self, slot_key: u32) -> Result<(), RestoreError> {
         let slot = &self.slots[slot_key as usize];
         let fail = |what: String| Err(RestoreError(format!("slot {}: {what}", slot.id)));
         self.check_counts(slot_key)?;
-        let mut emergencies = 0;
+        let (mut emergencies, mut completed, mut bumpable) = (0, 0, 0);
         for (queue_key, key) in slot.allocated_entries() {
             let token = &self.tokens[*key];
-            if token.status != Status::Allocated || token.slot != slot_key {
+            if !token.status.holds_seat() || token.slot != slot_key {
                 return fail(format!("token {} is queued as allocated", token.id));
             }
             if token.queue_key() != *queue_key {
                 return fail(format!("token {} is queued under a wrong key", token.id));
             }
             emergencies += u32::from(token.source == Source::Emergency);
+            completed += u32::from(token.status.is_final());
+            bumpable += usize::from(token.is_bumpable());
         }
-        if emergencies != slot.allocated_emergencies() {
-            return fail("emergency count drifted".into());
+        if emergencies != slot.allocated_emergencies() || completed != slot.completed() {
+            return fail("emergency or completed count drifted".into());
+        }
+        let mut bumpable_emergencies = 0;
+        for (bump_key, key) in slot.bumpable_entries() {
+            let token = &self.tokens[*key];
+            if !token.is_bumpable() || token.slot != slot_key || token.bump_key() != *bump_key {
+                return fail(format!("token {} is queued as bumpable", token.id));
+            }
+            bumpable -= 1;
+            bumpable_emergencies += u32::from(token.source == Source::Emergency);
+        }
+        if bumpable != 0 || bumpable_emergencies != slot.bumpable_emergencies() {
+            return fail("bumpable tokens drifted".into());
         }
         for (position, (queue_key, key)) in slot.waitlist_entries().enumerate() {
             let token = &self.tokens[*key];
@@ -728,16 +1181,118 @@ impl Engine {
         }
         for (_, key) in slot.allocated_entries().chain(slot.waitlist_entries()) {
             let token = &self.tokens[*key];
-            if slot.active_token_of(&token.patient, |k| &self.tokens[k].patient) != Some(*key) {
+            let indexed = slot.active_token_of(&token.patient, |k| &self.tokens[k].patient);
+            if token.status.is_active() && indexed != Some(*key) {
                 return fail(format!("patient {} is not indexed", token.patient));
+            }
+        }
+        self.check_day(slot.doctor_day)
+    }
+
+    /// Checks a doctor's day: its call queue holds exactly its checked-in
+    /// tokens, in call order, with positions 1…n; at most one token is
+    /// with the doctor, and it is the one the day names.
+    fn check_day(&self, day_key: u32) -> Result<(), RestoreError> {
+        let day = &self.days[day_key as usize];
+        let fail = |what: &str| Err(RestoreError(format!("a doctor's day: {what}")));
+        let (mut checked_in, mut with_doctor) = (0, Vec::new());
+        for &(_, slot_key) in day.slots_by_start.values() {
+            for (_, key) in self.slots[slot_key as usize].allocated_entries() {
+                let status = self.tokens[*key].status;
+                checked_in += usize::from(status.is_callable());
+                if status.is_with_doctor() {
+                    with_doctor.push(*key);
+                }
+            }
+        }
+        if checked_in != day.call_queue.len() {
+            return fail("the call queue and the checked-in tokens disagree");
+        }
+        if with_doctor.len() > 1 || with_doctor.first().copied() != day.current {
+            return fail("the token with the doctor is not the one recorded");
+        }
+        for (position, (call_key, key)) in day.call_queue.iter().enumerate() {
+            let token = &self.tokens[*key];
+            let slot = &self.slots[token.slot as usize];
+            if !token.status.is_callable() || CallPlace::of(token, slot).key != *call_key {
+                return fail("a token is queued under a wrong call key");
+            }
+            if self.queue_position(*key) as usize != position + 1 {
+                return fail("a wrong call queue position");
             }
         }
         Ok(())
     }
 
-    fn view(&self, key: TokenKey) -> TokenView {
+    /// A checked-in token's 1-based place in its doctor's call order: the
+    /// checked-in tokens of earlier buckets plus those of its own slot and
+    /// priority that arrived up to it, O(log n).
+    fn queue_position(&self, key: TokenKey) -> u32 {
         let token = &self.tokens[key];
         let slot = &self.slots[token.slot as usize];
+        let day = &self.days[slot.doctor_day as usize];
+        let place = CallPlace::of(token, slot);
+        day.call_buckets.prefix(place.bucket as usize)
+            + slot.checked_in_up_to(token.source.priority(), token.arrival)
+    }
+
+    /// When a checked-in token at `position` is expected to be called,
+    /// estimated at `at`; see ARCHITECTURE.md, "Call time estimates".
+    fn estimated_call(&self, key: TokenKey, position: u32, at: Timestamp) -> Timestamp {
+        let token = &self.tokens[key];
+        let slot = &self.slots[token.slot as usize];
+        let day = &self.days[slot.doctor_day as usize];
+        let (mut minutes, mut seats) = (0i128, 0i128);
+        for &(_, slot_key) in day.slots_by_start.values() {
+            let each = &self.slots[slot_key as usize];
+            minutes += i128::from((each.end - each.start).get_minutes());
+            seats += i128::from(each.capacity);
+        }
+        let first_guess = minutes * 60_000_000_000 / seats.max(1);
+        let pace = day.pace;
+        let mean = (PRIOR_CONSULTATIONS * first_guess + i128::from(pace.consultation_nanos))
+            / (PRIOR_CONSULTATIONS + i128::from(pace.consultations));
+        // A token ahead is either seen (the mean) or skipped after a short
+        // wait, in the proportion of today's calls that went unanswered.
+        let per_token = if pace.calls == 0 {
+            mean
+        } else {
+            let (calls, skips) = (
+                i128::from(pace.calls),
+                i128::from(pace.skips.min(pace.calls)),
+            );
+            (mean * (calls - skips) + SKIP_ALLOWANCE_NANOS * skips) / calls
+        };
+        let now = at.as_nanosecond();
+        let in_progress = match day.current.map(|current| &self.tokens[current]) {
+            None => 0,
+            Some(current) if current.status == Status::InConsultation => {
+                let elapsed = now - i128::from(current.updated_at.0);
+                (mean - elapsed).max(mean / 4)
+            }
+            Some(_) => mean,
+        };
+        let estimate = now + in_progress + i128::from(position - 1) * per_token;
+        // Nobody is called before their slot starts, nor before the
+        // emergencies ahead of them, whose slots may start later.
+        let mut not_before = slot.start;
+        if token.source.priority() != Priority::EMERGENCY {
+            if let Some((&latest, _)) = day.emergency_starts.last_key_value() {
+                not_before = not_before.max(latest);
+            }
+        }
+        let not_before = slot
+            .date
+            .to_datetime(not_before)
+            .to_zoned(self.zone.0.clone())
+            .map_or(i128::MIN, |zoned| zoned.timestamp().as_nanosecond());
+        Timestamp::from_nanosecond(estimate.max(not_before)).unwrap_or(Timestamp::MAX)
+    }
+
+    fn view(&self, key: TokenKey, at: Timestamp) -> TokenView {
+        let token = &self.tokens[key];
+        let slot = &self.slots[token.slot as usize];
+        let queue_position = token.status.is_callable().then(|| self.queue_position(key));
         TokenView {
             id: token.id,
             sequence: token.sequence,
@@ -752,8 +1307,17 @@ impl Engine {
                 .status
                 .is_waiting()
                 .then(|| slot.waitlist_position(token.source.priority(), token.arrival)),
+            checked_in_at: token.checked_in_at.map(Nanos::timestamp),
+            skips: token.skips,
+            queue_position,
+            estimated_call_at: queue_position
+                .map(|position| self.estimated_call(key, position, at)),
             created_at: token.created_at.timestamp(),
             updated_at: token.updated_at.timestamp(),
         }
     }
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).expect("queue lengths are bounded far below u32::MAX")
 }

@@ -78,38 +78,147 @@ impl Priority {
     }
 }
 
-/// A token's place in its life cycle. `Allocated` and `Waitlisted` are
-/// active; the rest are terminal and never change again.
+/// A token's place in the OPD day. Its properties (whether it holds a
+/// seat, is active, may be called, may be bumped, is final) are given here
+/// and nowhere else: every other part of the program asks these methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
+    /// Booked into a seat; the patient has not arrived.
     Allocated,
+    /// Waiting for a seat (the patient may have arrived).
     Waitlisted,
+    /// Arrived, in the doctor's call queue.
+    CheckedIn,
+    /// Called to the doctor's room.
+    Called,
+    /// With the doctor.
+    InConsultation,
+    /// Called and did not come; may come back to the desk.
+    Skipped,
+    /// Seen.
+    Completed,
     Cancelled,
     NoShow,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 9] = [
         Status::Allocated,
         Status::Waitlisted,
+        Status::CheckedIn,
+        Status::Called,
+        Status::InConsultation,
+        Status::Skipped,
+        Status::Completed,
         Status::Cancelled,
         Status::NoShow,
     ];
 
+    /// Whether a token in this status counts towards its slot's allocated
+    /// seats ("A"). A finished consultation still used its seat.
+    pub fn holds_seat(self) -> bool {
+        match self {
+            Status::Allocated
+            | Status::CheckedIn
+            | Status::Called
+            | Status::InConsultation
+            | Status::Skipped
+            | Status::Completed => true,
+            Status::Waitlisted | Status::Cancelled | Status::NoShow => false,
+        }
+    }
+
+    /// Whether the token still takes part in the day: a patient holds at
+    /// most one active token per slot.
     pub fn is_active(self) -> bool {
-        matches!(self, Status::Allocated | Status::Waitlisted)
+        !self.is_final()
+    }
+
+    /// Whether the status never changes again.
+    pub fn is_final(self) -> bool {
+        match self {
+            Status::Completed | Status::Cancelled | Status::NoShow => true,
+            Status::Allocated
+            | Status::Waitlisted
+            | Status::CheckedIn
+            | Status::Called
+            | Status::InConsultation
+            | Status::Skipped => false,
+        }
     }
 
     /// Whether a token in this status holds a place in its slot's
     /// waitlist, and so has a waitlist position.
     pub fn is_waiting(self) -> bool {
-        self == Status::Waitlisted
+        match self {
+            Status::Waitlisted => true,
+            Status::Allocated
+            | Status::CheckedIn
+            | Status::Called
+            | Status::InConsultation
+            | Status::Skipped
+            | Status::Completed
+            | Status::Cancelled
+            | Status::NoShow => false,
+        }
+    }
+
+    /// Whether the token is in its doctor's call queue, and so has a queue
+    /// position and an estimated call time.
+    pub fn is_callable(self) -> bool {
+        match self {
+            Status::CheckedIn => true,
+            Status::Allocated
+            | Status::Waitlisted
+            | Status::Called
+            | Status::InConsultation
+            | Status::Skipped
+            | Status::Completed
+            | Status::Cancelled
+            | Status::NoShow => false,
+        }
+    }
+
+    /// Whether the doctor has not called the token yet, so that a more
+    /// important booking or a capacity cut may move it to the waitlist.
+    /// (A token back from a skip has been called: see the engine.)
+    pub fn may_be_bumped(self) -> bool {
+        match self {
+            Status::Allocated | Status::CheckedIn => true,
+            Status::Waitlisted
+            | Status::Called
+            | Status::InConsultation
+            | Status::Skipped
+            | Status::Completed
+            | Status::Cancelled
+            | Status::NoShow => false,
+        }
+    }
+
+    /// Whether the token occupies its doctor: at most one per doctor and
+    /// date is in such a status.
+    pub fn is_with_doctor(self) -> bool {
+        match self {
+            Status::Called | Status::InConsultation => true,
+            Status::Allocated
+            | Status::Waitlisted
+            | Status::CheckedIn
+            | Status::Skipped
+            | Status::Completed
+            | Status::Cancelled
+            | Status::NoShow => false,
+        }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Allocated => "ALLOCATED",
             Status::Waitlisted => "WAITLISTED",
+            Status::CheckedIn => "CHECKED_IN",
+            Status::Called => "CALLED",
+            Status::InConsultation => "IN_CONSULTATION",
+            Status::Skipped => "SKIPPED",
+            Status::Completed => "COMPLETED",
             Status::Cancelled => "CANCELLED",
             Status::NoShow => "NO_SHOW",
         }
@@ -177,10 +286,16 @@ pub enum Reason {
     CapacityReduced,
     Cancelled,
     NoShow,
+    CheckedIn,
+    Returned,
+    Called,
+    Started,
+    Completed,
+    Skipped,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Allocated,
         Reason::Overbooked,
         Reason::BumpedLower,
@@ -190,6 +305,12 @@ impl Reason {
         Reason::CapacityReduced,
         Reason::Cancelled,
         Reason::NoShow,
+        Reason::CheckedIn,
+        Reason::Returned,
+        Reason::Called,
+        Reason::Started,
+        Reason::Completed,
+        Reason::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -203,6 +324,12 @@ impl Reason {
             Reason::CapacityReduced => "CAPACITY_REDUCED",
             Reason::Cancelled => "CANCELLED",
             Reason::NoShow => "NO_SHOW",
+            Reason::CheckedIn => "CHECKED_IN",
+            Reason::Returned => "RETURNED",
+            Reason::Called => "CALLED",
+            Reason::Started => "STARTED",
+            Reason::Completed => "COMPLETED",
+            Reason::Skipped => "SKIPPED",
         }
     }
 
@@ -213,36 +340,66 @@ impl Reason {
     }
 }
 
-/// A front-desk action on an existing token.
+/// An action on an existing token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    CheckIn,
+    Call,
+    Start,
+    Complete,
+    Skip,
     Cancel,
     NoShow,
 }
 
 impl Action {
+    pub const ALL: [Action; 7] = [
+        Action::CheckIn,
+        Action::Call,
+        Action::Start,
+        Action::Complete,
+        Action::Skip,
+        Action::Cancel,
+        Action::NoShow,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            Action::CheckIn => "check-in",
+            Action::Call => "call",
+            Action::Start => "start",
+            Action::Complete => "complete",
+            Action::Skip => "skip",
             Action::Cancel => "cancel",
             Action::NoShow => "no-show",
         }
     }
 
-    fn target(self) -> (Status, Reason) {
-        match self {
-            Action::Cancel => (Status::Cancelled, Reason::Cancelled),
-            Action::NoShow => (Status::NoShow, Reason::NoShow),
-        }
+    /// Whether the action may be taken only on the slot's own date.
+    pub fn only_on_the_day(self) -> bool {
+        matches!(self, Action::CheckIn | Action::Call | Action::NoShow)
     }
 
-    /// The status and history reason the action leads to, if it may be
-    /// taken from `from`.
-    pub fn transition(self, from: Status) -> Option<(Status, Reason)> {
-        let allowed = match self {
-            Action::Cancel => from.is_active(),
-            Action::NoShow => from == Status::Allocated,
-        };
-        allowed.then(|| self.target())
+    /// The status and history reason the action leads to from `from`, if
+    /// it may be taken from there. `checked_in` tells whether the token
+    /// has checked in before; a skip that reaches the limit is decided by
+    /// the engine, which counts skips.
+    pub fn transition(self, from: Status, checked_in: bool) -> Option<(Status, Reason)> {
+        use Status::*;
+        match (self, from) {
+            (Action::CheckIn, Allocated) => Some((CheckedIn, Reason::CheckedIn)),
+            (Action::CheckIn, Waitlisted) if !checked_in => Some((Waitlisted, Reason::CheckedIn)),
+            (Action::CheckIn, Skipped) => Some((CheckedIn, Reason::Returned)),
+            (Action::Call, CheckedIn) => Some((Called, Reason::Called)),
+            (Action::Start, Called) => Some((InConsultation, Reason::Started)),
+            (Action::Complete, InConsultation) => Some((Completed, Reason::Completed)),
+            (Action::Skip, Called) => Some((Skipped, Reason::Skipped)),
+            (Action::Cancel, Allocated | Waitlisted | CheckedIn | Called | Skipped) => {
+                Some((Cancelled, Reason::Cancelled))
+            }
+            (Action::NoShow, Allocated | Called | Skipped) => Some((NoShow, Reason::NoShow)),
+            _ => None,
+        }
     }
 }
 
@@ -350,6 +507,9 @@ pub struct SlotSpec {
 pub struct Context {
     pub at: Timestamp,
     pub actor: Actor,
+    /// Today's date in the clinic's time zone: `check-in`, `call` and
+    /// `no-show` are taken only on a slot's own date.
+    pub today: Date,
 }
 
 /// One line of a token's history.
@@ -378,6 +538,14 @@ pub struct TokenView {
     pub status: Status,
     /// 1-based place in the waitlist while waitlisted.
     pub waitlist_position: Option<u32>,
+    /// When the patient first checked in; kept for life.
+    pub checked_in_at: Option<Timestamp>,
+    /// How often the doctor called the patient and the patient did not come.
+    pub skips: u8,
+    /// 1-based place in the doctor's call order while checked in.
+    pub queue_position: Option<u32>,
+    /// When the token is expected to be called, while checked in.
+    pub estimated_call_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -394,6 +562,10 @@ pub struct Change {
     pub from: Status,
     pub to: Status,
     pub reason: Reason,
+    /// The token's first check-in, after the change.
+    pub checked_in_at: Option<Timestamp>,
+    /// The token's skips, after the change.
+    pub skips: u8,
 }
 
 impl Change {
@@ -407,6 +579,8 @@ impl Change {
             from: Some(self.from),
             to: self.to,
             reason: self.reason,
+            checked_in_at: self.checked_in_at,
+            skips: self.skips,
         }
     }
 }
@@ -425,6 +599,10 @@ pub struct TokenChange<'a> {
     pub from: Option<Status>,
     pub to: Status,
     pub reason: Reason,
+    /// The token's first check-in, after the change.
+    pub checked_in_at: Option<Timestamp>,
+    /// The token's skips, after the change.
+    pub skips: u8,
 }
 
 /// A slot's counters at one moment.
@@ -508,6 +686,8 @@ impl Outcome {
             from: self.transition.from,
             to: self.transition.to,
             reason: self.transition.reason,
+            checked_in_at: self.token.checked_in_at,
+            skips: self.token.skips,
         };
         std::iter::once(acted).chain(self.changes.iter().map(Change::as_token_change))
     }
@@ -557,5 +737,57 @@ pub struct TokenRecord {
     pub status: Status,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Used when `history` is empty (a partially loaded engine); with
+    /// history, the engine derives it from the first check-in.
+    pub checked_in_at: Option<Timestamp>,
+    /// Used when `history` is empty; with history, the engine counts the
+    /// skips in it.
+    pub skips: u8,
     pub history: Vec<HistoryEntry>,
+}
+
+/// How a doctor's day has gone so far, for call time estimates: the
+/// consultations completed and how long they took, and the calls and how
+/// many of them the patient did not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pace {
+    pub consultations: u32,
+    /// The sum of the completed consultations' lengths, STARTED to
+    /// COMPLETED.
+    pub consultation_nanos: i64,
+    pub calls: u32,
+    /// Calls the patient did not answer (skips, and no-shows after a call).
+    pub skips: u32,
+}
+
+/// A doctor's day as the doctor's console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorQueue {
+    pub doctor: DoctorId,
+    pub date: Date,
+    /// The token `CALLED` or `IN_CONSULTATION`.
+    pub current: Option<TokenView>,
+    /// `CHECKED_IN` tokens in call order.
+    pub call_queue: Vec<TokenView>,
+    /// `ALLOCATED` tokens in call order.
+    pub not_arrived: Vec<TokenView>,
+    /// `SKIPPED` tokens in call order.
+    pub skipped: Vec<TokenView>,
+    /// Waitlisted tokens by slot start time, then promotion order.
+    pub waitlist: Vec<TokenView>,
+    pub completed: u32,
+    pub no_show: u32,
+    pub cancelled: u32,
+}
+
+/// One doctor on the waiting-hall board. No patient ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardEntry {
+    pub doctor: DoctorId,
+    /// The token number and status of the token with the doctor.
+    pub now_serving: Option<(u32, Status)>,
+    /// The first token numbers of the call queue.
+    pub next: Vec<u32>,
+    /// How many tokens are checked in.
+    pub waiting: u32,
 }

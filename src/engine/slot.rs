@@ -1,6 +1,7 @@
-//! One slot's queues: the allocated set in service order and the waitlist in
-//! promotion order, both ordered maps keyed by (priority, arrival sequence),
-//! so every insert, removal, head and tail lookup is O(log n).
+//! One slot's queues: the seat holders in service order, those of them the
+//! doctor has not called yet in bump order, and the waitlist in promotion
+//! order, all ordered maps keyed by packed integers, so every insert,
+//! removal, head and tail lookup is O(log n).
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -14,6 +15,24 @@ use super::model::{DoctorId, PatientId, Priority, SlotId, SlotSpec, SlotSummary}
 
 /// Index of a token in the engine's arena.
 pub(super) type TokenKey = u32;
+
+/// A bumpable token's place: (priority, not checked in, arrival sequence)
+/// packed so that the largest key is the bump victim: the least important,
+/// then one not yet arrived before one in the hall, then the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct BumpKey(u128);
+
+impl BumpKey {
+    pub(super) fn new(priority: Priority, checked_in: bool, sequence: u64) -> BumpKey {
+        BumpKey(
+            u128::from(priority.get()) << 65 | u128::from(!checked_in) << 64 | u128::from(sequence),
+        )
+    }
+
+    fn priority(self) -> Priority {
+        Priority::from_rank((self.0 >> 65) as u8)
+    }
+}
 
 /// A token's place in either queue: (priority, arrival sequence) packed
 /// into one integer, the priority in the top byte, so that integer order is
@@ -52,9 +71,21 @@ pub(super) struct Slot {
     pub(super) capacity: u32,
     /// Index of the doctor's day in the engine's day list.
     pub(super) doctor_day: u32,
+    /// Every token that holds a seat, in service order.
     allocated: BTreeMap<QueueKey, TokenKey>,
     /// Kept so that "only emergencies remain allocated" is O(1) to ask.
     allocated_emergencies: u32,
+    /// Seat holders whose consultation is done: they hold a seat but are
+    /// no longer active.
+    completed: u32,
+    /// The seat holders the doctor has not called yet, in bump order.
+    bumpable: BTreeMap<BumpKey, TokenKey>,
+    bumpable_emergencies: u32,
+    /// Per priority, a count for every arrival of that priority: 1 while
+    /// that token is checked in. Grown only when a token checks in, so
+    /// bookings pay nothing for it. Gives call queue positions within the
+    /// slot and priority in O(log n).
+    checked_in_ranks: [Fenwick; 5],
     waitlist: BTreeMap<QueueKey, TokenKey>,
     /// Per priority, a 0/1 element for every arrival of that priority: 1
     /// while that token waits. Gives waitlist positions in O(log n).
@@ -79,6 +110,10 @@ impl Slot {
             doctor_day,
             allocated: BTreeMap::new(),
             allocated_emergencies: 0,
+            completed: 0,
+            bumpable: BTreeMap::new(),
+            bumpable_emergencies: 0,
+            checked_in_ranks: Default::default(),
             waitlist: BTreeMap::new(),
             waitlist_ranks: Default::default(),
             waitlist_counts: [0; 5],
@@ -121,6 +156,12 @@ impl Slot {
         self.allocated_count() - self.allocated_emergencies
     }
 
+    /// Seat holders that are not emergencies and that the doctor has not
+    /// called: what a capacity cut may move to the waitlist.
+    pub(super) fn non_emergency_bumpable(&self) -> u32 {
+        len_u32(self.bumpable.len()) - self.bumpable_emergencies
+    }
+
     /// Reserves an arrival index in the waitlist rank of `priority`; every
     /// token gets one at creation, in arrival order.
     pub(super) fn next_arrival(&mut self, priority: Priority) -> u32 {
@@ -157,7 +198,7 @@ impl Slot {
         );
     }
 
-    pub(super) fn insert_allocated(&mut self, key: QueueKey, token: TokenKey) {
+    pub(super) fn insert_allocated(&mut self, key: QueueKey, token: TokenKey, completed: bool) {
         assert!(
             self.allocated.insert(key, token).is_none(),
             "token allocated twice"
@@ -165,6 +206,7 @@ impl Slot {
         if key.priority() == Priority::EMERGENCY {
             self.allocated_emergencies += 1;
         }
+        self.completed += u32::from(completed);
     }
 
     pub(super) fn remove_allocated(&mut self, key: QueueKey) {
@@ -175,6 +217,37 @@ impl Slot {
         if key.priority() == Priority::EMERGENCY {
             self.allocated_emergencies -= 1;
         }
+    }
+
+    pub(super) fn insert_bumpable(&mut self, key: BumpKey, token: TokenKey) {
+        assert!(
+            self.bumpable.insert(key, token).is_none(),
+            "token bumpable twice"
+        );
+        if key.priority() == Priority::EMERGENCY {
+            self.bumpable_emergencies += 1;
+        }
+    }
+
+    pub(super) fn remove_bumpable(&mut self, key: BumpKey) {
+        assert!(
+            self.bumpable.remove(&key).is_some(),
+            "token was not bumpable"
+        );
+        if key.priority() == Priority::EMERGENCY {
+            self.bumpable_emergencies -= 1;
+        }
+    }
+
+    /// Marks an arrival as checked in or not, for call queue positions.
+    pub(super) fn set_checked_in(&mut self, priority: Priority, arrival: u32, checked_in: bool) {
+        self.checked_in_ranks[priority.bucket()].set(arrival, checked_in);
+    }
+
+    /// Checked-in tokens of `priority` in this slot that arrived up to and
+    /// including `arrival`, in O(log n).
+    pub(super) fn checked_in_up_to(&self, priority: Priority, arrival: u32) -> u32 {
+        self.checked_in_ranks[priority.bucket()].prefix(arrival as usize + 1)
     }
 
     pub(super) fn insert_waitlisted(&mut self, key: QueueKey, arrival: u32, token: TokenKey) {
@@ -195,19 +268,20 @@ impl Slot {
         self.waitlist_counts[key.priority().bucket()] -= 1;
     }
 
-    /// The allocated token a request of `priority` would bump: the least
-    /// important, latest arrival, and only if strictly less important.
+    /// The token a request of `priority` would bump: among those the
+    /// doctor has not called, the least important, then one not checked
+    /// in, then the latest arrival; and only if strictly less important.
     pub(super) fn bump_victim(&self, priority: Priority) -> Option<TokenKey> {
-        self.allocated
+        self.bumpable
             .last_key_value()
             .filter(|(victim, _)| victim.priority() > priority)
             .map(|(_, token)| *token)
     }
 
-    /// The allocated token a capacity cut demotes first, if any is not an
-    /// emergency.
+    /// The token a capacity cut demotes first, if any that the doctor has
+    /// not called is not an emergency.
     pub(super) fn demotion_candidate(&self) -> Option<TokenKey> {
-        self.allocated
+        self.bumpable
             .last_key_value()
             .filter(|(key, _)| key.priority() != Priority::EMERGENCY)
             .map(|(_, token)| *token)
@@ -230,17 +304,24 @@ impl Slot {
 
     /// The O(1) invariants, checked after every mutation in every build.
     pub(super) fn check_counts(&self) -> Result<(), String> {
-        if self.non_emergency_allocated() > self.capacity {
+        // Seats beyond the capacity are held by non-emergencies only after
+        // a capacity cut, and then only by tokens the doctor had called:
+        // the cut demoted every other one.
+        if self.non_emergency_allocated() > self.capacity && self.non_emergency_bumpable() > 0 {
             return Err("more non-emergency tokens than seats".into());
         }
         if !self.waitlist.is_empty() && self.has_free_seat() {
             return Err("a waitlist while seats are free".into());
         }
-        if self.active_patients.len() != self.allocated.len() + self.waitlist.len() {
+        let active = self.allocated.len() - self.completed as usize + self.waitlist.len();
+        if self.active_patients.len() != active {
             return Err("active patients and queued tokens disagree".into());
         }
         if self.waitlist_counts.iter().sum::<u32>() != self.waitlist_count() {
             return Err("waitlist counts drifted".into());
+        }
+        if self.bumpable.len() > self.allocated.len() {
+            return Err("more bumpable tokens than seat holders".into());
         }
         Ok(())
     }
@@ -255,6 +336,18 @@ impl Slot {
 
     pub(super) fn allocated_emergencies(&self) -> u32 {
         self.allocated_emergencies
+    }
+
+    pub(super) fn bumpable_entries(&self) -> impl Iterator<Item = (&BumpKey, &TokenKey)> {
+        self.bumpable.iter()
+    }
+
+    pub(super) fn bumpable_emergencies(&self) -> u32 {
+        self.bumpable_emergencies
+    }
+
+    pub(super) fn completed(&self) -> u32 {
+        self.completed
     }
 }
 

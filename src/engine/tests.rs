@@ -64,6 +64,7 @@ impl Fixture {
         Context {
             at: Timestamp::from_second(self.clock).unwrap(),
             actor: "desk".into(),
+            today: date(2030, 1, 2),
         }
     }
 
@@ -126,7 +127,10 @@ impl Fixture {
 
     /// The slot's allocated and waitlisted patients, in queue order.
     fn queues(&self) -> (Vec<String>, Vec<String>) {
-        let detail = self.engine.slot(&slot_id("S")).unwrap();
+        let detail = self
+            .engine
+            .slot(&slot_id("S"), Timestamp::UNIX_EPOCH)
+            .unwrap();
         let names = |tokens: &[TokenView]| tokens.iter().map(|t| t.patient.to_string()).collect();
         (names(&detail.allocated), names(&detail.waitlist))
     }
@@ -232,7 +236,10 @@ fn bumped_token_keeps_its_arrival_and_precedes_later_arrivals_of_its_priority() 
     let paid = f.book("P1", Paid);
     assert_eq!(reasons(&paid.changes), [("W1".to_string(), Reason::Bumped)]);
     f.check(&["P1"], &["W1", "W2"]);
-    let w1 = f.engine.token(paid.changes[0].token).unwrap();
+    let w1 = f
+        .engine
+        .token(paid.changes[0].token, Timestamp::UNIX_EPOCH)
+        .unwrap();
     assert_eq!(w1.waitlist_position, Some(1));
 }
 
@@ -249,7 +256,7 @@ fn waitlist_orders_by_priority_then_arrival() {
         f.book(who, source);
     }
     f.check(&["E1"], &["F1", "O1", "O2", "W1"]);
-    let detail = f.engine.slot(&slot_id("S")).unwrap();
+    let detail = f.engine.slot(&slot_id("S"), Timestamp::UNIX_EPOCH).unwrap();
     let positions: Vec<_> = detail
         .waitlist
         .iter()
@@ -285,7 +292,10 @@ fn cancelling_a_waitlisted_token_promotes_nobody_and_closes_the_gap() {
     let cancelled = f.act(waiting.token.id, Action::Cancel).unwrap();
     assert!(cancelled.changes.is_empty());
     assert_eq!(
-        f.engine.token(last.token.id).unwrap().waitlist_position,
+        f.engine
+            .token(last.token.id, Timestamp::UNIX_EPOCH)
+            .unwrap()
+            .waitlist_position,
         Some(1)
     );
     f.check(&["P1"], &["W2"]);
@@ -601,7 +611,12 @@ fn the_overbooking_limit_refuses_only_emergencies_past_it() {
         Err(full.clone())
     );
     // A duplicate is reported as such, ahead of the limit.
-    let e1 = f.engine.slot(&slot_id("S")).unwrap().allocated[0].id;
+    let e1 = f
+        .engine
+        .slot(&slot_id("S"), Timestamp::UNIX_EPOCH)
+        .unwrap()
+        .allocated[0]
+        .id;
     assert_eq!(
         f.try_book_in("S", "E1", Emergency).map(|o| o.token),
         Err(EngineError::DuplicateBooking { existing: e1 })
@@ -646,7 +661,7 @@ fn history_records_every_transition_with_actor_and_time() {
     );
     assert!(history.windows(2).all(|w| w[0].at < w[1].at));
     assert!(history.iter().all(|h| &*h.actor == "desk"));
-    let token = f.engine.token(walk_in).unwrap();
+    let token = f.engine.token(walk_in, Timestamp::UNIX_EPOCH).unwrap();
     assert_eq!(token.updated_at, history.last().unwrap().at);
     assert_eq!(token.created_at, history[0].at);
 }
@@ -666,7 +681,11 @@ fn restoring_stored_tokens_rebuilds_identical_queues() {
     }
     f.act(ids[2], Action::NoShow).unwrap();
     let mut restored = Engine::new(Limits::default());
-    let spec = f.engine.slot(&slot_id("S")).unwrap().summary;
+    let spec = f
+        .engine
+        .slot(&slot_id("S"), Timestamp::UNIX_EPOCH)
+        .unwrap()
+        .summary;
     restored
         .create_slot(SlotSpec {
             id: spec.id.clone(),
@@ -678,7 +697,7 @@ fn restoring_stored_tokens_rebuilds_identical_queues() {
         })
         .unwrap();
     for id in &ids {
-        let view = f.engine.token(*id).unwrap();
+        let view = f.engine.token(*id, Timestamp::UNIX_EPOCH).unwrap();
         restored
             .restore_token(TokenRecord {
                 id: view.id,
@@ -690,12 +709,17 @@ fn restoring_stored_tokens_rebuilds_identical_queues() {
                 status: view.status,
                 created_at: view.created_at,
                 updated_at: view.updated_at,
+                checked_in_at: None,
+                skips: 0,
                 history: f.engine.history(*id).unwrap(),
             })
             .unwrap();
     }
     restored.check_invariants().unwrap();
-    assert_eq!(restored.slot(&slot_id("S")), f.engine.slot(&slot_id("S")));
+    assert_eq!(
+        restored.slot(&slot_id("S"), Timestamp::UNIX_EPOCH),
+        f.engine.slot(&slot_id("S"), Timestamp::UNIX_EPOCH)
+    );
     for id in &ids {
         assert_eq!(restored.history(*id), f.engine.history(*id));
     }
@@ -703,6 +727,7 @@ fn restoring_stored_tokens_rebuilds_identical_queues() {
     let next = Context {
         at: Timestamp::from_second(1_800_000_000).unwrap(),
         actor: "desk".into(),
+        today: date(2030, 1, 2),
     };
     let request = |n: u128, who: &str| BookRequest {
         token: Uuid::from_u128(n),
@@ -719,7 +744,7 @@ fn restoring_stored_tokens_rebuilds_identical_queues() {
 fn restoring_out_of_order_or_inconsistent_data_is_refused() {
     let mut f = Fixture::with_slot(1);
     let id = f.book("P1", Online).token.id;
-    let view = f.engine.token(id).unwrap();
+    let view = f.engine.token(id, Timestamp::UNIX_EPOCH).unwrap();
     let record = TokenRecord {
         id: view.id,
         sequence: view.sequence,
@@ -730,6 +755,8 @@ fn restoring_out_of_order_or_inconsistent_data_is_refused() {
         status: view.status,
         created_at: view.created_at,
         updated_at: view.updated_at,
+        checked_in_at: None,
+        skips: 0,
         history: Vec::new(),
     };
     let mut restored = Engine::new(Limits::default());

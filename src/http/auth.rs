@@ -101,6 +101,10 @@ pub enum Access {
     Read(DoctorScope),
     /// Admin and front-desk keys.
     FrontDesk,
+    /// The doctor's own work (call, start, complete, skip, call-next):
+    /// admin and front-desk keys, and a doctor key for its own doctor,
+    /// found as the scope says.
+    Clinical(DoctorScope),
     /// Admin keys only.
     Admin,
 }
@@ -115,6 +119,10 @@ pub enum DoctorScope {
     SlotInPath,
     /// The token in the path parameter `tokenId` must be the doctor's.
     TokenInPath,
+    /// The doctor in the path parameter `doctorId` must be the doctor.
+    DoctorInPath,
+    /// Any doctor's: the waiting-hall board, which carries no patient ids.
+    AnyDoctor,
 }
 
 /// The health check's route: its requests spend a rate budget of their
@@ -136,8 +144,28 @@ pub const RULES: &[(Method, &str, Access)] = &[
         "/tokens/{tokenId}",
         Access::Read(DoctorScope::TokenInPath),
     ),
+    (
+        Method::POST,
+        "/tokens/{tokenId}/check-in",
+        Access::FrontDesk,
+    ),
+    (Method::POST, "/tokens/{tokenId}/call", DOCTORS_TOKEN),
+    (Method::POST, "/tokens/{tokenId}/start", DOCTORS_TOKEN),
+    (Method::POST, "/tokens/{tokenId}/complete", DOCTORS_TOKEN),
+    (Method::POST, "/tokens/{tokenId}/skip", DOCTORS_TOKEN),
     (Method::POST, "/tokens/{tokenId}/cancel", Access::FrontDesk),
     (Method::POST, "/tokens/{tokenId}/no-show", Access::FrontDesk),
+    (
+        Method::POST,
+        "/doctors/{doctorId}/call-next",
+        Access::Clinical(DoctorScope::DoctorInPath),
+    ),
+    (
+        Method::GET,
+        "/doctors/{doctorId}/queue",
+        Access::Read(DoctorScope::DoctorInPath),
+    ),
+    (Method::GET, "/board", Access::Read(DoctorScope::AnyDoctor)),
     (Method::GET, "/slots", Access::Read(DoctorScope::SlotList)),
     (Method::POST, "/slots", Access::Admin),
     (
@@ -147,6 +175,9 @@ pub const RULES: &[(Method, &str, Access)] = &[
     ),
     (Method::PATCH, "/slots/{slotId}", Access::Admin),
 ];
+
+/// A doctor's action on a token: the desk's too.
+const DOCTORS_TOKEN: Access = Access::Clinical(DoctorScope::TokenInPath);
 
 /// The rule for a method on a route template, if there is one.
 pub fn rule(method: &Method, route: &str) -> Option<Access> {
@@ -169,6 +200,9 @@ impl Access {
             Access::Public => true,
             Access::Read(_) => true,
             Access::FrontDesk => matches!(role, Role::Admin | Role::FrontDesk),
+            Access::Clinical(_) => {
+                matches!(role, Role::Admin | Role::FrontDesk | Role::Doctor(_))
+            }
             Access::Admin => matches!(role, Role::Admin),
         }
     }
@@ -690,12 +724,19 @@ impl Gate {
         if !access.permits(&key.role) {
             return Verdict::Refused(ApiError::Forbidden.into_response());
         }
-        if let (Access::Read(scope), Role::Doctor(doctor)) = (access, &key.role) {
+        if let (Access::Read(scope) | Access::Clinical(scope), Role::Doctor(doctor)) =
+            (access, &key.role)
+        {
             let in_path = |name| path_parameter(&found.params, name);
             let subject = match scope {
                 DoctorScope::SlotList => Ok(Subject::SlotList),
                 DoctorScope::SlotInPath => in_path("slotId").map(Subject::Slot),
                 DoctorScope::TokenInPath => in_path("tokenId").map(Subject::Token),
+                DoctorScope::DoctorInPath => in_path("doctorId").map(Subject::Doctor),
+                DoctorScope::AnyDoctor => {
+                    record_caller(request, &key);
+                    return Verdict::Admitted;
+                }
             };
             return match subject {
                 Ok(subject) => Verdict::Narrow {
@@ -729,6 +770,7 @@ enum Subject {
     SlotList,
     Slot(String),
     Token(String),
+    Doctor(String),
 }
 
 fn record_caller(request: &mut Request, key: &ApiKey) {
@@ -831,7 +873,7 @@ async fn narrow_to_doctor(
         error::problem(
             StatusCode::FORBIDDEN,
             "FORBIDDEN",
-            "this key may read only its own doctor's slots and tokens",
+            "this key may see and act on only its own doctor's slots, tokens and queue",
             Default::default(),
         )
     };
@@ -867,6 +909,8 @@ async fn narrow_to_doctor(
                 Err(error) => Err(ApiError::from(error).into_response()),
             }
         }
+        Subject::Doctor(raw) if raw == doctor.as_str() => Ok(()),
+        Subject::Doctor(_) => Err(other_doctor()),
         Subject::Token(raw) => {
             let Ok(token) = input::token_id(&raw) else {
                 return Ok(());

@@ -7,7 +7,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::engine::{
-    Change, Decision, HistoryEntry, Outcome, SlotDetail, SlotSummary, Source, Status, TokenView,
+    BoardEntry, Change, Decision, DoctorQueue, HistoryEntry, Outcome, Reason, SlotDetail,
+    SlotSummary, Source, Status, TokenView,
 };
 
 pub fn date(date: jiff::civil::Date) -> String {
@@ -23,25 +24,44 @@ pub fn timestamp(at: jiff::Timestamp) -> String {
     at.to_string()
 }
 
-/// A token's life-cycle status.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum StatusDto {
-    Allocated,
-    Waitlisted,
-    Cancelled,
-    NoShow,
-}
+/// A token's status, named as the engine names it; the schema lists
+/// every status the engine has, so the names live in one place.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusDto(Status);
 
 impl From<Status> for StatusDto {
     fn from(status: Status) -> StatusDto {
-        match status {
-            Status::Allocated => StatusDto::Allocated,
-            Status::Waitlisted => StatusDto::Waitlisted,
-            Status::Cancelled => StatusDto::Cancelled,
-            Status::NoShow => StatusDto::NoShow,
-        }
+        StatusDto(status)
     }
+}
+
+impl Serialize for StatusDto {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for StatusDto {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        names_schema(
+            "A token's status in the OPD day",
+            Status::ALL.map(Status::as_str),
+        )
+    }
+}
+
+impl ToSchema for StatusDto {}
+
+/// A string schema that takes one of `names`.
+fn names_schema<const N: usize>(
+    description: &str,
+    names: [&'static str; N],
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .description(Some(description))
+        .enum_values(Some(names))
+        .into()
 }
 
 /// Where a request comes from; fixes its priority (1 is highest).
@@ -88,37 +108,32 @@ impl From<Decision> for DecisionDto {
     }
 }
 
-/// Why a token changed status.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ReasonDto {
-    Allocated,
-    Overbooked,
-    BumpedLower,
-    Waitlisted,
-    Bumped,
-    Promoted,
-    CapacityReduced,
-    Cancelled,
-    NoShow,
-}
+/// Why a token changed status, named as the engine names it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReasonDto(Reason);
 
-impl From<crate::engine::Reason> for ReasonDto {
-    fn from(reason: crate::engine::Reason) -> ReasonDto {
-        use crate::engine::Reason;
-        match reason {
-            Reason::Allocated => ReasonDto::Allocated,
-            Reason::Overbooked => ReasonDto::Overbooked,
-            Reason::BumpedLower => ReasonDto::BumpedLower,
-            Reason::Waitlisted => ReasonDto::Waitlisted,
-            Reason::Bumped => ReasonDto::Bumped,
-            Reason::Promoted => ReasonDto::Promoted,
-            Reason::CapacityReduced => ReasonDto::CapacityReduced,
-            Reason::Cancelled => ReasonDto::Cancelled,
-            Reason::NoShow => ReasonDto::NoShow,
-        }
+impl From<Reason> for ReasonDto {
+    fn from(reason: Reason) -> ReasonDto {
+        ReasonDto(reason)
     }
 }
+
+impl Serialize for ReasonDto {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for ReasonDto {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        names_schema(
+            "Why a token changed status",
+            Reason::ALL.map(Reason::as_str),
+        )
+    }
+}
+
+impl ToSchema for ReasonDto {}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +150,16 @@ pub struct TokenDto {
     pub status: StatusDto,
     /// 1-based while WAITLISTED, else null.
     pub waitlist_position: Option<u32>,
+    /// When the patient first checked in; kept for life.
+    #[schema(format = DateTime)]
+    pub checked_in_at: Option<String>,
+    /// 1-based place in the doctor's call order while CHECKED_IN, else
+    /// null.
+    pub queue_position: Option<u32>,
+    /// When the token is expected to be called, while CHECKED_IN, else
+    /// null; never earlier for a token later in call order.
+    #[schema(format = DateTime)]
+    pub estimated_call_at: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -153,6 +178,9 @@ impl From<&TokenView> for TokenDto {
             priority: token.source.priority().get(),
             status: token.status.into(),
             waitlist_position: token.waitlist_position,
+            checked_in_at: token.checked_in_at.map(timestamp),
+            queue_position: token.queue_position,
+            estimated_call_at: token.estimated_call_at.map(timestamp),
             created_at: timestamp(token.created_at),
             updated_at: timestamp(token.updated_at),
         }
@@ -252,7 +280,7 @@ pub struct BookingDto {
     pub slot: SlotSummaryDto,
 }
 
-/// The answer to a cancel or no-show.
+/// The answer to an action on a token, and to call-next.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionDto {
@@ -313,4 +341,98 @@ pub struct TokenDetailDto {
 pub struct CapacityChangeDto {
     pub slot: SlotSummaryDto,
     pub changes: Vec<ChangeDto>,
+}
+
+/// The answer to `GET /doctors/{doctorId}/queue`: the doctor's day over
+/// all of the doctor's slots of the date.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DoctorQueueDto {
+    pub doctor_id: String,
+    #[schema(format = Date)]
+    pub date: String,
+    /// The token CALLED or IN_CONSULTATION.
+    pub current: Option<TokenDto>,
+    /// CHECKED_IN tokens in call order.
+    pub call_queue: Vec<TokenDto>,
+    /// ALLOCATED tokens in call order.
+    pub not_arrived: Vec<TokenDto>,
+    /// SKIPPED tokens in call order.
+    pub skipped: Vec<TokenDto>,
+    /// By slot start time, then promotion order.
+    pub waitlist: Vec<TokenDto>,
+    pub completed_count: u32,
+    pub no_show_count: u32,
+    pub cancelled_count: u32,
+    /// Always 0 until slots close (a later change).
+    pub expired_count: u32,
+}
+
+impl From<&DoctorQueue> for DoctorQueueDto {
+    fn from(queue: &DoctorQueue) -> DoctorQueueDto {
+        let tokens = |tokens: &[TokenView]| tokens.iter().map(TokenDto::from).collect();
+        DoctorQueueDto {
+            doctor_id: queue.doctor.to_string(),
+            date: date(queue.date),
+            current: queue.current.as_ref().map(TokenDto::from),
+            call_queue: tokens(&queue.call_queue),
+            not_arrived: tokens(&queue.not_arrived),
+            skipped: tokens(&queue.skipped),
+            waitlist: tokens(&queue.waitlist),
+            completed_count: queue.completed,
+            no_show_count: queue.no_show,
+            cancelled_count: queue.cancelled,
+            expired_count: 0,
+        }
+    }
+}
+
+/// The token with the doctor, as the board shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NowServingDto {
+    pub token_number: u32,
+    pub status: StatusDto,
+}
+
+/// One doctor on the waiting-hall board. No patient ids.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoardDoctorDto {
+    pub doctor_id: String,
+    pub now_serving: Option<NowServingDto>,
+    /// The token numbers of the first five in the call queue.
+    pub next: Vec<u32>,
+    /// How many tokens are CHECKED_IN.
+    pub waiting: u32,
+}
+
+/// The answer to `GET /board`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoardDto {
+    #[schema(format = Date)]
+    pub date: String,
+    /// By doctor id.
+    pub doctors: Vec<BoardDoctorDto>,
+}
+
+impl BoardDto {
+    pub fn new(day: jiff::civil::Date, entries: &[BoardEntry]) -> BoardDto {
+        BoardDto {
+            date: date(day),
+            doctors: entries
+                .iter()
+                .map(|entry| BoardDoctorDto {
+                    doctor_id: entry.doctor.to_string(),
+                    now_serving: entry.now_serving.map(|(number, status)| NowServingDto {
+                        token_number: number,
+                        status: status.into(),
+                    }),
+                    next: entry.next.clone(),
+                    waiting: entry.waiting,
+                })
+                .collect(),
+        }
+    }
 }

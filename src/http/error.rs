@@ -39,6 +39,10 @@ pub enum ApiError {
         "slot {0:?} does not exist: slot ids are 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'"
     )]
     MalformedSlotId(String),
+    /// A doctor id in the path that is not even well formed: no doctor
+    /// has it, so 404 like an unknown doctor.
+    #[error("doctor {0:?} has no slot")]
+    MalformedDoctorId(String),
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
     #[error("the request has invalid fields")]
@@ -79,7 +83,9 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::RouteNotFound(_) | ApiError::MalformedSlotId(_) => StatusCode::NOT_FOUND,
+            ApiError::RouteNotFound(_)
+            | ApiError::MalformedSlotId(_)
+            | ApiError::MalformedDoctorId(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -87,9 +93,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Engine(error) => match error {
-                EngineError::SlotNotFound(_) | EngineError::TokenNotFound(_) => {
-                    StatusCode::NOT_FOUND
-                }
+                EngineError::SlotNotFound(_)
+                | EngineError::TokenNotFound(_)
+                | EngineError::DoctorNotFound(_) => StatusCode::NOT_FOUND,
                 EngineError::EndNotAfterStart => StatusCode::UNPROCESSABLE_ENTITY,
                 EngineError::SlotExists(_)
                 | EngineError::SlotOverlap { .. }
@@ -97,7 +103,10 @@ impl ApiError {
                 | EngineError::InvalidTransition { .. }
                 | EngineError::WaitlistFull { .. }
                 | EngineError::OverbookFull { .. }
-                | EngineError::TokenIdInUse(_) => StatusCode::CONFLICT,
+                | EngineError::TokenIdInUse(_)
+                | EngineError::NotToday { .. }
+                | EngineError::DoctorBusy { .. }
+                | EngineError::QueueEmpty => StatusCode::CONFLICT,
             },
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -115,6 +124,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::Malformed(_) => "MALFORMED_REQUEST",
             ApiError::MalformedSlotId(_) => "SLOT_NOT_FOUND",
+            ApiError::MalformedDoctorId(_) => "DOCTOR_NOT_FOUND",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::Validation(_) | ApiError::Engine(EngineError::EndNotAfterStart) => {
                 "VALIDATION_FAILED"
@@ -132,6 +142,10 @@ impl ApiError {
                 // A random v4 id collided: the client may simply retry.
                 EngineError::TokenIdInUse(_) => "TOKEN_ID_CONFLICT",
                 EngineError::EndNotAfterStart => "VALIDATION_FAILED",
+                EngineError::DoctorNotFound(_) => "DOCTOR_NOT_FOUND",
+                EngineError::NotToday { .. } => "NOT_TODAY",
+                EngineError::DoctorBusy { .. } => "DOCTOR_BUSY",
+                EngineError::QueueEmpty => "QUEUE_EMPTY",
             },
             ApiError::Unavailable => "UNAVAILABLE",
             ApiError::Unauthorized => "UNAUTHORIZED",
@@ -189,6 +203,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Engine(EngineError::DuplicateBooking { existing }) => {
                 extra.insert("existingTokenId".into(), json!(existing));
+            }
+            ApiError::Engine(EngineError::DoctorBusy { current }) => {
+                extra.insert("currentTokenId".into(), json!(current));
             }
             ApiError::Unavailable => {
                 tracing::error!("answering 503: storage cannot make changes durable");

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError};
-use crate::engine::{Capacity, PatientId, SlotId, Source, CAPACITY_MAX, ID_MAX_LEN};
+use crate::engine::{Capacity, DoctorId, PatientId, SlotId, Source, CAPACITY_MAX, ID_MAX_LEN};
 use crate::service::Fingerprint;
 
 /// The longest accepted `Idempotency-Key`.
@@ -175,6 +175,12 @@ impl PathParam {
                 "the token id in the path is not a UUID".into(),
             )),
         }
+    }
+
+    /// A doctor id that is not even well formed names no doctor: 404.
+    pub fn doctor_id(&self) -> Result<DoctorId, ApiError> {
+        let raw = self.0.as_deref().unwrap_or("(not UTF-8)");
+        DoctorId::parse(raw).ok_or_else(|| ApiError::MalformedDoctorId(raw.to_owned()))
     }
 
     /// A slot id that is not even well formed names no slot: 404.

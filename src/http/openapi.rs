@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{dto, error::FieldError, health, slots, tokens, AppState};
+use super::{doctors, dto, error::FieldError, health, slots, tokens, AppState};
 
 /// An RFC 9457 problem, as every error is answered.
 #[derive(ToSchema)]
@@ -27,6 +27,9 @@ pub struct Problem {
     /// Present on DUPLICATE_BOOKING.
     #[schema(rename = "existingTokenId")]
     existing_token_id: Option<uuid::Uuid>,
+    /// Present on DOCTOR_BUSY: the token with the doctor.
+    #[schema(rename = "currentTokenId")]
+    current_token_id: Option<uuid::Uuid>,
 }
 
 #[derive(OpenApi)]
@@ -48,10 +51,17 @@ pub struct Problem {
         dto::SlotSummaryDto,
         dto::SlotDetailDto,
         dto::CapacityChangeDto,
+        dto::StatusDto,
+        dto::ReasonDto,
+        dto::DoctorQueueDto,
+        dto::BoardDto,
+        dto::BoardDoctorDto,
+        dto::NowServingDto,
     )),
     modifiers(&BearerAuth),
     tags(
-        (name = "tokens", description = "Book, read, cancel and no-show tokens"),
+        (name = "tokens", description = "Book and read tokens, and take them through the OPD day"),
+        (name = "doctors", description = "The doctor's call queue and the waiting-hall board"),
         (name = "slots", description = "Doctors' time slots and their queues"),
         (name = "operations", description = "Health"),
     )
@@ -157,6 +167,7 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(tokens::router())
         .merge(slots::router())
+        .merge(doctors::router())
         .routes(routes!(health::healthz))
         .split_for_parts();
     AccessResponses.modify(&mut document);

@@ -1,4 +1,4 @@
-//! The answers to bookings, cancellations and no-shows, written straight
+//! The answers to bookings and actions on tokens, written straight
 //! into one buffer.
 //!
 //! These are the busiest answers of the service. Serializing them through
@@ -33,7 +33,7 @@ pub fn booking(outcome: &Outcome) -> String {
     text(out)
 }
 
-/// `{"token","changes","slot"}` for a cancel or no-show.
+/// `{"token","changes","slot"}` for an action on a token.
 pub fn action(outcome: &Outcome) -> String {
     let mut out = Vec::with_capacity(TYPICAL_ANSWER_BYTES);
     out.push(b'{');
@@ -80,15 +80,36 @@ fn token(out: &mut Vec<u8>, token: &TokenView) {
     out.extend_from_slice(b",\"status\":\"");
     out.extend_from_slice(token.status.as_str().as_bytes());
     out.extend_from_slice(b"\",\"waitlistPosition\":");
-    match token.waitlist_position {
-        Some(position) => number(out, position),
-        None => out.extend_from_slice(b"null"),
-    }
+    optional_number(out, token.waitlist_position);
+    out.extend_from_slice(b",\"checkedInAt\":");
+    optional_timestamp(out, token.checked_in_at);
+    out.extend_from_slice(b",\"queuePosition\":");
+    optional_number(out, token.queue_position);
+    out.extend_from_slice(b",\"estimatedCallAt\":");
+    optional_timestamp(out, token.estimated_call_at);
     out.extend_from_slice(b",\"createdAt\":\"");
     timestamp(out, token.created_at);
     out.extend_from_slice(b"\",\"updatedAt\":\"");
     timestamp(out, token.updated_at);
     out.extend_from_slice(b"\"}");
+}
+
+fn optional_number(out: &mut Vec<u8>, value: Option<u32>) {
+    match value {
+        Some(value) => number(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn optional_timestamp(out: &mut Vec<u8>, at: Option<Timestamp>) {
+    match at {
+        Some(at) => {
+            out.push(b'"');
+            timestamp(out, at);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn change(out: &mut Vec<u8>, change: &Change) {
@@ -254,12 +275,13 @@ mod tests {
     proptest! {
         /// Every kind of answer the engine gives (free seat, overbooking,
         /// bump with a change, waitlist with positions, promotion on
-        /// cancel, no-show) is written byte for byte as the DTOs
+        /// cancel, every action of the OPD day, with queue positions and
+        /// call estimates) is written byte for byte as the DTOs
         /// serialize it, at any time of any day.
         #[test]
         fn answers_match_the_dtos(
             sources in proptest::collection::vec(0usize..5, 1..40),
-            cancels in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            actions in proptest::collection::vec((any::<prop::sample::Index>(), 0..Action::ALL.len()), 0..30),
             nanos in 0i64..4_102_444_800_000_000_000,
             step in 0i64..10_000_000_000,
         ) {
@@ -279,6 +301,7 @@ mod tests {
                 Context {
                     at: Timestamp::from_nanosecond(i128::from(at)).unwrap(),
                     actor: "test".into(),
+                    today: jiff::civil::date(2030, 1, 7),
                 }
             };
             let mut booked = Vec::new();
@@ -292,9 +315,9 @@ mod tests {
                 prop_assert_eq!(booking(&outcome), serde_booking(&outcome));
                 booked.push(outcome.token.id);
             }
-            for (turn, pick) in cancels.iter().enumerate() {
+            for (pick, kind) in &actions {
                 let id = *pick.get(&booked);
-                let kind = if turn % 2 == 0 { Action::Cancel } else { Action::NoShow };
+                let kind = Action::ALL[*kind];
                 if let Ok(outcome) = engine.act(id, kind, &next_ctx()) {
                     prop_assert_eq!(action(&outcome), serde_action(&outcome));
                 }

@@ -1,4 +1,5 @@
-//! Token routes: book, read, cancel, no-show.
+//! Token routes: book, read, and the actions of the OPD day (check-in,
+//! call, start, complete, skip, cancel, no-show).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -23,6 +24,11 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(book))
         .routes(routes!(token))
+        .routes(routes!(check_in))
+        .routes(routes!(call))
+        .routes(routes!(start))
+        .routes(routes!(complete))
+        .routes(routes!(skip))
         .routes(routes!(cancel))
         .routes(routes!(no_show))
 }
@@ -168,7 +174,130 @@ pub async fn token(State(app): State<AppState>, path: PathParam) -> Result<Json<
         .ok_or(ApiError::Engine(EngineError::TokenNotFound(id)))
 }
 
-/// Cancels an ALLOCATED or WAITLISTED token.
+/// Checks a patient in: ALLOCATED → CHECKED_IN (into the doctor's call
+/// queue), WAITLISTED → WAITLISTED (sets checkedInAt; promoted later, it
+/// becomes CHECKED_IN), SKIPPED → CHECKED_IN (reason RETURNED). Only on
+/// the slot's date.
+#[utoipa::path(
+    post,
+    path = "/tokens/{tokenId}/check-in",
+    tag = "tokens",
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, description = "Checked in", body = ActionDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION, or NOT_TODAY (not the slot's date)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn check_in(
+    State(app): State<AppState>,
+    path: PathParam,
+    request: Request,
+) -> Result<Response> {
+    act(app, path, request, Action::CheckIn).await
+}
+
+/// Calls a CHECKED_IN token to the doctor's room: CALLED. Only on the
+/// slot's date, and only while the doctor has nobody CALLED or
+/// IN_CONSULTATION.
+#[utoipa::path(
+    post,
+    path = "/tokens/{tokenId}/call",
+    tag = "tokens",
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, description = "Called", body = ActionDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION, NOT_TODAY, or DOCTOR_BUSY (with currentTokenId)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn call(
+    State(app): State<AppState>,
+    path: PathParam,
+    request: Request,
+) -> Result<Response> {
+    act(app, path, request, Action::Call).await
+}
+
+/// Starts the consultation of a CALLED token: IN_CONSULTATION.
+#[utoipa::path(
+    post,
+    path = "/tokens/{tokenId}/start",
+    tag = "tokens",
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, description = "In consultation", body = ActionDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn start(
+    State(app): State<AppState>,
+    path: PathParam,
+    request: Request,
+) -> Result<Response> {
+    act(app, path, request, Action::Start).await
+}
+
+/// Completes the consultation of an IN_CONSULTATION token: COMPLETED (it
+/// keeps its seat).
+#[utoipa::path(
+    post,
+    path = "/tokens/{tokenId}/complete",
+    tag = "tokens",
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, description = "Completed", body = ActionDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn complete(
+    State(app): State<AppState>,
+    path: PathParam,
+    request: Request,
+) -> Result<Response> {
+    act(app, path, request, Action::Complete).await
+}
+
+/// Skips a CALLED token whose patient did not come: SKIPPED, or NO_SHOW
+/// (freeing its seat) on the skip that reaches --max-skips.
+#[utoipa::path(
+    post,
+    path = "/tokens/{tokenId}/skip",
+    tag = "tokens",
+    params(("tokenId" = uuid::Uuid, Path, description = "Canonical UUID, any letter case")),
+    responses(
+        (status = 200, description = "Skipped, or a no-show; promotions appear in changes", body = ActionDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn skip(
+    State(app): State<AppState>,
+    path: PathParam,
+    request: Request,
+) -> Result<Response> {
+    act(app, path, request, Action::Skip).await
+}
+
+/// Cancels a token that is ALLOCATED, WAITLISTED, CHECKED_IN, CALLED or
+/// SKIPPED.
 #[utoipa::path(
     post,
     path = "/tokens/{tokenId}/cancel",
@@ -191,7 +320,8 @@ pub async fn cancel(
     act(app, path, request, Action::Cancel).await
 }
 
-/// Marks an ALLOCATED token as a no-show.
+/// Marks an ALLOCATED, CALLED or SKIPPED token as a no-show. Only on the
+/// slot's date.
 #[utoipa::path(
     post,
     path = "/tokens/{tokenId}/no-show",
@@ -201,7 +331,7 @@ pub async fn cancel(
         (status = 200, description = "Marked; promotions appear in changes", body = ActionDto),
         (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "TOKEN_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INVALID_TRANSITION", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INVALID_TRANSITION, or NOT_TODAY (not the slot's date)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
@@ -214,6 +344,11 @@ pub async fn no_show(
     act(app, path, request, Action::NoShow).await
 }
 
+/// An action's answer from an outcome.
+pub fn action_response(outcome: &crate::engine::Outcome) -> Response {
+    json_response(StatusCode::OK, render::action(outcome))
+}
+
 async fn act(app: AppState, path: PathParam, request: Request, action: Action) -> Result<Response> {
     let (parts, body) = request.into_parts();
     let caller = Caller::of(&parts.extensions);
@@ -221,7 +356,7 @@ async fn act(app: AppState, path: PathParam, request: Request, action: Action) -
     input::read_body(&parts.headers, body, app.body_limit_bytes).await?;
     let id = path.token_id()?;
     let outcome = app.service.act(id, action, caller.actor()).await?;
-    Ok(json_response(StatusCode::OK, render::action(&outcome)))
+    Ok(action_response(&outcome))
 }
 
 /// The body of `POST /tokens`.

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use uuid::Uuid;
 
@@ -17,8 +18,8 @@ use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, LocalStart, Rendered, ServiceError,
 };
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, Outcome, SlotId,
-    SlotSpec, SlotSummary,
+    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, DoctorId, Engine, Outcome,
+    SlotId, SlotSpec, SlotSummary,
 };
 use crate::store::{
     EventBus, Journal, Record, Reservation, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION,
@@ -30,6 +31,8 @@ pub(super) struct Local {
     journal: Option<Journal>,
     events: EventBus,
     clock: Clock,
+    /// The clinic's time zone, in which "today" is taken.
+    zone: TimeZone,
 }
 
 struct State {
@@ -171,6 +174,7 @@ impl Local {
         idempotency_limits: IdempotencyLimits,
         events: EventBus,
         clock: Clock,
+        zone: TimeZone,
     ) -> Local {
         let mut remembered = Idempotency::new(idempotency_limits);
         for record in start.idempotency {
@@ -185,6 +189,7 @@ impl Local {
             journal: start.journal,
             events,
             clock,
+            zone,
         }
     }
 
@@ -202,9 +207,11 @@ impl Local {
     }
 
     fn context(&self, actor: Actor) -> Context {
+        let at = (self.clock)();
         Context {
-            at: (self.clock)(),
+            at,
             actor,
+            today: at.to_zoned(self.zone.clone()).date(),
         }
     }
 
@@ -274,7 +281,27 @@ impl Local {
         Ok(booking)
     }
 
-    /// Cancels a token or marks it a no-show.
+    /// Calls the doctor's first checked-in token of today.
+    pub(super) async fn call_next(
+        &self,
+        doctor: &DoctorId,
+        actor: Actor,
+    ) -> Result<Outcome, ServiceError> {
+        let (outcome, ticket) = {
+            let mut writer = self.write()?;
+            let ctx = self.context(actor);
+            let outcome = writer.state.engine.call_next(doctor, &ctx)?;
+            let ticket = writer.append(Record::Acted {
+                outcome: outcome.clone(),
+                ctx,
+            });
+            (outcome, ticket)
+        };
+        self.wait(ticket).await?;
+        Ok(outcome)
+    }
+
+    /// Takes an action on a token.
     pub(super) async fn act(
         &self,
         id: Uuid,

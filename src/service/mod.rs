@@ -14,8 +14,9 @@ use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, Engine, EngineError, HistoryEntry,
-    Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec, SlotSummary, TokenView,
+    Action, Actor, BoardEntry, BookRequest, Capacity, CapacityOutcome, DoctorId, DoctorQueue,
+    Engine, EngineError, HistoryEntry, Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec,
+    SlotSummary, TokenView,
 };
 use crate::store::events::Published;
 pub use crate::store::Fingerprint;
@@ -119,18 +120,20 @@ impl Service {
     /// A service on this process's engine; durable when `start` has a
     /// journal. Durable changes are told on `events`.
     pub fn local(
-        start: LocalStart,
+        mut start: LocalStart,
         idempotency_limits: IdempotencyLimits,
         events: EventBus,
         clock: Clock,
         zone: TimeZone,
     ) -> Service {
+        start.engine = std::mem::take(&mut start.engine).with_zone(zone.clone());
         Service {
             backend: Backend::Local(Box::new(Local::new(
                 start,
                 idempotency_limits,
                 events.clone(),
                 clock.clone(),
+                zone.clone(),
             ))),
             events,
             clock,
@@ -205,7 +208,8 @@ impl Service {
         }
     }
 
-    /// Cancels a token or marks it a no-show.
+    /// Takes an action on a token: check-in, call, start, complete, skip,
+    /// cancel, no-show.
     pub async fn act(
         &self,
         id: Uuid,
@@ -214,8 +218,56 @@ impl Service {
     ) -> Result<Outcome, ServiceError> {
         match &self.backend {
             Backend::Local(local) => local.act(id, action, actor).await,
-            Backend::Postgres(postgres) => postgres.act(id, action, actor, &self.clock).await,
+            Backend::Postgres(postgres) => {
+                Box::pin(postgres.act(id, action, actor, &self.clock)).await
+            }
         }
+    }
+
+    /// Calls the doctor's first checked-in token of today.
+    pub async fn call_next(
+        &self,
+        doctor: &DoctorId,
+        actor: Actor,
+    ) -> Result<Outcome, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.call_next(doctor, actor).await,
+            Backend::Postgres(postgres) => {
+                Box::pin(postgres.call_next(doctor, actor, &self.clock)).await
+            }
+        }
+    }
+
+    /// The doctor's day on `date`; `None` when the doctor has no slot on
+    /// any date.
+    pub async fn doctor_queue(
+        &self,
+        doctor: &DoctorId,
+        date: Date,
+    ) -> Result<Option<DoctorQueue>, ServiceError> {
+        let at = self.now();
+        match &self.backend {
+            Backend::Local(local) => {
+                local
+                    .read(|engine| engine.doctor_queue(doctor, date, at))
+                    .await
+            }
+            Backend::Postgres(postgres) => postgres.doctor_queue(doctor, date, at).await,
+        }
+    }
+
+    /// Today's waiting-hall board for the given doctors, or for every
+    /// doctor with a slot today.
+    pub async fn board(
+        &self,
+        doctors: Option<&[DoctorId]>,
+    ) -> Result<(Date, Vec<BoardEntry>), ServiceError> {
+        let today = self.today();
+        let board = match &self.backend {
+            Backend::Local(local) => local.read(|engine| engine.board(doctors, today)).await?,
+            Backend::Postgres(postgres) => postgres.board(doctors, today).await?,
+        };
+        Ok((today, board))
     }
 
     pub async fn set_capacity(
@@ -246,25 +298,27 @@ impl Service {
     }
 
     pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {
+        let at = self.now();
         match &self.backend {
             Backend::Local(local) => {
                 local
                     .read(|engine| {
                         Some(TokenDetail {
-                            token: engine.token(id)?,
+                            token: engine.token(id, at)?,
                             history: engine.history(id)?,
                         })
                     })
                     .await
             }
-            Backend::Postgres(postgres) => postgres.token(id).await,
+            Backend::Postgres(postgres) => postgres.token(id, at).await,
         }
     }
 
     pub async fn slot(&self, id: &SlotId) -> Result<Option<SlotDetail>, ServiceError> {
+        let at = self.now();
         match &self.backend {
-            Backend::Local(local) => local.read(|engine| engine.slot(id)).await,
-            Backend::Postgres(postgres) => postgres.slot(id).await,
+            Backend::Local(local) => local.read(|engine| engine.slot(id, at)).await,
+            Backend::Postgres(postgres) => postgres.slot(id, at).await,
         }
     }
 

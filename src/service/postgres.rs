@@ -5,8 +5,13 @@
 //! embedded backend uses, write what changed, commit, and only then answer.
 //! The row lock serialises every request on one slot across instances; the
 //! doctor's day row is locked after it, so token numbers stay gapless and in
-//! request order. Locks are always taken in the order idempotency key, slot,
-//! doctor's day, so transactions never wait on each other in a cycle.
+//! request order. An action on a token, and call-next, decide over the
+//! doctor's whole day (the call order and the one token with the doctor
+//! span all of the doctor's slots of a date): they lock every slot row of
+//! that doctor and date, in start time order, and then the day's row.
+//! Locks are always taken in the order idempotency key, slots (by start
+//! time), doctor's day, so transactions never wait on each other in a
+//! cycle.
 //!
 //! Serialization failures, deadlocks and the race of two instances storing
 //! one idempotency key are retried from the start; anything else the
@@ -18,6 +23,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use uuid::Uuid;
 
@@ -25,8 +32,9 @@ use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
 };
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, EngineError, Limits,
-    Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec, SlotSummary,
+    Action, Actor, BoardEntry, BookRequest, Capacity, CapacityOutcome, Context, DoctorId,
+    DoctorQueue, Engine, EngineError, Limits, Outcome, SlotDetail, SlotId, SlotPage, SlotQuery,
+    SlotSpec, SlotSummary, Status,
 };
 use crate::store::events::Made;
 use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
@@ -38,6 +46,8 @@ const ATTEMPTS: usize = 8;
 pub struct Postgres {
     database: Database,
     limits: Limits,
+    /// The clinic's time zone, in which "today" is taken.
+    zone: TimeZone,
     idempotency_limits: IdempotencyLimits,
     /// Where this instance tells the events of its own changes once they
     /// are committed.
@@ -80,9 +90,74 @@ impl Postgres {
         Postgres {
             database,
             limits,
+            zone: TimeZone::UTC,
             idempotency_limits,
             events,
         }
+    }
+
+    /// Sets the clinic's time zone, in which "today" is taken and slot
+    /// times are read.
+    pub fn with_zone(mut self, zone: TimeZone) -> Postgres {
+        self.zone = zone;
+        self
+    }
+
+    /// A fresh engine to load rows into.
+    fn engine(&self) -> Engine {
+        Engine::new(self.limits).with_zone(self.zone.clone())
+    }
+
+    fn context(&self, actor: &Actor, clock: &Clock) -> Context {
+        let at = clock();
+        Context {
+            at,
+            actor: actor.clone(),
+            today: at.to_zoned(self.zone.clone()).date(),
+        }
+    }
+
+    /// Locks the doctor's day for a decision over it (see the module's
+    /// lock order) and loads it into an engine with its pace.
+    async fn lock_doctor_day(
+        &self,
+        tx: &mut Transaction,
+        doctor: &DoctorId,
+        date: Date,
+    ) -> Attempt<Engine> {
+        let mut engine =
+            db::load_doctor_day(tx, doctor, date, Lock::ForUpdate, self.engine()).await?;
+        let pace = db::doctor_day_pace(tx, doctor, date, Lock::ForUpdate).await?;
+        engine.resume_pace(doctor, date, pace);
+        Ok(engine)
+    }
+
+    /// Loads a doctor's day from a snapshot, for reads.
+    async fn read_doctor_day(
+        &self,
+        tx: &mut Transaction,
+        doctor: &DoctorId,
+        date: Date,
+    ) -> Attempt<Engine> {
+        let mut engine = db::load_doctor_day(tx, doctor, date, Lock::None, self.engine()).await?;
+        let pace = db::doctor_day_pace(tx, doctor, date, Lock::None).await?;
+        engine.resume_pace(doctor, date, pace);
+        Ok(engine)
+    }
+
+    /// Writes what an action on a doctor's day changed, then commits.
+    async fn write_action(
+        &self,
+        mut tx: Transaction,
+        engine: &Engine,
+        outcome: &Outcome,
+        ctx: &Context,
+    ) -> Attempt<()> {
+        let (doctor, date) = (&outcome.slot.doctor, outcome.slot.date);
+        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), ctx).await?;
+        db::write_counts(&mut tx, &outcome.slot).await?;
+        db::write_pace(&mut tx, doctor, date, engine.pace(doctor, date)).await?;
+        self.log_and_commit(tx, Made::Token(outcome), ctx).await
     }
 
     /// Logs a change's events as the transaction's last write and commits;
@@ -179,7 +254,7 @@ impl Postgres {
             }
             self.check_idempotency_room(&mut tx, actor, now).await?;
         }
-        let mut engine = db::load_slot(&mut tx, &request.slot, Lock::ForUpdate, self.limits)
+        let mut engine = db::load_slot(&mut tx, &request.slot, Lock::ForUpdate, self.engine())
             .await?
             .ok_or_else(|| EngineError::SlotNotFound(request.slot.clone()))?;
         let summary = engine
@@ -190,10 +265,7 @@ impl Postgres {
         // commit order.
         let next_sequence = db::next_sequence(&mut tx).await?;
         engine.resume_counters(&request.slot, next_sequence, issued)?;
-        let ctx = Context {
-            at: clock(),
-            actor: actor.clone(),
-        };
+        let ctx = self.context(actor, clock);
         let outcome = engine.book(request.clone(), &ctx)?;
         let token = &outcome.token;
         db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
@@ -262,26 +334,120 @@ impl Postgres {
         clock: &Clock,
     ) -> Attempt<Outcome> {
         let mut tx = self.database.begin().await?;
-        let slot = db::token_slot(&mut tx, id)
+        let (doctor, date) = db::token_day(&mut tx, id)
             .await?
             .ok_or(EngineError::TokenNotFound(id))?;
-        let mut engine = db::load_slot(&mut tx, &slot, Lock::ForUpdate, self.limits)
-            .await?
-            .ok_or_else(|| PgError::Corrupt(format!("token {id} names a missing slot")))?;
-        if engine.token(id).is_none() {
-            // Only active tokens are loaded: this one has ended.
+        let mut engine = self.lock_doctor_day(&mut tx, &doctor, date).await?;
+        if engine.token(id, clock()).is_none() {
+            // Only active and seated tokens are loaded: this one has ended.
             let from = db::token_status(&mut tx, id).await?;
             return Err(EngineError::InvalidTransition { from, action }.into());
         }
-        let ctx = Context {
-            at: clock(),
-            actor: actor.clone(),
-        };
+        let ctx = self.context(actor, clock);
         let outcome = engine.act(id, action, &ctx)?;
-        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
-        db::write_counts(&mut tx, &outcome.slot).await?;
-        self.log_and_commit(tx, Made::Token(&outcome), &ctx).await?;
+        self.write_action(tx, &engine, &outcome, &ctx).await?;
         Ok(outcome)
+    }
+
+    pub async fn call_next(
+        &self,
+        doctor: &DoctorId,
+        actor: Actor,
+        clock: &Clock,
+    ) -> Result<Outcome, ServiceError> {
+        self.retry(|| self.try_call_next(doctor, &actor, clock))
+            .await
+    }
+
+    async fn try_call_next(
+        &self,
+        doctor: &DoctorId,
+        actor: &Actor,
+        clock: &Clock,
+    ) -> Attempt<Outcome> {
+        let mut tx = self.database.begin().await?;
+        if !db::doctor_exists(&mut tx, doctor).await? {
+            return Err(EngineError::DoctorNotFound(doctor.clone()).into());
+        }
+        let ctx = self.context(actor, clock);
+        let mut engine = self.lock_doctor_day(&mut tx, doctor, ctx.today).await?;
+        if !engine.has_doctor(doctor) {
+            // The doctor has slots, but none today.
+            return Err(EngineError::QueueEmpty.into());
+        }
+        let outcome = engine.call_next(doctor, &ctx)?;
+        self.write_action(tx, &engine, &outcome, &ctx).await?;
+        Ok(outcome)
+    }
+
+    /// The doctor's day on `date`, from one snapshot.
+    pub async fn doctor_queue(
+        &self,
+        doctor: &DoctorId,
+        date: Date,
+        at: Timestamp,
+    ) -> Result<Option<DoctorQueue>, ServiceError> {
+        self.retry(|| async {
+            let mut tx = self.database.snapshot().await?;
+            if !db::doctor_exists(&mut tx, doctor).await? {
+                return Ok(None);
+            }
+            let engine = self.read_doctor_day(&mut tx, doctor, date).await?;
+            let ended = db::ended_counts(&mut tx, doctor, date).await?;
+            let mut queue = DoctorQueue {
+                doctor: doctor.clone(),
+                date,
+                current: None,
+                call_queue: Vec::new(),
+                not_arrived: Vec::new(),
+                skipped: Vec::new(),
+                waitlist: Vec::new(),
+                completed: 0,
+                no_show: 0,
+                cancelled: 0,
+            };
+            if let Some(loaded) = engine.doctor_queue(doctor, date, at) {
+                queue = loaded;
+            }
+            // Only seated ended tokens are loaded; the others are counted.
+            let count = |status| {
+                ended
+                    .iter()
+                    .find(|(of, _)| *of == status)
+                    .map_or(0, |(_, count)| *count)
+            };
+            queue.no_show = count(Status::NoShow);
+            queue.cancelled = count(Status::Cancelled);
+            Ok(Some(queue))
+        })
+        .await
+    }
+
+    /// The waiting-hall board for `date`, from one snapshot.
+    pub async fn board(
+        &self,
+        doctors: Option<&[DoctorId]>,
+        date: Date,
+    ) -> Result<Vec<BoardEntry>, ServiceError> {
+        self.retry(|| async {
+            let mut tx = self.database.snapshot().await?;
+            let doctors = match doctors {
+                Some(doctors) => {
+                    let mut doctors = doctors.to_vec();
+                    doctors.sort();
+                    doctors.dedup();
+                    doctors
+                }
+                None => db::doctors_on(&mut tx, date).await?,
+            };
+            let mut board = Vec::with_capacity(doctors.len());
+            for doctor in doctors {
+                let engine = self.read_doctor_day(&mut tx, &doctor, date).await?;
+                board.extend(engine.board(Some(std::slice::from_ref(&doctor)), date));
+            }
+            Ok(board)
+        })
+        .await
     }
 
     pub async fn set_capacity(
@@ -303,13 +469,10 @@ impl Postgres {
         clock: &Clock,
     ) -> Attempt<CapacityOutcome> {
         let mut tx = self.database.begin().await?;
-        let mut engine = db::load_slot(&mut tx, slot, Lock::ForUpdate, self.limits)
+        let mut engine = db::load_slot(&mut tx, slot, Lock::ForUpdate, self.engine())
             .await?
             .ok_or_else(|| EngineError::SlotNotFound(slot.clone()))?;
-        let ctx = Context {
-            at: clock(),
-            actor: actor.clone(),
-        };
+        let ctx = self.context(actor, clock);
         let outcome = engine.set_capacity(slot, capacity, &ctx)?;
         db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
         db::write_capacity(&mut tx, &outcome.slot).await?;
@@ -335,10 +498,7 @@ impl Postgres {
         actor: &Actor,
         clock: &Clock,
     ) -> Attempt<SlotSummary> {
-        let ctx = Context {
-            at: clock(),
-            actor: actor.clone(),
-        };
+        let ctx = self.context(actor, clock);
         // The engine checks the slot on its own first, so refusals come in
         // the same order as with the embedded backend.
         let summary = Engine::new(self.limits).create_slot(spec.clone())?;
@@ -362,11 +522,22 @@ impl Postgres {
         Ok(summary)
     }
 
-    pub async fn slot(&self, id: &SlotId) -> Result<Option<SlotDetail>, ServiceError> {
+    /// A slot with its queues; the doctor's whole day is loaded, because a
+    /// checked-in token's place is in the doctor's call order.
+    pub async fn slot(
+        &self,
+        id: &SlotId,
+        at: Timestamp,
+    ) -> Result<Option<SlotDetail>, ServiceError> {
         self.retry(|| async {
             let mut tx = self.database.snapshot().await?;
-            let engine = db::load_slot(&mut tx, id, Lock::None, self.limits).await?;
-            Ok(engine.and_then(|engine| engine.slot(id)))
+            let Some(summary) = db::slot_summary(&mut tx, id).await? else {
+                return Ok(None);
+            };
+            let engine = self
+                .read_doctor_day(&mut tx, &summary.doctor, summary.date)
+                .await?;
+            Ok(engine.slot(id, at))
         })
         .await
     }
@@ -392,12 +563,25 @@ impl Postgres {
         .await
     }
 
-    pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {
+    pub async fn token(
+        &self,
+        id: Uuid,
+        at: Timestamp,
+    ) -> Result<Option<TokenDetail>, ServiceError> {
         self.retry(|| async {
             let mut tx = self.database.snapshot().await?;
-            let Some(token) = db::token_view(&mut tx, id).await? else {
+            let Some(mut token) = db::token_view(&mut tx, id).await? else {
                 return Ok(None);
             };
+            if token.status.is_callable() {
+                // Its place and estimate come from the doctor's call order.
+                let engine = self
+                    .read_doctor_day(&mut tx, &token.doctor, token.date)
+                    .await?;
+                if let Some(view) = engine.token(id, at) {
+                    token = view;
+                }
+            }
             let history = db::token_history(&mut tx, id).await?;
             Ok(Some(TokenDetail { token, history }))
         })

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{from_nanos, nanos, Event, EventKind, StoreError, StoredIdempotency};
 use crate::engine::{
-    Actor, Capacity, Context, DoctorId, Engine, HistoryEntry, Limits, PatientId, Reason, SlotId,
+    Actor, Capacity, Context, DoctorId, Engine, HistoryEntry, Pace, PatientId, Reason, SlotId,
     SlotPage, SlotQuery, SlotSpec, SlotSummary, Source, Status, TokenChange, TokenRecord,
     TokenView,
 };
@@ -112,59 +112,111 @@ pub enum Lock {
     None,
 }
 
-/// Loads one slot and its active tokens into a fresh engine; `None` when
-/// the slot does not exist. Ended tokens never change again, so the engine
-/// needs only the active ones to decide.
+/// Loads one slot, its active tokens and those holding a seat into a
+/// fresh engine; `None` when the slot does not exist. Other ended tokens
+/// never change again and hold nothing, so the engine needs only these to
+/// decide.
 pub async fn load_slot(
     connection: &mut PgConnection,
     id: &SlotId,
     lock: Lock,
-    limits: Limits,
+    engine: Engine,
 ) -> PgResult<Option<Engine>> {
     let query = match lock {
-        Lock::ForUpdate => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1 FOR UPDATE",
-        Lock::None => "SELECT doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1",
+        Lock::ForUpdate => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1 FOR UPDATE",
+        Lock::None => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1",
     };
-    let Some(row) = sqlx::query(query)
+    let rows = sqlx::query(query)
         .bind(id.as_str())
-        .fetch_optional(&mut *connection)
-        .await?
-    else {
+        .fetch_all(&mut *connection)
+        .await?;
+    if rows.is_empty() {
         return Ok(None);
+    }
+    fill_engine(connection, engine, &rows).await.map(Some)
+}
+
+/// Loads every slot of a doctor's date, with their active and seated
+/// tokens, into a fresh engine, locking the slots in start time order when
+/// asked: the doctor's call order and the one token with the doctor span
+/// all of them. The day's pace is read by [`lock_doctor_day`].
+pub async fn load_doctor_day(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+    lock: Lock,
+    engine: Engine,
+) -> PgResult<Engine> {
+    let query = match lock {
+        Lock::ForUpdate => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE doctor_id = $1 AND date = $2 ORDER BY start_time FOR UPDATE",
+        Lock::None => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE doctor_id = $1 AND date = $2 ORDER BY start_time",
     };
-    let mut engine = Engine::new(limits);
-    engine
-        .create_slot(SlotSpec {
-            id: id.clone(),
-            doctor: parse(DoctorId::parse, row.try_get(0)?)?,
-            date: parse(|raw| raw.parse().ok(), row.try_get(1)?)?,
-            start: parse(|raw| raw.parse().ok(), row.try_get(2)?)?,
-            end: parse(|raw| raw.parse().ok(), row.try_get(3)?)?,
-            capacity: u32::try_from(row.try_get::<i32, _>(4)?)
-                .ok()
-                .and_then(Capacity::new)
-                .ok_or_else(|| PgError::Corrupt("capacity out of range".into()))?,
-        })
-        .map_err(|error| PgError::Corrupt(error.to_string()))?;
+    let rows = sqlx::query(query)
+        .bind(doctor.as_str())
+        .bind(date.to_string())
+        .fetch_all(&mut *connection)
+        .await?;
+    fill_engine(connection, engine, &rows).await
+}
+
+/// Creates the slots of `rows` in `engine` and restores their active and
+/// seated tokens.
+async fn fill_engine(
+    connection: &mut PgConnection,
+    mut engine: Engine,
+    rows: &[PgRow],
+) -> PgResult<Engine> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = parse(SlotId::parse, row.try_get(0)?)?;
+        engine
+            .create_slot(SlotSpec {
+                id: id.clone(),
+                doctor: parse(DoctorId::parse, row.try_get(1)?)?,
+                date: parse(|raw| raw.parse().ok(), row.try_get(2)?)?,
+                start: parse(|raw| raw.parse().ok(), row.try_get(3)?)?,
+                end: parse(|raw| raw.parse().ok(), row.try_get(4)?)?,
+                capacity: u32::try_from(row.try_get::<i32, _>(5)?)
+                    .ok()
+                    .and_then(Capacity::new)
+                    .ok_or_else(|| PgError::Corrupt("capacity out of range".into()))?,
+            })
+            .map_err(|error| PgError::Corrupt(error.to_string()))?;
+        ids.push(id);
+    }
+    let names: Vec<&str> = ids.iter().map(SlotId::as_str).collect();
     let tokens = sqlx::query(
-        "SELECT token_id, sequence, token_number, patient_id, source, status, created_at, updated_at
-         FROM tokens WHERE slot_id = $1 AND active ORDER BY sequence",
+        "SELECT token_id, sequence, token_number, patient_id, source, status, created_at, updated_at,
+                checked_in_at, skips, slot_id
+         FROM tokens WHERE slot_id = ANY($1) AND (active OR seated) ORDER BY sequence",
     )
-    .bind(id.as_str())
+    .bind(&names)
     .fetch_all(&mut *connection)
     .await?;
     for row in &tokens {
+        let slot = row.try_get::<&str, _>(10)?;
+        let slot = ids
+            .iter()
+            .find(|id| id.as_str() == slot)
+            .cloned()
+            .ok_or_else(|| PgError::Corrupt("a token of a slot not loaded".into()))?;
         engine
             .restore_token(TokenRecord {
                 id: row.try_get(0)?,
                 sequence: row.try_get::<i64, _>(1)? as u64,
                 number: row.try_get::<i32, _>(2)? as u32,
                 patient: parse(PatientId::parse, row.try_get(3)?)?,
-                slot: id.clone(),
+                slot,
                 source: parse(Source::parse, row.try_get(4)?)?,
                 status: parse(Status::parse, row.try_get(5)?)?,
                 created_at: timestamp(row.try_get(6)?)?,
                 updated_at: timestamp(row.try_get(7)?)?,
+                checked_in_at: row
+                    .try_get::<Option<i64>, _>(8)?
+                    .map(timestamp)
+                    .transpose()?,
+                skips: u8::try_from(row.try_get::<i16, _>(9)?)
+                    .map_err(|_| PgError::Corrupt("a skip count out of range".into()))?,
                 // History is not needed to decide, only to show.
                 history: Vec::new(),
             })
@@ -173,7 +225,7 @@ pub async fn load_slot(
     engine
         .check_invariants()
         .map_err(|error| PgError::Corrupt(error.to_string()))?;
-    Ok(Some(engine))
+    Ok(engine)
 }
 
 /// Takes the lock of one caller's idempotency key until the transaction
@@ -322,6 +374,110 @@ pub async fn lock_doctor_day(
     u32::try_from(issued).map_err(|_| PgError::Corrupt("a negative token number".into()))
 }
 
+/// The doctor's day's pace, locking its row until the transaction ends
+/// when asked; the default for a day without a row.
+pub async fn doctor_day_pace(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+    lock: Lock,
+) -> PgResult<Pace> {
+    let query = match lock {
+        Lock::ForUpdate => "SELECT consultations, consultation_nanos, calls, skips FROM doctor_days WHERE doctor_id = $1 AND date = $2 FOR UPDATE",
+        Lock::None => "SELECT consultations, consultation_nanos, calls, skips FROM doctor_days WHERE doctor_id = $1 AND date = $2",
+    };
+    let Some(row) = sqlx::query(query)
+        .bind(doctor.as_str())
+        .bind(date.to_string())
+        .fetch_optional(connection)
+        .await?
+    else {
+        return Ok(Pace::default());
+    };
+    let count =
+        |value: i32| u32::try_from(value).map_err(|_| PgError::Corrupt("a negative count".into()));
+    Ok(Pace {
+        consultations: count(row.try_get(0)?)?,
+        consultation_nanos: row.try_get(1)?,
+        calls: count(row.try_get(2)?)?,
+        skips: count(row.try_get(3)?)?,
+    })
+}
+
+/// Records the doctor's day's pace.
+pub async fn write_pace(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+    pace: Pace,
+) -> PgResult<()> {
+    sqlx::query(
+        "UPDATE doctor_days SET consultations = $3, consultation_nanos = $4, calls = $5, skips = $6
+         WHERE doctor_id = $1 AND date = $2",
+    )
+    .bind(doctor.as_str())
+    .bind(date.to_string())
+    .bind(pace.consultations as i32)
+    .bind(pace.consultation_nanos)
+    .bind(pace.calls as i32)
+    .bind(pace.skips as i32)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Whether the doctor has a slot on any date.
+pub async fn doctor_exists(connection: &mut PgConnection, doctor: &DoctorId) -> PgResult<bool> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM slots WHERE doctor_id = $1 LIMIT 1")
+        .bind(doctor.as_str())
+        .fetch_optional(connection)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// The doctors with a slot on `date`, by id.
+pub async fn doctors_on(
+    connection: &mut PgConnection,
+    date: jiff::civil::Date,
+) -> PgResult<Vec<DoctorId>> {
+    let doctors: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT doctor_id FROM slots WHERE date = $1 ORDER BY doctor_id",
+    )
+    .bind(date.to_string())
+    .fetch_all(connection)
+    .await?;
+    doctors
+        .iter()
+        .map(|doctor| parse(DoctorId::parse, doctor))
+        .collect()
+}
+
+/// How many of the doctor's tokens of `date` ended, per final status that
+/// holds no seat (the seated ones are loaded with the day).
+pub async fn ended_counts(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+) -> PgResult<Vec<(Status, u32)>> {
+    let rows = sqlx::query(
+        "SELECT t.status, count(*) FROM tokens t JOIN slots s ON s.slot_id = t.slot_id
+         WHERE t.doctor_id = $1 AND s.date = $2 AND NOT t.active AND NOT t.seated
+         GROUP BY t.status",
+    )
+    .bind(doctor.as_str())
+    .bind(date.to_string())
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                parse(Status::parse, row.try_get(0)?)?,
+                row.try_get::<i64, _>(1)? as u32,
+            ))
+        })
+        .collect()
+}
+
 /// Records the last token number the doctor's day has issued.
 pub async fn write_numbers_issued(
     connection: &mut PgConnection,
@@ -346,13 +502,26 @@ pub async fn next_sequence(connection: &mut PgConnection) -> PgResult<u64> {
     Ok(next as u64)
 }
 
-/// The slot a token belongs to; `None` when no such token exists.
-pub async fn token_slot(connection: &mut PgConnection, id: Uuid) -> PgResult<Option<SlotId>> {
-    let slot: Option<String> = sqlx::query_scalar("SELECT slot_id FROM tokens WHERE token_id = $1")
-        .bind(id)
-        .fetch_optional(connection)
-        .await?;
-    slot.map(|slot| parse(SlotId::parse, &slot)).transpose()
+/// The doctor and date of a token's slot; `None` when no such token
+/// exists.
+pub async fn token_day(
+    connection: &mut PgConnection,
+    id: Uuid,
+) -> PgResult<Option<(DoctorId, jiff::civil::Date)>> {
+    let row = sqlx::query(
+        "SELECT s.doctor_id, s.date FROM tokens t JOIN slots s ON s.slot_id = t.slot_id
+         WHERE t.token_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(connection)
+    .await?;
+    row.map(|row| {
+        Ok((
+            parse(DoctorId::parse, row.try_get(0)?)?,
+            parse(|raw| raw.parse().ok(), row.try_get(1)?)?,
+        ))
+    })
+    .transpose()
 }
 
 /// The current status of a token known to exist.
@@ -365,10 +534,11 @@ pub async fn token_status(connection: &mut PgConnection, id: Uuid) -> PgResult<S
 }
 
 /// Writes token changes as the engine made them: a creation inserts the
-/// token's row, a later change updates its status; each is one history row.
-/// Whether the token is active is written with its status, from the
-/// engine's [`Status::is_active`], for the queries that select active
-/// tokens.
+/// token's row, a later change updates its status, first check-in and
+/// skips; each is one history row. Whether the token is active and whether
+/// it holds a seat are written with its status, from the engine's
+/// [`Status::is_active`] and [`Status::holds_seat`], for the queries that
+/// select the tokens an engine is loaded with.
 pub async fn write_token_changes(
     connection: &mut PgConnection,
     slot: &SlotSummary,
@@ -378,8 +548,8 @@ pub async fn write_token_changes(
     for change in changes {
         if change.from.is_none() {
             sqlx::query(
-                "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, active, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                "INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id, source, priority, status, active, seated, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
             )
             .bind(change.token)
             .bind(change.sequence as i64)
@@ -391,16 +561,21 @@ pub async fn write_token_changes(
             .bind(i16::from(change.source.priority().get()))
             .bind(change.to.as_str())
             .bind(change.to.is_active())
+            .bind(change.to.holds_seat())
             .bind(nanos(ctx.at))
             .execute(&mut *connection)
             .await?;
         } else {
             sqlx::query(
-                "UPDATE tokens SET status = $2, active = $3, updated_at = $4 WHERE token_id = $1",
+                "UPDATE tokens SET status = $2, active = $3, seated = $4, checked_in_at = $5,
+                        skips = $6, updated_at = $7 WHERE token_id = $1",
             )
             .bind(change.token)
             .bind(change.to.as_str())
             .bind(change.to.is_active())
+            .bind(change.to.holds_seat())
+            .bind(change.checked_in_at.map(nanos))
+            .bind(i16::from(change.skips))
             .bind(nanos(ctx.at))
             .execute(&mut *connection)
             .await?;
@@ -654,7 +829,7 @@ pub async fn slot_page(
 pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Option<TokenView>> {
     let row = sqlx::query(
         "SELECT t.token_id, t.sequence, t.token_number, t.patient_id, t.slot_id, t.doctor_id, s.date,
-                t.source, t.status, t.created_at, t.updated_at, t.priority
+                t.source, t.status, t.created_at, t.updated_at, t.priority, t.checked_in_at, t.skips
          FROM tokens t JOIN slots s ON s.slot_id = t.slot_id WHERE t.token_id = $1",
     )
     .bind(id)
@@ -694,6 +869,16 @@ pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Opt
         source: parse(Source::parse, row.try_get(7)?)?,
         status,
         waitlist_position,
+        checked_in_at: row
+            .try_get::<Option<i64>, _>(12)?
+            .map(timestamp)
+            .transpose()?,
+        skips: u8::try_from(row.try_get::<i16, _>(13)?)
+            .map_err(|_| PgError::Corrupt("a skip count out of range".into()))?,
+        // A checked-in token's place in its doctor's call order is read
+        // from the doctor's day loaded into an engine (see the service).
+        queue_position: None,
+        estimated_call_at: None,
         created_at: timestamp(row.try_get(9)?)?,
         updated_at: timestamp(row.try_get(10)?)?,
     }))

@@ -156,6 +156,9 @@ pub(super) fn load(
             status: created.to,
             created_at,
             updated_at: created_at,
+            // The engine derives both from the history.
+            checked_in_at: None,
+            skips: 0,
             history: vec![created],
         });
     }

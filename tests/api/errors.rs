@@ -47,7 +47,7 @@ async fn an_unknown_route_is_not_found(backend: Backend) {
         (Method::GET, "/nope"),
         (Method::POST, "/token"),
         (Method::GET, "/slots/D1-09/tokens"),
-        (Method::POST, &format!("/tokens/{UNKNOWN_TOKEN}/check-in")),
+        (Method::POST, &format!("/tokens/{UNKNOWN_TOKEN}/archive")),
         (Method::DELETE, "/"),
     ] {
         let reply = app.send(app.request(method.clone(), path)).await;

@@ -588,6 +588,9 @@ impl SlotRef {
             "priority": priority(source),
             "status": state.0,
             "waitlistPosition": state.1,
+            "checkedInAt": null,
+            "queuePosition": null,
+            "estimatedCallAt": null,
             "createdAt": at,
             "updatedAt": at,
         })

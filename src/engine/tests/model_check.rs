@@ -1,7 +1,9 @@
 //! Model-based property test: random operation sequences run against the
 //! engine and against a deliberately naive reference that keeps plain
 //! vectors and sorts them on every step. After every step both must agree
-//! exactly, and every invariant must hold.
+//! exactly, and every invariant must hold. The reference spells out each
+//! status's properties on its own, so that it does not share the engine's
+//! definitions.
 
 use super::*;
 use proptest::prelude::*;
@@ -9,6 +11,29 @@ use proptest::prelude::*;
 const SLOTS: [(&str, &str); 3] = [("A1", "DA"), ("A2", "DA"), ("B1", "DB")];
 const WAITLIST_MAX: u32 = 4;
 const OVERBOOK_MAX: u32 = 2;
+const MAX_SKIPS: u8 = 2;
+const DOCTORS: [&str; 2] = ["DA", "DB"];
+
+fn day(shifted: bool) -> Date {
+    if shifted {
+        date(2030, 1, 3)
+    } else {
+        date(2030, 1, 2)
+    }
+}
+
+fn seated(status: Status) -> bool {
+    use Status::*;
+    matches!(
+        status,
+        Allocated | CheckedIn | Called | InConsultation | Skipped | Completed
+    )
+}
+
+fn active(status: Status) -> bool {
+    use Status::*;
+    !matches!(status, Completed | Cancelled | NoShow)
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -21,6 +46,18 @@ enum Op {
         pick: usize,
         action: Action,
     },
+    /// An action on the token acted on last, so that a token goes
+    /// through long chains (check-in, call, skip, return, call, skip).
+    Again {
+        action: Action,
+    },
+    CallNext {
+        doctor: usize,
+    },
+    /// Moves "today" to the slots' date or the day after.
+    Today {
+        shifted: bool,
+    },
     Capacity {
         slot: usize,
         capacity: u32,
@@ -29,11 +66,14 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let source = proptest::sample::select(Source::ALL.to_vec());
-    let action = prop_oneof![Just(Action::Cancel), Just(Action::NoShow)];
+    let action = proptest::sample::select(Action::ALL.to_vec());
     prop_oneof![
         6 => (0u8..10, 0..SLOTS.len(), source).prop_map(|(patient, slot, source)| Op::Book { patient, slot, source }),
-        3 => (any::<usize>(), action).prop_map(|(pick, action)| Op::Act { pick, action }),
+        5 => (any::<usize>(), action.clone()).prop_map(|(pick, action)| Op::Act { pick, action }),
+        5 => action.prop_map(|action| Op::Again { action }),
+        2 => (0..DOCTORS.len()).prop_map(|doctor| Op::CallNext { doctor }),
         1 => (0..SLOTS.len(), 0u32..6).prop_map(|(slot, capacity)| Op::Capacity { slot, capacity }),
+        1 => proptest::bool::weighted(0.3).prop_map(|shifted| Op::Today { shifted }),
     ]
 }
 
@@ -46,11 +86,38 @@ struct RefToken {
     slot: usize,
     source: Source,
     status: Status,
+    checked_in: bool,
+    skips: u8,
 }
 
 impl RefToken {
     fn key(&self) -> (u8, u64) {
         (self.source.priority().get(), self.sequence)
+    }
+
+    /// Not called yet, so a booking or a cut may move it.
+    fn bumpable(&self) -> bool {
+        matches!(self.status, Status::Allocated | Status::CheckedIn) && self.skips == 0
+    }
+
+    /// Bump order: the largest is the victim.
+    fn bump_key(&self) -> (u8, bool, u64) {
+        (
+            self.source.priority().get(),
+            self.status == Status::Allocated,
+            self.sequence,
+        )
+    }
+
+    /// Call order: emergencies, slot start (slots start in index order
+    /// within a doctor), priority, arrival.
+    fn call_key(&self) -> (bool, usize, u8, u64) {
+        (
+            self.source != Source::Emergency,
+            self.slot,
+            self.source.priority().get(),
+            self.sequence,
+        )
     }
 }
 
@@ -60,6 +127,7 @@ struct Reference {
     capacity: Vec<u32>,
     tokens: Vec<RefToken>,
     numbers: HashMap<&'static str, u32>,
+    today: Date,
 }
 
 /// What one step produced, in a form both sides can be compared in.
@@ -71,6 +139,7 @@ enum Step {
         status: Status,
         position: Option<u32>,
         number: u32,
+        queue_position: Option<u32>,
         decision: Option<Decision>,
         changes: Vec<(Uuid, Status, Status, Reason)>,
     },
@@ -78,6 +147,42 @@ enum Step {
 }
 
 impl Reference {
+    fn seats(&self, slot: usize) -> u32 {
+        self.tokens
+            .iter()
+            .filter(|t| t.slot == slot && seated(t.status))
+            .count() as u32
+    }
+
+    /// The doctor's checked-in tokens in call order.
+    fn call_queue(&self, doctor: &str) -> Vec<usize> {
+        let mut queue: Vec<usize> = (0..self.tokens.len())
+            .filter(|&i| {
+                SLOTS[self.tokens[i].slot].1 == doctor && self.tokens[i].status == Status::CheckedIn
+            })
+            .collect();
+        queue.sort_by_key(|&i| self.tokens[i].call_key());
+        queue
+    }
+
+    fn queue_position(&self, index: usize) -> Option<u32> {
+        let token = &self.tokens[index];
+        (token.status == Status::CheckedIn).then(|| {
+            let queue = self.call_queue(SLOTS[token.slot].1);
+            queue.iter().position(|&i| i == index).unwrap() as u32 + 1
+        })
+    }
+
+    fn with_doctor(&self, doctor: &str) -> Option<usize> {
+        (0..self.tokens.len()).find(|&i| {
+            SLOTS[self.tokens[i].slot].1 == doctor
+                && matches!(
+                    self.tokens[i].status,
+                    Status::Called | Status::InConsultation
+                )
+        })
+    }
+
     fn queue(&self, slot: usize, status: Status) -> Vec<usize> {
         let mut queue: Vec<usize> = (0..self.tokens.len())
             .filter(|&i| self.tokens[i].slot == slot && self.tokens[i].status == status)
@@ -107,31 +212,43 @@ impl Reference {
     }
 
     fn promote(&mut self, slot: usize, changes: &mut Vec<(Uuid, Status, Status, Reason)>) {
-        while (self.queue(slot, Status::Allocated).len() as u32) < self.capacity[slot] {
+        while self.seats(slot) < self.capacity[slot] {
             let Some(&head) = self.queue(slot, Status::Waitlisted).first() else {
                 break;
             };
-            self.set(head, Status::Allocated, Reason::Promoted, changes);
+            let to = if self.tokens[head].checked_in {
+                Status::CheckedIn
+            } else {
+                Status::Allocated
+            };
+            self.set(head, to, Reason::Promoted, changes);
         }
+    }
+
+    /// The bump victim or demotion candidate: the largest bump key among
+    /// the slot's bumpable tokens that pass `eligible`.
+    fn victim(&self, slot: usize, eligible: impl Fn(&RefToken) -> bool) -> Option<usize> {
+        (0..self.tokens.len())
+            .filter(|&i| {
+                let t = &self.tokens[i];
+                t.slot == slot && t.bumpable() && eligible(t)
+            })
+            .max_by_key(|&i| self.tokens[i].bump_key())
     }
 
     fn book(&mut self, id: Uuid, sequence: u64, patient: u8, slot: usize, source: Source) -> Step {
         let holder = self
             .tokens
             .iter()
-            .find(|t| t.slot == slot && t.patient == patient && t.status.is_active());
+            .find(|t| t.slot == slot && t.patient == patient && active(t.status));
         if let Some(holder) = holder {
             return Step::Refused(format!("duplicate {}", holder.id));
         }
-        let allocated = self.queue(slot, Status::Allocated);
+        let seats = self.seats(slot);
         let waiting = self.queue(slot, Status::Waitlisted).len() as u32;
         let priority = source.priority().get();
-        let victim = allocated
-            .iter()
-            .copied()
-            .filter(|&i| self.tokens[i].source.priority().get() > priority)
-            .max_by_key(|&i| self.tokens[i].key());
-        let decision = if (allocated.len() as u32) < self.capacity[slot] {
+        let victim = self.victim(slot, |t| t.source.priority().get() > priority);
+        let decision = if seats < self.capacity[slot] {
             Decision::Allocated
         } else if source == Source::Emergency {
             Decision::Overbooked
@@ -145,9 +262,7 @@ impl Reference {
         {
             return Step::Refused("waitlist full".into());
         }
-        if decision == Decision::Overbooked
-            && allocated.len() as u32 >= self.capacity[slot] + OVERBOOK_MAX
-        {
+        if decision == Decision::Overbooked && seats >= self.capacity[slot] + OVERBOOK_MAX {
             return Step::Refused("overbooking full".into());
         }
         let mut changes = Vec::new();
@@ -169,45 +284,84 @@ impl Reference {
             slot,
             source,
             status: decision.status(),
+            checked_in: false,
+            skips: 0,
         });
         self.acted(self.tokens.len() - 1, Some(decision), changes)
     }
 
     fn act(&mut self, index: usize, action: Action) -> Step {
+        use Status::*;
         let token = &self.tokens[index];
-        let allowed = match action {
-            Action::Cancel => token.status.is_active(),
-            Action::NoShow => token.status == Status::Allocated,
+        let (to, reason) = match (action, token.status) {
+            (Action::CheckIn, Allocated) => (CheckedIn, Reason::CheckedIn),
+            (Action::CheckIn, Waitlisted) if !token.checked_in => (Waitlisted, Reason::CheckedIn),
+            (Action::CheckIn, Skipped) => (CheckedIn, Reason::Returned),
+            (Action::Call, CheckedIn) => (Called, Reason::Called),
+            (Action::Start, Called) => (InConsultation, Reason::Started),
+            (Action::Complete, InConsultation) => (Completed, Reason::Completed),
+            (Action::Skip, Called) if token.skips + 1 >= MAX_SKIPS => (NoShow, Reason::NoShow),
+            (Action::Skip, Called) => (Skipped, Reason::Skipped),
+            (Action::Cancel, Allocated | Waitlisted | CheckedIn | Called | Skipped) => {
+                (Cancelled, Reason::Cancelled)
+            }
+            (Action::NoShow, Allocated | Called | Skipped) => (NoShow, Reason::NoShow),
+            (_, from) => return Step::Refused(format!("invalid {from:?} {action:?}")),
         };
-        if !allowed {
-            return Step::Refused(format!("invalid {:?} {:?}", token.status, action));
+        if matches!(action, Action::CheckIn | Action::Call | Action::NoShow)
+            && self.today != day(false)
+        {
+            return Step::Refused("not today".into());
         }
-        let to = match action {
-            Action::Cancel => Status::Cancelled,
-            Action::NoShow => Status::NoShow,
-        };
+        if to == Called {
+            if let Some(busy) = self.with_doctor(SLOTS[token.slot].1) {
+                return Step::Refused(format!("busy {}", self.tokens[busy].id));
+            }
+        }
         let slot = token.slot;
-        self.tokens[index].status = to;
+        let token = &mut self.tokens[index];
+        if reason == Reason::CheckedIn {
+            token.checked_in = true;
+        }
+        if action == Action::Skip {
+            token.skips += 1;
+        }
+        token.status = to;
         let mut changes = Vec::new();
         self.promote(slot, &mut changes);
         self.acted(index, None, changes)
     }
 
+    fn call_next(&mut self, doctor: usize) -> Step {
+        let doctor = DOCTORS[doctor];
+        if self.today != day(false) {
+            return Step::Refused("queue empty".into());
+        }
+        if let Some(busy) = self.with_doctor(doctor) {
+            return Step::Refused(format!("busy {}", self.tokens[busy].id));
+        }
+        match self.call_queue(doctor).first() {
+            Some(&first) => self.act(first, Action::Call),
+            None => Step::Refused("queue empty".into()),
+        }
+    }
+
     fn resize(&mut self, slot: usize, capacity: u32) -> Step {
-        let allocated = self.queue(slot, Status::Allocated);
-        let non_emergency = allocated
+        let non_emergency = self
+            .tokens
             .iter()
-            .filter(|&&i| self.tokens[i].source != Source::Emergency)
+            .filter(|t| t.slot == slot && t.bumpable() && t.source != Source::Emergency)
             .count() as u32;
-        let demotions = (allocated.len() as u32)
-            .saturating_sub(capacity)
-            .min(non_emergency);
+        let demotions = self.seats(slot).saturating_sub(capacity).min(non_emergency);
         if self.queue(slot, Status::Waitlisted).len() as u32 + demotions > WAITLIST_MAX {
             return Step::Refused("waitlist full".into());
         }
         self.capacity[slot] = capacity;
         let mut changes = Vec::new();
-        for index in allocated.into_iter().rev().take(demotions as usize) {
+        for _ in 0..demotions {
+            let index = self
+                .victim(slot, |t| t.source != Source::Emergency)
+                .unwrap();
             self.set(
                 index,
                 Status::Waitlisted,
@@ -231,6 +385,7 @@ impl Reference {
             status: token.status,
             position: self.position(index),
             number: token.number,
+            queue_position: self.queue_position(index),
             decision,
             changes,
         }
@@ -244,6 +399,7 @@ fn engine_step(outcome: Result<Outcome, EngineError>) -> Step {
             status: outcome.token.status,
             position: outcome.token.waitlist_position,
             number: outcome.token.number,
+            queue_position: outcome.token.queue_position,
             decision: outcome.decision(),
             changes: changes_of(&outcome.changes),
         },
@@ -265,6 +421,9 @@ fn refusal(error: &EngineError) -> String {
         EngineError::WaitlistFull { .. } => "waitlist full".into(),
         EngineError::OverbookFull { .. } => "overbooking full".into(),
         EngineError::InvalidTransition { from, action } => format!("invalid {from:?} {action:?}"),
+        EngineError::NotToday { .. } => "not today".into(),
+        EngineError::DoctorBusy { current } => format!("busy {current}"),
+        EngineError::QueueEmpty => "queue empty".into(),
         other => panic!("unexpected refusal {other:?}"),
     }
 }
@@ -273,6 +432,7 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
     let mut engine = Engine::new(Limits {
         waitlist_max: WAITLIST_MAX,
         overbook_max: OVERBOOK_MAX,
+        max_skips: MAX_SKIPS,
     });
     for (slot, (id, doctor)) in SLOTS.iter().enumerate() {
         let hour = 9 + slot as i8;
@@ -291,12 +451,16 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
         capacity: capacities.to_vec(),
         tokens: Vec::new(),
         numbers: HashMap::default(),
+        today: day(false),
     };
-    let ctx = Context {
-        at: Timestamp::UNIX_EPOCH,
+    let mut ctx = Context {
+        at: Timestamp::from_second(1_893_571_200).unwrap(),
         actor: "model".into(),
+        today: day(false),
     };
     let mut next_sequence = 1;
+    let mut last = None;
+    let ids = |tokens: &[TokenView]| tokens.iter().map(|t| t.id).collect::<Vec<_>>();
     for op in ops {
         let (expected, actual) = match op {
             Op::Book {
@@ -318,13 +482,31 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
                 }
                 (expected, actual)
             }
+            Op::Again { action } if last.is_some() => {
+                let index = last.unwrap();
+                let expected = reference.act(index, action);
+                let actual = engine_step(engine.act(reference.tokens[index].id, action, &ctx));
+                (expected, actual)
+            }
+            Op::Again { .. } => continue,
             Op::Act { pick, action } if !reference.tokens.is_empty() => {
                 let index = pick % reference.tokens.len();
+                last = Some(index);
                 let expected = reference.act(index, action);
                 let actual = engine_step(engine.act(reference.tokens[index].id, action, &ctx));
                 (expected, actual)
             }
             Op::Act { .. } => continue,
+            Op::CallNext { doctor } => {
+                let expected = reference.call_next(doctor);
+                let doctor = DoctorId::parse(DOCTORS[doctor]).unwrap();
+                (expected, engine_step(engine.call_next(&doctor, &ctx)))
+            }
+            Op::Today { shifted } => {
+                reference.today = day(shifted);
+                ctx.today = day(shifted);
+                continue;
+            }
             Op::Capacity { slot, capacity } => {
                 let expected = reference.resize(slot, capacity);
                 let actual = match engine.set_capacity(
@@ -339,12 +521,12 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
             }
         };
         prop_assert_eq!(&actual, &expected);
+        ctx.at += jiff::SignedDuration::from_secs(97);
         engine
             .check_invariants()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         for (slot, (id, _)) in SLOTS.iter().enumerate() {
-            let detail = engine.slot(&slot_id(id)).unwrap();
-            let ids = |tokens: &[TokenView]| tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+            let detail = engine.slot(&slot_id(id), ctx.at).unwrap();
             let reference_ids = |status| {
                 reference
                     .queue(slot, status)
@@ -352,7 +534,13 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
                     .map(|i| reference.tokens[i].id)
                     .collect::<Vec<_>>()
             };
-            prop_assert_eq!(ids(&detail.allocated), reference_ids(Status::Allocated));
+            let mut seated_ids: Vec<usize> = (0..reference.tokens.len())
+                .filter(|&i| reference.tokens[i].slot == slot && seated(reference.tokens[i].status))
+                .collect();
+            seated_ids.sort_by_key(|&i| reference.tokens[i].key());
+            let seated_ids: Vec<Uuid> =
+                seated_ids.iter().map(|&i| reference.tokens[i].id).collect();
+            prop_assert_eq!(ids(&detail.allocated), seated_ids);
             prop_assert_eq!(ids(&detail.waitlist), reference_ids(Status::Waitlisted));
             prop_assert_eq!(detail.summary.capacity, reference.capacity[slot]);
             let positions: Vec<_> = detail
@@ -364,6 +552,39 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
                 positions,
                 (1..=detail.waitlist.len() as u32).collect::<Vec<_>>()
             );
+        }
+        for doctor in DOCTORS {
+            let queue = engine
+                .doctor_queue(&DoctorId::parse(doctor).unwrap(), day(false), ctx.at)
+                .unwrap();
+            let expected: Vec<Uuid> = reference
+                .call_queue(doctor)
+                .iter()
+                .map(|&i| reference.tokens[i].id)
+                .collect();
+            prop_assert_eq!(ids(&queue.call_queue), expected);
+            prop_assert_eq!(
+                queue.current.map(|t| t.id),
+                reference
+                    .with_doctor(doctor)
+                    .map(|i| reference.tokens[i].id)
+            );
+            let mut previous = None;
+            for (position, token) in queue.call_queue.iter().enumerate() {
+                prop_assert_eq!(token.queue_position, Some(position as u32 + 1));
+                let estimate = token.estimated_call_at.unwrap();
+                // Never earlier for a token later in call order, and never
+                // before the slot starts.
+                prop_assert!(previous.is_none_or(|previous| previous <= estimate));
+                let slot = engine.slot_summary(&token.slot).unwrap();
+                let start = slot
+                    .date
+                    .to_datetime(slot.start)
+                    .to_zoned(jiff::tz::TimeZone::UTC)
+                    .unwrap();
+                prop_assert!(estimate >= start.timestamp());
+                previous = Some(estimate);
+            }
         }
     }
     prop_assert_eq!(engine.token_count(), reference.tokens.len());

@@ -1,0 +1,125 @@
+//! The doctor's routes: call the next patient, the doctor's queue of the
+//! day, and the waiting-hall board.
+
+use axum::extract::{Query, Request, State};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::dto::{ActionDto, BoardDto, DoctorQueueDto};
+use super::error::{ApiError, FieldError, Result};
+use super::input::{self, PathParam};
+use super::tokens::action_response;
+use super::{AppState, Caller};
+use crate::engine::{DoctorId, EngineError};
+
+/// The doctor routes, registered with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(call_next))
+        .routes(routes!(queue))
+        .routes(routes!(board))
+}
+
+/// Calls the first CHECKED_IN token of the doctor's slots dated today, in
+/// call order: emergencies first (any slot), then slot start time, then
+/// priority, then booking order.
+#[utoipa::path(
+    post,
+    path = "/doctors/{doctorId}/call-next",
+    tag = "doctors",
+    params(("doctorId" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$")),
+    responses(
+        (status = 200, description = "Called", body = ActionDto),
+        (status = 404, description = "DOCTOR_NOT_FOUND: the doctor has no slot at all", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "DOCTOR_BUSY (with currentTokenId), or QUEUE_EMPTY", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn call_next(
+    State(app): State<AppState>,
+    path: PathParam,
+    request: Request,
+) -> Result<axum::response::Response> {
+    let (parts, body) = request.into_parts();
+    let caller = Caller::of(&parts.extensions);
+    // The body is ignored, but its size is still bounded.
+    input::read_body(&parts.headers, body, app.body_limit_bytes).await?;
+    let doctor = path.doctor_id()?;
+    let outcome = app.service.call_next(&doctor, caller.actor()).await?;
+    Ok(action_response(&outcome))
+}
+
+/// The doctor's day over all of the doctor's slots of the date: the token
+/// with the doctor, the call queue, who has not arrived, who was skipped,
+/// the waitlist, and how many ended.
+#[utoipa::path(
+    get,
+    path = "/doctors/{doctorId}/queue",
+    tag = "doctors",
+    params(
+        ("doctorId" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$"),
+        ("date" = Option<String>, Query, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "YYYY-MM-DD; today in the clinic's zone by default"),
+    ),
+    responses(
+        (status = 200, body = DoctorQueueDto),
+        (status = 404, description = "DOCTOR_NOT_FOUND: the doctor has no slot on any date", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn queue(
+    State(app): State<AppState>,
+    path: PathParam,
+    query: std::result::Result<
+        Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<DoctorQueueDto>> {
+    let Query(query) = query.map_err(|error| ApiError::Malformed(error.body_text()))?;
+    let date = match query.iter().find(|(name, _)| name == "date") {
+        None => app.service.today(),
+        Some((_, raw)) => input::parse_date(raw).ok_or_else(|| {
+            ApiError::Validation(vec![FieldError::new("date", "must be a date YYYY-MM-DD")])
+        })?,
+    };
+    let doctor = path.doctor_id()?;
+    let queue = app.service.doctor_queue(&doctor, date).await?;
+    queue
+        .map(|queue| Json(DoctorQueueDto::from(&queue)))
+        .ok_or(ApiError::Engine(EngineError::DoctorNotFound(doctor)))
+}
+
+/// Today's waiting-hall board: who is with each doctor and who is next, by
+/// token number only (no patient ids: it is shown on a public screen).
+#[utoipa::path(
+    get,
+    path = "/board",
+    tag = "doctors",
+    params(("doctorId" = Option<Vec<String>>, Query, description = "Repeatable; without it, every doctor with a slot today")),
+    responses(
+        (status = 200, body = BoardDto),
+        (status = 422, description = "VALIDATION_FAILED", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn board(
+    State(app): State<AppState>,
+    query: std::result::Result<
+        Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<BoardDto>> {
+    let Query(query) = query.map_err(|error| ApiError::Malformed(error.body_text()))?;
+    let mut doctors = Vec::new();
+    for (_, raw) in query.iter().filter(|(name, _)| name == "doctorId") {
+        doctors.push(DoctorId::parse(raw).ok_or_else(|| {
+            ApiError::Validation(vec![FieldError::new(
+                "doctorId",
+                "must be 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'",
+            )])
+        })?);
+    }
+    let asked = (!doctors.is_empty()).then_some(doctors.as_slice());
+    let (date, entries) = app.service.board(asked).await?;
+    Ok(Json(BoardDto::new(date, &entries)))
+}

@@ -1242,13 +1242,13 @@ impl Engine {
         let token = &self.tokens[key];
         let slot = &self.slots[token.slot as usize];
         let day = &self.days[slot.doctor_day as usize];
-        let (mut minutes, mut seats) = (0i128, 0i128);
+        let (mut length, mut seats) = (0i128, 0i128);
         for &(_, slot_key) in day.slots_by_start.values() {
             let each = &self.slots[slot_key as usize];
-            minutes += i128::from((each.end - each.start).get_minutes());
+            length += each.end.duration_since(each.start).as_nanos();
             seats += i128::from(each.capacity);
         }
-        let first_guess = minutes * 60_000_000_000 / seats.max(1);
+        let first_guess = length / seats.max(1);
         let pace = day.pace;
         let mean = (PRIOR_CONSULTATIONS * first_guess + i128::from(pace.consultation_nanos))
             / (PRIOR_CONSULTATIONS + i128::from(pace.consultations));

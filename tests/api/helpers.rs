@@ -409,6 +409,29 @@ impl TestApp {
         self.try_no_show(token_id).await.expect_status(200).body
     }
 
+    /// `POST /tokens/{id}/{action}` for any action of the OPD day.
+    pub async fn try_act(&self, token_id: &str, action: &str) -> Reply {
+        self.send(self.request(Method::POST, &format!("/tokens/{token_id}/{action}")))
+            .await
+    }
+
+    pub async fn act(&self, token_id: &str, action: &str) -> Value {
+        self.try_act(token_id, action).await.expect_status(200).body
+    }
+
+    pub async fn try_call_next(&self, doctor: &str) -> Reply {
+        self.send(self.request(Method::POST, &format!("/doctors/{doctor}/call-next")))
+            .await
+    }
+
+    /// `GET /doctors/{id}/queue` (today).
+    pub async fn queue(&self, doctor: &str) -> Value {
+        self.get(&format!("/doctors/{doctor}/queue"))
+            .await
+            .expect_status(200)
+            .body
+    }
+
     /// `GET /tokens/{id}`: the token with its history.
     pub async fn token(&self, token_id: &str) -> Value {
         self.get(&format!("/tokens/{token_id}"))

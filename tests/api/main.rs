@@ -14,5 +14,6 @@ mod events;
 mod idempotency;
 mod limits;
 mod opd_day;
+mod opd_flow;
 mod slots;
 mod tokens;

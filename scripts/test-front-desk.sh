@@ -2,9 +2,10 @@
 # test-front-desk.sh BASE_URL: exercises every front-desk subcommand against a
 # running OPD Token Engine and exits non-zero on any wrong behaviour.
 #
-# It creates its own slot (a unique doctor id and slot id, a random date in
-# 2030–2099) with curl first, so it can run any number of times against one
-# server. OPD_API_KEY, when set, is sent by both curl and front-desk.
+# It creates its own slot (a unique doctor id and slot id, dated today in
+# the server's zone, because check-in, call and no-show are allowed only on a
+# slot's date) with curl first, so it can run any number of times against
+# one server. OPD_API_KEY, when set, is sent by both curl and front-desk.
 set -uo pipefail
 
 if [[ $# -ne 1 || $1 == -h || $1 == --help ]]; then
@@ -70,17 +71,17 @@ token_id() { sed -n 's/^  token id: //p' <<<"$OUT" | head -n 1; }
 RUN="$(date +%s)-$RANDOM"
 DOCTOR="FD-$RUN"
 SLOT="FD-$RUN-09"
-DATE=$(printf '%04d-%02d-%02d' $((2030 + RANDOM % 70)) $((1 + RANDOM % 12)) $((1 + RANDOM % 28)))
 curl_auth=()
 if [[ -n ${OPD_API_KEY-} ]]; then curl_auth=(--header "Authorization: Bearer $OPD_API_KEY"); fi
 status=$(curl --silent --show-error --output "$WORK_DIR/slot" --write-out '%{http_code}' \
   "${curl_auth[@]}" --header 'Content-Type: application/json' \
-  --data-binary "{\"slotId\":\"$SLOT\",\"doctorId\":\"$DOCTOR\",\"date\":\"$DATE\",\"startTime\":\"09:00\",\"endTime\":\"10:00\",\"capacity\":2}" \
+  --data-binary "{\"slotId\":\"$SLOT\",\"doctorId\":\"$DOCTOR\",\"startTime\":\"09:00\",\"endTime\":\"10:00\",\"capacity\":2}" \
   "$BASE_URL/slots")
 if [[ $status != 201 ]]; then
   echo "Bail out! could not create slot $SLOT at $BASE_URL: HTTP $status $(cat "$WORK_DIR/slot" 2>/dev/null)"
   exit 1
 fi
+DATE=$(grep -oE '"date":"[0-9-]+"' "$WORK_DIR/slot" | cut -d'"' -f4)
 echo "# slot $SLOT (doctor $DOCTOR, $DATE 09:00–10:00, capacity 2) at $BASE_URL"
 SUMMARY_PREFIX="Slot $SLOT (doctor $DOCTOR, $DATE 09:00–10:00):"
 
@@ -202,6 +203,37 @@ fd status "$SLOT"
 check 'after the errors the slot is unchanged' \
   --out "$SUMMARY_PREFIX 2/2 allocated, 1 waitlisted, 0 available" \
   --out "  1. token 5  P5  EMERGENCY  $P5" --out "  2. token 2  P2  ONLINE  $P2" --out "  1. token 3  P3  WALK_IN  $P3"
+
+# --- the OPD day: a second slot of the same doctor, today ------------------
+DAY_SLOT="FD-$RUN-11"
+status=$(curl --silent --show-error --output "$WORK_DIR/slot" --write-out '%{http_code}' \
+  "${curl_auth[@]}" --header 'Content-Type: application/json' \
+  --data-binary "{\"slotId\":\"$DAY_SLOT\",\"doctorId\":\"$DOCTOR\",\"startTime\":\"11:00\",\"endTime\":\"12:00\",\"capacity\":4}" \
+  "$BASE_URL/slots")
+[[ $status == 201 ]] || { echo "Bail out! could not create slot $DAY_SLOT: HTTP $status"; exit 1; }
+fd book Q1 "$DAY_SLOT" ONLINE
+Q1=$(token_id)
+fd book Q2 "$DAY_SLOT" ONLINE
+Q2=$(token_id)
+fd check-in "$Q1"
+check 'check-in: CHECKED_IN with a queue position' --out "(CHECKED_IN, queue position 1, expected "
+fd check-in "$Q2"
+fd queue "$DOCTOR"
+check 'queue lists the call queue in call order' --out 'With the doctor: nobody' \
+  --out "  1. token 6  Q1  ONLINE  $Q1" --out "  2. token 7  Q2  ONLINE  $Q2"
+fd call-next "$DOCTOR"
+check 'call-next calls the first in call order' --out "(CALLED) for Q1 in $DAY_SLOT" --out "token id: $Q1"
+fd call-next "$DOCTOR"
+check 'call-next while the doctor is busy: exit 1, 409 DOCTOR_BUSY' --rc 1 --err 'HTTP 409 DOCTOR_BUSY: '
+fd start "$Q1"
+check 'start: IN_CONSULTATION' --out "(IN_CONSULTATION) for Q1"
+fd complete "$Q1"
+check 'complete: COMPLETED' --out "(COMPLETED) for Q1"
+fd call-next "$DOCTOR"
+fd skip "$Q2"
+check 'skip: SKIPPED' --out "(SKIPPED) for Q2"
+fd board
+check 'board: the doctor by token numbers' --out "  $DOCTOR: now nobody; next: none; waiting 0" --no-out 'Q2'
 
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))

@@ -96,8 +96,13 @@ impl Application {
             .await?;
             tracing::info!("state is kept in PostgreSQL");
             let events = EventBus::default();
-            let postgres =
-                service::Postgres::new(database, limits, idempotency_limits, events.clone());
+            let postgres = service::Postgres::new(
+                database,
+                limits,
+                idempotency_limits,
+                events.clone(),
+                clock.clone(),
+            );
             Service::postgres(postgres, events, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");

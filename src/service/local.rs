@@ -20,8 +20,9 @@ use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, Engine, Outcome, SlotId,
     SlotSpec, SlotSummary,
 };
+use crate::store::events::MemoryLog;
 use crate::store::{
-    EventBus, Journal, Record, Reservation, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION,
+    EventBus, Journal, Page, Record, Reservation, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION,
 };
 
 pub(super) struct Local {
@@ -29,6 +30,9 @@ pub(super) struct Local {
     /// `None` when the service runs in memory only.
     journal: Option<Journal>,
     events: EventBus,
+    /// The newest events, for readers catching up, when there is no
+    /// journal to read them from.
+    memory_log: MemoryLog,
     clock: Clock,
 }
 
@@ -44,7 +48,7 @@ struct Writer<'a> {
     state: RwLockWriteGuard<'a, State>,
     /// `None` in memory, where there is no journal.
     reservation: Option<Reservation<'a>>,
-    events: &'a EventBus,
+    local: &'a Local,
 }
 
 impl Writer<'_> {
@@ -57,8 +61,10 @@ impl Writer<'_> {
         match self.reservation {
             Some(reservation) => Some(reservation.append(record, first_event)),
             None => {
-                if self.events.has_subscribers() {
-                    self.events.publish(record.events(first_event));
+                let events = record.events(first_event);
+                self.local.memory_log.append(&events);
+                if self.local.events.has_subscribers() {
+                    self.local.events.publish(events);
                 }
                 None
             }
@@ -184,6 +190,7 @@ impl Local {
             }),
             journal: start.journal,
             events,
+            memory_log: MemoryLog::default(),
             clock,
         }
     }
@@ -364,8 +371,24 @@ impl Local {
         Ok(Writer {
             state,
             reservation,
-            events: &self.events,
+            local: self,
         })
+    }
+
+    /// The log's events after `after`, at most `limit`: from the journal's
+    /// database, or from memory when nothing is kept on disk.
+    pub(super) async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, ServiceError> {
+        match &self.journal {
+            Some(journal) => journal
+                .read_events(after, limit)
+                .await
+                .map_err(|_| ServiceError::Unavailable),
+            None => Ok(self.memory_log.after(after, limit)),
+        }
     }
 
     fn read_lock(&self) -> Result<RwLockReadGuard<'_, State>, ServiceError> {

@@ -2,7 +2,7 @@
 //! real application on 127.0.0.1:0.
 //!
 //! The role × route matrix below is written from the access specification,
-//! not from `auth::RULES`, and walks every operation of the OpenAPI
+//! not from the access rules the routes are registered with, and walks every operation of the OpenAPI
 //! document: a new route fails here until it has both an expectation and
 //! a rule.
 
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use opd::http::auth::{KeyLines, Security};
+use opd::config::Secret;
+use opd::http::auth::Security;
 use opd::{Application, Config, StartError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -29,7 +30,7 @@ const VIEWER_KEY: &str = "viewer-key-0123456789abcdef";
 const UNKNOWN_KEY: &str = "not-a-configured-key-0123456789";
 
 /// The keys every keyed test runs with, as `OPD_API_KEYS` would carry them.
-fn keys() -> KeyLines {
+fn keys() -> Secret {
     format!(
         "root admin {ADMIN_KEY}; desk-1 front-desk {DESK_KEY}; dr-one doctor:D1 {DOCTOR_D1_KEY};\
          dr-two doctor:D2 {DOCTOR_D2_KEY}; watcher viewer {VIEWER_KEY}"
@@ -202,7 +203,7 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         ("GET", "/slots/{slotId}") | ("GET", "/tokens/{tokenId}") => Class::ReadOwned,
         _ => panic!(
             "{method} {route} is documented but has no expected access here: \
-             add it to this test and a rule to opd::http::auth::RULES"
+             add it to this test and register the route with its access"
         ),
     };
     use Expect::*;
@@ -306,7 +307,7 @@ async fn every_documented_route_answers_every_role_as_specified() {
 #[test]
 fn every_access_rule_is_for_a_documented_route() {
     let documented = operations();
-    for (method, route, _) in opd::http::auth::RULES {
+    for (method, route, _) in opd::http::openapi::access_rules().rules() {
         if *route == "/openapi.json" || route.starts_with("/docs") {
             continue;
         }

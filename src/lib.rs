@@ -78,7 +78,7 @@ impl Application {
             .map_err(|_| StartError::TimeZone(config.timezone.clone()))?;
         // First, so an open server on a public address is refused before
         // any storage is touched.
-        let security = Arc::new(http::auth::Security::from_config(&config)?);
+        let security = Arc::new(http::auth::Security::new(access_settings(&config))?);
         let limits = Limits {
             waitlist_max: config.waitlist_max,
             overbook_max: config.overbook_max,
@@ -192,6 +192,21 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         http::serve::serve(self.listener, self.app, self.connection_limits, shutdown).await
+    }
+}
+
+/// The HTTP layer's access settings, from the configuration.
+fn access_settings(config: &Config) -> http::auth::Settings {
+    http::auth::Settings {
+        listen: config.listen,
+        keys_file: config.api_keys_file.clone(),
+        inline_keys: config
+            .api_keys
+            .as_ref()
+            .map(|keys| keys.expose().to_owned()),
+        rate_limit_per_second: config.rate_limit_per_second,
+        rate_limit_burst: config.rate_limit_burst,
+        cors_origins: config.cors_origins.clone(),
     }
 }
 

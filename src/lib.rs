@@ -65,6 +65,8 @@ pub struct Application {
     service: Arc<Service>,
     connection_limits: http::serve::ConnectionLimits,
     security: Arc<http::auth::Security>,
+    /// Tells long-lived answers that the server is shutting down.
+    shutting_down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -148,11 +150,13 @@ impl Application {
                     address: config.listen,
                     source,
                 })?;
+        let (shutting_down, shutdown) = tokio::sync::watch::channel(false);
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
             slots_page_max: config.slots_page_max as usize,
             security: security.clone(),
+            shutdown,
         };
         let app = http::app(state, Duration::from_secs(config.request_timeout_secs));
         Ok(Application {
@@ -166,6 +170,7 @@ impl Application {
                 max_connections_per_address: config.max_connections_per_address as usize,
                 max_requests_per_connection: config.max_requests_per_connection,
             },
+            shutting_down,
             security,
         })
     }
@@ -191,6 +196,13 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let shutting_down = self.shutting_down;
+        let shutdown = async move {
+            shutdown.await;
+            // Event streams end now, so the requests in flight that
+            // shutting down waits for all finish.
+            shutting_down.send_replace(true);
+        };
         http::serve::serve(self.listener, self.app, self.connection_limits, shutdown).await
     }
 }

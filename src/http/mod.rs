@@ -7,6 +7,7 @@ pub mod cors;
 pub mod dto;
 pub mod edge;
 pub mod error;
+pub mod events;
 mod health;
 pub mod input;
 pub mod openapi;
@@ -56,6 +57,10 @@ pub struct AppState {
     pub slots_page_max: usize,
     /// API keys, rate limit and CORS; see [`auth`].
     pub security: Arc<auth::Security>,
+    /// Turns true when the server starts to shut down: long-lived answers
+    /// (event streams) end then, so that shutting down does not wait for
+    /// them.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole API as one service: the routes with their access checks,

@@ -13,7 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
-use super::{dto, error::FieldError, health, slots, tokens, AppState};
+use super::{dto, error::FieldError, events, health, slots, tokens, AppState};
 
 /// An RFC 9457 problem, as every error is answered.
 #[derive(ToSchema)]
@@ -169,6 +169,7 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
     let (router, mut document, mut rules) = Routes::with_openapi(ApiDoc::openapi())
         .merge(tokens::router())
         .merge(slots::router())
+        .merge(events::router())
         .route(routes!(health::healthz), Access::HealthCheck)
         .split();
     AccessResponses.modify(&mut document);

@@ -428,9 +428,9 @@ impl Postgres {
 /// waits after an error before it tries again.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How often the follower prunes events past their retention, and how many
-/// at most each time.
-const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often (in the service's time) the follower prunes events past their
+/// retention, and how many at most each time.
+const PRUNE_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
 const PRUNE_MAX: i64 = 5_000;
 
 /// Tells this instance's subscribers every event any instance commits, once
@@ -439,7 +439,7 @@ const PRUNE_MAX: i64 = 5_000;
 /// after the last one told never skips one that is yet to commit.
 async fn follow_events(database: Database, events: EventBus, clock: Clock) {
     let mut told = None;
-    let mut pruned = std::time::Instant::now();
+    let mut pruned = None;
     loop {
         match follow_until_error(&database, &events, &mut told, &clock, &mut pruned).await {
             Ok(never) => match never {},
@@ -456,7 +456,7 @@ async fn follow_until_error(
     events: &EventBus,
     told: &mut Option<u64>,
     clock: &Clock,
-    pruned: &mut std::time::Instant,
+    pruned: &mut Option<Timestamp>,
 ) -> Result<std::convert::Infallible, PgError> {
     let mut listener = database.listen_for_events().await?;
     let mut connection = database.connection().await?;
@@ -479,9 +479,10 @@ async fn follow_until_error(
                 events.publish(page.events);
             }
         }
-        if pruned.elapsed() >= PRUNE_EVERY {
-            *pruned = std::time::Instant::now();
-            db::prune_events(&mut connection, clock() - EVENT_RETENTION, PRUNE_MAX).await?;
+        let now = clock();
+        if pruned.is_none_or(|last| now - PRUNE_EVERY >= last) {
+            *pruned = Some(now);
+            db::prune_events(&mut connection, now - EVENT_RETENTION, PRUNE_MAX).await?;
         }
         tokio::select! {
             notification = listener.recv() => { notification?; }

@@ -98,6 +98,8 @@ pub struct Page {
     /// reader that asked for the events after an id older than this one's
     /// predecessor has missed pruned events.
     pub oldest: Option<u64>,
+    /// The newest id in the log when it was read; `None` while it is empty.
+    pub newest: Option<u64>,
 }
 
 /// The log kept in memory when nothing is kept on disk: the newest events,
@@ -140,6 +142,7 @@ impl MemoryLog {
         Page {
             events: kept.range(start..).take(limit).cloned().collect(),
             oldest: kept.front().map(|event| event.id),
+            newest: kept.back().map(|event| event.id),
         }
     }
 }

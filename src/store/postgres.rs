@@ -145,12 +145,14 @@ pub async fn read_events(
     .fetch_all(&mut *connection)
     .await?;
     let events = rows.iter().map(event).collect::<PgResult<Vec<_>>>()?;
-    let oldest: Option<i64> = sqlx::query_scalar("SELECT min(id) FROM events")
-        .fetch_one(&mut *connection)
-        .await?;
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT min(id), max(id) FROM events")
+            .fetch_one(&mut *connection)
+            .await?;
     Ok(Page {
         events,
         oldest: oldest.map(|id| id as u64),
+        newest: newest.map(|id| id as u64),
     })
 }
 

@@ -498,11 +498,14 @@ pub(super) fn read_events(
     while let Some(row) = rows.next()? {
         events.push(event(row)?);
     }
-    let oldest: Option<i64> =
-        connection.query_row("SELECT min(id) FROM events", [], |row| row.get(0))?;
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        connection.query_row("SELECT min(id), max(id) FROM events", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
     Ok(Page {
         events,
         oldest: oldest.map(|id| id as u64),
+        newest: newest.map(|id| id as u64),
     })
 }
 

@@ -15,4 +15,5 @@ mod idempotency;
 mod limits;
 mod opd_day;
 mod slots;
+mod stream;
 mod tokens;

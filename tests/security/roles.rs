@@ -59,7 +59,8 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         Desk,
         /// Slot administration: admin only.
         Admin,
-        /// Every role; a doctor sees only its own doctor's slots.
+        /// Every role; a doctor sees only its own doctor's slots (or
+        /// events).
         ReadList,
         /// Every role; a doctor only for its own doctor's slot or token.
         ReadOwned,
@@ -70,7 +71,7 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         | ("POST", "/tokens/{tokenId}/cancel")
         | ("POST", "/tokens/{tokenId}/no-show") => Class::Desk,
         ("POST", "/slots") | ("PATCH", "/slots/{slotId}") => Class::Admin,
-        ("GET", "/slots") => Class::ReadList,
+        ("GET", "/slots") | ("GET", "/events") => Class::ReadList,
         ("GET", "/slots/{slotId}") | ("GET", "/tokens/{tokenId}") => Class::ReadOwned,
         _ => panic!(
             "{method} {route} is documented but has no expected access here: \

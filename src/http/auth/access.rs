@@ -109,6 +109,9 @@ pub enum DoctorScope {
     SlotInPath,
     /// The token in the path parameter `tokenId` must be the doctor's.
     TokenInPath,
+    /// An event stream: as a slot list, and a `slotId` filter in the query
+    /// must be one of the doctor's slots.
+    EventFilters,
 }
 
 /// The access of every served route, one rule per (method, route

@@ -162,6 +162,7 @@ impl Gate {
             let in_path = |name| path_parameter(&found.params, name);
             let subject = match scope {
                 DoctorScope::SlotList => Ok(Subject::SlotList),
+                DoctorScope::EventFilters => Ok(Subject::EventFilters),
                 DoctorScope::SlotInPath => in_path("slotId").map(Subject::Slot),
                 DoctorScope::TokenInPath => in_path("tokenId").map(Subject::Token),
             };
@@ -218,6 +219,8 @@ enum Verdict {
 /// it; path parameters percent-decoded.
 enum Subject {
     SlotList,
+    /// An event stream's `doctorId` and `slotId` filters.
+    EventFilters,
     Slot(String),
     Token(String),
 }
@@ -308,7 +311,7 @@ async fn narrow_to_doctor(
         )
     };
     match subject {
-        Subject::SlotList => {
+        Subject::SlotList | Subject::EventFilters => {
             let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(request.uri())
             else {
                 return Err(
@@ -327,18 +330,14 @@ async fn narrow_to_doctor(
             if asked.is_empty() {
                 add_doctor_filter(request, doctor);
             }
+            if matches!(subject, Subject::EventFilters) {
+                if let Some((_, slot)) = pairs.iter().find(|(name, _)| name == "slotId") {
+                    return slot_of_doctor(app, slot, doctor, other_doctor).await;
+                }
+            }
             Ok(())
         }
-        Subject::Slot(raw) => {
-            let Some(slot) = SlotId::parse(&raw) else {
-                return Ok(());
-            };
-            match app.service.slot_summary(&slot).await {
-                Ok(Some(summary)) if summary.doctor != *doctor => Err(other_doctor()),
-                Ok(_) => Ok(()),
-                Err(error) => Err(ApiError::from(error).into_response()),
-            }
-        }
+        Subject::Slot(raw) => slot_of_doctor(app, &raw, doctor, other_doctor).await,
         Subject::Token(raw) => {
             let Ok(token) = input::token_id(&raw) else {
                 return Ok(());
@@ -352,7 +351,25 @@ async fn narrow_to_doctor(
     }
 }
 
-/// Makes `GET /slots` list only `doctor`'s slots. Doctor ids need no
+/// Refuses a slot of another doctor than `doctor`; a slot that does not
+/// exist or cannot be parsed is left to the handler.
+async fn slot_of_doctor(
+    app: &AppState,
+    raw: &str,
+    doctor: &DoctorId,
+    other_doctor: impl Fn() -> Response,
+) -> Result<(), Response> {
+    let Some(slot) = SlotId::parse(raw) else {
+        return Ok(());
+    };
+    match app.service.slot_summary(&slot).await {
+        Ok(Some(summary)) if summary.doctor != *doctor => Err(other_doctor()),
+        Ok(_) => Ok(()),
+        Err(error) => Err(ApiError::from(error).into_response()),
+    }
+}
+
+/// Makes `GET /slots` (or an event stream) hold only `doctor`'s slots. Doctor ids need no
 /// percent-encoding.
 fn add_doctor_filter(request: &mut Request, doctor: &DoctorId) {
     let uri = request.uri().clone();

@@ -354,7 +354,14 @@ field() { # field FILE NAME -> value from the RESULT line
   sed -n "s/^RESULT .* $2=\([^ ]*\).*/\1/p" "$1" | tail -n 1
 }
 
-declare -A RPS P50 P99 NON2XX
+declare -A RPS P50 P99 NON2XX CPU_US
+
+# The server's CPU time so far (all threads, user and system), in clock
+# ticks. Per request, it is a steadier figure than req/s on a noisy machine:
+# other work on the server's core slows a run down but adds little CPU
+# time to the server itself.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 declare -A LAT_TARGET LAT_RPS LAT_P50 LAT_P99 LAT_NON2XX LAT_STATUS
 record() { # record KEY FILE
   RPS[$1]=$(field "$2" rps)
@@ -413,7 +420,10 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
     for script in bookings-only bookings; do
       ((ok)) || break
       f=$OUT/$mode-$script.r$round.txt
+      cpu_before=$(cpu_ticks "$SERVER_PID")
       if run_wrk "$f" "loadtest/wrk/$script.lua" "$BENCH_CONNECTIONS" "$BENCH_SECONDS"; then
+        CPU_US[$mode,$script,$round]=$(awk -v t="$(($(cpu_ticks "$SERVER_PID") - cpu_before))" \
+          -v hz="$CLK_TCK" -v n="$(field "$f" requests)" 'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / hz / n }')
         record "$mode,$script,$round" "$f"
       else
         ok=0
@@ -461,6 +471,11 @@ for mode in "${MODES[@]}"; do
     fi
     read -r median _ _ < <(round_ratios "$mode" "$script" in-memory | median_and_range) || true
     [[ -n ${median:-} ]] && RATIO_MEM[$mode,$script]=$median
+    median=""
+    read -r median lowest highest < <(for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+      [[ -n ${CPU_US[$mode,$script,$round]:-} ]] && echo "${CPU_US[$mode,$script,$round]}"
+    done | median_and_range) || true
+    [[ -n ${median:-} ]] && CPU_US[$mode,$script]="$median ($lowest-$highest)"
     median=""
   done
 done
@@ -512,7 +527,7 @@ ratio() { # ratio VALUE BASE
 {
   echo
   echo "Peak throughput: ${BENCH_SECONDS}s per run, $BENCH_CONNECTIONS connections, $THREADS wrk threads, median of $BENCH_ROUNDS rounds"
-  printf '%-10s %-14s %10s %9s %9s %8s %12s %11s %13s\n' mode script "req/s" "p50 ms" "p99 ms" "non-2xx" "vs baseline" "range" "vs in-memory"
+  printf '%-10s %-14s %10s %9s %9s %8s %12s %11s %13s  %s\n' mode script "req/s" "p50 ms" "p99 ms" "non-2xx" "vs baseline" "range" "vs in-memory" "server CPU µs/req (range)"
   for mode in "${MODES[@]}"; do
     if [[ -n ${RPS[$mode,failed]:-} && -z ${RPS[$mode,bookings-only]:-} ]]; then
       printf '%-10s %-14s %10s\n' "$mode" "-" "FAILED (see $OUT/$mode-*.log / .txt)"
@@ -521,9 +536,9 @@ ratio() { # ratio VALUE BASE
     for script in bookings-only bookings; do
       k=$mode,$script
       [[ -n ${RPS[$k]:-} ]] || continue
-      printf '%-10s %-14s %10.0f %9s %9s %8s %12s %11s %13s\n' "$mode" "$script" "${RPS[$k]}" \
+      printf '%-10s %-14s %10.0f %9s %9s %8s %12s %11s %13s  %s\n' "$mode" "$script" "${RPS[$k]}" \
         "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "${RATIO_BASE[$k]:--}" "${RANGE_BASE[$k]:--}" \
-        "${RATIO_MEM[$k]:--}"
+        "${RATIO_MEM[$k]:--}" "${CPU_US[$k]:--}"
     done
   done
   echo

@@ -1,7 +1,9 @@
 //! Start-up settings: command-line flags, each also an environment variable.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::Parser;
 
@@ -135,7 +137,7 @@ pub struct Config {
     /// API keys as in the file, lines separated by `;`. Prefer the file or
     /// the environment variable: command lines are visible to other users.
     #[arg(long, env = "OPD_API_KEYS", hide_env_values = true)]
-    pub api_keys: Option<crate::http::auth::KeyLines>,
+    pub api_keys: Option<Secret>,
 
     /// Requests a second allowed per API key (per client address when
     /// open); 0 turns rate limiting off.
@@ -150,6 +152,32 @@ pub struct Config {
     /// API; repeat for more, `*` for any. CORS is off by default.
     #[arg(long = "cors-origin", env = "OPD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+}
+
+/// Text that holds secrets, e.g. the API key lines of `OPD_API_KEYS`: its
+/// `Debug` form never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The text itself, to use, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Config {

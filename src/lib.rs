@@ -65,6 +65,8 @@ pub struct Application {
     service: Arc<Service>,
     connection_limits: http::serve::ConnectionLimits,
     security: Arc<http::auth::Security>,
+    /// Tells long-lived answers that the server is shutting down.
+    shutting_down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -78,7 +80,7 @@ impl Application {
             .map_err(|_| StartError::TimeZone(config.timezone.clone()))?;
         // First, so an open server on a public address is refused before
         // any storage is touched.
-        let security = Arc::new(http::auth::Security::from_config(&config)?);
+        let security = Arc::new(http::auth::Security::new(access_settings(&config))?);
         let limits = Limits {
             waitlist_max: config.waitlist_max,
             overbook_max: config.overbook_max,
@@ -97,9 +99,14 @@ impl Application {
             .await?;
             tracing::info!("state is kept in PostgreSQL");
             let events = EventBus::default();
-            let postgres =
-                service::Postgres::new(database, limits, idempotency_limits, events.clone())
-                    .with_zone(zone.clone());
+            let postgres = service::Postgres::new(
+                database,
+                limits,
+                idempotency_limits,
+                events.clone(),
+                clock.clone(),
+            )
+            .with_zone(zone.clone());
             Service::postgres(postgres, events, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");
@@ -145,11 +152,13 @@ impl Application {
                     address: config.listen,
                     source,
                 })?;
+        let (shutting_down, shutdown) = tokio::sync::watch::channel(false);
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
             slots_page_max: config.slots_page_max as usize,
             security: security.clone(),
+            shutdown,
         };
         let app = http::app(state, Duration::from_secs(config.request_timeout_secs));
         Ok(Application {
@@ -163,6 +172,7 @@ impl Application {
                 max_connections_per_address: config.max_connections_per_address as usize,
                 max_requests_per_connection: config.max_requests_per_connection,
             },
+            shutting_down,
             security,
         })
     }
@@ -188,7 +198,29 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let shutting_down = self.shutting_down;
+        let shutdown = async move {
+            shutdown.await;
+            // Event streams end now, so the requests in flight that
+            // shutting down waits for all finish.
+            shutting_down.send_replace(true);
+        };
         http::serve::serve(self.listener, self.app, self.connection_limits, shutdown).await
+    }
+}
+
+/// The HTTP layer's access settings, from the configuration.
+fn access_settings(config: &Config) -> http::auth::Settings {
+    http::auth::Settings {
+        listen: config.listen,
+        keys_file: config.api_keys_file.clone(),
+        inline_keys: config
+            .api_keys
+            .as_ref()
+            .map(|keys| keys.expose().to_owned()),
+        rate_limit_per_second: config.rate_limit_per_second,
+        rate_limit_burst: config.rate_limit_burst,
+        cors_origins: config.cors_origins.clone(),
     }
 }
 

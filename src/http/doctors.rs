@@ -3,22 +3,28 @@
 
 use axum::extract::{Query, Request, State};
 use axum::Json;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::{Access, DoctorScope};
 use super::dto::{ActionDto, BoardDto, DoctorQueueDto};
 use super::error::{ApiError, FieldError, Result};
 use super::input::{self, PathParam};
+use super::routes::Routes;
 use super::tokens::action_response;
 use super::{AppState, Caller};
 use crate::engine::{DoctorId, EngineError};
 
-/// The doctor routes, registered with their OpenAPI operations.
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(call_next))
-        .routes(routes!(queue))
-        .routes(routes!(board))
+/// The doctor routes, registered with their OpenAPI operations and with
+/// who may call them: a doctor key calls and reads its own doctor's queue
+/// only; the board, which carries no patient ids, is every key's.
+pub fn router() -> Routes {
+    Routes::new()
+        .route(
+            routes!(call_next),
+            Access::Clinical(DoctorScope::DoctorInPath),
+        )
+        .route(routes!(queue), Access::Read(DoctorScope::DoctorInPath))
+        .route(routes!(board), Access::Read(DoctorScope::AnyDoctor))
 }
 
 /// Calls the first CHECKED_IN token of the doctor's slots dated today, in

@@ -3,15 +3,18 @@
 //! what it returns into DTOs. Nothing below this layer knows JSON.
 
 pub mod auth;
+pub mod cors;
 mod doctors;
 pub mod dto;
 pub mod edge;
 pub mod error;
+pub mod events;
 mod health;
 pub mod input;
 pub mod openapi;
 pub mod rate_limit;
 mod render;
+pub mod routes;
 pub mod serve;
 pub mod slots;
 pub mod tokens;
@@ -19,22 +22,20 @@ pub mod tokens;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::http::{Extensions, Method};
 use axum::response::Response;
 use axum::Router;
 use tower::util::Either;
 use tower::Layer;
 use tower_http::cors::Cors;
 
+pub use auth::Caller;
 use edge::Edge;
 
-use crate::engine::Actor;
 use crate::service::Service;
+use auth::AccessRules;
 use error::ApiError;
 
 /// The future of the API's own middleware service, [`edge::Edge`].
@@ -55,46 +56,12 @@ pub struct AppState {
     pub body_limit_bytes: usize,
     /// The most slots one page of `GET /slots` holds, and its default size.
     pub slots_page_max: usize,
-    /// API keys, access rules, rate limit and CORS; see [`auth`].
+    /// API keys, rate limit and CORS; see [`auth`].
     pub security: Arc<auth::Security>,
-}
-
-/// Who is calling, as resolved by authentication; `anonymous` when the
-/// server runs without API keys.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub name: Arc<str>,
-}
-
-impl Caller {
-    pub fn anonymous() -> Caller {
-        // One shared name rather than an allocation per request.
-        static ANONYMOUS: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("anonymous"));
-        Caller {
-            name: ANONYMOUS.clone(),
-        }
-    }
-
-    pub fn actor(&self) -> Actor {
-        self.name.clone()
-    }
-
-    /// The caller that authentication recorded on a request; anonymous
-    /// when it recorded none (open mode, public routes).
-    pub fn of(extensions: &Extensions) -> Caller {
-        extensions
-            .get::<Caller>()
-            .cloned()
-            .unwrap_or_else(Caller::anonymous)
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Caller, Infallible> {
-        Ok(Caller::of(&parts.extensions))
-    }
+    /// Turns true when the server starts to shut down: long-lived answers
+    /// (event streams) end then, so that shutting down does not wait for
+    /// them.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole API as one service: the routes with their access checks,
@@ -105,26 +72,26 @@ pub type App = Either<Cors<Edge<Router>>, Edge<Router>>;
 ///
 /// # Panics
 ///
-/// When a route of the API document has no access rule in
-/// [`auth::RULES`]: the access check runs before routing, so such a route
-/// would be served unchecked.
+/// When an operation of the API document has no access rule: the access
+/// check runs before routing, so such a route would be served unchecked.
+/// Routes registered through [`routes::Routes`] always have one; this
+/// catches an operation that reached the document another way.
 pub fn app(state: AppState, request_timeout: Duration) -> App {
     let cors = state.security.cors();
-    let (routes, document) = openapi::api(state.security.is_open());
-    let unguarded = operations_without_rule(&document);
+    let (routes, document, rules) = openapi::api(state.security.is_open());
+    let unguarded = operations_without_rule(&document, &rules);
     assert!(
         unguarded.is_empty(),
-        "routes without an access rule in auth::RULES: {unguarded:?}"
+        "routes without an access rule: {unguarded:?}"
     );
     let router = routes
-        .merge(openapi::docs(document))
         .fallback(
             |uri: axum::http::Uri| async move { ApiError::RouteNotFound(uri.path().to_owned()) },
         )
         .with_state(state.clone());
     // The edge wraps the router once, not each route: a per-route layer is
     // cloned, with its boxed inner services, for every request.
-    let gate = Arc::new(auth::Gate::new(state));
+    let gate = Arc::new(auth::Gate::new(state, &rules));
     let app = edge::EdgeLayer {
         request_timeout,
         gate,
@@ -138,23 +105,16 @@ pub fn app(state: AppState, request_timeout: Duration) -> App {
     }
 }
 
-/// The operations of `document` that no access rule covers, as
+/// The operations of `document` that no rule of `rules` covers, as
 /// `METHOD /path`.
-fn operations_without_rule(document: &utoipa::openapi::OpenApi) -> Vec<String> {
+fn operations_without_rule(
+    document: &utoipa::openapi::OpenApi,
+    rules: &AccessRules,
+) -> Vec<String> {
     let mut missing = Vec::new();
     for (path, item) in &document.paths.paths {
-        let operations = [
-            (Method::GET, &item.get),
-            (Method::POST, &item.post),
-            (Method::PUT, &item.put),
-            (Method::PATCH, &item.patch),
-            (Method::DELETE, &item.delete),
-            (Method::HEAD, &item.head),
-            (Method::OPTIONS, &item.options),
-            (Method::TRACE, &item.trace),
-        ];
-        for (method, operation) in operations {
-            if operation.is_some() && auth::rule(&method, path).is_none() {
+        for method in routes::methods(item) {
+            if rules.rule(&method, path).is_none() {
                 missing.push(format!("{method} {path}"));
             }
         }
@@ -172,8 +132,11 @@ mod tests {
     #[test]
     fn every_served_operation_has_an_access_rule() {
         for open in [false, true] {
-            let (_, document) = openapi::api(open);
-            assert_eq!(operations_without_rule(&document), Vec::<String>::new());
+            let (_, document, rules) = openapi::api(open);
+            assert_eq!(
+                operations_without_rule(&document, &rules),
+                Vec::<String>::new()
+            );
         }
     }
 
@@ -191,7 +154,7 @@ mod tests {
             .build();
         let document = OpenApiBuilder::new().paths(paths).build();
         assert_eq!(
-            operations_without_rule(&document),
+            operations_without_rule(&document, &openapi::access_rules()),
             vec!["GET /reports", "DELETE /slots"]
         );
     }

@@ -1,15 +1,19 @@
 //! The OpenAPI 3.1 document, generated from the route annotations and DTO
 //! types, served at `/openapi.json`, with Swagger UI at `/docs` from assets
-//! embedded in the binary (no network needed to read the docs).
+//! embedded in the binary (no network needed to read the docs). Also the
+//! one place where the API's routes come together, each with its access
+//! rule (see [`api`]).
 
+use axum::http::Method;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{doctors, dto, error::FieldError, health, slots, tokens, AppState};
+use super::auth::{Access, AccessRules};
+use super::routes::Routes;
+use super::{doctors, dto, error::FieldError, events, health, slots, tokens, AppState};
 
 /// An RFC 9457 problem, as every error is answered.
 #[derive(ToSchema)]
@@ -158,23 +162,44 @@ impl Modify for AccessResponses {
     }
 }
 
-/// Every API route together with its OpenAPI operation. Routes are
-/// registered only here, with the operation that documents them, so the
-/// document lists exactly what the router serves. An `open` server (no API
-/// keys) gets a document without the key requirement, so that it describes
-/// the server that serves it.
-pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Where the document is served.
+const DOCUMENT_PATH: &str = "/openapi.json";
+
+/// Where the Swagger UI is served.
+const DOCS_PATH: &str = "/docs";
+
+/// Every API route together with its OpenAPI operation and its access
+/// rule, and the document with the Swagger UI. Routes are registered only
+/// through [`Routes`], each with the operation that documents it and who
+/// may call it, so the document lists exactly what the router serves and
+/// the access rules cover exactly that. An `open` server (no API keys)
+/// gets a document without the key requirement, so that it describes the
+/// server that serves it.
+pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRules) {
+    let (router, mut document, mut rules) = Routes::with_openapi(ApiDoc::openapi())
         .merge(tokens::router())
         .merge(slots::router())
         .merge(doctors::router())
-        .routes(routes!(health::healthz))
-        .split_for_parts();
+        .merge(events::router())
+        .route(routes!(health::healthz), Access::HealthCheck)
+        .split();
     AccessResponses.modify(&mut document);
     if open {
         document.security = None;
     }
-    (router, document)
+    // The document and the Swagger UI are public. They are not operations
+    // of the API, so the document does not list them; these are the
+    // routes the Swagger UI registers.
+    let docs = SwaggerUi::new(DOCS_PATH).url(DOCUMENT_PATH, document.clone());
+    for template in [
+        DOCUMENT_PATH.to_owned(),
+        DOCS_PATH.to_owned(),
+        format!("{DOCS_PATH}/"),
+        format!("{DOCS_PATH}/{{*rest}}"),
+    ] {
+        rules.add(Method::GET, &template, Access::Public);
+    }
+    (router.merge(docs), document, rules)
 }
 
 /// The document of a server with API keys.
@@ -182,7 +207,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     api(false).1
 }
 
-/// `/openapi.json` and the offline Swagger UI under `/docs`.
-pub fn docs(document: utoipa::openapi::OpenApi) -> Router<AppState> {
-    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+/// The access rules of every route a server serves.
+pub fn access_rules() -> AccessRules {
+    api(false).2
 }

@@ -7,7 +7,7 @@
 //!
 //! Every bucket refills at `per_second` requests a second and holds at most
 //! `burst` requests. A refused request is answered 429 with `Retry-After`
-//! by the access middleware in [`super::auth`].
+//! by the gate ([`super::auth::Gate`]).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

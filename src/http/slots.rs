@@ -8,21 +8,26 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{Map, Value};
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::{Access, DoctorScope};
 use super::dto::{CapacityChangeDto, SlotDetailDto, SlotSummaryDto};
 use super::error::{ApiError, FieldError, Result};
 use super::input::{self, Fields, PathParam};
+use super::routes::Routes;
 use super::{AppState, Caller};
 use crate::engine::{DoctorId, EngineError, SlotId, SlotQuery, SlotSpec};
 use crate::service::ServiceError;
 
-/// The slot routes, registered with their OpenAPI operations.
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(slot, set_capacity))
+/// The slot routes, registered with their OpenAPI operations and with who
+/// may call them. A path's methods are registered in the order its
+/// `Allow` header lists them.
+pub fn router() -> Routes {
+    Routes::new()
+        .route(routes!(list), Access::Read(DoctorScope::SlotList))
+        .route(routes!(create), Access::Admin)
+        .route(routes!(slot), Access::Read(DoctorScope::SlotInPath))
+        .route(routes!(set_capacity), Access::Admin)
 }
 
 /// Reads a slot body; a missing `date` means `today`. Schedule files read

@@ -7,31 +7,38 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use serde_json::Value;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::{Access, DoctorScope};
 use super::dto::{ActionDto, BookingDto, HistoryDto, TokenDetailDto, TokenDto};
 use super::error::{ApiError, Result};
 use super::input::{self, Fields, PathParam};
 use super::render;
+use super::routes::Routes;
 use super::{AppState, Caller};
 use crate::engine::{Action, BookRequest, EngineError, PatientId, SlotId, Source};
 use crate::service::{Booking, IdempotencyKey};
 
 /// The token routes, registered with their OpenAPI operations so that the
-/// document lists exactly what is served.
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(book))
-        .routes(routes!(token))
-        .routes(routes!(check_in))
-        .routes(routes!(call))
-        .routes(routes!(start))
-        .routes(routes!(complete))
-        .routes(routes!(skip))
-        .routes(routes!(cancel))
-        .routes(routes!(no_show))
+/// document lists exactly what is served, and with who may call them: the
+/// desk books and takes a token through every action; a doctor key takes
+/// part in its own doctor's consultations (call, start, complete, skip).
+pub fn router() -> Routes {
+    Routes::new()
+        .route(routes!(book), Access::FrontDesk)
+        .route(routes!(token), Access::Read(DoctorScope::TokenInPath))
+        .route(routes!(check_in), Access::FrontDesk)
+        .route(routes!(call), DOCTORS_TOKEN)
+        .route(routes!(start), DOCTORS_TOKEN)
+        .route(routes!(complete), DOCTORS_TOKEN)
+        .route(routes!(skip), DOCTORS_TOKEN)
+        .route(routes!(cancel), Access::FrontDesk)
+        .route(routes!(no_show), Access::FrontDesk)
 }
+
+/// A doctor's action on a token: the desk's too, and a doctor key's for
+/// its own doctor's tokens.
+const DOCTORS_TOKEN: Access = Access::Clinical(DoctorScope::TokenInPath);
 
 /// Books a token for a patient in a slot.
 #[utoipa::path(

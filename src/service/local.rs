@@ -21,8 +21,9 @@ use crate::engine::{
     Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, DoctorId, Engine, Outcome,
     SlotId, SlotSpec, SlotSummary,
 };
+use crate::store::events::MemoryLog;
 use crate::store::{
-    EventBus, Journal, Record, Reservation, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION,
+    EventBus, Journal, Page, Record, Reservation, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION,
 };
 
 pub(super) struct Local {
@@ -30,6 +31,9 @@ pub(super) struct Local {
     /// `None` when the service runs in memory only.
     journal: Option<Journal>,
     events: EventBus,
+    /// The newest events, for readers catching up, when there is no
+    /// journal to read them from.
+    memory_log: MemoryLog,
     clock: Clock,
     /// The clinic's time zone, in which "today" is taken.
     zone: TimeZone,
@@ -47,7 +51,7 @@ struct Writer<'a> {
     state: RwLockWriteGuard<'a, State>,
     /// `None` in memory, where there is no journal.
     reservation: Option<Reservation<'a>>,
-    events: &'a EventBus,
+    local: &'a Local,
 }
 
 impl Writer<'_> {
@@ -60,8 +64,10 @@ impl Writer<'_> {
         match self.reservation {
             Some(reservation) => Some(reservation.append(record, first_event)),
             None => {
-                if self.events.has_subscribers() {
-                    self.events.publish(record.events(first_event));
+                let events = record.events(first_event);
+                self.local.memory_log.append(&events);
+                if self.local.events.has_subscribers() {
+                    self.local.events.publish(events);
                 }
                 None
             }
@@ -188,6 +194,7 @@ impl Local {
             }),
             journal: start.journal,
             events,
+            memory_log: MemoryLog::default(),
             clock,
             zone,
         }
@@ -391,8 +398,24 @@ impl Local {
         Ok(Writer {
             state,
             reservation,
-            events: &self.events,
+            local: self,
         })
+    }
+
+    /// The log's events after `after`, at most `limit`: from the journal's
+    /// database, or from memory when nothing is kept on disk.
+    pub(super) async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, ServiceError> {
+        match &self.journal {
+            Some(journal) => journal
+                .read_events(after, limit)
+                .await
+                .map_err(|_| ServiceError::Unavailable),
+            None => Ok(self.memory_log.after(after, limit)),
+        }
     }
 
     fn read_lock(&self) -> Result<RwLockReadGuard<'_, State>, ServiceError> {

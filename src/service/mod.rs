@@ -20,7 +20,7 @@ use crate::engine::{
 };
 use crate::store::events::Published;
 pub use crate::store::Fingerprint;
-use crate::store::{EventBus, Journal, StoredIdempotency};
+use crate::store::{EventBus, Journal, Page, StoredIdempotency};
 use local::Local;
 pub use postgres::Postgres;
 
@@ -155,8 +155,22 @@ impl Service {
     }
 
     /// Every change made durable from now on, as events in id order.
+    /// Subscribe first, then read the log with [`Service::events_after`]
+    /// up to where the subscription takes over: together they miss
+    /// nothing.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Published> {
         self.events.subscribe()
+    }
+
+    /// The log's events after `after`, at most `limit` (at most
+    /// [`crate::store::events::PAGE_MAX`] are read at once), with the
+    /// oldest id the log keeps.
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Page, ServiceError> {
+        let limit = limit.min(crate::store::events::PAGE_MAX);
+        match &self.backend {
+            Backend::Local(local) => local.events_after(after, limit).await,
+            Backend::Postgres(postgres) => postgres.events_after(after, limit).await,
+        }
     }
 
     pub fn now(&self) -> Timestamp {

@@ -36,9 +36,9 @@ use crate::engine::{
     DoctorQueue, Engine, EngineError, Limits, Outcome, SlotDetail, SlotId, SlotPage, SlotQuery,
     SlotSpec, SlotSummary, Status,
 };
-use crate::store::events::Made;
+use crate::store::events::{Made, EVENT_RETENTION, PAGE_MAX};
 use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
-use crate::store::{EventBus, StoredIdempotency, IDEMPOTENCY_RETENTION};
+use crate::store::{EventBus, Page, StoredIdempotency, IDEMPOTENCY_RETENTION};
 
 /// How often a transaction that lost a race is tried again.
 const ATTEMPTS: usize = 8;
@@ -49,9 +49,15 @@ pub struct Postgres {
     /// The clinic's time zone, in which "today" is taken.
     zone: TimeZone,
     idempotency_limits: IdempotencyLimits,
-    /// Where this instance tells the events of its own changes once they
-    /// are committed.
-    events: EventBus,
+    /// Reads the log as any instance adds to it and tells this instance's
+    /// subscribers; stopped with the backend.
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
 }
 
 /// Why one attempt failed.
@@ -81,18 +87,23 @@ impl From<EngineError> for Failure {
 type Attempt<T> = Result<T, Failure>;
 
 impl Postgres {
+    /// The backend on `database`; its events, every instance's, are told on
+    /// `events`. Must be called within the runtime, which runs the log's
+    /// follower.
     pub fn new(
         database: Database,
         limits: Limits,
         idempotency_limits: IdempotencyLimits,
         events: EventBus,
+        clock: Clock,
     ) -> Postgres {
+        let follower = tokio::spawn(follow_events(database.clone(), events, clock));
         Postgres {
             database,
             limits,
             zone: TimeZone::UTC,
             idempotency_limits,
-            events,
+            follower,
         }
     }
 
@@ -160,9 +171,10 @@ impl Postgres {
         self.log_and_commit(tx, Made::Token(outcome), ctx).await
     }
 
-    /// Logs a change's events as the transaction's last write and commits;
-    /// once committed, the events are told. The event ids are taken last
-    /// because taking them locks the log's head until the commit.
+    /// Logs a change's events as the transaction's last write and commits.
+    /// The event ids are taken last because taking them locks the log's
+    /// head until the commit. The events are told by the follower, which
+    /// reads them back in id order with every other instance's.
     async fn log_and_commit(
         &self,
         mut tx: Transaction,
@@ -170,13 +182,19 @@ impl Postgres {
         ctx: &Context,
     ) -> Attempt<()> {
         let first = db::take_event_ids(&mut tx, made.event_count()).await?;
-        let events = made.events(ctx, first);
-        db::insert_events(&mut tx, &events).await?;
+        db::insert_events(&mut tx, &made.events(ctx, first)).await?;
+        db::notify_events(&mut tx).await?;
         tx.commit().await?;
-        if self.events.has_subscribers() {
-            self.events.publish(events);
-        }
         Ok(())
+    }
+
+    /// The log's events after `after`, at most `limit`.
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Page, ServiceError> {
+        self.retry(|| async {
+            let mut connection = self.database.connection().await?;
+            Ok(db::read_events(&mut connection, after, limit).await?)
+        })
+        .await
     }
 
     /// Whether the database answers a trivial query.
@@ -586,6 +604,74 @@ impl Postgres {
             Ok(Some(TokenDetail { token, history }))
         })
         .await
+    }
+}
+
+/// How long the follower waits for a notification before it reads the log
+/// anyway (a notification can be lost with its connection), and how long it
+/// waits after an error before it tries again.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often (in the service's time) the follower prunes events past their
+/// retention, and how many at most each time.
+const PRUNE_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
+const PRUNE_MAX: i64 = 5_000;
+
+/// Tells this instance's subscribers every event any instance commits, once
+/// and in id order: one reader of the log for all of them. Commits that log
+/// events hold the log's head until they are visible, so reading the ids
+/// after the last one told never skips one that is yet to commit.
+async fn follow_events(database: Database, events: EventBus, clock: Clock) {
+    let mut told = None;
+    let mut pruned = None;
+    loop {
+        match follow_until_error(&database, &events, &mut told, &clock, &mut pruned).await {
+            Ok(never) => match never {},
+            Err(error) => {
+                tracing::warn!(%error, "reading the event log failed; trying again");
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        }
+    }
+}
+
+async fn follow_until_error(
+    database: &Database,
+    events: &EventBus,
+    told: &mut Option<u64>,
+    clock: &Clock,
+    pruned: &mut Option<Timestamp>,
+) -> Result<std::convert::Infallible, PgError> {
+    let mut listener = database.listen_for_events().await?;
+    let mut connection = database.connection().await?;
+    // The first time, the stream starts with what comes next: readers
+    // catching up read the log themselves.
+    let mut last = match *told {
+        Some(last) => last,
+        None => db::newest_event_id(&mut connection).await?,
+    };
+    *told = Some(last);
+    loop {
+        loop {
+            let page = db::read_events(&mut connection, last, PAGE_MAX).await?;
+            let Some(newest) = page.events.last().map(|event| event.id) else {
+                break;
+            };
+            last = newest;
+            *told = Some(last);
+            if events.has_subscribers() {
+                events.publish(page.events);
+            }
+        }
+        let now = clock();
+        if pruned.is_none_or(|last| now - PRUNE_EVERY >= last) {
+            *pruned = Some(now);
+            db::prune_events(&mut connection, now - EVENT_RETENTION, PRUNE_MAX).await?;
+        }
+        tokio::select! {
+            notification = listener.recv() => { notification?; }
+            () = tokio::time::sleep(FOLLOW_POLL) => {}
+        }
     }
 }
 

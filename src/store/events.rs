@@ -79,9 +79,73 @@ impl SlotReason {
     }
 }
 
-/// Durable events as they are published: one message per record, so a
-/// busy log costs one channel send per change, not one per event.
+/// Durable events as they are published: one message per change (or per
+/// commit), so a busy log costs one channel send per change, not one per
+/// event.
 pub type Published = Arc<[Event]>;
+
+/// Events are kept at least this long; older ones may be pruned.
+pub const EVENT_RETENTION: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// The most events one read of the log returns.
+pub const PAGE_MAX: usize = 1_000;
+
+/// A read of the log: the events after an id, in id order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub events: Vec<Event>,
+    /// The oldest id the log still keeps; `None` while it is empty. A
+    /// reader that asked for the events after an id older than this one's
+    /// predecessor has missed pruned events.
+    pub oldest: Option<u64>,
+    /// The newest id in the log when it was read; `None` while it is empty.
+    pub newest: Option<u64>,
+}
+
+/// The log kept in memory when nothing is kept on disk: the newest events,
+/// up to a fixed count, so a reconnecting reader can catch up.
+#[derive(Debug)]
+pub struct MemoryLog {
+    events: std::sync::Mutex<std::collections::VecDeque<Event>>,
+}
+
+/// How many events the in-memory log keeps.
+pub const MEMORY_LOG_MAX: usize = 100_000;
+
+impl Default for MemoryLog {
+    fn default() -> MemoryLog {
+        MemoryLog {
+            events: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+}
+
+impl MemoryLog {
+    /// Keeps a change's events, dropping the oldest past the bound.
+    pub fn append(&self, events: &[Event]) {
+        let mut kept = self
+            .events
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        kept.extend(events.iter().cloned());
+        let excess = kept.len().saturating_sub(MEMORY_LOG_MAX);
+        kept.drain(..excess);
+    }
+
+    /// The events after `after`, at most `limit` of them.
+    pub fn after(&self, after: u64, limit: usize) -> Page {
+        let kept = self
+            .events
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let start = kept.partition_point(|event| event.id <= after);
+        Page {
+            events: kept.range(start..).take(limit).cloned().collect(),
+            oldest: kept.front().map(|event| event.id),
+            newest: kept.back().map(|event| event.id),
+        }
+    }
+}
 
 /// How many changes a subscriber may fall behind before it is told it
 /// lagged (and resumes from the log by id). Bounded, so a slow subscriber
@@ -215,5 +279,56 @@ fn token_event(slot: &SlotSummary, change: TokenChange<'_>) -> EventKind {
         from: change.from,
         to: change.to,
         reason: change.reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_event(id: u64) -> Event {
+        Event {
+            id,
+            at: Timestamp::UNIX_EPOCH,
+            actor: Arc::from("desk"),
+            kind: EventKind::Token {
+                token: Uuid::from_u128(u128::from(id)),
+                number: id as u32,
+                slot: SlotId::parse("D1-09").unwrap(),
+                doctor: DoctorId::parse("D1").unwrap(),
+                date: jiff::civil::date(2030, 1, 15),
+                source: Source::Online,
+                from: None,
+                to: Status::Allocated,
+                reason: Reason::Allocated,
+            },
+        }
+    }
+
+    fn ids(page: &Page) -> Vec<u64> {
+        page.events.iter().map(|event| event.id).collect()
+    }
+
+    #[test]
+    fn the_memory_log_reads_the_events_after_an_id_a_page_at_a_time() {
+        let log = MemoryLog::default();
+        assert_eq!(log.after(0, 10), Page::default());
+        log.append(&(1..=5).map(token_event).collect::<Vec<_>>());
+
+        assert_eq!(ids(&log.after(0, 3)), [1, 2, 3]);
+        assert_eq!(ids(&log.after(3, 10)), [4, 5]);
+        assert_eq!(ids(&log.after(5, 10)), [] as [u64; 0]);
+        assert_eq!(log.after(2, 10).oldest, Some(1));
+    }
+
+    #[test]
+    fn the_memory_log_keeps_only_its_newest_events() {
+        let log = MemoryLog::default();
+        let count = MEMORY_LOG_MAX as u64 + 10;
+        log.append(&(1..=count).map(token_event).collect::<Vec<_>>());
+
+        let page = log.after(0, 2);
+        assert_eq!(page.oldest, Some(11));
+        assert_eq!(ids(&page), [11, 12]);
     }
 }

@@ -13,7 +13,7 @@ pub mod events;
 pub mod postgres;
 mod sqlite;
 
-pub use events::{Event, EventBus, EventKind};
+pub use events::{Event, EventBus, EventKind, Page};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,7 +110,7 @@ pub struct Journal {
     /// Bounded: a writer that falls behind (a stalled disk) holds back new
     /// changes, which are refused before they are made, instead of letting
     /// the queue grow without limit.
-    queue: mpsc::Sender<Queued>,
+    queue: mpsc::Sender<Job>,
     last_ticket: AtomicU64,
     progress: watch::Receiver<Progress>,
 }
@@ -118,6 +118,20 @@ pub struct Journal {
 /// Records that may wait for the writer at once. A commit takes up to
 /// [`BATCH_MAX`], so this holds four commits' worth.
 pub const QUEUE_MAX: usize = 4 * BATCH_MAX;
+
+/// What the writer thread is asked to do, in order.
+// Writes are nearly every job and reads are rare: boxing the large variant
+// would cost every change an allocation to save a few bytes per queued read.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Write(Queued),
+    /// Reads the event log after everything queued before it is durable.
+    ReadEvents {
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Page, StoreError>>,
+    },
+}
 
 /// A record on its way to the writer.
 struct Queued {
@@ -132,7 +146,7 @@ struct Queued {
 /// A place in the writer's queue, taken before a change is decided so that
 /// a full queue refuses the change before it is made.
 pub struct Reservation<'a> {
-    permit: mpsc::Permit<'a, Queued>,
+    permit: mpsc::Permit<'a, Job>,
     journal: &'a Journal,
 }
 
@@ -164,17 +178,39 @@ impl Reservation<'_> {
     pub fn append(self, record: Record, first_event: u64) -> Ticket {
         let (done, signal) = oneshot::channel();
         let ticket = self.journal.last_ticket.fetch_add(1, Ordering::SeqCst) + 1;
-        self.permit.send(Queued {
+        self.permit.send(Job::Write(Queued {
             ticket,
             record,
             first_event,
             done,
-        });
+        }));
         Ticket::Appended(signal)
     }
 }
 
 impl Journal {
+    /// The log's events after `after`, at most `limit`, once every change
+    /// queued before this call is durable. The writer thread owns the only
+    /// connection, so it reads between commits.
+    pub async fn read_events(&self, after: u64, limit: usize) -> Result<Page, NotAccepting> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job::ReadEvents {
+                after,
+                limit,
+                reply,
+            })
+            .map_err(|_| NotAccepting)?;
+        match answer.await {
+            Ok(Ok(page)) => Ok(page),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot read the event log");
+                Err(NotAccepting)
+            }
+            Err(_) => Err(NotAccepting),
+        }
+    }
+
     /// Takes a place in the queue for the next record.
     pub fn reserve(&self) -> Result<Reservation<'_>, NotAccepting> {
         let permit = self.queue.try_reserve().map_err(|_| NotAccepting)?;
@@ -392,48 +428,87 @@ fn use_batch_scheduling() {
 
 fn write_loop(
     mut connection: rusqlite::Connection,
-    mut queue: mpsc::Receiver<Queued>,
+    mut queue: mpsc::Receiver<Job>,
     progress: watch::Sender<Progress>,
     bus: EventBus,
 ) {
     use_batch_scheduling();
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut reads = Vec::new();
     let mut events = Vec::new();
-    // Blocks for the first record, then takes whatever else is waiting:
-    // the longer a commit takes, the more the next one carries.
+    let mut pruning = sqlite::Pruning::default();
+    // Blocks for the first job, then takes whatever else is waiting: the
+    // longer a commit takes, the more the next one carries.
     while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < BATCH_MAX {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write(queued) => batch.push(queued),
+                Job::ReadEvents {
+                    after,
+                    limit,
+                    reply,
+                } => reads.push((after, limit, reply)),
+            }
+            if batch.len() < BATCH_MAX {
+                next = queue.try_recv().ok();
             }
         }
-        let last = batch.last().expect("batch is not empty").ticket;
-        for queued in &batch {
-            events.extend(queued.record.events(queued.first_event));
+        if !batch.is_empty()
+            && !commit_batch(
+                &mut connection,
+                &mut batch,
+                &mut events,
+                &progress,
+                &bus,
+                &mut pruning,
+            )
+        {
+            return;
         }
-        let records: Vec<&Record> = batch.iter().map(|queued| &queued.record).collect();
-        match sqlite::commit(&mut connection, &records, &events) {
-            Ok(()) => {
-                progress.send_modify(|p| p.durable = last);
-                for queued in batch.drain(..) {
-                    // The waiter may have gone (its client disconnected).
-                    let _ = queued.done.send(());
-                }
-                // Told only now that they are durable, one message for the
-                // whole commit.
-                if bus.has_subscribers() {
-                    bus.publish(std::mem::take(&mut events));
-                } else {
-                    events.clear();
-                }
+        // After the commit, so a read sees every change queued before it,
+        // and only durable ones.
+        for (after, limit, reply) in reads.drain(..) {
+            let _ = reply.send(sqlite::read_events(&connection, after, limit));
+        }
+    }
+}
+
+/// Commits a batch and tells its waiters and the event bus; `false` when
+/// the commit failed (the journal is then failed for good).
+fn commit_batch(
+    connection: &mut rusqlite::Connection,
+    batch: &mut Vec<Queued>,
+    events: &mut Vec<Event>,
+    progress: &watch::Sender<Progress>,
+    bus: &EventBus,
+    pruning: &mut sqlite::Pruning,
+) -> bool {
+    let last = batch.last().expect("batch is not empty").ticket;
+    for queued in batch.iter() {
+        events.extend(queued.record.events(queued.first_event));
+    }
+    let records: Vec<&Record> = batch.iter().map(|queued| &queued.record).collect();
+    match sqlite::commit(connection, &records, events, pruning) {
+        Ok(()) => {
+            progress.send_modify(|p| p.durable = last);
+            for queued in batch.drain(..) {
+                // The waiter may have gone (its client disconnected).
+                let _ = queued.done.send(());
             }
-            Err(error) => {
-                tracing::error!(%error, "commit failed; refusing writes until restart");
-                progress.send_modify(|p| p.failed = true);
-                return;
+            // Told only now that they are durable, one message for the
+            // whole commit.
+            if bus.has_subscribers() {
+                bus.publish(std::mem::take(events));
+            } else {
+                events.clear();
             }
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "commit failed; refusing writes until restart");
+            progress.send_modify(|p| p.failed = true);
+            false
         }
     }
 }

@@ -16,7 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{from_nanos, nanos, Event, EventKind, StoreError, StoredIdempotency};
+use super::events::SlotReason;
+use super::{from_nanos, nanos, Event, EventKind, Page, StoreError, StoredIdempotency};
 use crate::engine::{
     Actor, Capacity, Context, DoctorId, Engine, HistoryEntry, Pace, PatientId, Reason, SlotId,
     SlotPage, SlotQuery, SlotSpec, SlotSummary, Source, Status, TokenChange, TokenRecord,
@@ -39,6 +40,7 @@ pub type PgResult<T> = Result<T, PgError>;
 pub type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;
 
 /// The connection pool of one instance.
+#[derive(Clone)]
 pub struct Database {
     pool: PgPool,
 }
@@ -103,6 +105,134 @@ impl Database {
     pub async fn connection(&self) -> PgResult<PoolConnection<sqlx::Postgres>> {
         Ok(self.pool.acquire().await?)
     }
+
+    /// A connection of its own that is woken when any instance commits
+    /// events (see [`notify_events`]).
+    pub async fn listen_for_events(&self) -> PgResult<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        Ok(listener)
+    }
+}
+
+/// The notification channel on which commits with events wake readers.
+const EVENTS_CHANNEL: &str = "opd_events";
+
+/// Wakes every instance's reader of the log when this transaction commits
+/// (PostgreSQL delivers a notification only on commit, and folds repeats).
+pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(EVENTS_CHANNEL)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// The log's events after `after`, at most `limit`, with the oldest id it
+/// keeps.
+pub async fn read_events(
+    connection: &mut PgConnection,
+    after: u64,
+    limit: usize,
+) -> PgResult<Page> {
+    let rows = sqlx::query(
+        "SELECT id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, token_number,
+                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted
+         FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after as i64)
+    .bind(limit as i64)
+    .fetch_all(&mut *connection)
+    .await?;
+    let events = rows.iter().map(event).collect::<PgResult<Vec<_>>>()?;
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT min(id), max(id) FROM events")
+            .fetch_one(&mut *connection)
+            .await?;
+    Ok(Page {
+        events,
+        oldest: oldest.map(|id| id as u64),
+        newest: newest.map(|id| id as u64),
+    })
+}
+
+/// The newest id in the log; 0 when it is empty.
+pub async fn newest_event_id(connection: &mut PgConnection) -> PgResult<u64> {
+    let last: i64 = sqlx::query_scalar("SELECT last_id FROM event_log_head")
+        .fetch_one(connection)
+        .await?;
+    Ok(last as u64)
+}
+
+/// Drops up to `max` of the oldest events stored before `before`. Each
+/// call is a short transaction of its own that takes no lock writers wait
+/// for.
+pub async fn prune_events(
+    connection: &mut PgConnection,
+    before: Timestamp,
+    max: i64,
+) -> PgResult<u64> {
+    let done = sqlx::query(
+        "DELETE FROM events WHERE id IN
+           (SELECT id FROM events WHERE at < $1 ORDER BY id LIMIT $2)",
+    )
+    .bind(nanos(before))
+    .bind(max)
+    .execute(connection)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+fn event(row: &PgRow) -> PgResult<Event> {
+    let text = |index: usize| -> PgResult<&str> { Ok(row.try_get(index)?) };
+    let slot = parse(SlotId::parse, text(4)?)?;
+    let doctor = parse(DoctorId::parse, text(5)?)?;
+    let date: jiff::civil::Date = text(6)?
+        .parse()
+        .map_err(|_| PgError::Corrupt("an event's date".into()))?;
+    let time = |index: usize| -> PgResult<jiff::civil::Time> {
+        text(index)?
+            .parse()
+            .map_err(|_| PgError::Corrupt("an event's time".into()))
+    };
+    let count = |index: usize| -> PgResult<u32> { Ok(row.try_get::<i32, _>(index)? as u32) };
+    let kind = match text(3)? {
+        "TOKEN" => EventKind::Token {
+            token: row.try_get(8)?,
+            number: count(9)?,
+            slot,
+            doctor,
+            date,
+            source: parse(Source::parse, text(10)?)?,
+            from: row
+                .try_get::<Option<&str>, _>(11)?
+                .map(|from| parse(Status::parse, from))
+                .transpose()?,
+            to: parse(Status::parse, text(12)?)?,
+            reason: parse(Reason::parse, text(7)?)?,
+        },
+        "SLOT" => EventKind::Slot {
+            reason: parse(SlotReason::parse, text(7)?)?,
+            slot: SlotSummary {
+                id: slot,
+                doctor,
+                date,
+                start: time(13)?,
+                end: time(14)?,
+                capacity: count(15)?,
+                allocated: count(16)?,
+                waitlisted: count(17)?,
+            },
+        },
+        _ => return Err(PgError::Corrupt("an event's kind".into())),
+    };
+    Ok(Event {
+        id: row.try_get::<i64, _>(0)? as u64,
+        at: from_nanos(row.try_get(1)?)
+            .ok_or_else(|| PgError::Corrupt("an event's time".into()))?,
+        actor: Arc::from(text(2)?),
+        kind,
+    })
 }
 
 /// Whether [`load_slot`] locks the slot's row until the transaction ends.

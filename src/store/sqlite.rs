@@ -13,13 +13,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::events::{SlotReason, EVENT_RETENTION};
 use super::{
-    from_nanos, nanos, Event, EventKind, Record, StoreError, StoredIdempotency,
+    from_nanos, nanos, Event, EventKind, Page, Record, StoreError, StoredIdempotency,
     IDEMPOTENCY_RETENTION,
 };
 use crate::engine::{
     Capacity, Context, Decision, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec,
-    Source, Status, TokenChange, TokenRecord,
+    SlotSummary, Source, Status, TokenChange, TokenRecord,
 };
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
@@ -347,17 +348,46 @@ impl<'c> Statements<'c> {
     }
 }
 
+/// When the writer last pruned the event log, in the log's own time.
+#[derive(Debug, Default)]
+pub(super) struct Pruning {
+    last: Option<Timestamp>,
+}
+
+/// How often the log is pruned, in its own time, and how many events one
+/// pruning removes at most: a commit never carries more than this extra
+/// work, so pruning never holds writes up.
+const PRUNE_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
+const PRUNE_MAX: i64 = 5_000;
+
 /// Writes a batch of records and their events in one transaction: one
-/// fsync for all.
+/// fsync for all. Now and then the same transaction drops events past
+/// their retention, measured from the newest event's time so the writer
+/// needs no clock of its own.
 pub(super) fn commit(
     connection: &mut Connection,
     records: &[&Record],
     events: &[Event],
+    pruning: &mut Pruning,
 ) -> Result<(), StoreError> {
     let transaction = connection.transaction()?;
     let mut statements = Statements::prepare(&transaction)?;
     for event in events {
         statements.event(event)?;
+    }
+    if let Some(newest) = events.last().map(|event| event.at) {
+        if pruning.last.is_none_or(|last| newest - PRUNE_EVERY >= last) {
+            pruning.last = Some(newest);
+            // Ids and times rise together, so the oldest rows by id are
+            // the ones past the retention.
+            transaction
+                .prepare_cached(
+                    "DELETE FROM events WHERE id IN
+                       (SELECT id FROM events WHERE id < (SELECT coalesce(min(id), 0) FROM events) + ?2
+                          AND at < ?1)",
+                )?
+                .execute(params![nanos(newest - EVENT_RETENTION), PRUNE_MAX])?;
+        }
     }
     for record in records.iter().copied() {
         match record {
@@ -452,6 +482,74 @@ fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
         .flatten();
     let retention = IDEMPOTENCY_RETENTION.as_nanos() as i64;
     Ok(newest.map(|newest| newest - retention))
+}
+
+/// The log's events after `after`, at most `limit`, with the oldest id it
+/// keeps.
+pub(super) fn read_events(
+    connection: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, token_number,
+                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted
+         FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let mut rows = statement.query(params![after as i64, limit as i64])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event(row)?);
+    }
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        connection.query_row("SELECT min(id), max(id) FROM events", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    Ok(Page {
+        events,
+        oldest: oldest.map(|id| id as u64),
+        newest: newest.map(|id| id as u64),
+    })
+}
+
+fn event(row: &rusqlite::Row<'_>) -> Result<Event, StoreError> {
+    let text = |index: usize| -> Result<&str, StoreError> { Ok(row.get_ref(index)?.as_str()?) };
+    let slot = parse_id(SlotId::parse, text(4)?)?;
+    let doctor = parse_id(DoctorId::parse, text(5)?)?;
+    let date: jiff::civil::Date = parse_value(text(6)?)?;
+    let kind = match text(3)? {
+        "TOKEN" => EventKind::Token {
+            token: uuid(row.get_ref(8)?.as_blob()?)?,
+            number: row.get(9)?,
+            slot,
+            doctor,
+            date,
+            source: Source::parse(text(10)?).ok_or_else(|| corrupt("source"))?,
+            from: row.get_ref(11)?.as_str_or_null()?.map(status).transpose()?,
+            to: status(text(12)?)?,
+            reason: Reason::parse(text(7)?).ok_or_else(|| corrupt("reason"))?,
+        },
+        "SLOT" => EventKind::Slot {
+            reason: SlotReason::parse(text(7)?).ok_or_else(|| corrupt("slot event reason"))?,
+            slot: SlotSummary {
+                id: slot,
+                doctor,
+                date,
+                start: parse_value(text(13)?)?,
+                end: parse_value(text(14)?)?,
+                capacity: row.get(15)?,
+                allocated: row.get(16)?,
+                waitlisted: row.get(17)?,
+            },
+        },
+        _ => return Err(corrupt("event kind")),
+    };
+    Ok(Event {
+        id: row.get::<_, i64>(0)? as u64,
+        at: timestamp(row.get(1)?)?,
+        actor: Arc::from(text(2)?),
+        kind,
+    })
 }
 
 /// A time of day as stored: `HH:MM`.

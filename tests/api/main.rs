@@ -16,4 +16,5 @@ mod limits;
 mod opd_day;
 mod opd_flow;
 mod slots;
+mod stream;
 mod tokens;

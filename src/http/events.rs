@@ -1,0 +1,347 @@
+//! `GET /events`: the event log as Server-Sent Events, for the waiting-hall
+//! board, the consoles and any system that follows the day.
+//!
+//! A stream subscribes to the service's live events first and only then
+//! reads the log after the client's last id, page by page, so that between
+//! them nothing is missed; live events the log already gave are skipped by
+//! id. A stream ends when its client falls so far behind that the live
+//! channel drops events for it (the client resumes by id), when the server
+//! shuts down, or when the log cannot be read.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+use super::auth::{Access, DoctorScope};
+use super::dto::{self, SlotSummaryDto};
+use super::error::{ApiError, FieldError, Result};
+use super::routes::Routes;
+use super::AppState;
+use crate::engine::{DoctorId, SlotId};
+use crate::store::events::{Event, EventKind, Published, PAGE_MAX};
+
+/// How long a stream may stay silent before a comment line is sent, so
+/// that proxies and clients know it is alive.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub fn router() -> Routes {
+    Routes::new().route(routes!(events), Access::Read(DoctorScope::EventFilters))
+}
+
+/// `data` of `event: token`: one status change of one token, its creation
+/// included. No patient id: the board is a public screen.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenEventDto {
+    pub at: String,
+    pub token_id: uuid::Uuid,
+    pub token_number: u32,
+    pub slot_id: String,
+    pub doctor_id: String,
+    pub date: String,
+    pub source: &'static str,
+    /// `null` on creation.
+    pub from: Option<&'static str>,
+    pub to: &'static str,
+    pub reason: &'static str,
+    pub actor: String,
+}
+
+/// `data` of `event: slot`: a slot was created or changed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotEventDto {
+    pub at: String,
+    /// `CREATED` or `CAPACITY_CHANGED`.
+    pub reason: &'static str,
+    pub actor: String,
+    pub slot: SlotSummaryDto,
+}
+
+/// `data` of `event: reset`: the events after the client's last id were
+/// pruned; the stream goes on with the oldest one kept.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetDto {
+    pub oldest_id: u64,
+}
+
+/// Follows the day's changes as Server-Sent Events.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    params(
+        ("doctorId" = Option<Vec<String>>, Query, description = "Only these doctors' events (repeatable). A doctor key sees only its own doctor's."),
+        ("slotId" = Option<String>, Query, description = "Only this slot's events; with doctorId, an event must match both."),
+        ("after" = Option<u64>, Query, description = "Start with the first event after this id (ignored beside a Last-Event-ID header)."),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Start with the first event after this id; a client that reconnects sends the last id it saw."),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream",
+            description = "`id:` (strictly increasing), `event: token` (data: TokenEventDto), `event: slot` (data: SlotEventDto) or `event: reset` (data: ResetDto, when the events after the requested id were pruned), each once the change is durable; a comment line after 15 s without an event.",
+            body = String),
+        (status = 403, description = "FORBIDDEN: a doctor key asked for another doctor's events", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED: a filter or the start id is not valid", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn events(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response> {
+    let Query(pairs) = query.map_err(|error| ApiError::Malformed(error.body_text()))?;
+    let request = StreamRequest::parse(&headers, &pairs)?;
+    // First subscribe, then read the log: every event is in one or the
+    // other, and the overlap is skipped by id.
+    let live = app.service.subscribe();
+    let mut phase = Streaming::new(app.clone(), request.filter, live);
+    // The first page is read here, so a log that cannot be read is a 503
+    // rather than a stream that ends at once.
+    match request.after {
+        Some(after) => {
+            let page = app.service.events_after(after, PAGE_MAX).await?;
+            phase.take_page(after, page);
+        }
+        // The next new event: whatever the log already holds is skipped,
+        // even if the live channel has yet to tell it.
+        None => {
+            let page = app.service.events_after(0, 0).await?;
+            phase.cursor = Some(page.newest.unwrap_or(0));
+        }
+    }
+    let events = stream::unfold(phase, Streaming::next).map(Ok::<_, Infallible>);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// What a client asked for.
+struct StreamRequest {
+    filter: Filter,
+    /// Where to start: after this id, or (`None`) with the next new event.
+    after: Option<u64>,
+}
+
+impl StreamRequest {
+    fn parse(headers: &HeaderMap, pairs: &[(String, String)]) -> Result<StreamRequest> {
+        let mut errors = Vec::new();
+        let mut doctors = Vec::new();
+        let mut slot = None;
+        let mut after_query = None;
+        for (name, value) in pairs {
+            match name.as_str() {
+                "doctorId" => match DoctorId::parse(value) {
+                    Some(doctor) => doctors.push(doctor),
+                    None => errors.push(FieldError::new("doctorId", ID_RULE)),
+                },
+                "slotId" => match SlotId::parse(value) {
+                    Some(id) => slot = Some(id),
+                    None => errors.push(FieldError::new("slotId", ID_RULE)),
+                },
+                "after" => after_query = Some(value.as_str()),
+                _ => {}
+            }
+        }
+        // The header wins; an `after` beside it is ignored, even if bad.
+        let after = match headers.get("last-event-id") {
+            Some(value) => {
+                let parsed = value.to_str().ok().and_then(parse_id);
+                if parsed.is_none() {
+                    errors.push(FieldError::new("Last-Event-ID", START_RULE));
+                }
+                parsed
+            }
+            None => after_query.and_then(|raw| {
+                let parsed = parse_id(raw);
+                if parsed.is_none() {
+                    errors.push(FieldError::new("after", START_RULE));
+                }
+                parsed
+            }),
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(StreamRequest {
+            filter: Filter { doctors, slot },
+            after,
+        })
+    }
+}
+
+const ID_RULE: &str = "must be 1–64 characters of A–Z, a–z, 0–9, '.', '_' or '-'";
+const START_RULE: &str = "must be a non-negative integer: the id of the last event seen";
+
+fn parse_id(raw: &str) -> Option<u64> {
+    // `u64::from_str` takes a leading `+`; an event id is digits only.
+    (!raw.is_empty() && raw.bytes().all(|byte| byte.is_ascii_digit()))
+        .then(|| raw.parse().ok())
+        .flatten()
+}
+
+/// Which events a stream carries.
+struct Filter {
+    /// Empty: every doctor.
+    doctors: Vec<DoctorId>,
+    slot: Option<SlotId>,
+}
+
+impl Filter {
+    fn matches(&self, event: &Event) -> bool {
+        let (slot, doctor) = match &event.kind {
+            EventKind::Token { slot, doctor, .. } => (slot, doctor),
+            EventKind::Slot { slot, .. } => (&slot.id, &slot.doctor),
+        };
+        (self.doctors.is_empty() || self.doctors.contains(doctor))
+            && self.slot.as_ref().is_none_or(|wanted| wanted == slot)
+    }
+}
+
+/// One stream's state between the events it sends.
+struct Streaming {
+    app: AppState,
+    filter: Filter,
+    live: broadcast::Receiver<Published>,
+    shutdown: watch::Receiver<bool>,
+    /// Events ready to send, in order.
+    ready: VecDeque<SseEvent>,
+    /// The newest id passed on (sent, or filtered out), or before the
+    /// first one the id the stream starts after.
+    cursor: Option<u64>,
+    /// Whether the log still has events the live channel did not carry.
+    catching_up: bool,
+}
+
+impl Streaming {
+    fn new(app: AppState, filter: Filter, live: broadcast::Receiver<Published>) -> Streaming {
+        let shutdown = app.shutdown.clone();
+        Streaming {
+            app,
+            filter,
+            live,
+            shutdown,
+            ready: VecDeque::new(),
+            cursor: None,
+            catching_up: false,
+        }
+    }
+
+    /// Queues the first page of the log, read after `after`, with a reset
+    /// first when events after `after` were pruned.
+    fn take_page(&mut self, after: u64, page: crate::store::Page) {
+        if let Some(oldest) = page.oldest {
+            if oldest > after + 1 {
+                let reset = ResetDto { oldest_id: oldest };
+                self.ready.push_back(
+                    SseEvent::default()
+                        .event("reset")
+                        .data(serde_json::to_string(&reset).expect("a reset serializes")),
+                );
+            }
+        }
+        self.catching_up = page.events.len() >= PAGE_MAX;
+        self.cursor = Some(after);
+        self.pass_on(&page.events);
+    }
+
+    /// Queues the events past the cursor that the filter lets through.
+    fn pass_on(&mut self, events: &[Event]) {
+        for event in events {
+            if self.cursor.is_some_and(|cursor| event.id <= cursor) {
+                continue;
+            }
+            self.cursor = Some(event.id);
+            if self.filter.matches(event) {
+                self.ready.push_back(sse_event(event));
+            }
+        }
+    }
+
+    /// The next event to send, or `None` to end the stream.
+    async fn next(mut self) -> Option<(SseEvent, Streaming)> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some((event, self));
+            }
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            if self.catching_up {
+                let after = self.cursor.expect("catching up starts from an id");
+                let page = self.app.service.events_after(after, PAGE_MAX).await.ok()?;
+                self.catching_up = page.events.len() >= PAGE_MAX;
+                self.pass_on(&page.events);
+                continue;
+            }
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(events) => self.pass_on(&events),
+                    // Too far behind: the client reconnects with its last
+                    // id and catches up from the log.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return None,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = self.shutdown.changed() => return None,
+            }
+        }
+    }
+}
+
+fn sse_event(event: &Event) -> SseEvent {
+    let at = dto::timestamp(event.at);
+    let actor = event.actor.to_string();
+    let (name, data) = match &event.kind {
+        EventKind::Token {
+            token,
+            number,
+            slot,
+            doctor,
+            date,
+            source,
+            from,
+            to,
+            reason,
+        } => (
+            "token",
+            serde_json::to_string(&TokenEventDto {
+                at,
+                token_id: *token,
+                token_number: *number,
+                slot_id: slot.to_string(),
+                doctor_id: doctor.to_string(),
+                date: dto::date(*date),
+                source: source.as_str(),
+                from: from.map(|status| status.as_str()),
+                to: to.as_str(),
+                reason: reason.as_str(),
+                actor,
+            }),
+        ),
+        EventKind::Slot { reason, slot } => (
+            "slot",
+            serde_json::to_string(&SlotEventDto {
+                at,
+                reason: reason.as_str(),
+                actor,
+                slot: SlotSummaryDto::from(slot),
+            }),
+        ),
+    };
+    SseEvent::default()
+        .id(event.id.to_string())
+        .event(name)
+        .data(data.expect("an event serializes"))
+}

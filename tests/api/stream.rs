@@ -1,0 +1,275 @@
+//! `GET /events`: every acknowledged change as Server-Sent Events, with
+//! filters, resumption by id and a reset past retention, on every backend.
+
+use std::time::Duration;
+
+use jiff::SignedDuration;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_validation, id_of, Backend, TestApp};
+
+backend_tests!(
+    a_stream_tells_each_change_once_durable_with_its_id_name_and_data,
+    resuming_from_any_id_gives_exactly_the_events_after_it,
+    filters_by_doctor_and_slot_narrow_the_stream,
+    a_start_id_that_is_not_a_non_negative_integer_is_refused,
+    streams_end_when_the_server_shuts_down,
+);
+
+durable_backend_tests!(resuming_past_the_retention_starts_with_a_reset);
+
+/// One frame of a stream: `id`, `event` and `data` (as JSON), or a comment.
+#[derive(Debug, Clone, PartialEq)]
+struct Frame {
+    id: Option<u64>,
+    event: Option<String>,
+    data: Option<Value>,
+}
+
+/// An open `GET /events` stream.
+struct Stream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Stream {
+    async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> Stream {
+        let mut request = app.request(Method::GET, &format!("/events{query}"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("the server answers");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Stream {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ended; panics after 10 s
+    /// without one.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut frame = Frame {
+                    id: None,
+                    event: None,
+                    data: None,
+                };
+                for line in block.lines() {
+                    if let Some(id) = line.strip_prefix("id: ") {
+                        frame.id = Some(id.parse().expect("a numeric id"));
+                    } else if let Some(event) = line.strip_prefix("event: ") {
+                        frame.event = Some(event.to_owned());
+                    } else if let Some(data) = line.strip_prefix("data: ") {
+                        frame.data = Some(serde_json::from_str(data).expect("JSON data"));
+                    }
+                }
+                return Some(frame);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("a frame within 10 s")
+                .expect("the stream reads");
+            match chunk {
+                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
+                None => return None,
+            }
+        }
+    }
+
+    /// The next `n` frames that are events (comments skipped).
+    async fn events(&mut self, n: usize) -> Vec<Frame> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            let frame = self.next().await.expect("the stream goes on");
+            if frame.event.is_some() {
+                events.push(frame);
+            }
+        }
+        events
+    }
+}
+
+async fn a_stream_tells_each_change_once_durable_with_its_id_name_and_data(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut stream = Stream::open(&app, "", None).await;
+
+    let p1 = app.book("P1", "D1-09", "ONLINE").await;
+    let capacity = app.set_capacity("D1-09", 4).await;
+    let events = stream.events(2).await;
+    let date = capacity["slot"]["date"].clone();
+
+    let token = &events[0];
+    assert_eq!(token.event.as_deref(), Some("token"));
+    assert_eq!(
+        token.data.as_ref().unwrap(),
+        &json!({
+            "at": p1["token"]["createdAt"],
+            "tokenId": id_of(&p1),
+            "tokenNumber": 1,
+            "slotId": "D1-09",
+            "doctorId": "D1",
+            "date": date,
+            "source": "ONLINE",
+            "from": null,
+            "to": "ALLOCATED",
+            "reason": "ALLOCATED",
+            "actor": "anonymous",
+        })
+    );
+    let slot = &events[1];
+    assert_eq!(slot.event.as_deref(), Some("slot"));
+    assert_eq!(slot.id, Some(token.id.unwrap() + 1));
+    let data = slot.data.as_ref().unwrap();
+    assert_eq!(data["reason"], "CAPACITY_CHANGED");
+    assert_eq!(data["actor"], "anonymous");
+    assert_eq!(data["slot"], capacity["slot"]);
+    // No patient id anywhere: the board is a public screen.
+    for frame in &events {
+        assert!(!frame.data.as_ref().unwrap().to_string().contains("P1"));
+    }
+}
+
+/// Books, bumps, cancels (promoting) and changes a capacity; returns the
+/// whole log as one stream from the start gives it.
+async fn a_recorded_day(app: &TestApp) -> Vec<Frame> {
+    let mut from_start = Stream::open(app, "?after=0", None).await;
+    // The demo schedule's twelve slots were created at start-up.
+    let created = from_start.events(12).await;
+    assert!(created
+        .iter()
+        .all(|frame| frame.event.as_deref() == Some("slot")));
+    let mut ids = Vec::new();
+    for (patient, source) in [("P1", "WALK_IN"), ("P2", "ONLINE"), ("P3", "ONLINE")] {
+        ids.push(id_of(&app.book(patient, "D1-09", source).await));
+    }
+    app.book("P4", "D1-09", "PAID").await; // bumps P1
+    app.cancel(&ids[1]).await; // promotes P1
+    app.set_capacity("D1-09", 2).await; // demotes one
+                                        // 3 bookings, a bump (2 events), a cancel with a promotion (2), and a
+                                        // capacity cut (a slot event and a demotion).
+    let mut log = created;
+    log.extend(from_start.events(3 + 2 + 2 + 2).await);
+    log
+}
+
+async fn resuming_from_any_id_gives_exactly_the_events_after_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let log = a_recorded_day(&app).await;
+    let ids: Vec<u64> = log.iter().map(|frame| frame.id.unwrap()).collect();
+    assert_eq!(ids, (1..=log.len() as u64).collect::<Vec<_>>());
+
+    for (seen, _) in log.iter().enumerate() {
+        let last = seen as u64;
+        // The header, as a browser's EventSource sends it on reconnecting;
+        // an `after` beside it is ignored.
+        let mut resumed = Stream::open(&app, "?after=999999", Some(&last.to_string())).await;
+        let tail = resumed.events(log.len() - seen).await;
+        assert_eq!(tail, log[seen..], "resuming after {last}");
+    }
+    // The query parameter alone works the same way.
+    let mut resumed = Stream::open(&app, "?after=12", None).await;
+    assert_eq!(resumed.events(log.len() - 12).await, log[12..]);
+    // And the stream goes on with new changes, exactly once each.
+    app.book("P9", "D2-09", "WALK_IN").await;
+    let next = resumed.events(1).await;
+    assert_eq!(next[0].id, Some(log.len() as u64 + 1));
+}
+
+async fn filters_by_doctor_and_slot_narrow_the_stream(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut d2 = Stream::open(&app, "?doctorId=D2", None).await;
+    let mut d1_and_d2 = Stream::open(&app, "?doctorId=D1&doctorId=D2", None).await;
+    let mut d1_10 = Stream::open(&app, "?slotId=D1-10", None).await;
+    let mut both = Stream::open(&app, "?doctorId=D1&slotId=D2-09", None).await;
+
+    let a = id_of(&app.book("P1", "D1-09", "ONLINE").await);
+    let b = id_of(&app.book("P2", "D2-09", "ONLINE").await);
+    let c = id_of(&app.book("P3", "D1-10", "ONLINE").await);
+    app.book("P4", "D3-09", "ONLINE").await;
+
+    let tokens = |frames: Vec<Frame>| -> Vec<String> {
+        frames
+            .iter()
+            .filter_map(|frame| frame.data.as_ref()?["tokenId"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(tokens(d2.events(1).await), std::slice::from_ref(&b));
+    assert_eq!(tokens(d1_and_d2.events(3).await), [a, b, c.clone()]);
+    assert_eq!(tokens(d1_10.events(1).await), [c]);
+    // D2-09 is not D1's: no event matches both filters. Every change was
+    // told to the other streams by now, so this one has nothing to tell.
+    let nothing = tokio::time::timeout(Duration::from_millis(500), both.next()).await;
+    assert!(nothing.is_err(), "{nothing:?}");
+}
+
+async fn a_start_id_that_is_not_a_non_negative_integer_is_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for bad in ["-1", "1.5", "abc", "+3", ""] {
+        let header = app
+            .send(
+                app.request(Method::GET, "/events")
+                    .header("last-event-id", bad),
+            )
+            .await;
+        assert_validation(&header, &["Last-Event-ID"]);
+        let query = app.get(&format!("/events?after={bad}")).await;
+        assert_validation(&query, &["after"]);
+    }
+    let bad_filter = app.get("/events?doctorId=no%20spaces").await;
+    assert_validation(&bad_filter, &["doctorId"]);
+    // Beside a valid header, a bad `after` is ignored.
+    let mut stream = Stream::open(&app, "?after=abc", Some("0")).await;
+    assert_eq!(stream.events(1).await[0].id, Some(1));
+}
+
+async fn streams_end_when_the_server_shuts_down(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut stream = Stream::open(&app, "?after=0", None).await;
+    stream.events(12).await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
+
+    assert!(stopped.is_ok(), "the server did not stop within 5 s");
+    assert_eq!(stream.next().await, None);
+}
+
+async fn resuming_past_the_retention_starts_with_a_reset(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.book("P1", "D1-09", "ONLINE").await;
+    // Two days later the old events are past their retention; the next
+    // change is when they are pruned.
+    app.clock.advance(SignedDuration::from_hours(48));
+    app.book("P2", "D1-09", "ONLINE").await;
+    // The follower of a shared database prunes on its own schedule; wait
+    // for the log to show it.
+    let mut oldest = 1;
+    for _ in 0..100 {
+        let mut probe = Stream::open(&app, "?after=0", None).await;
+        let first = probe.next().await.expect("a frame");
+        if first.event.as_deref() == Some("reset") {
+            oldest = first.data.unwrap()["oldestId"].as_u64().unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut resumed = Stream::open(&app, "", Some("1")).await;
+    let frames = resumed.events(2).await;
+
+    assert_eq!(
+        oldest, 14,
+        "the 12 slot events and P1's booking were pruned"
+    );
+    assert_eq!(frames[0].event.as_deref(), Some("reset"));
+    assert_eq!(frames[0].data, Some(json!({"oldestId": 14})));
+    assert_eq!(frames[1].id, Some(14));
+    assert_eq!(frames[1].data.as_ref().unwrap()["reason"], "ALLOCATED");
+}

@@ -15,6 +15,7 @@ backend_tests!(
     filters_by_doctor_and_slot_narrow_the_stream,
     a_start_id_that_is_not_a_non_negative_integer_is_refused,
     streams_end_when_the_server_shuts_down,
+    the_day_s_actions_stream_as_token_events_in_order,
 );
 
 durable_backend_tests!(resuming_past_the_retention_starts_with_a_reset);
@@ -135,6 +136,55 @@ async fn a_stream_tells_each_change_once_durable_with_its_id_name_and_data(backe
     for frame in &events {
         assert!(!frame.data.as_ref().unwrap().to_string().contains("P1"));
     }
+}
+
+async fn the_day_s_actions_stream_as_token_events_in_order(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = id_of(&app.book("P1", "D1-09", "ONLINE").await);
+    let returning = id_of(&app.book("P2", "D1-09", "ONLINE").await);
+    let mut stream = Stream::open(&app, "?slotId=D1-09", None).await;
+
+    for action in ["check-in", "call", "start", "complete"] {
+        app.act(&token, action).await;
+    }
+    // A skip, and the patient's return to the call queue.
+    for action in ["check-in", "call", "skip", "check-in"] {
+        app.act(&returning, action).await;
+    }
+    let frames = stream.events(8).await;
+
+    let told: Vec<(&str, Value, Value, Value, Value)> = frames
+        .iter()
+        .map(|frame| {
+            let data = frame.data.as_ref().unwrap();
+            (
+                frame.event.as_deref().unwrap(),
+                data["tokenId"].clone(),
+                data["from"].clone(),
+                data["to"].clone(),
+                data["reason"].clone(),
+            )
+        })
+        .collect();
+    let (a, b) = (json!(token), json!(returning));
+    let token_event = |id: &Value, from: &str, to: &str, reason: &str| {
+        ("token", id.clone(), json!(from), json!(to), json!(reason))
+    };
+    assert_eq!(
+        told,
+        vec![
+            token_event(&a, "ALLOCATED", "CHECKED_IN", "CHECKED_IN"),
+            token_event(&a, "CHECKED_IN", "CALLED", "CALLED"),
+            token_event(&a, "CALLED", "IN_CONSULTATION", "STARTED"),
+            token_event(&a, "IN_CONSULTATION", "COMPLETED", "COMPLETED"),
+            token_event(&b, "ALLOCATED", "CHECKED_IN", "CHECKED_IN"),
+            token_event(&b, "CHECKED_IN", "CALLED", "CALLED"),
+            token_event(&b, "CALLED", "SKIPPED", "SKIPPED"),
+            token_event(&b, "SKIPPED", "CHECKED_IN", "RETURNED"),
+        ]
+    );
+    let ids: Vec<u64> = frames.iter().map(|frame| frame.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "{ids:?}");
 }
 
 /// Books, bumps, cancels (promoting) and changes a capacity; returns the

@@ -6,8 +6,8 @@
 #   baseline | in-memory | durable (--data-dir, fresh temp dir) | postgres
 #   (only when DATABASE_URL is set and points at this machine)
 # starts the server on a free 127.0.0.1 port, waits for /healthz, creates a
-# schedule (BENCH_DOCTORS doctors x 8 hourly slots 08:00-16:00, capacity
-# BENCH_CAPACITY, on BENCH_DAYS days from BENCH_DATE), warms up, and runs wrk
+# schedule (BENCH_GROUPS groups of BENCH_DOCTORS doctors x 8 hourly slots
+# 08:00-16:00, capacity BENCH_CAPACITY, all on BENCH_DATE), warms up, and runs wrk
 # for BENCH_SECONDS with loadtest/wrk/bookings-only.lua and then
 # loadtest/wrk/bookings.lua. The modes take turns for BENCH_ROUNDS rounds, each
 # on a fresh server, so that every project run has a baseline run minutes
@@ -23,8 +23,10 @@
 #   BENCH_WARMUP=2            warm-up seconds before measuring (per server)
 #   BENCH_PIN=1               1: server on CPU 0, wrk on CPU 1 (taskset); 0: share
 #   BENCH_MODES="baseline in-memory durable [postgres]"  subset/order of modes
-#   BENCH_DOCTORS=20 BENCH_CAPACITY=50 BENCH_DATE=2030-01-07
-#   BENCH_DAYS                days of slots (default: enough that no waitlist fills)
+#   BENCH_DOCTORS=20 BENCH_CAPACITY=50
+#   BENCH_DATE                the schedule's date (default: today in OPD_TIMEZONE, else UTC,
+#                             the server's "today": no-shows are taken only on a slot's date)
+#   BENCH_GROUPS              groups of doctors (default: enough that no waitlist fills)
 #   BENCH_SKIP_BUILD=1        do not run cargo build (use existing binaries)
 #   BENCH_OUT=target/bench-http/<UTC timestamp>   raw wrk and server logs
 #   DATABASE_URL              enables the postgres mode (loopback hosts only);
@@ -48,7 +50,9 @@ BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_PIN=${BENCH_PIN:-1}
 BENCH_DOCTORS=${BENCH_DOCTORS:-20}
 BENCH_CAPACITY=${BENCH_CAPACITY:-50}
-BENCH_DATE=${BENCH_DATE:-2030-01-07}
+# Today in the zone the servers started here take "today" in: a no-show on
+# another date is refused (409 NOT_TODAY) on a cheaper path than a real one.
+BENCH_DATE=${BENCH_DATE:-$(TZ=${OPD_TIMEZONE:-UTC} date +%F)}
 THREADS=2
 OUT=${BENCH_OUT:-$ROOT/target/bench-http/$(date -u +%Y%m%dT%H%M%SZ)}
 BASELINE_BIN=$ROOT/target/release/opd-bench-baseline
@@ -67,6 +71,7 @@ done
   die "connections must be >= $THREADS (wrk threads)"
 ((BENCH_DOCTORS >= 1 && BENCH_DOCTORS <= 99)) || die "BENCH_DOCTORS must be 1..99"
 [[ $BENCH_DATE =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$ ]] || die "BENCH_DATE must be YYYY-MM-DD"
+[[ -z ${BENCH_DAYS:-} ]] || die "BENCH_DAYS is gone: every slot is dated BENCH_DATE; set BENCH_GROUPS instead"
 
 # ---------------------------------------------------------------------------
 # Cleanup: stop every server this script started, remove temp dirs.
@@ -201,35 +206,38 @@ if [[ " ${MODES[*]} " == *" postgres "* ]] && ! pg_url_is_local "$DATABASE_URL";
   MODES=("${NEW[@]}")
 fi
 
-# Schedule: doctors BD01..BDnn with 8 hourly slots 08:00-16:00 on each of
-# BENCH_DAYS consecutive days from BENCH_DATE; slot ids BDnn-DD-HH (day index,
-# hour). The "BD" prefix keeps clear of the demo schedule (D1-09). Each slot
+# Schedule: BENCH_GROUPS groups of doctors BDnn-GG (doctor, group index), each
+# with 8 hourly slots 08:00-16:00 on BENCH_DATE; slot ids BDnn-GG-HH (doctor,
+# group index, hour). Every slot is dated BENCH_DATE, by default today, so that
+# the mixed script's no-shows are taken rather than refused 409 NOT_TODAY (the
+# groups used to be consecutive days). The "BD" prefix keeps clear of the demo
+# schedule (D1-09). Each slot
 # holds its capacity plus the project's waitlist limit (OPD_WAITLIST_MAX,
 # default 1000) before bookings answer 409 WAITLIST_FULL — a cheaper path that
-# would inflate the figures — so by default there are enough days for every
+# would inflate the figures — so by default there are enough groups for every
 # booking of one server session at up to BENCH_MAX_RPS (150000) req/s.
 WAITLIST_MAX=${OPD_WAITLIST_MAX:-1000}
 BENCH_MAX_RPS=${BENCH_MAX_RPS:-150000}
-if [[ -z ${BENCH_DAYS:-} ]]; then
-  per_day=$(((BENCH_CAPACITY + WAITLIST_MAX) * BENCH_DOCTORS * 8))
+if [[ -z ${BENCH_GROUPS:-} ]]; then
+  per_group=$(((BENCH_CAPACITY + WAITLIST_MAX) * BENCH_DOCTORS * 8))
   bookings=$((BENCH_MAX_RPS * (BENCH_WARMUP + 2 * BENCH_SECONDS)))
-  BENCH_DAYS=$(((bookings + per_day - 1) / per_day))
-  ((BENCH_DAYS >= 1)) || BENCH_DAYS=1
+  BENCH_GROUPS=$(((bookings + per_group - 1) / per_group))
+  ((BENCH_GROUPS >= 1)) || BENCH_GROUPS=1
 fi
-if ! [[ $BENCH_DAYS =~ ^[0-9]+$ ]] || ((BENCH_DAYS < 1 || BENCH_DAYS > 99)); then
-  die "BENCH_DAYS must be 1..99"
+if ! [[ $BENCH_GROUPS =~ ^[0-9]+$ ]] || ((BENCH_GROUPS < 1 || BENCH_GROUPS > 99)); then
+  die "BENCH_GROUPS must be 1..99"
 fi
+date -u -d "$BENCH_DATE" +%F >/dev/null 2>&1 || die "bad BENCH_DATE"
 SLOT_IDS=()
 SLOT_BODIES=()
-for ((k = 0; k < BENCH_DAYS; k++)); do
-  day=$(date -u -d "$BENCH_DATE + $k day" +%F) || die "bad BENCH_DATE"
+for ((k = 0; k < BENCH_GROUPS; k++)); do
   for ((d = 1; d <= BENCH_DOCTORS; d++)); do
-    doc=$(printf 'BD%02d' "$d")
+    doc=$(printf 'BD%02d-%02d' "$d" "$k")
     for ((h = 8; h < 16; h++)); do
-      sid=$(printf '%s-%02d-%02d' "$doc" "$k" "$h")
+      sid=$(printf '%s-%02d' "$doc" "$h")
       SLOT_IDS+=("$sid")
       SLOT_BODIES+=("$(printf '{"slotId":"%s","doctorId":"%s","date":"%s","startTime":"%02d:00","endTime":"%02d:00","capacity":%d}' \
-        "$sid" "$doc" "$day" "$h" $((h + 1)) "$BENCH_CAPACITY")")
+        "$sid" "$doc" "$BENCH_DATE" "$h" $((h + 1)) "$BENCH_CAPACITY")")
     done
   done
 done
@@ -380,7 +388,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "wrk:         $(wrk -v 2>&1 | head -n 1)"
   echo "load avg:    $LOAD_START (anything else running skews the figures)"
   echo "runs:        ${BENCH_SECONDS}s each, $BENCH_CONNECTIONS connections, $THREADS threads; warm-up ${BENCH_WARMUP}s; $BENCH_ROUNDS rounds"
-  echo "schedule:    $BENCH_DOCTORS doctors x 8 slots x $BENCH_DAYS days from $BENCH_DATE (${#SLOT_IDS[@]} slots), capacity $BENCH_CAPACITY"
+  echo "schedule:    $BENCH_GROUPS groups x $BENCH_DOCTORS doctors x 8 slots on $BENCH_DATE (${#SLOT_IDS[@]} slots), capacity $BENCH_CAPACITY"
   if ((${#PIN_SERVER[@]})); then
     echo "cpu sharing: server pinned to CPU 0, wrk to CPU 1 (taskset); tokio sizes its"
     echo "             default worker pool from the affinity mask, so servers run 1 worker"
@@ -572,7 +580,13 @@ ratio() { # ratio VALUE BASE
   # project, so say so where the figures are read.
   if grep -qs 'WAITLIST_FULL' "$OUT"/*.txt; then
     echo "WARNING: some bookings met a full waitlist (409 WAITLIST_FULL), which is cheaper"
-    echo "         than a real booking; raise BENCH_MAX_RPS or BENCH_DAYS and run again."
+    echo "         than a real booking; raise BENCH_MAX_RPS or BENCH_GROUPS and run again."
+  fi
+  # So is a no-show refused because the slot is not today's (a BENCH_DATE
+  # other than today, or a run past midnight).
+  if grep -qs 'NOT_TODAY' "$OUT"/*.txt; then
+    echo "WARNING: some no-shows were refused 409 NOT_TODAY, which is cheaper than a real"
+    echo "         no-show; date the schedule today (leave BENCH_DATE unset) and run again."
   fi
 } | tee "$OUT/summary.txt"
 

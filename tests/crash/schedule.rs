@@ -1,18 +1,21 @@
 //! The slots of each round and the schedule file the server loads: every
-//! round adds six slots on its own date, and a restart keeps the old ones.
+//! round adds six slots for doctors of its own, and a restart keeps the old
+//! ones. Every slot is dated today, because the load marks no-shows, which
+//! are taken only on a slot's date.
 
 use std::path::Path;
+use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 
 pub struct SlotSpec {
     pub id: String,
-    pub doctor: &'static str,
+    pub doctor: String,
     pub date: String,
 }
 
-/// Six small slots per round, on the round's own date: three doctors, two
-/// slots each, so token numbers interleave between slots.
+/// Six small slots per round, for the round's own three doctors, two slots
+/// each, so token numbers interleave between slots.
 const LAYOUT: [(&str, &str, &str, &str, u32); 6] = [
     ("A", "DA", "09:00", "10:00", 3),
     ("B", "DA", "10:00", "11:00", 5),
@@ -22,11 +25,19 @@ const LAYOUT: [(&str, &str, &str, &str, u32); 6] = [
     ("F", "DC", "15:00", "16:00", 1),
 ];
 
-fn round_date(round: usize) -> String {
-    let day = jiff::civil::date(2030, 1, 2)
-        .checked_add(jiff::Span::new().days(i64::try_from(round).expect("small round")))
-        .expect("a date in range");
-    day.to_string()
+/// Today in UTC, the zone of the server the test starts, taken once so
+/// that every round and every check agree on it.
+static TODAY: LazyLock<String> = LazyLock::new(|| {
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string()
+});
+
+/// A round's doctor: the same doctor may not have overlapping slots on
+/// one date, and each round's slots take the same hours.
+fn round_doctor(round: usize, doctor: &str) -> String {
+    format!("R{round}-{doctor}")
 }
 
 pub fn round_slot_ids(round: usize) -> Vec<String> {
@@ -41,8 +52,8 @@ pub fn slots_up_to(round: usize) -> Vec<SlotSpec> {
         .flat_map(|round| {
             LAYOUT.iter().map(move |(suffix, doctor, ..)| SlotSpec {
                 id: format!("R{round}-{suffix}"),
-                doctor,
-                date: round_date(round),
+                doctor: round_doctor(round, doctor),
+                date: TODAY.clone(),
             })
         })
         .collect()
@@ -56,8 +67,8 @@ pub fn write_schedule(path: &Path, up_to: usize) {
                 .map(move |(suffix, doctor, start, end, capacity)| {
                     json!({
                         "slotId": format!("R{round}-{suffix}"),
-                        "doctorId": doctor,
-                        "date": round_date(round),
+                        "doctorId": round_doctor(round, doctor),
+                        "date": *TODAY,
                         "startTime": start,
                         "endTime": end,
                         "capacity": capacity,

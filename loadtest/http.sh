@@ -56,6 +56,10 @@ BENCH_DATE=${BENCH_DATE:-$(TZ=${OPD_TIMEZONE:-UTC} date +%F)}
 THREADS=2
 OUT=${BENCH_OUT:-$ROOT/target/bench-http/$(date -u +%Y%m%dT%H%M%SZ)}
 BASELINE_BIN=$ROOT/target/release/opd-bench-baseline
+SUBSCRIBERS_BIN=$ROOT/target/release/opd-bench-subscribers
+# MODE+subscribers: MODE with event streams open while it is measured.
+BENCH_SUBSCRIBERS_FILTERED=${BENCH_SUBSCRIBERS_FILTERED:-950}
+BENCH_SUBSCRIBERS_UNFILTERED=${BENCH_SUBSCRIBERS_UNFILTERED:-50}
 PROJECT_BIN=$ROOT/target/release/opd-token-engine
 
 die() { echo "http.sh: $*" >&2; exit 1; }
@@ -147,8 +151,8 @@ fi
 # Build.
 # ---------------------------------------------------------------------------
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-  note "building release binaries (cargo build --release -p opd-bench-baseline -p opd-token-engine)"
-  cargo build --release -p opd-bench-baseline -p opd-token-engine
+  note "building release binaries (cargo build --release -p opd-bench-baseline -p opd-bench-subscribers -p opd-token-engine)"
+  cargo build --release -p opd-bench-baseline -p opd-bench-subscribers -p opd-token-engine
 fi
 [[ -x $BASELINE_BIN ]] || die "missing $BASELINE_BIN"
 
@@ -189,6 +193,10 @@ for m in "${MODES[@]}"; do
   case $m in
     baseline) ;;
     in-memory | durable) [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN" ;;
+    in-memory+subscribers | durable+subscribers)
+      [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
+      [[ -x $SUBSCRIBERS_BIN ]] || die "missing $SUBSCRIBERS_BIN"
+      ;;
     in-memory@previous | durable@previous)
       [[ -x ${BENCH_PREVIOUS_BIN:-} ]] || die "mode $m needs BENCH_PREVIOUS_BIN, an earlier build of opd-token-engine"
       ;;
@@ -196,7 +204,7 @@ for m in "${MODES[@]}"; do
       [[ -n ${DATABASE_URL:-} ]] || die "postgres mode needs DATABASE_URL"
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       ;;
-    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous)" ;;
+    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers)" ;;
   esac
 done
 if [[ " ${MODES[*]} " == *" postgres "* ]] && ! pg_url_is_local "$DATABASE_URL"; then
@@ -269,6 +277,7 @@ start_server() {
     bin=$BENCH_PREVIOUS_BIN
     mode=${mode%@previous}
   fi
+  mode=${mode%+subscribers}
   case $mode in
     baseline) cmd=("$BASELINE_BIN" "$addr") ;;
     in-memory) cmd=("$bin" --in-memory --listen "$addr") ;;
@@ -337,6 +346,18 @@ create_schedule() {
   echo "   schedule: ${#SLOT_BODIES[@]} slots created"
 }
 
+# start_subscribers MODE SECONDS OUTFILE: for a +subscribers mode, opens the
+# event streams (on the load generator's CPU) for SECONDS and waits until they
+# are connected; sets SUBSCRIBERS_PID. Nothing for other modes.
+start_subscribers() {
+  SUBSCRIBERS_PID=""
+  [[ $1 == *+subscribers ]] || return 0
+  "${PIN_WRK[@]+"${PIN_WRK[@]}"}" "$SUBSCRIBERS_BIN" "127.0.0.1:$PORT" "$2" \
+    "$BENCH_SUBSCRIBERS_FILTERED" "$BENCH_SUBSCRIBERS_UNFILTERED" "$BENCH_DOCTORS" "$BENCH_GROUPS" >"$3" 2>&1 &
+  SUBSCRIBERS_PID=$!
+  sleep 2
+}
+
 # run_wrk OUTFILE SCRIPT CONNECTIONS SECONDS [RATE]
 run_wrk() {
   local outfile=$1 script=$2 conns=$3 secs=$4 rate=${5:-}
@@ -362,7 +383,7 @@ field() { # field FILE NAME -> value from the RESULT line
   sed -n "s/^RESULT .* $2=\([^ ]*\).*/\1/p" "$1" | tail -n 1
 }
 
-declare -A RPS P50 P99 NON2XX CPU_US
+declare -A RPS P50 P99 NON2XX CPU_US DELIVERY
 
 # The server's CPU time so far (all threads, user and system), in clock
 # ticks. Per request, it is a steadier figure than req/s on a noisy machine:
@@ -428,6 +449,7 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
     for script in bookings-only bookings; do
       ((ok)) || break
       f=$OUT/$mode-$script.r$round.txt
+      start_subscribers "$mode" $((BENCH_SECONDS + 3)) "$OUT/$mode-$script.r$round.subscribers.txt"
       cpu_before=$(cpu_ticks "$SERVER_PID")
       if run_wrk "$f" "loadtest/wrk/$script.lua" "$BENCH_CONNECTIONS" "$BENCH_SECONDS"; then
         CPU_US[$mode,$script,$round]=$(awk -v t="$(($(cpu_ticks "$SERVER_PID") - cpu_before))" \
@@ -436,6 +458,7 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
       else
         ok=0
       fi
+      [[ -z $SUBSCRIBERS_PID ]] || wait "$SUBSCRIBERS_PID" || true
     done
     stop_server
     ((ok)) || RPS[$mode,failed]=1
@@ -511,6 +534,7 @@ for mode in "${MODES[@]}"; do
     run_wrk "$OUT/$mode-latency-warmup.txt" loadtest/wrk/bookings.lua "$BENCH_LAT_CONNECTIONS" "$BENCH_WARMUP" "$rate" || true
   fi
   f=$OUT/$mode-latency.txt
+  start_subscribers "$mode" $((BENCH_SECONDS + 3)) "$OUT/$mode-latency.subscribers.txt"
   if run_wrk "$f" loadtest/wrk/bookings.lua "$BENCH_LAT_CONNECTIONS" "$BENCH_SECONDS" "$rate"; then
     LAT_RPS[$mode]=$(field "$f" rps)
     LAT_P50[$mode]=$(field "$f" p50_ms)
@@ -518,6 +542,11 @@ for mode in "${MODES[@]}"; do
     LAT_NON2XX[$mode]=$(($(field "$f" non2xx) + $(field "$f" socket_errors)))
     LAT_STATUS[$mode]=ok
     echo "   $(grep '^RESULT ' "$f")"
+  fi
+  if [[ -n $SUBSCRIBERS_PID ]]; then
+    wait "$SUBSCRIBERS_PID" || true
+    echo "   subscribers: $(grep '^RESULT ' "$OUT/$mode-latency.subscribers.txt" || echo 'no result')"
+    DELIVERY[$mode]=$(grep '^RESULT ' "$OUT/$mode-latency.subscribers.txt" || true)
   fi
   stop_server
 done
@@ -563,6 +592,14 @@ ratio() { # ratio VALUE BASE
       "${LAT_P50[$mode]}" "${LAT_P99[$mode]}" "${LAT_NON2XX[$mode]}" \
       "$(ratio "${LAT_P99[$mode]}" "${LAT_P99[baseline]:-}")"
   done
+  if ((${#DELIVERY[@]})); then
+    echo
+    echo "Event delivery during the latency pass: $BENCH_SUBSCRIBERS_FILTERED streams filtered by doctor and $BENCH_SUBSCRIBERS_UNFILTERED unfiltered,"
+    echo "delay from a change's decision (its \"at\") to its arrival at a stream"
+    for mode in "${MODES[@]}"; do
+      [[ -n ${DELIVERY[$mode]:-} ]] && printf '%-22s %s\n' "$mode" "${DELIVERY[$mode]#RESULT }"
+    done
+  fi
   echo
   echo "req/s: the mode's median run, whose latencies are shown beside it."
   echo "vs baseline: project / baseline req/s for the same script within each round, median"

@@ -159,6 +159,7 @@ impl Application {
             slots_page_max: config.slots_page_max as usize,
             security: security.clone(),
             shutdown,
+            fanout: http::events::Fanout::start(&service),
         };
         let app = http::app(state, Duration::from_secs(config.request_timeout_secs));
         Ok(Application {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::EventStream;
 use serde_json::{json, Value};
 
 /// One row of the `events` table, in the columns the assertions compare.
@@ -267,6 +268,150 @@ async fn two_postgres_instances_share_one_log_without_gaps() {
     assert_eq!(ids, (1..=log.len() as i64).collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_resuming_after_kill_9_tells_every_acknowledged_change_once() {
+    let dir = TempDir::new();
+    resuming_after_kill_9_tells_every_acknowledged_change_once(&dir, Store::sqlite(&dir)).await
+}
+
+#[cfg(feature = "postgres-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_resuming_after_kill_9_tells_every_acknowledged_change_once() {
+    let dir = TempDir::new();
+    resuming_after_kill_9_tells_every_acknowledged_change_once(&dir, Store::postgres(&dir)).await
+}
+
+/// A board follows the stream; the server is killed right after answering
+/// a burst of bookings, before it could tell them all. After a restart the
+/// board resumes from the last id it saw and gets every booking it missed,
+/// exactly once.
+async fn resuming_after_kill_9_tells_every_acknowledged_change_once(dir: &TempDir, store: Store) {
+    let mut server = Server::start(dir, &store).await;
+    server
+        .send(
+            "POST",
+            "/slots",
+            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 50}),
+            201,
+        )
+        .await;
+    let mut board = EventStream::open(
+        &server.http,
+        &format!("{}/events?after=0", server.base),
+        None,
+    )
+    .await;
+    let mut seen = board.events(13).await;
+    let bookings = (0..30).map(|n| server.book_as(format!("P{n}"), "WALK_IN"));
+    let acknowledged = futures_util::future::join_all(bookings).await;
+    server.kill();
+    // Whatever the stream carried before the kill.
+    while let Some(frame) = board.next().await {
+        if frame.event.is_some() {
+            seen.push(frame);
+        }
+    }
+
+    let server = Server::start(dir, &store).await;
+    let last = seen.last().and_then(|frame| frame.id).expect("ids");
+    let missing = 13 + acknowledged.len() - seen.len();
+    let mut resumed =
+        EventStream::open(&server.http, &format!("{}/events", server.base), Some(last)).await;
+    seen.extend(resumed.events(missing).await);
+
+    let ids: Vec<u64> = seen.iter().map(|frame| frame.id.unwrap()).collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+    let mut told: Vec<String> = seen[13..]
+        .iter()
+        .map(|frame| {
+            frame.data.as_ref().unwrap()["tokenId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let mut booked = acknowledged.clone();
+    told.sort();
+    booked.sort();
+    assert_eq!(told, booked);
+}
+
+/// Two instances on one database take bookings at once while a board
+/// keeps reconnecting, to one instance and then the other, resuming each
+/// time from the last id it saw: it sees every event exactly once, in id
+/// order, whichever instance made the change.
+#[cfg(feature = "postgres-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_reconnecting_to_either_postgres_instance_sees_every_event_once() {
+    let dir = TempDir::new();
+    let store = Store::postgres(&dir);
+    let first = Server::start(&dir, &store).await;
+    let second = Server::start(&dir, &store).await;
+    first
+        .send(
+            "POST",
+            "/slots",
+            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 3}),
+            201,
+        )
+        .await;
+    let sources = ["WALK_IN", "ONLINE", "FOLLOW_UP", "PAID"];
+    let written = std::sync::atomic::AtomicBool::new(false);
+    let writes = async {
+        let bookings = (0..60).map(|n| {
+            let server = if n % 2 == 0 { &first } else { &second };
+            server.send(
+                "POST",
+                "/tokens",
+                json!({"patientId": format!("P{n}"), "slotId": "EV-1", "source": sources[n % 4]}),
+                201,
+            )
+        });
+        let answers = futures_util::future::join_all(bookings).await;
+        written.store(true, std::sync::atomic::Ordering::SeqCst);
+        answers
+    };
+    let board = async {
+        let mut seen: Vec<u64> = Vec::new();
+        let mut round = 0usize;
+        // Stops once every write was answered and the log has been quiet
+        // for two seconds since: everything was told by then.
+        loop {
+            round += 1;
+            let server = if round.is_multiple_of(2) { &first } else { &second };
+            let mut stream = EventStream::open(
+                &server.http,
+                &format!("{}/events", server.base),
+                Some(seen.last().copied().unwrap_or(0)),
+            )
+            .await;
+            let mut quiet = false;
+            // A few events from this instance, then the other one.
+            for _ in 0..1 + round % 4 {
+                match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+                    Ok(Some(frame)) => seen.extend(frame.id),
+                    Ok(None) => break,
+                    Err(_) => {
+                        quiet = written.load(std::sync::atomic::Ordering::SeqCst);
+                        break;
+                    }
+                }
+            }
+            if quiet {
+                return seen;
+            }
+        }
+    };
+    let (answers, seen) = tokio::join!(writes, board);
+
+    let implied: usize = answers
+        .iter()
+        .map(|answer| 1 + answer["changes"].as_array().expect("changes").len())
+        .sum();
+    let total = 12 + 1 + implied;
+    assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>());
+}
+
 /// The server binary in its own process.
 struct Server {
     child: Child,
@@ -349,6 +494,11 @@ impl Server {
 
     /// Books a token in slot `EV-1`; returns its id.
     async fn book(&self, patient: &str, source: &str) -> String {
+        self.book_as(patient.to_owned(), source).await
+    }
+
+    /// As [`Server::book`], for a patient id made on the spot.
+    async fn book_as(&self, patient: String, source: &str) -> String {
         let answer = self
             .send(
                 "POST",

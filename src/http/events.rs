@@ -8,15 +8,17 @@
 //! channel drops events for it (the client resumes by id), when the server
 //! shuts down, or when the log cannot be read.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -29,7 +31,8 @@ use super::error::{ApiError, FieldError, Result};
 use super::routes::Routes;
 use super::AppState;
 use crate::engine::{DoctorId, SlotId};
-use crate::store::events::{Event, EventKind, Published, PAGE_MAX};
+use crate::service::Service;
+use crate::store::events::{Event, EventKind, Published, PAGE_MAX, PUBLISHED_BACKLOG};
 
 /// How long a stream may stay silent before a comment line is sent, so
 /// that proxies and clients know it is alive.
@@ -106,7 +109,7 @@ pub async fn events(
     let request = StreamRequest::parse(&headers, &pairs)?;
     // First subscribe, then read the log: every event is in one or the
     // other, and the overlap is skipped by id.
-    let live = app.service.subscribe();
+    let live = app.fanout.subscribe(&request.filter);
     let mut phase = Streaming::new(app.clone(), request.filter, live);
     // The first page is read here, so a log that cannot be read is a 503
     // rather than a stream that ends at once.
@@ -122,10 +125,15 @@ pub async fn events(
             phase.cursor = Some(page.newest.unwrap_or(0));
         }
     }
-    let events = stream::unfold(phase, Streaming::next).map(Ok::<_, Infallible>);
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+    let frames = stream::unfold(phase, Streaming::next).map(Ok::<_, Infallible>);
+    let mut response = Response::new(Body::from_stream(frames));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 /// What a client asked for.
@@ -200,24 +208,20 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, event: &Event) -> bool {
-        let (slot, doctor) = match &event.kind {
-            EventKind::Token { slot, doctor, .. } => (slot, doctor),
-            EventKind::Slot { slot, .. } => (&slot.id, &slot.doctor),
-        };
-        (self.doctors.is_empty() || self.doctors.contains(doctor))
-            && self.slot.as_ref().is_none_or(|wanted| wanted == slot)
+    fn matches(&self, event: &Rendered) -> bool {
+        (self.doctors.is_empty() || self.doctors.contains(&event.doctor))
+            && self.slot.as_ref().is_none_or(|wanted| *wanted == event.slot)
     }
 }
 
-/// One stream's state between the events it sends.
+/// One stream's state between the chunks it sends.
 struct Streaming {
     app: AppState,
     filter: Filter,
-    live: broadcast::Receiver<Published>,
+    live: broadcast::Receiver<Batch>,
     shutdown: watch::Receiver<bool>,
-    /// Events ready to send, in order.
-    ready: VecDeque<SseEvent>,
+    /// Frames ready to send, as one chunk.
+    ready: Vec<u8>,
     /// The newest id passed on (sent, or filtered out), or before the
     /// first one the id the stream starts after.
     cursor: Option<u64>,
@@ -226,14 +230,14 @@ struct Streaming {
 }
 
 impl Streaming {
-    fn new(app: AppState, filter: Filter, live: broadcast::Receiver<Published>) -> Streaming {
+    fn new(app: AppState, filter: Filter, live: broadcast::Receiver<Batch>) -> Streaming {
         let shutdown = app.shutdown.clone();
         Streaming {
             app,
             filter,
             live,
             shutdown,
-            ready: VecDeque::new(),
+            ready: Vec::new(),
             cursor: None,
             catching_up: false,
         }
@@ -245,36 +249,50 @@ impl Streaming {
         if let Some(oldest) = page.oldest {
             if oldest > after + 1 {
                 let reset = ResetDto { oldest_id: oldest };
-                self.ready.push_back(
-                    SseEvent::default()
-                        .event("reset")
-                        .data(serde_json::to_string(&reset).expect("a reset serializes")),
-                );
+                let data = serde_json::to_string(&reset).expect("a reset serializes");
+                self.ready
+                    .extend_from_slice(format!("event: reset\ndata: {data}\n\n").as_bytes());
             }
         }
-        self.catching_up = page.events.len() >= PAGE_MAX;
         self.cursor = Some(after);
-        self.pass_on(&page.events);
+        self.take_log(page);
     }
 
-    /// Queues the events past the cursor that the filter lets through.
-    fn pass_on(&mut self, events: &[Event]) {
-        for event in events {
+    /// Queues a page of the log past the cursor that the filter lets
+    /// through (rendered here: catching up is rare).
+    fn take_log(&mut self, page: crate::store::Page) {
+        self.catching_up = page.events.len() >= PAGE_MAX;
+        for event in &page.events {
             if self.cursor.is_some_and(|cursor| event.id <= cursor) {
                 continue;
             }
             self.cursor = Some(event.id);
-            if self.filter.matches(event) {
-                self.ready.push_back(sse_event(event));
+            let rendered = Rendered::of(event);
+            if self.filter.matches(&rendered) {
+                self.ready.extend_from_slice(&rendered.frame);
             }
         }
     }
 
-    /// The next event to send, or `None` to end the stream.
-    async fn next(mut self) -> Option<(SseEvent, Streaming)> {
+    /// Queues live events past the cursor that the filter lets through.
+    fn take_live(&mut self, batch: &[Rendered]) {
+        for rendered in batch {
+            if self.cursor.is_some_and(|cursor| rendered.id <= cursor) {
+                continue;
+            }
+            self.cursor = Some(rendered.id);
+            if self.filter.matches(rendered) {
+                self.ready.extend_from_slice(&rendered.frame);
+            }
+        }
+    }
+
+    /// The next chunk to send, or `None` to end the stream.
+    async fn next(mut self) -> Option<(Bytes, Streaming)> {
         loop {
-            if let Some(event) = self.ready.pop_front() {
-                return Some((event, self));
+            if !self.ready.is_empty() {
+                let chunk = Bytes::from(std::mem::take(&mut self.ready));
+                return Some((chunk, self));
             }
             if *self.shutdown.borrow() {
                 return None;
@@ -282,17 +300,17 @@ impl Streaming {
             if self.catching_up {
                 let after = self.cursor.expect("catching up starts from an id");
                 let page = self.app.service.events_after(after, PAGE_MAX).await.ok()?;
-                self.catching_up = page.events.len() >= PAGE_MAX;
-                self.pass_on(&page.events);
+                self.take_log(page);
                 continue;
             }
             tokio::select! {
-                received = self.live.recv() => match received {
-                    Ok(events) => self.pass_on(&events),
-                    // Too far behind: the client reconnects with its last
-                    // id and catches up from the log.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return None,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                received = tokio::time::timeout(KEEP_ALIVE, self.live.recv()) => match received {
+                    Ok(Ok(batch)) => self.take_live(&batch),
+                    // Too far behind (or the fan-out restarted after it fell
+                    // behind itself): the client reconnects with its last id
+                    // and catches up from the log.
+                    Ok(Err(_)) => return None,
+                    Err(_) => self.ready.extend_from_slice(b":\n\n"),
                 },
                 _ = self.shutdown.changed() => return None,
             }
@@ -300,7 +318,127 @@ impl Streaming {
     }
 }
 
-fn sse_event(event: &Event) -> SseEvent {
+/// An event rendered once for every stream that carries it: its frame, and
+/// what filters look at.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    id: u64,
+    doctor: DoctorId,
+    slot: SlotId,
+    frame: Bytes,
+}
+
+/// Rendered events as the fan-out hands them on: one change's or one
+/// commit's.
+pub type Batch = Arc<[Rendered]>;
+
+impl Rendered {
+    fn of(event: &Event) -> Rendered {
+        let (doctor, slot) = match &event.kind {
+            EventKind::Token { doctor, slot, .. } => (doctor.clone(), slot.clone()),
+            EventKind::Slot { slot, .. } => (slot.doctor.clone(), slot.id.clone()),
+        };
+        let (name, data) = event_data(event);
+        let frame = format!("id: {}\nevent: {name}\ndata: {data}\n\n", event.id);
+        Rendered {
+            id: event.id,
+            doctor,
+            slot,
+            frame: Bytes::from(frame),
+        }
+    }
+}
+
+/// Hands the service's events to the streams that want them, rendered
+/// once: the streams of one doctor's screens are woken only by that
+/// doctor's events, the others by every event. Every stream shares this
+/// one subscription to the service.
+pub struct Fanout {
+    /// Replaced whole when the fan-out falls behind, which ends every
+    /// stream on it.
+    all: std::sync::Mutex<broadcast::Sender<Batch>>,
+    by_doctor: std::sync::Mutex<HashMap<DoctorId, broadcast::Sender<Batch>>>,
+}
+
+impl Fanout {
+    /// Starts handing on `service`'s events; runs until the runtime ends.
+    pub fn start(service: &Service) -> Arc<Fanout> {
+        let fanout = Arc::new(Fanout {
+            all: std::sync::Mutex::new(broadcast::channel(PUBLISHED_BACKLOG).0),
+            by_doctor: std::sync::Mutex::new(HashMap::new()),
+        });
+        let events = service.subscribe();
+        tokio::spawn(Arc::clone(&fanout).run(events));
+        fanout
+    }
+
+    /// A receiver of the events `filter` may want: one doctor's only, when
+    /// it asks for exactly one doctor.
+    fn subscribe(&self, filter: &Filter) -> broadcast::Receiver<Batch> {
+        match filter.doctors.as_slice() {
+            [doctor] => self
+                .doctors()
+                .entry(doctor.clone())
+                .or_insert_with(|| broadcast::channel(PUBLISHED_BACKLOG).0)
+                .subscribe(),
+            _ => self.all_sender().subscribe(),
+        }
+    }
+
+    fn all_sender(&self) -> std::sync::MutexGuard<'_, broadcast::Sender<Batch>> {
+        self.all.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn doctors(&self) -> std::sync::MutexGuard<'_, HashMap<DoctorId, broadcast::Sender<Batch>>> {
+        self.by_doctor
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    async fn run(self: Arc<Fanout>, mut events: broadcast::Receiver<Published>) {
+        loop {
+            match events.recv().await {
+                Ok(published) => self.hand_on(&published),
+                // This task fell behind and lost events: every stream ends
+                // (its channel is replaced), and clients resume from the log.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    tracing::warn!("event streams fell behind; they reconnect and resume");
+                    self.doctors().clear();
+                    // Streams hold receivers of the old channels, which close.
+                    *self.all_sender() = broadcast::channel(PUBLISHED_BACKLOG).0;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn hand_on(&self, published: &[Event]) {
+        let mut doctors = self.doctors();
+        // A doctor whose screens have all gone is forgotten.
+        doctors.retain(|_, sender| sender.receiver_count() > 0);
+        let all = self.all_sender();
+        if doctors.is_empty() && all.receiver_count() == 0 {
+            // No stream is open: nothing to render.
+            return;
+        }
+        let rendered: Batch = published.iter().map(Rendered::of).collect();
+        let _ = all.send(Arc::clone(&rendered));
+        drop(all);
+        for (doctor, sender) in doctors.iter() {
+            if rendered.iter().any(|event| event.doctor == *doctor) {
+                let theirs: Batch = rendered
+                    .iter()
+                    .filter(|event| event.doctor == *doctor)
+                    .cloned()
+                    .collect();
+                let _ = sender.send(theirs);
+            }
+        }
+    }
+}
+
+/// An event's SSE name and its `data` as one line of JSON.
+fn event_data(event: &Event) -> (&'static str, String) {
     let at = dto::timestamp(event.at);
     let actor = event.actor.to_string();
     let (name, data) = match &event.kind {
@@ -340,8 +478,5 @@ fn sse_event(event: &Event) -> SseEvent {
             }),
         ),
     };
-    SseEvent::default()
-        .id(event.id.to_string())
-        .event(name)
-        .data(data.expect("an event serializes"))
+    (name, data.expect("an event serializes"))
 }

@@ -62,6 +62,8 @@ pub struct AppState {
     /// (event streams) end then, so that shutting down does not wait for
     /// them.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Hands durable events on to the open event streams.
+    pub fanout: Arc<events::Fanout>,
 }
 
 /// The whole API as one service: the routes with their access checks,

@@ -643,15 +643,17 @@ async fn follow_until_error(
     pruned: &mut Option<Timestamp>,
 ) -> Result<std::convert::Infallible, PgError> {
     let mut listener = database.listen_for_events().await?;
-    let mut connection = database.connection().await?;
     // The first time, the stream starts with what comes next: readers
     // catching up read the log themselves.
     let mut last = match *told {
         Some(last) => last,
-        None => db::newest_event_id(&mut connection).await?,
+        None => db::newest_event_id(&mut *database.connection().await?).await?,
     };
     *told = Some(last);
     loop {
+        // A pooled connection only while reading: between reads the pool
+        // serves requests with it.
+        let mut connection = database.connection().await?;
         loop {
             let page = db::read_events(&mut connection, last, PAGE_MAX).await?;
             let Some(newest) = page.events.last().map(|event| event.id) else {
@@ -668,6 +670,7 @@ async fn follow_until_error(
             *pruned = Some(now);
             db::prune_events(&mut connection, now - EVENT_RETENTION, PRUNE_MAX).await?;
         }
+        drop(connection);
         tokio::select! {
             notification = listener.recv() => { notification?; }
             () = tokio::time::sleep(FOLLOW_POLL) => {}

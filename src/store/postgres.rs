@@ -70,7 +70,9 @@ impl Database {
             None => options,
         };
         let pool = PgPoolOptions::new()
-            .max_connections(connections)
+            // One more than asked for: the event log's listener keeps one
+            // connection for itself.
+            .max_connections(connections + 1)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options)
             .await

@@ -378,7 +378,11 @@ async fn a_board_reconnecting_to_either_postgres_instance_sees_every_event_once(
         // for two seconds since: everything was told by then.
         loop {
             round += 1;
-            let server = if round.is_multiple_of(2) { &first } else { &second };
+            let server = if round.is_multiple_of(2) {
+                &first
+            } else {
+                &second
+            };
             let mut stream = EventStream::open(
                 &server.http,
                 &format!("{}/events", server.base),

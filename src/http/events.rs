@@ -13,9 +13,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
@@ -210,7 +210,10 @@ struct Filter {
 impl Filter {
     fn matches(&self, event: &Rendered) -> bool {
         (self.doctors.is_empty() || self.doctors.contains(&event.doctor))
-            && self.slot.as_ref().is_none_or(|wanted| *wanted == event.slot)
+            && self
+                .slot
+                .as_ref()
+                .is_none_or(|wanted| *wanted == event.slot)
     }
 }
 

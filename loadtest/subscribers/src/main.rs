@@ -27,7 +27,9 @@ struct Seen {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, address, seconds, filtered, unfiltered, doctors, groups] = &args[..] else {
-        eprintln!("usage: opd-bench-subscribers ADDRESS SECONDS FILTERED UNFILTERED DOCTORS GROUPS");
+        eprintln!(
+            "usage: opd-bench-subscribers ADDRESS SECONDS FILTERED UNFILTERED DOCTORS GROUPS"
+        );
         std::process::exit(2);
     };
     let seconds: u64 = seconds.parse().expect("SECONDS");
@@ -81,7 +83,9 @@ async fn follow(address: String, query: String, deadline: Instant) -> Seen {
         seen.ended_early = 1;
         return seen;
     };
-    let request = format!("GET /events{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n");
+    let request = format!(
+        "GET /events{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    );
     if socket.write_all(request.as_bytes()).await.is_err() {
         seen.ended_early = 1;
         return seen;

@@ -38,6 +38,12 @@ use crate::store::events::{Event, EventKind, Published, PAGE_MAX, PUBLISHED_BACK
 /// that proxies and clients know it is alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// How long the fan-out gathers events before it hands them on. It bounds
+/// how often a busy day wakes each open stream (a thousand screens at
+/// thousands of changes a second would otherwise take the server's CPU),
+/// at the price of at most this much delay.
+pub const COALESCE: Duration = Duration::from_millis(10);
+
 pub fn router() -> Routes {
     Routes::new().route(routes!(events), Access::Read(DoctorScope::EventFilters))
 }
@@ -308,7 +314,17 @@ impl Streaming {
             }
             tokio::select! {
                 received = tokio::time::timeout(KEEP_ALIVE, self.live.recv()) => match received {
-                    Ok(Ok(batch)) => self.take_live(&batch),
+                    Ok(Ok(batch)) => {
+                        self.take_live(&batch);
+                        // Whatever else is waiting goes out in the same chunk.
+                        loop {
+                            match self.live.try_recv() {
+                                Ok(more) => self.take_live(&more),
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                Err(_) => return None,
+                            }
+                        }
+                    }
                     // Too far behind (or the fan-out restarted after it fell
                     // behind itself): the client reconnects with its last id
                     // and catches up from the log.
@@ -398,24 +414,42 @@ impl Fanout {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// Gathers what the service tells for [`COALESCE`] after the first
+    /// event, then hands it on as one batch: a busy day wakes each stream
+    /// at most once per interval instead of once per change.
     async fn run(self: Arc<Fanout>, mut events: broadcast::Receiver<Published>) {
+        let mut pending: Vec<Published> = Vec::new();
+        let mut due: Option<tokio::time::Instant> = None;
         loop {
-            match events.recv().await {
-                Ok(published) => self.hand_on(&published),
-                // This task fell behind and lost events: every stream ends
-                // (its channel is replaced), and clients resume from the log.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    tracing::warn!("event streams fell behind; they reconnect and resume");
-                    self.doctors().clear();
-                    // Streams hold receivers of the old channels, which close.
-                    *self.all_sender() = broadcast::channel(PUBLISHED_BACKLOG).0;
+            tokio::select! {
+                received = events.recv() => match received {
+                    Ok(published) => {
+                        pending.push(published);
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + COALESCE);
+                    }
+                    // This task fell behind and lost events: every stream
+                    // ends (its channel is replaced), and clients resume
+                    // from the log.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        tracing::warn!("event streams fell behind; they reconnect and resume");
+                        pending.clear();
+                        due = None;
+                        self.doctors().clear();
+                        // Streams hold receivers of the old channels, which close.
+                        *self.all_sender() = broadcast::channel(PUBLISHED_BACKLOG).0;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    self.hand_on(pending.iter().flat_map(|published| published.iter()));
+                    pending.clear();
+                    due = None;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }
 
-    fn hand_on(&self, published: &[Event]) {
+    fn hand_on<'a>(&self, published: impl Iterator<Item = &'a Event>) {
         let mut doctors = self.doctors();
         // A doctor whose screens have all gone is forgotten.
         doctors.retain(|_, sender| sender.receiver_count() > 0);
@@ -424,7 +458,7 @@ impl Fanout {
             // No stream is open: nothing to render.
             return;
         }
-        let rendered: Batch = published.iter().map(Rendered::of).collect();
+        let rendered: Batch = published.map(Rendered::of).collect();
         let _ = all.send(Arc::clone(&rendered));
         drop(all);
         for (doctor, sender) in doctors.iter() {

@@ -235,5 +235,20 @@ check 'skip: SKIPPED' --out "(SKIPPED) for Q2"
 fd board
 check 'board: the doctor by token numbers' --out "  $DOCTOR: now nobody; next: none; waiting 0" --no-out 'Q2'
 
+# follow: a live stream of the doctor's changes, printed as they happen.
+"$FRONT_DESK" follow "$DOCTOR" >"$WORK_DIR/follow" 2>&1 &
+FOLLOWER=$!
+sleep 1
+fd check-in "$Q2"
+for _ in $(seq 50); do
+  grep -q 'RETURNED' "$WORK_DIR/follow" && break
+  sleep 0.1
+done
+pkill -P "$FOLLOWER" 2>/dev/null; kill "$FOLLOWER" 2>/dev/null; wait "$FOLLOWER" 2>/dev/null
+OUT=$(<"$WORK_DIR/follow") ERR='' RC=0
+check 'follow DOCTOR: prints the return of Q2 as it happens' --out "$DAY_SLOT token" --out 'SKIPPED → CHECKED_IN (RETURNED)' --no-out 'Q2'
+fd follow "$DOCTOR" extra
+check 'follow with two arguments: exit 2' --rc 2 --err 'follow takes at most one DOCTOR'
+
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))

@@ -7,6 +7,7 @@ use jiff::SignedDuration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::common::{EventStream, Frame};
 use crate::helpers::{assert_validation, id_of, Backend, TestApp};
 
 backend_tests!(
@@ -16,91 +17,24 @@ backend_tests!(
     a_start_id_that_is_not_a_non_negative_integer_is_refused,
     streams_end_when_the_server_shuts_down,
     the_day_s_actions_stream_as_token_events_in_order,
+    a_stream_outlives_the_request_timeout,
 );
 
 durable_backend_tests!(resuming_past_the_retention_starts_with_a_reset);
 
-/// One frame of a stream: `id`, `event` and `data` (as JSON), or a comment.
-#[derive(Debug, Clone, PartialEq)]
-struct Frame {
-    id: Option<u64>,
-    event: Option<String>,
-    data: Option<Value>,
-}
-
-/// An open `GET /events` stream.
-struct Stream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Stream {
-    async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> Stream {
-        let mut request = app.request(Method::GET, &format!("/events{query}"));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = request.send().await.expect("the server answers");
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        Stream {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next frame, or `None` when the stream ended; panics after 10 s
-    /// without one.
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut frame = Frame {
-                    id: None,
-                    event: None,
-                    data: None,
-                };
-                for line in block.lines() {
-                    if let Some(id) = line.strip_prefix("id: ") {
-                        frame.id = Some(id.parse().expect("a numeric id"));
-                    } else if let Some(event) = line.strip_prefix("event: ") {
-                        frame.event = Some(event.to_owned());
-                    } else if let Some(data) = line.strip_prefix("data: ") {
-                        frame.data = Some(serde_json::from_str(data).expect("JSON data"));
-                    }
-                }
-                return Some(frame);
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
-                .await
-                .expect("a frame within 10 s")
-                .expect("the stream reads");
-            match chunk {
-                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
-                None => return None,
-            }
-        }
-    }
-
-    /// The next `n` frames that are events (comments skipped).
-    async fn events(&mut self, n: usize) -> Vec<Frame> {
-        let mut events = Vec::new();
-        while events.len() < n {
-            let frame = self.next().await.expect("the stream goes on");
-            if frame.event.is_some() {
-                events.push(frame);
-            }
-        }
-        events
-    }
+/// Opens `GET /events{query}` on `app`, sending `Last-Event-ID` when given.
+async fn open(app: &TestApp, query: &str, last_event_id: Option<u64>) -> EventStream {
+    EventStream::open(
+        &app.client,
+        &app.url(&format!("/events{query}")),
+        last_event_id,
+    )
+    .await
 }
 
 async fn a_stream_tells_each_change_once_durable_with_its_id_name_and_data(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut stream = Stream::open(&app, "", None).await;
+    let mut stream = open(&app, "", None).await;
 
     let p1 = app.book("P1", "D1-09", "ONLINE").await;
     let capacity = app.set_capacity("D1-09", 4).await;
@@ -142,7 +76,7 @@ async fn the_day_s_actions_stream_as_token_events_in_order(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let token = id_of(&app.book("P1", "D1-09", "ONLINE").await);
     let returning = id_of(&app.book("P2", "D1-09", "ONLINE").await);
-    let mut stream = Stream::open(&app, "?slotId=D1-09", None).await;
+    let mut stream = open(&app, "?slotId=D1-09", None).await;
 
     for action in ["check-in", "call", "start", "complete"] {
         app.act(&token, action).await;
@@ -190,7 +124,7 @@ async fn the_day_s_actions_stream_as_token_events_in_order(backend: Backend) {
 /// Books, bumps, cancels (promoting) and changes a capacity; returns the
 /// whole log as one stream from the start gives it.
 async fn a_recorded_day(app: &TestApp) -> Vec<Frame> {
-    let mut from_start = Stream::open(app, "?after=0", None).await;
+    let mut from_start = open(app, "?after=0", None).await;
     // The demo schedule's twelve slots were created at start-up.
     let created = from_start.events(12).await;
     assert!(created
@@ -220,12 +154,12 @@ async fn resuming_from_any_id_gives_exactly_the_events_after_it(backend: Backend
         let last = seen as u64;
         // The header, as a browser's EventSource sends it on reconnecting;
         // an `after` beside it is ignored.
-        let mut resumed = Stream::open(&app, "?after=999999", Some(&last.to_string())).await;
+        let mut resumed = open(&app, "?after=999999", Some(last)).await;
         let tail = resumed.events(log.len() - seen).await;
         assert_eq!(tail, log[seen..], "resuming after {last}");
     }
     // The query parameter alone works the same way.
-    let mut resumed = Stream::open(&app, "?after=12", None).await;
+    let mut resumed = open(&app, "?after=12", None).await;
     assert_eq!(resumed.events(log.len() - 12).await, log[12..]);
     // And the stream goes on with new changes, exactly once each.
     app.book("P9", "D2-09", "WALK_IN").await;
@@ -235,10 +169,10 @@ async fn resuming_from_any_id_gives_exactly_the_events_after_it(backend: Backend
 
 async fn filters_by_doctor_and_slot_narrow_the_stream(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut d2 = Stream::open(&app, "?doctorId=D2", None).await;
-    let mut d1_and_d2 = Stream::open(&app, "?doctorId=D1&doctorId=D2", None).await;
-    let mut d1_10 = Stream::open(&app, "?slotId=D1-10", None).await;
-    let mut both = Stream::open(&app, "?doctorId=D1&slotId=D2-09", None).await;
+    let mut d2 = open(&app, "?doctorId=D2", None).await;
+    let mut d1_and_d2 = open(&app, "?doctorId=D1&doctorId=D2", None).await;
+    let mut d1_10 = open(&app, "?slotId=D1-10", None).await;
+    let mut both = open(&app, "?doctorId=D1&slotId=D2-09", None).await;
 
     let a = id_of(&app.book("P1", "D1-09", "ONLINE").await);
     let b = id_of(&app.book("P2", "D2-09", "ONLINE").await);
@@ -276,13 +210,13 @@ async fn a_start_id_that_is_not_a_non_negative_integer_is_refused(backend: Backe
     let bad_filter = app.get("/events?doctorId=no%20spaces").await;
     assert_validation(&bad_filter, &["doctorId"]);
     // Beside a valid header, a bad `after` is ignored.
-    let mut stream = Stream::open(&app, "?after=abc", Some("0")).await;
+    let mut stream = open(&app, "?after=abc", Some(0)).await;
     assert_eq!(stream.events(1).await[0].id, Some(1));
 }
 
 async fn streams_end_when_the_server_shuts_down(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut stream = Stream::open(&app, "?after=0", None).await;
+    let mut stream = open(&app, "?after=0", None).await;
     stream.events(12).await;
 
     let stopped = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
@@ -302,7 +236,7 @@ async fn resuming_past_the_retention_starts_with_a_reset(backend: Backend) {
     // for the log to show it.
     let mut oldest = 1;
     for _ in 0..100 {
-        let mut probe = Stream::open(&app, "?after=0", None).await;
+        let mut probe = open(&app, "?after=0", None).await;
         let first = probe.next().await.expect("a frame");
         if first.event.as_deref() == Some("reset") {
             oldest = first.data.unwrap()["oldestId"].as_u64().unwrap();
@@ -311,7 +245,7 @@ async fn resuming_past_the_retention_starts_with_a_reset(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut resumed = Stream::open(&app, "", Some("1")).await;
+    let mut resumed = open(&app, "", Some(1)).await;
     let frames = resumed.events(2).await;
 
     assert_eq!(
@@ -322,4 +256,23 @@ async fn resuming_past_the_retention_starts_with_a_reset(backend: Backend) {
     assert_eq!(frames[0].data, Some(json!({"oldestId": 14})));
     assert_eq!(frames[1].id, Some(14));
     assert_eq!(frames[1].data.as_ref().unwrap()["reason"], "ALLOCATED");
+}
+
+async fn a_stream_outlives_the_request_timeout(backend: Backend) {
+    let app = TestApp::with(backend)
+        .settings(|config| config.request_timeout_secs = 1)
+        .spawn()
+        .await;
+    let mut stream = open(&app, "", None).await;
+
+    // Longer than the request timeout, which bounds answering a request,
+    // not how long an answer may stream.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let booked = app.book("P1", "D1-09", "ONLINE").await;
+    let told = stream.events(1).await;
+
+    assert_eq!(
+        told[0].data.as_ref().unwrap()["tokenId"],
+        booked["token"]["tokenId"]
+    );
 }

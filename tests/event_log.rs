@@ -177,14 +177,7 @@ async fn the_log_keeps_every_acknowledged_change_in_order_across_kill_9(
     store: Store,
 ) {
     let mut server = Server::start(dir, &store).await;
-    server
-        .send(
-            "POST",
-            "/slots",
-            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 1}),
-            201,
-        )
-        .await;
+    server.create_slot(1).await;
     let p1 = server.book("P1", "ONLINE").await;
     let p2 = server.book("P2", "PAID").await;
     server
@@ -237,14 +230,7 @@ async fn two_postgres_instances_share_one_log_without_gaps() {
     let store = Store::postgres(&dir);
     let first = Server::start(&dir, &store).await;
     let second = Server::start(&dir, &store).await;
-    first
-        .send(
-            "POST",
-            "/slots",
-            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 3}),
-            201,
-        )
-        .await;
+    first.create_slot(3).await;
     let sources = ["WALK_IN", "ONLINE", "FOLLOW_UP", "PAID"];
     let bookings = (0..40).map(|n| {
         let server = if n % 2 == 0 { &first } else { &second };
@@ -287,14 +273,7 @@ async fn postgres_resuming_after_kill_9_tells_every_acknowledged_change_once() {
 /// exactly once.
 async fn resuming_after_kill_9_tells_every_acknowledged_change_once(dir: &TempDir, store: Store) {
     let mut server = Server::start(dir, &store).await;
-    server
-        .send(
-            "POST",
-            "/slots",
-            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 50}),
-            201,
-        )
-        .await;
+    server.create_slot(50).await;
     let mut board = EventStream::open(
         &server.http,
         &format!("{}/events?after=0", server.base),
@@ -347,14 +326,7 @@ async fn a_board_reconnecting_to_either_postgres_instance_sees_every_event_once(
     let store = Store::postgres(&dir);
     let first = Server::start(&dir, &store).await;
     let second = Server::start(&dir, &store).await;
-    first
-        .send(
-            "POST",
-            "/slots",
-            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": 3}),
-            201,
-        )
-        .await;
+    first.create_slot(3).await;
     let sources = ["WALK_IN", "ONLINE", "FOLLOW_UP", "PAID"];
     let written = std::sync::atomic::AtomicBool::new(false);
     let writes = async {
@@ -494,6 +466,17 @@ impl Server {
         let text = response.text().await.expect("an answer body");
         assert_eq!(actual, status, "{path}: {text}");
         serde_json::from_str(&text).expect("a JSON answer")
+    }
+
+    /// Creates slot `EV-1` (doctor `DE`, 14:00–15:00, today).
+    async fn create_slot(&self, capacity: u32) {
+        self.send(
+            "POST",
+            "/slots",
+            json!({"slotId": "EV-1", "doctorId": "DE", "startTime": "14:00", "endTime": "15:00", "capacity": capacity}),
+            201,
+        )
+        .await;
     }
 
     /// Books a token in slot `EV-1`; returns its id.

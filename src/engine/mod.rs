@@ -577,18 +577,7 @@ impl Engine {
         if !self.has_doctor(doctor) {
             return None;
         }
-        let mut queue = DoctorQueue {
-            doctor: doctor.clone(),
-            date,
-            current: None,
-            call_queue: Vec::new(),
-            not_arrived: Vec::new(),
-            skipped: Vec::new(),
-            waitlist: Vec::new(),
-            completed: 0,
-            no_show: 0,
-            cancelled: 0,
-        };
+        let mut queue = DoctorQueue::empty(doctor.clone(), date);
         let Some(&day) = self.doctor_days.get(&(doctor.clone(), date)) else {
             return Some(queue);
         };

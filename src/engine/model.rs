@@ -780,6 +780,24 @@ pub struct DoctorQueue {
     pub cancelled: u32,
 }
 
+impl DoctorQueue {
+    /// A doctor's day with nobody in it.
+    pub fn empty(doctor: DoctorId, date: Date) -> DoctorQueue {
+        DoctorQueue {
+            doctor,
+            date,
+            current: None,
+            call_queue: Vec::new(),
+            not_arrived: Vec::new(),
+            skipped: Vec::new(),
+            waitlist: Vec::new(),
+            completed: 0,
+            no_show: 0,
+            cancelled: 0,
+        }
+    }
+}
+
 /// One doctor on the waiting-hall board. No patient ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoardEntry {

@@ -412,18 +412,7 @@ impl Postgres {
             }
             let engine = self.read_doctor_day(&mut tx, doctor, date).await?;
             let ended = db::ended_counts(&mut tx, doctor, date).await?;
-            let mut queue = DoctorQueue {
-                doctor: doctor.clone(),
-                date,
-                current: None,
-                call_queue: Vec::new(),
-                not_arrived: Vec::new(),
-                skipped: Vec::new(),
-                waitlist: Vec::new(),
-                completed: 0,
-                no_show: 0,
-                cancelled: 0,
-            };
+            let mut queue = DoctorQueue::empty(doctor.clone(), date);
             if let Some(loaded) = engine.doctor_queue(doctor, date, at) {
                 queue = loaded;
             }

@@ -65,11 +65,16 @@ impl Server {
             command.arg("--in-memory");
         }
         // Nothing from the caller's environment (a DATABASE_URL, API keys)
-        // may change what is tested; the load must not be rate limited.
+        // may change what is tested; the load must not be rate limited,
+        // and its keyed bookings (one caller, every round within one day
+        // on one data directory) must not meet the bound on remembered
+        // idempotency keys, which a release build's load passes.
         command
             .env_clear()
             .env("RUST_LOG", "warn")
             .env("OPD_RATE_LIMIT_PER_SECOND", "0")
+            .env("OPD_IDEMPOTENCY_MAX_PER_CALLER", "1000000")
+            .env("OPD_IDEMPOTENCY_MAX", "1000000")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("server log"))
             .stderr(log);

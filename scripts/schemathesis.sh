@@ -18,7 +18,11 @@
 #                                  turns on the ignored_auth check
 #   SCHEMATHESIS_MAX_EXAMPLES=50   test cases per operation and phase
 #   SCHEMATHESIS_SEED              reproduce an earlier run
-#   SCHEMATHESIS_WORKERS=2
+#   SCHEMATHESIS_WORKERS=1         more than one races in Python 3.11's
+#                                  ast.parse (Hypothesis describes its
+#                                  filters from their source) and fails a
+#                                  run at random with "AST constructor
+#                                  recursion depth mismatch"
 #
 # Point it only at a server you run yourself, e.g.
 #   target/release/opd-token-engine --in-memory --listen 127.0.0.1:8099 \
@@ -37,7 +41,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$ROOT/target/schemathesis-venv
 REPORT_DIR=$ROOT/target/schemathesis-report
 MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-50}
-WORKERS=${SCHEMATHESIS_WORKERS:-2}
+WORKERS=${SCHEMATHESIS_WORKERS:-1}
 
 if [[ ! -x $VENV/bin/schemathesis ]] \
   || [[ $("$VENV/bin/schemathesis" --version 2>/dev/null) != *"$SCHEMATHESIS_VERSION"* ]]; then
@@ -68,11 +72,13 @@ if [[ -n ${SCHEMATHESIS_SEED:-} ]]; then
 fi
 
 rm -rf "$REPORT_DIR"
+# GET /events is a stream that never ends: every case would wait out the
+# request timeout. tests/api/stream.rs covers it over real HTTP instead.
 set +e
 # From target/, where Schemathesis keeps its .schemathesis/ cache.
 (cd "$ROOT/target" && "$VENV/bin/schemathesis" --config-file "$ROOT/scripts/schemathesis.toml" \
   run "$BASE_URL/openapi.json" --checks "$CHECKS" --max-examples "$MAX_EXAMPLES" \
-  --workers "$WORKERS" --request-timeout 30 --max-redirects 0 \
+  --workers "$WORKERS" --request-timeout 30 --max-redirects 0 --exclude-path /events \
   --report "ndjson,junit" --report-dir "$REPORT_DIR" "${HEADERS[@]}" "${SEED[@]}")
 STATUS=$?
 set -e

@@ -78,6 +78,20 @@ pub struct SlotEventDto {
     pub slot: SlotSummaryDto,
 }
 
+/// One event of the stream as `text/event-stream` carries it: the schema of
+/// each event, not of the whole body. Only the API document uses it; frames
+/// are written as text by [`Rendered`].
+#[derive(Debug, ToSchema)]
+pub struct StreamEvent {
+    /// The event's id; absent on `reset`.
+    #[schema(pattern = r"^[0-9]+$")]
+    pub id: Option<String>,
+    /// `token`, `slot` or `reset`.
+    pub event: String,
+    /// One line of JSON: TokenEventDto, SlotEventDto or ResetDto.
+    pub data: String,
+}
+
 /// `data` of `event: reset`: the events after the client's last id were
 /// pruned; the stream goes on with the oldest one kept.
 #[derive(Debug, Serialize, ToSchema)]
@@ -100,7 +114,7 @@ pub struct ResetDto {
     responses(
         (status = 200, content_type = "text/event-stream",
             description = "`id:` (strictly increasing), `event: token` (data: TokenEventDto), `event: slot` (data: SlotEventDto) or `event: reset` (data: ResetDto, when the events after the requested id were pruned), each once the change is durable; a comment line after 15 s without an event.",
-            body = String),
+            body = StreamEvent),
         (status = 403, description = "FORBIDDEN: a doctor key asked for another doctor's events", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED: a filter or the start id is not valid", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),

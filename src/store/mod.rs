@@ -228,8 +228,18 @@ impl Journal {
 
     pub async fn durable(&self, ticket: Ticket) -> Result<(), NotDurable> {
         let number = match ticket {
-            // The writer drops the sender unsent when the commit fails.
-            Ticket::Appended(done) => return done.await.map_err(|_| NotDurable),
+            // The writer drops the sender unsent when the commit fails. A
+            // record queued just as the writer stopped may stay in the
+            // closed queue with its sender, so the failure itself also
+            // ends the wait.
+            Ticket::Appended(done) => {
+                let mut progress = self.progress.clone();
+                return tokio::select! {
+                    biased;
+                    result = done => result.map_err(|_| NotDurable),
+                    _ = progress.wait_for(|p| p.failed) => Err(NotDurable),
+                };
+            }
             Ticket::Barrier(number) => number,
         };
         let mut progress = self.progress.clone();

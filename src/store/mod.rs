@@ -228,18 +228,9 @@ impl Journal {
 
     pub async fn durable(&self, ticket: Ticket) -> Result<(), NotDurable> {
         let number = match ticket {
-            // The writer drops the sender unsent when the commit fails. A
-            // record queued just as the writer stopped may stay in the
-            // closed queue with its sender, so the failure itself also
-            // ends the wait.
-            Ticket::Appended(done) => {
-                let mut progress = self.progress.clone();
-                return tokio::select! {
-                    biased;
-                    result = done => result.map_err(|_| NotDurable),
-                    _ = progress.wait_for(|p| p.failed) => Err(NotDurable),
-                };
-            }
+            // The writer drops the sender unsent when the commit fails, and
+            // after a failure drops every record that still arrives.
+            Ticket::Appended(done) => return done.await.map_err(|_| NotDurable),
             Ticket::Barrier(number) => number,
         };
         let mut progress = self.progress.clone();
@@ -474,6 +465,13 @@ fn write_loop(
                 &mut pruning,
             )
         {
+            // The failed batch's waiters, and the reads queued with it,
+            // are told now by dropping them.
+            batch.clear();
+            reads.clear();
+            // Nothing more is written: the files and their lock are let go.
+            drop(connection);
+            refuse_the_rest(queue);
             return;
         }
         // After the commit, so a read sees every change queued before it,
@@ -481,6 +479,17 @@ fn write_loop(
         for (after, limit, reply) in reads.drain(..) {
             let _ = reply.send(sqlite::read_events(&connection, after, limit));
         }
+    }
+}
+
+/// After a failed commit: takes every job that still arrives and drops it,
+/// so its waiter is told at once that it was not made durable. Closing the
+/// queue instead would not do: a request that took its place before the
+/// failure may still send into it, and its record would wait there, with
+/// its waiter, for as long as the journal lives.
+fn refuse_the_rest(mut queue: mpsc::Receiver<Job>) {
+    while let Some(job) = queue.blocking_recv() {
+        drop(job);
     }
 }
 

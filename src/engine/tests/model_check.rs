@@ -433,6 +433,7 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
         waitlist_max: WAITLIST_MAX,
         overbook_max: OVERBOOK_MAX,
         max_skips: MAX_SKIPS,
+        close_after: None,
     });
     for (slot, (id, doctor)) in SLOTS.iter().enumerate() {
         let hour = 9 + slot as i8;

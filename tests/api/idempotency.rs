@@ -396,20 +396,14 @@ async fn a_caller_past_its_key_limit_gets_429_and_can_still_book_without_a_key(b
         .expect_status(201);
     let before = app.slot_text(&later).await;
 
-    let third = app
-        .book_keyed("k3", &booking("P3", &later, "ONLINE"))
-        .await;
+    let third = app.book_keyed("k3", &booking("P3", &later, "ONLINE")).await;
     let after_refusal = app.slot_text(&later).await;
-    let replay = app
-        .book_keyed("k1", &booking("P1", &later, "ONLINE"))
-        .await;
+    let replay = app.book_keyed("k1", &booking("P1", &later, "ONLINE")).await;
     let unkeyed = app.try_book("P3", &later, "ONLINE").await;
     // Once the oldest key expires there is room again.
     app.clock
         .advance(SignedDuration::from_hours(23) + SignedDuration::from_secs(1));
-    let after_expiry = app
-        .book_keyed("k4", &booking("P4", &later, "ONLINE"))
-        .await;
+    let after_expiry = app.book_keyed("k4", &booking("P4", &later, "ONLINE")).await;
 
     assert_problem(&third, 429, "IDEMPOTENCY_LIMIT");
     // The oldest key, stored 1 h before, expires 23 h from now.

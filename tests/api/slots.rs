@@ -3,9 +3,8 @@
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    T0,
     allocated_patients, assert_problem, assert_validation, change, id_of, slot_body, summary,
-    waitlist_patients, Backend, SlotRef, TestApp, TestClock, TODAY,
+    waitlist_patients, Backend, SlotRef, TestApp, TestClock, T0, TODAY,
 };
 
 backend_tests!(

@@ -858,6 +858,7 @@ impl Engine {
         queue.completed = day.finals[status_index(Status::Completed)];
         queue.no_show = day.finals[status_index(Status::NoShow)];
         queue.cancelled = day.finals[status_index(Status::Cancelled)];
+        queue.expired = day.finals[status_index(Status::Expired)];
         Some(queue)
     }
 

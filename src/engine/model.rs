@@ -816,6 +816,7 @@ pub struct DoctorQueue {
     pub completed: u32,
     pub no_show: u32,
     pub cancelled: u32,
+    pub expired: u32,
 }
 
 impl DoctorQueue {
@@ -832,6 +833,7 @@ impl DoctorQueue {
             completed: 0,
             no_show: 0,
             cancelled: 0,
+            expired: 0,
         }
     }
 }

@@ -390,7 +390,7 @@ impl From<&DoctorQueue> for DoctorQueueDto {
             completed_count: queue.completed,
             no_show_count: queue.no_show,
             cancelled_count: queue.cancelled,
-            expired_count: 0,
+            expired_count: queue.expired,
         }
     }
 }

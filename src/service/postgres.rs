@@ -429,6 +429,7 @@ impl Postgres {
             };
             queue.no_show = count(Status::NoShow);
             queue.cancelled = count(Status::Cancelled);
+            queue.expired = count(Status::Expired);
             Ok(Some(queue))
         })
         .await

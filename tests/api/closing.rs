@@ -310,6 +310,8 @@ async fn the_day_ends_with_no_token_left_active(backend: Backend) {
     assert_eq!(queue["current"], Value::Null);
     assert_eq!(queue["callQueue"], json!([]));
     assert_eq!(queue["skipped"], json!([]));
+    assert_eq!(queue["expiredCount"], 2);
+    assert_eq!(queue["completedCount"], 1);
     // The day is over: nothing is left to act on.
     assert_problem(
         &app.try_act(&waiting, "call").await,

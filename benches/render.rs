@@ -9,8 +9,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jiff::civil::{date, time};
 use jiff::Timestamp;
 use opd::engine::{
-    BookRequest, Capacity, Context, DoctorId, Engine, Limits, Outcome, PatientId, SlotId,
-    SlotSpec, Source,
+    BookRequest, Capacity, Context, DoctorId, Engine, Limits, Outcome, PatientId, SlotId, SlotSpec,
+    Source,
 };
 use opd::http::dto::BookingDto;
 use uuid::Uuid;

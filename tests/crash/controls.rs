@@ -4,11 +4,18 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use crate::checker::check;
+use crate::day_checker::check_day;
+use crate::day_load::{run_day, DayPlan, PlannedClose};
+use crate::day_rounds::summary;
+use crate::events::read_all;
 use crate::ledger::Ledger;
 use crate::load::run_load;
 use crate::rng::{seed, Rng};
-use crate::schedule::{slots_up_to, write_schedule};
+use crate::schedule::{day_doctors, day_slots, slots_up_to, write_day_schedule, write_schedule};
 use crate::server::{Server, TempDir};
 
 /// A server started with `--in-memory` acknowledges without making
@@ -147,5 +154,80 @@ pub async fn rolled_back() {
     assert!(
         report.lost_of("status") > 0,
         "the checker missed lost cancels and no-shows of tokens that survived"
+    );
+}
+
+/// The day's workload against a server started with `--in-memory`: the
+/// restart loses every acknowledged token, transition and close, which
+/// the day's checker must report.
+pub async fn in_memory_day() {
+    let seed = seed();
+    println!("day negative control: seed {seed}");
+    let mut rng = Rng::new(seed ^ 0x6461_795f_6e65_6761);
+    let dir = TempDir::new("day-control");
+    let data = dir.path().join("data");
+    let schedule = dir.path().join("schedule.json");
+    write_day_schedule(&schedule);
+    let slots = day_slots();
+    let doctors = Arc::new(day_doctors());
+    let mut server = Server::start(dir.path(), &data, &schedule, true).await;
+    let mut ledger = Ledger::default();
+    // Each doctor's first slot closes early, so that closes are
+    // acknowledged before the kill.
+    let closes = doctors
+        .iter()
+        .map(|doctor| PlannedClose {
+            after: Duration::from_millis(rng.range(20..80)),
+            slot: doctor.slots[0].clone(),
+            twice: false,
+        })
+        .collect();
+    let plan = DayPlan {
+        round: 0,
+        doctors,
+        closed: HashSet::new(),
+        closes,
+    };
+    // Killed only once something was acknowledged, so there is something
+    // to lose.
+    let load = run_day(
+        &mut server,
+        plan,
+        Duration::from_millis(200),
+        50,
+        1,
+        rng.next(),
+    )
+    .await;
+    ledger.record_day(&load);
+    let server = Server::start(dir.path(), &data, &schedule, true).await;
+    let events = read_all(&server).await;
+    if let Ok(frames) = &events {
+        ledger.discover(frames);
+    }
+    let report = check_day(&server, &ledger, events, &slots).await;
+    println!(
+        "day negative control: killed after {} ms; {}; lost {} (tokens {}, closes {}), other \
+         violations {}",
+        load.killed_after.as_millis(),
+        summary(&load),
+        report.lost,
+        report.lost_of("token"),
+        report.lost_of("close"),
+        report.violations.len() - report.lost,
+    );
+    for violation in report.violations.iter().take(5) {
+        println!("  day control: {violation}");
+    }
+    assert!(load.acked() > 0, "the day control acknowledged nothing");
+    assert!(
+        report.lost_of("token") > 0,
+        "the checker did not notice that an in-memory server lost {} acknowledged bookings",
+        load.bookings_acked()
+    );
+    assert!(
+        report.lost_of("close") > 0,
+        "the checker did not notice that an in-memory server lost {} acknowledged closes",
+        load.closes_acked()
     );
 }

@@ -112,6 +112,12 @@ fn negative_control_in_memory_server_loses_day_transitions_and_closes() {
 }
 
 #[test]
+fn negative_control_rolled_back_data_dir_loses_day_transitions_and_closes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
+    runtime().block_on(controls::rolled_back_day());
+}
+
+#[test]
 fn negative_control_in_memory_server_loses_acknowledged_changes() {
     let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
     runtime().block_on(controls::in_memory());

@@ -529,7 +529,7 @@ async fn doctor_at_work(mut client: Client, doctor: String) -> DayLog {
         };
         match queue.current {
             Some(token) if token.status == "CALLED" => {
-                let action = client.rng.weighted(&[(Start, 85), (Skip, 15)]);
+                let action = client.rng.weighted(&[(Start, 75), (Skip, 25)]);
                 client.act(&token, action).await;
             }
             Some(token) => client.act(&token, Complete).await,

@@ -29,7 +29,7 @@ use crate::wire::{answer, ActionReply, Answer, BookingReply, CloseReply, DoctorQ
 /// Booking clerks, each booking up to `BOOKINGS_PER_CLERK` patients a
 /// round, paced so that bookings go on until the kill.
 const CLERKS: usize = 6;
-const BOOKINGS_PER_CLERK: usize = 12;
+const BOOKINGS_PER_CLERK: usize = 20;
 const CLERK_PAUSE_MS: Range<u64> = 5..40;
 /// Pauses of the desks, doctors and nurses between requests: a desk and
 /// a doctor keep pace with each other, so that patients stay at every
@@ -467,6 +467,17 @@ impl Client {
     }
 }
 
+/// Whether a token's patient comes to the hospital at all: three in four
+/// do. The others stay booked until the desk marks them no-shows, or the
+/// closing of their slot does, which then frees seats for the waitlisted
+/// patients in the hall.
+fn arrives(token: &TokenDto) -> bool {
+    let hash = token.token_id.bytes().fold(0u32, |hash, byte| {
+        hash.wrapping_mul(31).wrapping_add(u32::from(byte))
+    });
+    hash % 4 != 0
+}
+
 /// A patient the desk may attend to: the token, how likely the desk picks
 /// it, and what it may do, how likely.
 type DeskChoice = (TokenDto, u64, &'static [(TokenAction, u64)]);
@@ -482,13 +493,17 @@ async fn desk(mut client: Client, doctor: String) -> DayLog {
         };
         let mut choices: Vec<DeskChoice> = Vec::new();
         for token in queue.not_arrived {
-            choices.push((token, 10, &[(CheckIn, 85), (NoShow, 10), (Cancel, 5)]));
+            if arrives(&token) {
+                choices.push((token, 10, &[(CheckIn, 90), (NoShow, 5), (Cancel, 5)]));
+            } else {
+                choices.push((token, 1, &[(NoShow, 1)]));
+            }
         }
         for token in queue.waitlist {
-            if token.checked_in_at.is_none() {
-                choices.push((token, 10, &[(CheckIn, 90), (Cancel, 10)]));
-            } else {
+            if token.checked_in_at.is_some() {
                 choices.push((token, 1, &[(Cancel, 1)]));
+            } else if arrives(&token) {
+                choices.push((token, 10, &[(CheckIn, 90), (Cancel, 10)]));
             }
         }
         for token in queue.skipped {

@@ -48,8 +48,8 @@
 //! Negative controls run the same workloads and checkers against servers
 //! that acknowledge changes without keeping them, and require the checkers
 //! to report lost acknowledged changes: a server started with
-//! `--in-memory` (both workloads), and a data directory put back to a copy
-//! taken before a round.
+//! `--in-memory`, and a data directory put back to a copy taken before a
+//! round; each for both workloads.
 //!
 //! The binary is `env!("CARGO_BIN_EXE_opd-token-engine")`, which cargo
 //! builds in the test's profile: CI runs `cargo test --release --test crash`,

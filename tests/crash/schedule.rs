@@ -113,7 +113,7 @@ const DAY_SLOTS_PER_DOCTOR: usize = 6;
 const DAY_FIRST_HOUR: usize = 8;
 /// Small, so that bookings soon fill slots and waitlists form: then
 /// bookings bump, cancels and no-shows promote, and closings expire.
-const DAY_CAPACITY: u32 = 3;
+const DAY_CAPACITY: u32 = 5;
 
 /// A doctor of the day rounds and their slots, earliest first.
 pub struct DayDoctor {

@@ -383,7 +383,10 @@ field() { # field FILE NAME -> value from the RESULT line
   sed -n "s/^RESULT .* $2=\([^ ]*\).*/\1/p" "$1" | tail -n 1
 }
 
-declare -A RPS P50 P99 NON2XX CPU_US DELIVERY
+declare -A RPS P50 P99 NON2XX CPU_US
+# Empty unless a +subscribers mode runs; declared empty so that `set -u`
+# can count it.
+declare -A DELIVERY=()
 
 # The server's CPU time so far (all threads, user and system), in clock
 # ticks. Per request, it is a steadier figure than req/s on a noisy machine:

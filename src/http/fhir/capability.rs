@@ -38,7 +38,7 @@ const SERVED: [Served; 3] = [
     },
     Served {
         kind: "Slot",
-        documentation: "One per slot; free while a seat is free, busy when every seat is taken, overbooked when emergencies took seats beyond the capacity.",
+        documentation: "One per slot; free while a seat is free, busy when every seat is taken, busy-unavailable once closed; overbooked when emergencies took seats beyond the capacity.",
         parameters: &[
             SearchParameter {
                 name: "schedule",
@@ -56,13 +56,13 @@ const SERVED: [Served; 3] = [
                 name: "status",
                 kind: "token",
                 definition: "http://hl7.org/fhir/SearchParameter/Slot-status",
-                documentation: "free or busy (comma-separated alternatives).",
+                documentation: "free, busy or busy-unavailable (a closed slot); comma-separated alternatives.",
             },
         ],
     },
     Served {
         kind: "Appointment",
-        documentation: "One per token. Searches find tokens that hold a seat or wait for one; cancelled and no-show tokens are read by id (see docs/fhir.md).",
+        documentation: "One per token. Searches find tokens that hold a seat or wait for one; cancelled, no-show and expired tokens are read by id (see docs/fhir.md).",
         parameters: &[
             SearchParameter {
                 name: "date",

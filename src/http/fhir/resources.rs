@@ -38,6 +38,9 @@ pub fn appointment_status(status: Status) -> &'static str {
         Status::Completed => "fulfilled",
         Status::Cancelled => "cancelled",
         Status::NoShow => "noshow",
+        // Not seen: the cancellation reason says why (SLOT_CLOSED or
+        // DAY_ENDED).
+        Status::Expired => "cancelled",
     }
 }
 
@@ -66,9 +69,12 @@ pub const SLOT_STATUSES: [&str; 5] = [
 ];
 
 /// A slot's FHIR status: free while a seat is free, busy when every seat
-/// is taken.
+/// is taken, busy-unavailable once the slot has closed (it takes no more
+/// bookings, whatever its seats).
 pub fn slot_status(summary: &SlotSummary) -> &'static str {
-    if summary.available() > 0 {
+    if summary.closed {
+        "busy-unavailable"
+    } else if summary.available() > 0 {
         "free"
     } else {
         "busy"
@@ -147,6 +153,7 @@ pub fn slot(summary: &SlotSummary, zone: &TimeZone) -> Option<Value> {
             extension("slot-capacity", "UnsignedInt", summary.capacity.into()),
             extension("slot-allocated", "UnsignedInt", summary.allocated.into()),
             extension("slot-waitlisted", "UnsignedInt", summary.waitlisted.into()),
+            extension("slot-closes-at", "Instant", summary.closes_at.to_string().into()),
         ],
         "identifier": [{"system": SLOT_SYSTEM, "value": summary.id.as_str()}],
         "schedule": schedule,

@@ -112,7 +112,10 @@ impl From<ServiceError> for FhirError {
 
 impl IntoResponse for FhirError {
     fn into_response(self) -> Response {
-        fhir_response(self.status, outcome(self.status, self.code, &self.text))
+        fhir_response(
+            self.status,
+            outcome(self.status, self.issue, self.code, &self.text),
+        )
     }
 }
 
@@ -126,12 +129,12 @@ pub fn fhir_response(status: StatusCode, body: Value) -> Response {
 }
 
 /// An OperationOutcome with one error issue.
-fn outcome(status: StatusCode, code: &str, text: &str) -> Value {
+fn outcome(status: StatusCode, issue: &str, code: &str, text: &str) -> Value {
     json!({
         "resourceType": "OperationOutcome",
         "issue": [{
             "severity": if status.is_server_error() { "fatal" } else { "error" },
-            "code": issue_type(status),
+            "code": issue,
             "details": {
                 "coding": [{"system": ERROR_CODES, "code": code}],
                 "text": text,
@@ -179,7 +182,7 @@ pub async fn from_problem(response: Response) -> Response {
     };
     let code = problem["code"].as_str().unwrap_or("HTTP_ERROR");
     let text = problem["detail"].as_str().unwrap_or("the request failed");
-    let body = outcome(parts.status, code, text).to_string();
+    let body = outcome(parts.status, issue_type(parts.status), code, text).to_string();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers

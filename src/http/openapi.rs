@@ -62,6 +62,7 @@ pub struct Problem {
         dto::BoardDoctorDto,
         dto::NowServingDto,
         fhir::FhirResourceDoc,
+        fhir::FhirDateSearchDoc,
     )),
     modifiers(&BearerAuth),
     tags(

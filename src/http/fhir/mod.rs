@@ -107,6 +107,16 @@ pub struct FhirResourceDoc {
     resource_type: String,
 }
 
+/// A date search value as the OpenAPI document describes it; the server
+/// also checks that the date is on the calendar.
+#[derive(utoipa::ToSchema)]
+#[schema(
+    as = FhirDateSearch,
+    pattern = r"^((eq|ne|gt|lt|ge|le)?[0-9]{4}(-[0-9]{2}(-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+ -][0-9]{2}:[0-9]{2})?)?)?)?)(,(eq|ne|gt|lt|ge|le)?[0-9]{4}(-[0-9]{2}(-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+ -][0-9]{2}:[0-9]{2})?)?)?)?)*$"
+)]
+#[allow(dead_code)]
+pub struct FhirDateSearchDoc(String);
+
 type QueryPairs =
     std::result::Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
@@ -276,7 +286,7 @@ pub async fn read_appointment(State(app): State<AppState>, path: PathParam) -> A
     params(
         ("actor" = Option<String>, Query, pattern = r"^[^,]+(,[^,]+)*$", description = "Practitioner/<doctor id>, comma-separated alternatives"),
         ("_count" = Option<u32>, Query, minimum = 0, maximum = 100, description = "Entries per page (default 50)"),
-        ("_cursor" = Option<String>, Query, description = "Where the page starts, as the next link gives it"),
+        ("_cursor" = Option<String>, Query, pattern = r"^[A-Za-z0-9._:-]{1,80}$", description = "Where the page starts, as the next link gives it"),
     ),
     responses(
         (status = 200, description = "Bundle (searchset)", body = FhirResourceDoc, content_type = "application/fhir+json"),
@@ -339,10 +349,10 @@ pub async fn search_schedules(
     tag = "fhir",
     params(
         ("schedule" = Option<String>, Query, pattern = r"^[^,]+(,[^,]+)*$", description = "Schedule/<doctor id>, comma-separated alternatives"),
-        ("start" = Option<Vec<String>>, Query, description = "Repeatable: [eq|ne|gt|lt|ge|le]YYYY[-MM[-DD[Thh:mm[:ss][Z|±hh:mm]]]]"),
+        ("start" = Option<Vec<FhirDateSearchDoc>>, Query, description = "Repeatable: [eq|ne|gt|lt|ge|le]YYYY[-MM[-DD[Thh:mm[:ss][Z|±hh:mm]]]]"),
         ("status" = Option<String>, Query, pattern = r"^(free|busy|busy-unavailable|busy-tentative|entered-in-error)(,(free|busy|busy-unavailable|busy-tentative|entered-in-error))*$", description = "Comma-separated alternatives"),
         ("_count" = Option<u32>, Query, minimum = 0, maximum = 100, description = "Entries per page (default 50)"),
-        ("_cursor" = Option<String>, Query, description = "Where the page starts, as the next link gives it"),
+        ("_cursor" = Option<String>, Query, pattern = r"^[A-Za-z0-9._:-]{1,80}$", description = "Where the page starts, as the next link gives it"),
     ),
     responses(
         (status = 200, description = "Bundle (searchset)", body = FhirResourceDoc, content_type = "application/fhir+json"),
@@ -405,13 +415,13 @@ pub async fn search_slots(
     path = "/fhir/Appointment",
     tag = "fhir",
     params(
-        ("date" = Option<Vec<String>>, Query, description = "Repeatable: [eq|ne|gt|lt|ge|le]YYYY[-MM[-DD[Thh:mm[:ss][Z|±hh:mm]]]]"),
+        ("date" = Option<Vec<FhirDateSearchDoc>>, Query, description = "Repeatable: [eq|ne|gt|lt|ge|le]YYYY[-MM[-DD[Thh:mm[:ss][Z|±hh:mm]]]]"),
         ("practitioner" = Option<String>, Query, pattern = r"^[^,]+(,[^,]+)*$", description = "Practitioner/<doctor id>, comma-separated alternatives"),
         ("status" = Option<String>, Query, pattern = r"^(proposed|pending|booked|arrived|fulfilled|cancelled|noshow|entered-in-error|checked-in|waitlist)(,(proposed|pending|booked|arrived|fulfilled|cancelled|noshow|entered-in-error|checked-in|waitlist))*$", description = "Comma-separated alternatives"),
         ("patient:identifier" = Option<String>, Query, pattern = r"^[^,]+(,[^,]+)*$", description = "[system|]<patient id>, comma-separated alternatives"),
         ("slot" = Option<String>, Query, pattern = r"^[^,]+(,[^,]+)*$", description = "Slot/<slot id>, comma-separated alternatives"),
         ("_count" = Option<u32>, Query, minimum = 0, maximum = 100, description = "Entries per page (default 50)"),
-        ("_cursor" = Option<String>, Query, description = "Where the page starts, as the next link gives it"),
+        ("_cursor" = Option<String>, Query, pattern = r"^[A-Za-z0-9._:-]{1,80}$", description = "Where the page starts, as the next link gives it"),
     ),
     responses(
         (status = 200, description = "Bundle (searchset)", body = FhirResourceDoc, content_type = "application/fhir+json"),

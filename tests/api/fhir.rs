@@ -735,7 +735,7 @@ async fn a_doctor_key_sees_only_its_own_doctors_resources(backend: Backend) {
     );
 
     let everything = resource(as_key(VIEWER, "/fhir/Appointment".into()).await);
-    assert_eq!(ids(&entries(&everything)), [d1_token.clone()]);
+    assert_eq!(ids(&entries(&everything)), [d1_token.as_str()]);
     let read_by_viewer = as_key(VIEWER, format!("/fhir/Appointment/{d1_token}")).await;
     assert_eq!(read_by_viewer.status, 200);
 }

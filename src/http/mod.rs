@@ -14,7 +14,7 @@ mod health;
 pub mod input;
 pub mod openapi;
 pub mod rate_limit;
-mod render;
+pub mod render;
 pub mod routes;
 pub mod serve;
 pub mod slots;

@@ -1,22 +1,66 @@
 //! The checker: reads every token the ledger knows and every slot back
 //! from the restarted server, replays acknowledged idempotent bookings, and
-//! reports what was lost and which invariants are broken.
+//! reports what was lost and which invariants are broken. The day's own
+//! checks (closings, events, doctors) are in `day_checker`, which builds on
+//! the token and slot checks here.
 
 use std::collections::{HashMap, HashSet};
 
 use tokio::task::JoinSet;
 
+use crate::contract::{self, holds_seat, is_final, queued};
 use crate::ledger::{Fact, FromStatus, Known, Ledger};
 use crate::schedule::SlotSpec;
 use crate::server::Server;
-use crate::wire::{answer, Answer, BookingReply, SlotDetail, TokenDto, ACTIVE};
+use crate::wire::{answer, Answer, BookingReply, SlotDetail, TokenDto, BOOKED};
 
 /// Acknowledged keyed bookings replayed after each restart at the most.
 const REPLAYS_MAX: usize = 200;
 /// Concurrent readers in the checker.
 const CHECK_READERS: usize = 16;
 
-const CREATION_REASONS: [&str; 4] = ["ALLOCATED", "OVERBOOKED", "BUMPED_LOWER", "WAITLISTED"];
+/// What a scenario's load does, which bounds what a token may show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Bookings, cancels and no-shows (the kill rounds).
+    Bookings,
+    /// The whole OPD day: check-ins, calls, consultations, skips and
+    /// closings besides (the day rounds).
+    Day,
+}
+
+impl Workload {
+    /// Whether the load can cause a history entry with `reason`.
+    fn makes(self, reason: &str) -> bool {
+        match self {
+            Workload::Bookings => matches!(
+                reason,
+                "ALLOCATED"
+                    | "OVERBOOKED"
+                    | "BUMPED_LOWER"
+                    | "WAITLISTED"
+                    | "BUMPED"
+                    | "PROMOTED"
+                    | "CAPACITY_REDUCED"
+                    | "CANCELLED"
+                    | "NO_SHOW"
+            ),
+            // Every reason but the day's end: no slot's date ends while
+            // the test runs (see `schedule::ZONE`).
+            Workload::Day => reason != "DAY_ENDED",
+        }
+    }
+
+    /// Whether a token may be in `status` though nothing acknowledged or
+    /// left unanswered set it: statuses that side effects of other
+    /// requests (bumps, promotions, calls of the next patient) reach.
+    fn reaches_unasked(self, status: &str) -> bool {
+        match self {
+            Workload::Bookings => BOOKED.contains(&status),
+            Workload::Day => !is_final(status),
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Report {
@@ -29,14 +73,20 @@ pub struct Report {
     pub tokens_checked: usize,
     pub slots_checked: usize,
     pub replays: usize,
+    pub events_checked: usize,
+    pub doctors_checked: usize,
     /// Ledger tokens as read back.
     pub observed: HashMap<String, TokenDto>,
     /// Tokens in the slot queues.
     pub listed: Vec<TokenDto>,
+    /// The slots as read back.
+    pub slots: HashMap<String, SlotDetail>,
+    /// The event log as read back (the day rounds only).
+    pub events: Vec<crate::events::Frame>,
 }
 
 impl Report {
-    fn lost(&mut self, kind: &'static str, message: String) {
+    pub fn lost(&mut self, kind: &'static str, message: String) {
         self.lost += 1;
         *self.lost_by_kind.entry(kind).or_default() += 1;
         self.violations.push(format!("LOST {kind}: {message}"));
@@ -46,18 +96,21 @@ impl Report {
         self.lost_by_kind.get(kind).copied().unwrap_or_default()
     }
 
-    fn violation(&mut self, message: String) {
+    pub fn violation(&mut self, message: String) {
         self.violations.push(message);
     }
 }
 
-enum Fetched<T> {
+pub enum Fetched<T> {
     Found(T),
     Missing,
     Failed(String),
 }
 
-async fn fetch<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: String) -> Fetched<T> {
+pub async fn fetch<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+) -> Fetched<T> {
     match http.get(&url).send().await {
         Err(error) => Fetched::Failed(format!("GET {url}: {error}")),
         Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => Fetched::Missing,
@@ -75,19 +128,33 @@ async fn fetch<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: Stri
 /// every violation; a durable, correct server gives none.
 pub async fn check(server: &Server, ledger: &Ledger, slots: &[SlotSpec]) -> Report {
     let mut report = Report::default();
+    report_anomalies(&mut report, ledger);
+    check_tokens(&mut report, server, ledger, Workload::Bookings).await;
+    check_slots(&mut report, server, slots).await;
+    check_replays(&mut report, server, ledger).await;
+    report
+}
+
+pub fn report_anomalies(report: &mut Report, ledger: &Ledger) {
     for anomaly in &ledger.anomalies {
         report.violation(format!("unexpected answer during the load: {anomaly}"));
     }
-    let http = &server.http;
+}
 
-    // 1-3: every token the ledger knows.
+/// 1-3: reads every token the ledger knows and checks each against it.
+pub async fn check_tokens(
+    report: &mut Report,
+    server: &Server,
+    ledger: &Ledger,
+    workload: Workload,
+) {
     let mut ids: Vec<String> = ledger.tokens.keys().cloned().collect();
     ids.sort();
     let chunk = ids.len().div_ceil(CHECK_READERS).max(1);
     let mut readers = JoinSet::new();
     for part in ids.chunks(chunk) {
         let part = part.to_vec();
-        let http = http.clone();
+        let http = server.http.clone();
         let base = server.base.clone();
         readers.spawn(async move {
             let mut read = Vec::with_capacity(part.len());
@@ -118,25 +185,30 @@ pub async fn check(server: &Server, ledger: &Ledger, slots: &[SlotSpec]) -> Repo
             ),
             Fetched::Failed(error) => report.violation(format!("token {id}: {error}")),
             Fetched::Found(token) => {
-                check_token(&mut report, &id, known, &token);
+                check_token(report, &id, known, &token, ledger, workload);
                 report.observed.insert(id, token);
             }
         }
     }
+}
 
-    // 4: the slots.
+/// 4: reads every slot and checks its invariants, and that its queues and
+/// the tokens read before are one state. Token numbers are unique per
+/// doctor and date.
+pub async fn check_slots(report: &mut Report, server: &Server, slots: &[SlotSpec]) {
     let dates: HashMap<&str, &str> = slots
         .iter()
         .map(|slot| (slot.id.as_str(), slot.date.as_str()))
         .collect();
     let mut listed: HashMap<String, (String, String)> = HashMap::new();
     for spec in slots {
-        match fetch::<SlotDetail>(http, format!("{}/slots/{}", server.base, spec.id)).await {
+        match fetch::<SlotDetail>(&server.http, format!("{}/slots/{}", server.base, spec.id)).await
+        {
             Fetched::Missing => report.lost("slot", format!("slot {} is gone", spec.id)),
             Fetched::Failed(error) => report.violation(format!("slot {}: {error}", spec.id)),
             Fetched::Found(slot) => {
                 report.slots_checked += 1;
-                check_slot(&mut report, spec, &slot);
+                check_slot(report, spec, &slot);
                 for token in slot.allocated.iter().chain(&slot.waitlist) {
                     listed.insert(
                         token.token_id.clone(),
@@ -144,6 +216,7 @@ pub async fn check(server: &Server, ledger: &Ledger, slots: &[SlotSpec]) -> Repo
                     );
                     report.listed.push(token.clone());
                 }
+                report.slots.insert(spec.id.clone(), slot);
             }
         }
     }
@@ -151,21 +224,21 @@ pub async fn check(server: &Server, ledger: &Ledger, slots: &[SlotSpec]) -> Repo
     // The queues and the tokens are one state.
     let mut cross = Vec::new();
     for (id, token) in &report.observed {
-        let active = ACTIVE.contains(&token.status.as_str());
+        let in_queue = queued(&token.status);
         match listed.get(id) {
             Some((slot, status))
-                if active && (slot != &token.slot_id || status != &token.status) =>
+                if in_queue && (slot != &token.slot_id || status != &token.status) =>
             {
                 cross.push(format!(
                     "token {id} is {} in slot {} but listed as {status} in slot {slot}",
                     token.status, token.slot_id
                 ))
             }
-            None if active && dates.contains_key(token.slot_id.as_str()) => cross.push(format!(
+            None if in_queue && dates.contains_key(token.slot_id.as_str()) => cross.push(format!(
                 "token {id} is {} but not in the queues of slot {}",
                 token.status, token.slot_id
             )),
-            Some(_) if !active => {
+            Some(_) if !in_queue => {
                 cross.push(format!("token {id} is {} but still queued", token.status))
             }
             _ => {}
@@ -194,11 +267,14 @@ pub async fn check(server: &Server, ledger: &Ledger, slots: &[SlotSpec]) -> Repo
     for message in cross {
         report.violation(message);
     }
+}
 
-    // 5: acknowledged idempotent bookings replay the same token.
+/// 5: acknowledged idempotent bookings replay the same token.
+async fn check_replays(report: &mut Report, server: &Server, ledger: &Ledger) {
     for (key, body, token) in ledger.keyed.iter().take(REPLAYS_MAX) {
         report.replays += 1;
-        let request = http
+        let request = server
+            .http
             .post(format!("{}/tokens", server.base))
             .header("Idempotency-Key", key)
             .json(body);
@@ -224,10 +300,9 @@ pub async fn check(server: &Server, ledger: &Ledger, slots: &[SlotSpec]) -> Repo
             Answer::InDoubt => report.violation(format!("replay of key {key}: no answer")),
         }
     }
-    report
 }
 
-fn describe(known: &Known) -> String {
+pub fn describe(known: &Known) -> String {
     let facts: Vec<String> = known
         .facts
         .iter()
@@ -245,8 +320,18 @@ fn describe(known: &Known) -> String {
     }
 }
 
-fn check_token(report: &mut Report, id: &str, known: &Known, token: &TokenDto) {
-    if token.slot_id != known.slot || token.patient_id != known.patient {
+fn check_token(
+    report: &mut Report,
+    id: &str,
+    known: &Known,
+    token: &TokenDto,
+    ledger: &Ledger,
+    workload: Workload,
+) {
+    // A token first seen in the event log has no patient on record: events
+    // carry no patient ids.
+    let patient_differs = !known.patient.is_empty() && token.patient_id != known.patient;
+    if token.slot_id != known.slot || patient_differs {
         report.violation(format!(
             "token {id} is for patient {} in slot {}, acknowledged for patient {} in slot {}",
             token.patient_id, token.slot_id, known.patient, known.slot
@@ -264,42 +349,16 @@ fn check_token(report: &mut Report, id: &str, known: &Known, token: &TokenDto) {
             ),
         ),
         Some(_) => {}
-        None if ACTIVE.contains(&status) || known.in_doubt.contains(status) => {}
+        None if workload.reaches_unasked(status) || ledger.unanswered_may_set(known, status) => {}
         None => report.violation(format!(
             "token {id} is {status} though no unanswered request could have made it so: {}",
             describe(known)
         )),
     }
 
-    // The history: well formed, ending in the status.
+    // The history: well formed by the contract, ending in the status.
     let history = &token.history;
-    let mut problems = Vec::new();
-    match history.first() {
-        None => problems.push("is empty".to_owned()),
-        Some(first) => {
-            if first.from.is_some() || !CREATION_REASONS.contains(&first.reason.as_str()) {
-                problems.push(format!("starts with {first:?}"));
-            }
-        }
-    }
-    for pair in history.windows(2) {
-        if pair[1].from.as_deref() != Some(pair[0].to.as_str()) {
-            problems.push(format!("jumps from {:?} to {:?}", pair[0], pair[1]));
-        }
-        if !ACTIVE.contains(&pair[0].to.as_str()) {
-            problems.push(format!("continues after terminal {:?}", pair[0]));
-        }
-    }
-    for entry in history {
-        let expected = match entry.reason.as_str() {
-            "ALLOCATED" | "OVERBOOKED" | "BUMPED_LOWER" | "PROMOTED" => "ALLOCATED",
-            "WAITLISTED" | "BUMPED" | "CAPACITY_REDUCED" => "WAITLISTED",
-            other => other,
-        };
-        if entry.to != expected {
-            problems.push(format!("has {entry:?}"));
-        }
-    }
+    let mut problems = contract::history_problems(history, |reason| workload.makes(reason));
     if let Some(last) = history.last() {
         if last.to != token.status {
             problems.push(format!(
@@ -310,6 +369,28 @@ fn check_token(report: &mut Report, id: &str, known: &Known, token: &TokenDto) {
     }
     if !problems.is_empty() {
         report.violation(format!("history of token {id} {}", problems.join("; ")));
+    }
+
+    // The fields the day adds: the first check-in's time, kept for life,
+    // and a place in the call order only while checked in.
+    let first_check_in = history
+        .iter()
+        .find(|entry| entry.reason == "CHECKED_IN")
+        .map(|entry| contract::timestamp(&entry.at));
+    let checked_in_at = token.checked_in_at.as_deref().map(contract::timestamp);
+    if checked_in_at != first_check_in {
+        report.violation(format!(
+            "token {id} has checkedInAt {:?}, but its first check-in is {:?}",
+            token.checked_in_at,
+            history.iter().find(|entry| entry.reason == "CHECKED_IN")
+        ));
+    }
+    let waiting = status == "CHECKED_IN";
+    if token.queue_position.is_some() != waiting || token.estimated_call_at.is_some() != waiting {
+        report.violation(format!(
+            "token {id} is {status} with queuePosition {:?} and estimatedCallAt {:?}",
+            token.queue_position, token.estimated_call_at
+        ));
     }
 
     // What was read after the previous restart is still there.
@@ -346,10 +427,20 @@ fn check_token(report: &mut Report, id: &str, known: &Known, token: &TokenDto) {
 fn check_slot(report: &mut Report, spec: &SlotSpec, slot: &SlotDetail) {
     let id = &spec.id;
     let mut problems = Vec::new();
-    if slot.slot_id != *id || slot.doctor_id != spec.doctor || slot.date != spec.date {
+    if slot.slot_id != *id
+        || slot.doctor_id != spec.doctor
+        || slot.date != spec.date
+        || slot.start_time != spec.start
+    {
         problems.push(format!(
-            "is {} of {} on {}, expected {id} of {} on {}",
-            slot.slot_id, slot.doctor_id, slot.date, spec.doctor, spec.date
+            "is {} of {} on {} at {}, expected {id} of {} on {} at {}",
+            slot.slot_id,
+            slot.doctor_id,
+            slot.date,
+            slot.start_time,
+            spec.doctor,
+            spec.date,
+            spec.start
         ));
     }
     let capacity = slot.capacity;
@@ -363,6 +454,7 @@ fn check_slot(report: &mut Report, spec: &SlotSpec, slot: &SlotDetail) {
             slot.waitlist.len()
         ));
     }
+    // Every seat holder counts, a finished consultation too.
     let regular = slot
         .allocated
         .iter()
@@ -389,14 +481,18 @@ fn check_slot(report: &mut Report, spec: &SlotSpec, slot: &SlotDetail) {
         ));
     }
     let mut patients = HashSet::new();
-    for (queue, status, tokens) in [
-        ("allocated", "ALLOCATED", &slot.allocated),
-        ("waitlist", "WAITLISTED", &slot.waitlist),
+    for (queue, waitlist, tokens) in [
+        ("allocated", false, &slot.allocated),
+        ("waitlist", true, &slot.waitlist),
     ] {
         for (index, token) in tokens.iter().enumerate() {
-            let position =
-                (status == "WAITLISTED").then(|| u32::try_from(index + 1).expect("small queue"));
-            if token.status != status || token.waitlist_position != position {
+            let position = waitlist.then(|| u32::try_from(index + 1).expect("small queue"));
+            let belongs = if waitlist {
+                token.status == "WAITLISTED"
+            } else {
+                holds_seat(&token.status)
+            };
+            if !belongs || token.waitlist_position != position {
                 problems.push(format!(
                     "{queue}[{index}] is {} at position {:?}",
                     token.status, token.waitlist_position
@@ -408,7 +504,8 @@ fn check_slot(report: &mut Report, spec: &SlotSpec, slot: &SlotDetail) {
                     token.slot_id, token.doctor_id
                 ));
             }
-            if !patients.insert(token.patient_id.clone()) {
+            // One active token per patient; a finished one no longer counts.
+            if !is_final(&token.status) && !patients.insert(token.patient_id.clone()) {
                 problems.push(format!(
                     "patient {} holds two active tokens",
                     token.patient_id

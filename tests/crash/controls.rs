@@ -4,11 +4,18 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use crate::checker::check;
+use crate::day_checker::check_day;
+use crate::day_load::{run_day, DayPlan, PlannedClose};
+use crate::day_rounds::{closed_slots, summary};
+use crate::events::read_all;
 use crate::ledger::Ledger;
 use crate::load::run_load;
 use crate::rng::{seed, Rng};
-use crate::schedule::{slots_up_to, write_schedule};
+use crate::schedule::{day_doctors, day_slots, slots_up_to, write_day_schedule, write_schedule};
 use crate::server::{Server, TempDir};
 
 /// A server started with `--in-memory` acknowledges without making
@@ -147,5 +154,205 @@ pub async fn rolled_back() {
     assert!(
         report.lost_of("status") > 0,
         "the checker missed lost cancels and no-shows of tokens that survived"
+    );
+}
+
+/// The day's workload against a server started with `--in-memory`: the
+/// restart loses every acknowledged token, transition and close, which
+/// the day's checker must report.
+pub async fn in_memory_day() {
+    let seed = seed();
+    println!("day negative control: seed {seed}");
+    let mut rng = Rng::new(seed ^ 0x6461_795f_6e65_6761);
+    let dir = TempDir::new("day-control");
+    let data = dir.path().join("data");
+    let schedule = dir.path().join("schedule.json");
+    write_day_schedule(&schedule);
+    let slots = day_slots();
+    let doctors = Arc::new(day_doctors());
+    let mut server = Server::start(dir.path(), &data, &schedule, true).await;
+    let mut ledger = Ledger::default();
+    // Each doctor's first slot closes early, so that closes are
+    // acknowledged before the kill.
+    let closes = doctors
+        .iter()
+        .map(|doctor| PlannedClose {
+            after: Duration::from_millis(rng.range(20..80)),
+            slot: doctor.slots[0].clone(),
+            twice: false,
+        })
+        .collect();
+    let plan = DayPlan {
+        round: 0,
+        doctors,
+        closed: HashSet::new(),
+        closes,
+    };
+    // Killed only once something was acknowledged, so there is something
+    // to lose.
+    let load = run_day(
+        &mut server,
+        plan,
+        Duration::from_millis(200),
+        50,
+        1,
+        rng.next(),
+    )
+    .await;
+    ledger.record_day(&load);
+    let server = Server::start(dir.path(), &data, &schedule, true).await;
+    let events = read_all(&server).await;
+    if let Ok(frames) = &events {
+        ledger.discover(frames);
+    }
+    let report = check_day(&server, &ledger, events, &slots).await;
+    println!(
+        "day negative control: killed after {} ms; {}; lost {} (tokens {}, closes {}), other \
+         violations {}",
+        load.killed_after.as_millis(),
+        summary(&load),
+        report.lost,
+        report.lost_of("token"),
+        report.lost_of("close"),
+        report.violations.len() - report.lost,
+    );
+    for violation in report.violations.iter().take(5) {
+        println!("  day control: {violation}");
+    }
+    assert!(load.acked() > 0, "the day control acknowledged nothing");
+    assert!(
+        report.lost_of("token") > 0,
+        "the checker did not notice that an in-memory server lost {} acknowledged bookings",
+        load.bookings_acked()
+    );
+    assert!(
+        report.lost_of("close") > 0,
+        "the checker did not notice that an in-memory server lost {} acknowledged closes",
+        load.closes_acked()
+    );
+}
+
+/// The day's sharper control: a durable server's data directory is put
+/// back to a copy taken before a round that was then checked clean, so
+/// that the round's acknowledged changes, read back once, are gone again.
+/// Older tokens survive, so the checker must notice their lost
+/// transitions and histories, and it must notice the lost closes and the
+/// event log that fell short of what was read before.
+pub async fn rolled_back_day() {
+    let seed = seed();
+    println!("day rollback control: seed {seed}");
+    let mut rng = Rng::new(seed ^ 0x6461_795f_726f_6c6c);
+    let dir = TempDir::new("day-rollback");
+    let data = dir.path().join("data");
+    let snapshot = dir.path().join("snapshot");
+    let schedule = dir.path().join("schedule.json");
+    write_day_schedule(&schedule);
+    let slots = day_slots();
+    let doctors = Arc::new(day_doctors());
+    let mut server = Server::start(dir.path(), &data, &schedule, false).await;
+    let mut ledger = Ledger::default();
+    for round in 0..2 {
+        if round == 1 {
+            // Killed first, so the files are at rest while copied.
+            server.kill();
+            std::fs::create_dir_all(&snapshot).expect("snapshot directory");
+            for entry in std::fs::read_dir(&data).expect("data directory") {
+                let entry = entry.expect("data directory entry");
+                std::fs::copy(entry.path(), snapshot.join(entry.file_name()))
+                    .expect("copy the data");
+            }
+            server = Server::start(dir.path(), &data, &schedule, false).await;
+        }
+        // Each round closes every doctor's earliest open slot early, so
+        // that closes are acknowledged before the kill.
+        let closed = closed_slots(&ledger);
+        let closes = doctors
+            .iter()
+            .filter_map(|doctor| doctor.slots.iter().find(|slot| !closed.contains(*slot)))
+            .map(|slot| PlannedClose {
+                after: Duration::from_millis(rng.range(20..80)),
+                slot: slot.clone(),
+                twice: false,
+            })
+            .collect();
+        let plan = DayPlan {
+            round,
+            doctors: doctors.clone(),
+            closed,
+            closes,
+        };
+        let load = run_day(
+            &mut server,
+            plan,
+            Duration::from_millis(150),
+            50,
+            1,
+            rng.next(),
+        )
+        .await;
+        ledger.record_day(&load);
+        server = Server::start(dir.path(), &data, &schedule, false).await;
+        let events = read_all(&server).await;
+        if let Ok(frames) = &events {
+            ledger.discover(frames);
+        }
+        let report = check_day(&server, &ledger, events, &slots).await;
+        assert!(
+            report.violations.is_empty(),
+            "round {round} already fails: {:?}",
+            &report.violations[..report.violations.len().min(5)]
+        );
+        ledger.observe(&report);
+    }
+
+    server.kill();
+    std::fs::remove_dir_all(&data).expect("remove the data");
+    std::fs::rename(&snapshot, &data).expect("put the old data back");
+    let server = Server::start(dir.path(), &data, &schedule, false).await;
+    let events = read_all(&server).await;
+    if let Ok(frames) = &events {
+        ledger.discover(frames);
+    }
+    let report = check_day(&server, &ledger, events, &slots).await;
+    println!(
+        "day rollback control: lost {} (tokens {}, statuses {}, transitions {}, histories {}, \
+         closes {}, event log {}), other violations {}",
+        report.lost,
+        report.lost_of("token"),
+        report.lost_of("status"),
+        report.lost_of("transition"),
+        report.lost_of("history"),
+        report.lost_of("close"),
+        report.lost_of("event"),
+        report.violations.len() - report.lost,
+    );
+    for kind in ["status", "transition", "history", "close", "event"] {
+        if let Some(violation) = report
+            .violations
+            .iter()
+            .find(|violation| violation.starts_with(&format!("LOST {kind}")))
+        {
+            println!("  day rollback control: {violation}");
+        }
+    }
+    assert!(
+        report.lost_of("token") > 0,
+        "the checker missed lost bookings"
+    );
+    assert!(
+        report.lost_of("status") + report.lost_of("transition") > 0,
+        "the checker missed lost transitions of tokens that survived"
+    );
+    assert!(
+        report.lost_of("history") > 0,
+        "the checker missed histories that fell short of what was read before"
+    );
+    assert!(
+        report.lost_of("close") > 0,
+        "the checker missed lost closes"
+    );
+    assert!(
+        report.lost_of("event") > 0,
+        "the checker missed an event log that fell short of what was read before"
     );
 }

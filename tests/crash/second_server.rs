@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::schedule::{round_slot_ids, write_schedule};
+use crate::schedule::{round_slot_ids, write_schedule, ZONE};
 use crate::server::{free_port, Server, TempDir, START_TIMEOUT};
 
 pub async fn run() {
@@ -28,6 +28,7 @@ pub async fn run() {
         .arg(&schedule)
         .env_clear()
         .env("RUST_LOG", "warn")
+        .env("OPD_TIMEZONE", &*ZONE)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(said_file)

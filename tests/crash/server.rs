@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::load::CLIENTS;
+use crate::schedule::ZONE;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +73,7 @@ impl Server {
         command
             .env_clear()
             .env("RUST_LOG", "warn")
+            .env("OPD_TIMEZONE", &*ZONE)
             .env("OPD_RATE_LIMIT_PER_SECOND", "0")
             .env("OPD_IDEMPOTENCY_MAX_PER_CALLER", "1000000")
             .env("OPD_IDEMPOTENCY_MAX", "1000000")

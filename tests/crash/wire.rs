@@ -3,8 +3,9 @@
 
 use serde::Deserialize;
 
-/// The statuses of a token that is still in a slot's queues.
-pub const ACTIVE: [&str; 2] = ["ALLOCATED", "WAITLISTED"];
+/// The statuses a token can be in before it is final while only
+/// bookings, cancels and no-shows touch it (the kill rounds' load).
+pub const BOOKED: [&str; 2] = ["ALLOCATED", "WAITLISTED"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -17,6 +18,9 @@ pub struct TokenDto {
     pub priority: u8,
     pub status: String,
     pub waitlist_position: Option<u32>,
+    pub checked_in_at: Option<String>,
+    pub queue_position: Option<u32>,
+    pub estimated_call_at: Option<String>,
     /// Only in `GET /tokens/{id}`.
     #[serde(default)]
     pub history: Vec<HistoryDto>,
@@ -62,14 +66,69 @@ pub struct SlotDetail {
     pub slot_id: String,
     pub doctor_id: String,
     pub date: String,
+    pub start_time: String,
     pub capacity: u32,
     pub allocated_count: u32,
     pub waitlist_count: u32,
     pub available: u32,
     pub overbooked: bool,
     pub overbooked_by: u32,
+    pub closed: bool,
+    pub closes_at: String,
     pub allocated: Vec<TokenDto>,
     pub waitlist: Vec<TokenDto>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotSummary {
+    pub slot_id: String,
+    pub closed: bool,
+    pub closes_at: String,
+}
+
+/// The answer to `POST /slots/{slotId}/close`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseReply {
+    pub slot: SlotSummary,
+    pub changes: Vec<ChangeDto>,
+}
+
+/// `GET /doctors/{doctorId}/queue`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DoctorQueue {
+    pub doctor_id: String,
+    pub current: Option<TokenDto>,
+    pub call_queue: Vec<TokenDto>,
+    pub not_arrived: Vec<TokenDto>,
+    pub skipped: Vec<TokenDto>,
+    pub waitlist: Vec<TokenDto>,
+    pub completed_count: usize,
+    pub no_show_count: usize,
+    pub cancelled_count: usize,
+    pub expired_count: usize,
+}
+
+/// `data` of `event: token`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenEvent {
+    pub at: String,
+    pub token_id: String,
+    pub slot_id: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+}
+
+/// `data` of `event: slot`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotEvent {
+    pub reason: String,
+    pub slot: SlotSummary,
 }
 
 /// What an answer says about whether the change happened.

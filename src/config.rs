@@ -101,6 +101,13 @@ pub struct Config {
     #[arg(long, env = "OPD_SLOTS_PAGE_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub slots_page_max: u32,
 
+    /// The absolute URL of the FHIR routes as clients reach them, such as
+    /// `https://opd.hospital.lan/fhir` behind a TLS proxy: FHIR answers
+    /// name resources and pages with it. Without it, `http://`, the
+    /// request's `Host` and `/fhir`.
+    #[arg(long, env = "OPD_FHIR_BASE_URL", value_parser = parse_fhir_base_url)]
+    pub fhir_base_url: Option<String>,
+
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "OPD_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
@@ -206,4 +213,17 @@ impl Config {
         config.max_connections_per_address = config.max_connections;
         config
     }
+}
+
+/// An absolute `http` or `https` URL without query or fragment; a trailing
+/// slash is dropped, so that `{base}/Slot` is well formed.
+fn parse_fhir_base_url(text: &str) -> Result<String, String> {
+    let uri: axum::http::Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.authority().is_none() || uri.query().is_some() || text.contains('#') {
+        return Err(format!(
+            "{text:?} must be an absolute http or https URL without query or fragment, such as https://opd.hospital.lan/fhir"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }

@@ -171,6 +171,7 @@ impl Application {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
             slots_page_max: config.slots_page_max as usize,
+            fhir_base_url: config.fhir_base_url.as_deref().map(Arc::from),
             security: security.clone(),
             shutdown,
             fanout: http::events::Fanout::start(&service),

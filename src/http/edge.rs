@@ -11,6 +11,8 @@
 //! - Error answers made outside the handlers (axum's 405 with its `Allow`
 //!   header, a timeout, a panic, a rejected path) get the problem+json
 //!   shape.
+//! - Errors under `/fhir` are FHIR OperationOutcomes rather than problems
+//!   (see [`fhir::outcome`]), with the same status and headers.
 //! - Every answer carries `X-Content-Type-Options: nosniff`, and a 413
 //!   carries `Connection: close`, since the connection is closed after it.
 //!
@@ -36,6 +38,7 @@ use tracing::Instrument;
 
 use super::auth::Gate;
 use super::error::{self, PROBLEM_JSON};
+use super::fhir;
 use super::{take_ready, Answer};
 
 /// The header that carries a request's id both ways.
@@ -101,11 +104,15 @@ where
         );
         let started = Instant::now();
         let deadline = started + self.request_timeout;
+        let under_fhir = fhir::is_fhir_path(request.uri().path());
         let work = admit_and_route(self.gate.clone(), take_ready(&mut self.inner), request);
         Box::pin(
             async move {
                 let response = answer(work, deadline).await;
                 let mut response = problem_for_bare_errors(response);
+                if under_fhir {
+                    response = fhir::outcome::from_problem(response).await;
+                }
                 if response.status().is_server_error() {
                     tracing::error!(
                         request_id = id.to_str().unwrap_or("-"),
@@ -178,7 +185,8 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
-/// Gives every error answer the problem+json shape, including those made
+/// Gives every error answer the problem+json shape (or, from a FHIR
+/// route, leaves its OperationOutcome), including those made
 /// by axum (405 with its `Allow` header, rejected paths or queries) and by
 /// this layer (408, a caught panic's 500).
 fn problem_for_bare_errors(response: Response) -> Response {
@@ -187,11 +195,16 @@ fn problem_for_bare_errors(response: Response) -> Response {
     if !is_error {
         return response;
     }
-    let is_problem = response
+    // FHIR routes answer their own errors as OperationOutcomes.
+    let is_shaped = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem {
+        .is_some_and(|value| {
+            let value = value.as_bytes();
+            value.starts_with(PROBLEM_JSON.as_bytes())
+                || value.starts_with(fhir::FHIR_JSON.as_bytes())
+        });
+    if is_shaped {
         return response;
     }
     let (code, detail) = match status {

@@ -9,6 +9,7 @@ pub mod dto;
 pub mod edge;
 pub mod error;
 pub mod events;
+pub mod fhir;
 mod health;
 pub mod input;
 pub mod openapi;
@@ -56,6 +57,9 @@ pub struct AppState {
     pub body_limit_bytes: usize,
     /// The most slots one page of `GET /slots` holds, and its default size.
     pub slots_page_max: usize,
+    /// Where clients reach the FHIR routes, when configured; otherwise it
+    /// is taken from each request's `Host`.
+    pub fhir_base_url: Option<Arc<str>>,
     /// API keys, rate limit and CORS; see [`auth`].
     pub security: Arc<auth::Security>,
     /// Turns true when the server starts to shut down: long-lived answers

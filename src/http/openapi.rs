@@ -13,7 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
-use super::{doctors, dto, error::FieldError, events, health, slots, tokens, AppState};
+use super::{doctors, dto, error::FieldError, events, fhir, health, slots, tokens, AppState};
 
 /// An RFC 9457 problem, as every error is answered.
 #[derive(ToSchema)]
@@ -61,12 +61,15 @@ pub struct Problem {
         dto::BoardDto,
         dto::BoardDoctorDto,
         dto::NowServingDto,
+        fhir::FhirResourceDoc,
+        fhir::FhirDateSearchDoc,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "tokens", description = "Book and read tokens, and take them through the OPD day"),
         (name = "doctors", description = "The doctor's call queue and the waiting-hall board"),
         (name = "slots", description = "Doctors' time slots and their queues"),
+        (name = "fhir", description = "A read-only HL7 FHIR R4 view: Schedule (a doctor), Slot, Appointment (a token); see docs/fhir.md. Errors under /fhir are OperationOutcomes"),
         (name = "operations", description = "Health"),
     )
 )]
@@ -99,11 +102,17 @@ impl Modify for AccessResponses {
         use utoipa::openapi::header::HeaderBuilder;
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, Type};
 
-        let problem = |description: &str| {
+        // Under /fhir the same refusals are OperationOutcomes.
+        let refusal = |description: &str, under_fhir: bool| {
+            let (media_type, schema) = if under_fhir {
+                (fhir::FHIR_JSON, "FhirResource")
+            } else {
+                (super::error::PROBLEM_JSON, "Problem")
+            };
             ResponseBuilder::new().description(description).content(
-                super::error::PROBLEM_JSON,
+                media_type,
                 ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .schema(Some(Ref::from_schema_name(schema)))
                     .build(),
             )
         };
@@ -122,7 +131,9 @@ impl Modify for AccessResponses {
         let public = Some(vec![
             utoipa::openapi::security::SecurityRequirement::default(),
         ]);
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let under_fhir = fhir::is_fhir_path(path);
+            let problem = |description: &str| refusal(description, under_fhir);
             let operations = [
                 &mut item.get,
                 &mut item.put,
@@ -181,6 +192,7 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
         .merge(slots::router())
         .merge(doctors::router())
         .merge(events::router())
+        .merge(fhir::router())
         .route(routes!(health::healthz), Access::HealthCheck)
         .split();
     AccessResponses.modify(&mut document);

@@ -177,6 +177,11 @@ impl Service {
         (self.clock)()
     }
 
+    /// The clinic's time zone, in which slots' dates and times are given.
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
     /// Today's date in the clinic's time zone.
     pub fn today(&self) -> Date {
         self.now().to_zoned(self.zone.clone()).date()

@@ -26,6 +26,13 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
         ("/slots/{slotId}", "get"),
         ("/slots/{slotId}", "patch"),
         ("/healthz", "get"),
+        ("/fhir/metadata", "get"),
+        ("/fhir/Schedule", "get"),
+        ("/fhir/Schedule/{id}", "get"),
+        ("/fhir/Slot", "get"),
+        ("/fhir/Slot/{id}", "get"),
+        ("/fhir/Appointment", "get"),
+        ("/fhir/Appointment/{id}", "get"),
     ] {
         assert!(
             paths[path][method].is_object(),

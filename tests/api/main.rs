@@ -12,6 +12,7 @@ mod docs;
 mod durability;
 mod errors;
 mod events;
+mod fhir;
 mod idempotency;
 mod limits;
 mod opd_day;

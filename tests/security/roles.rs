@@ -86,6 +86,11 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         ("POST", "/slots") | ("PATCH", "/slots/{slotId}") => Class::Admin,
         ("GET", "/slots") | ("GET", "/events") => Class::ReadList,
         ("GET", "/slots/{slotId}") | ("GET", "/tokens/{tokenId}") => Class::ReadOwned,
+        ("GET", "/fhir/metadata") => Class::Public,
+        ("GET", "/fhir/Schedule" | "/fhir/Slot" | "/fhir/Appointment") => Class::ReadList,
+        ("GET", "/fhir/Schedule/{id}" | "/fhir/Slot/{id}" | "/fhir/Appointment/{id}") => {
+            Class::ReadOwned
+        }
         _ => panic!(
             "{method} {route} is documented but has no expected access here: \
              add it to this test and register the route with its access"
@@ -121,14 +126,18 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
     };
     let token = match stage {
         Some(steps) => Some(app.d1_token_through(steps).await),
-        None if route.contains("{tokenId}") => Some(app.d1_token().await),
+        None if route.contains("{tokenId}") || route == "/fhir/Appointment/{id}" => {
+            Some(app.d1_token().await)
+        }
         None => None,
     };
     let path = match token {
-        Some(token) => route.replace("{tokenId}", &token),
+        Some(token) => route.replace("{tokenId}", &token).replace("{id}", &token),
         None => route.replace("{slotId}", "D1-09"),
     }
-    .replace("{doctorId}", "D1");
+    .replace("{doctorId}", "D1")
+    .replace("/fhir/Slot/{id}", "/fhir/Slot/D1-09")
+    .replace("/fhir/Schedule/{id}", "/fhir/Schedule/D1");
     let body = match (method, route) {
         ("POST", "/tokens") => {
             Some(json!({"patientId": format!("P{n}"), "slotId": "D1-09", "source": "EMERGENCY"}))

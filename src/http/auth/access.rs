@@ -126,6 +126,24 @@ pub enum DoctorScope {
     /// An event stream: as a slot list, and a `slotId` filter in the query
     /// must be one of the doctor's slots.
     EventFilters,
+    /// A FHIR Schedule: the FHIR id in the path parameter `id` must be the
+    /// doctor's.
+    FhirSchedule,
+    /// A FHIR Slot: the slot whose FHIR id is the path parameter `id` must
+    /// be the doctor's.
+    FhirSlot,
+    /// A FHIR Appointment: the token in the path parameter `id` must be
+    /// the doctor's.
+    FhirAppointment,
+    /// A FHIR search: every reference of the query's `parameter` must name
+    /// the doctor (as a `target` resource), and the gate adds one naming
+    /// the doctor when there is none, so that the search and its `self`
+    /// link hold only the doctor's resources; every `slot` reference must
+    /// name one of the doctor's slots.
+    FhirSearch {
+        parameter: &'static str,
+        target: &'static str,
+    },
 }
 
 /// The access of every served route, one rule per (method, route

@@ -26,6 +26,7 @@ use super::access::{Access, AccessRules, Caller, DoctorScope, Role};
 use super::keys::{bearer, ApiKey};
 use crate::engine::{DoctorId, SlotId};
 use crate::http::error::{self, ApiError};
+use crate::http::fhir;
 use crate::http::rate_limit::Client;
 use crate::http::{input, AppState};
 
@@ -168,6 +169,17 @@ impl Gate {
                 DoctorScope::SlotInPath => in_path("slotId").map(Subject::Slot),
                 DoctorScope::TokenInPath => in_path("tokenId").map(Subject::Token),
                 DoctorScope::DoctorInPath => in_path("doctorId").map(Subject::Doctor),
+                DoctorScope::FhirSchedule => {
+                    in_path("id").map(|id| Subject::Doctor(fhir::ids::decode(&id).unwrap_or(id)))
+                }
+                // An id that names no slot decodes to the empty id, which
+                // no slot has: the handler answers 404.
+                DoctorScope::FhirSlot => in_path("id")
+                    .map(|id| Subject::Slot(fhir::ids::decode(&id).unwrap_or_default())),
+                DoctorScope::FhirAppointment => in_path("id").map(Subject::Token),
+                DoctorScope::FhirSearch { parameter, target } => {
+                    Ok(Subject::FhirSearch { parameter, target })
+                }
                 DoctorScope::AnyDoctor => {
                     record_caller(request, &key);
                     return Verdict::Admitted;
@@ -232,6 +244,12 @@ enum Subject {
     Slot(String),
     Token(String),
     Doctor(String),
+    /// A FHIR search's references to doctors (by `parameter`, to `target`
+    /// resources) and to slots.
+    FhirSearch {
+        parameter: &'static str,
+        target: &'static str,
+    },
 }
 
 fn record_caller(request: &mut Request, key: &ApiKey) {
@@ -346,6 +364,42 @@ async fn narrow_to_doctor(
             }
             Ok(())
         }
+        Subject::FhirSearch { parameter, target } => {
+            let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(request.uri())
+            else {
+                return Err(
+                    ApiError::Malformed("the query string could not be read".into())
+                        .into_response(),
+                );
+            };
+            let mut named = false;
+            for (_, value) in pairs.iter().filter(|(name, _)| name == parameter) {
+                for reference in value.split(',') {
+                    named = true;
+                    match fhir::search::reference_id(reference, target) {
+                        Ok(Some(id)) if id == doctor.as_str() => {}
+                        _ => return Err(other_doctor()),
+                    }
+                }
+            }
+            if !named {
+                // A doctor id too long to be a FHIR id is written as is:
+                // the reference then names nothing, and the search finds
+                // nothing, as the doctor has no FHIR resources.
+                let id = fhir::ids::encode(doctor.as_str())
+                    .unwrap_or_else(|| doctor.as_str().to_owned());
+                add_query_pair(request, parameter, &format!("{target}/{id}"));
+            }
+            for (_, value) in pairs.iter().filter(|(name, _)| name == "slot") {
+                for reference in value.split(',') {
+                    // A value that names no slot is the handler's to refuse.
+                    if let Ok(Some(slot)) = fhir::search::reference_id(reference, "Slot") {
+                        slot_of_doctor(app, &slot, doctor, other_doctor).await?;
+                    }
+                }
+            }
+            Ok(())
+        }
         Subject::Slot(raw) => slot_of_doctor(app, &raw, doctor, other_doctor).await,
         Subject::Doctor(raw) if raw == doctor.as_str() => Ok(()),
         Subject::Doctor(_) => Err(other_doctor()),
@@ -383,10 +437,16 @@ async fn slot_of_doctor(
 /// Makes `GET /slots` (or an event stream) hold only `doctor`'s slots. Doctor ids need no
 /// percent-encoding.
 fn add_doctor_filter(request: &mut Request, doctor: &DoctorId) {
+    add_query_pair(request, "doctorId", doctor.as_str());
+}
+
+/// Adds `name=value` to the request's query; both must need no
+/// percent-encoding (ids, references and parameter names do not).
+fn add_query_pair(request: &mut Request, name: &str, value: &str) {
     let uri = request.uri().clone();
     let path_and_query = match uri.query() {
-        Some(query) if !query.is_empty() => format!("{}?{query}&doctorId={doctor}", uri.path()),
-        _ => format!("{}?doctorId={doctor}", uri.path()),
+        Some(query) if !query.is_empty() => format!("{}?{query}&{name}={value}", uri.path()),
+        _ => format!("{}?{name}={value}", uri.path()),
     };
     let mut parts = uri.into_parts();
     parts.path_and_query =

@@ -844,6 +844,19 @@ impl Engine {
         })
     }
 
+    /// The tokens of a slot that ended without a seat (cancelled, no-shows,
+    /// expired), in the order they ended; `None` for an unknown slot.
+    pub fn ended_tokens(&self, id: &SlotId, at: Timestamp) -> Option<Vec<TokenView>> {
+        let key = *self.slot_keys.get(id)?;
+        Some(
+            self.slots[key as usize]
+                .ended
+                .iter()
+                .map(|token| self.view(*token, at))
+                .collect(),
+        )
+    }
+
     /// Whether the doctor has a slot on any date.
     pub fn has_doctor(&self, doctor: &DoctorId) -> bool {
         let from = (doctor.clone(), Date::MIN, Time::MIN, SlotId::lowest());
@@ -1303,6 +1316,9 @@ impl Engine {
         if status.is_final() {
             assert!(enter, "a final token never changes");
             day.finals[status_index(status)] += 1;
+            if !status.holds_seat() {
+                slot.ended.push(key);
+            }
         }
     }
 

@@ -82,6 +82,9 @@ pub(super) struct Slot {
     /// Seat holders whose consultation is done: they hold a seat but are
     /// no longer active.
     completed: u32,
+    /// Tokens that ended without a seat (cancelled, no-shows, expired), in
+    /// the order they ended: out of every queue, but still the slot's.
+    pub(super) ended: Vec<TokenKey>,
     /// The seat holders the doctor has not called yet, in bump order.
     bumpable: BTreeMap<BumpKey, TokenKey>,
     bumpable_emergencies: u32,
@@ -123,6 +126,7 @@ impl Slot {
             allocated: BTreeMap::new(),
             allocated_emergencies: 0,
             completed: 0,
+            ended: Vec::new(),
             bumpable: BTreeMap::new(),
             bumpable_emergencies: 0,
             checked_in_ranks: Default::default(),

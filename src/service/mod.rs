@@ -365,6 +365,17 @@ impl Service {
         }
     }
 
+    /// The slot's tokens that ended without a seat (cancelled, no-shows,
+    /// expired), which the slot's queues no longer list; `None` for an
+    /// unknown slot.
+    pub async fn ended_tokens(&self, id: &SlotId) -> Result<Option<Vec<TokenView>>, ServiceError> {
+        let at = self.now();
+        match &self.backend {
+            Backend::Local(local) => local.read(|engine| engine.ended_tokens(id, at)).await,
+            Backend::Postgres(postgres) => postgres.ended_tokens(id).await,
+        }
+    }
+
     pub async fn slot_summary(&self, id: &SlotId) -> Result<Option<SlotSummary>, ServiceError> {
         match &self.backend {
             Backend::Local(local) => local.read(|engine| engine.slot_summary(id)).await,

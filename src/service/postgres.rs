@@ -34,7 +34,7 @@ use super::{
 use crate::engine::{
     Action, Actor, BoardEntry, BookRequest, Capacity, Context, DoctorId, DoctorQueue, Engine,
     EngineError, Limits, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec,
-    SlotSummary, Status, Timed, SYSTEM_ACTOR,
+    SlotSummary, Status, Timed, TokenView, SYSTEM_ACTOR,
 };
 use crate::store::events::{Made, EVENT_RETENTION, PAGE_MAX};
 use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
@@ -633,6 +633,19 @@ impl Postgres {
                 .read_doctor_day(&mut tx, &summary.doctor, summary.date)
                 .await?;
             Ok(engine.slot(id, at))
+        })
+        .await
+    }
+
+    /// The slot's tokens that ended without a seat; `None` for an unknown
+    /// slot.
+    pub async fn ended_tokens(&self, id: &SlotId) -> Result<Option<Vec<TokenView>>, ServiceError> {
+        self.retry(|| async {
+            let mut tx = self.database.snapshot().await?;
+            if !db::slot_exists(&mut tx, id).await? {
+                return Ok(None);
+            }
+            Ok(Some(db::ended_tokens(&mut tx, id).await?))
         })
         .await
     }

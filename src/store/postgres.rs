@@ -1035,15 +1035,32 @@ pub async fn slot_page(
 
 /// A token as shown to clients, with its waitlist position while it
 /// waits.
-pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Option<TokenView>> {
-    let row = sqlx::query(
-        "SELECT t.token_id, t.sequence, t.token_number, t.patient_id, t.slot_id, t.doctor_id, s.date,
-                t.source, t.status, t.created_at, t.updated_at, t.priority, t.checked_in_at, t.skips
-         FROM tokens t JOIN slots s ON s.slot_id = t.slot_id WHERE t.token_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *connection)
+/// The columns [`token_row`] reads, from `tokens t JOIN slots s`.
+const TOKEN_COLUMNS: &str =
+    "SELECT t.token_id, t.sequence, t.token_number, t.patient_id, t.slot_id, t.doctor_id, s.date,
+            t.source, t.status, t.created_at, t.updated_at, t.priority, t.checked_in_at, t.skips
+     FROM tokens t JOIN slots s ON s.slot_id = t.slot_id";
+
+/// The tokens of a slot that ended without a seat (cancelled, no-shows,
+/// expired), in arrival order.
+pub async fn ended_tokens(
+    connection: &mut PgConnection,
+    slot: &SlotId,
+) -> PgResult<Vec<TokenView>> {
+    let rows = sqlx::query(&format!(
+        "{TOKEN_COLUMNS} WHERE t.slot_id = $1 AND NOT t.active AND NOT t.seated ORDER BY t.sequence"
+    ))
+    .bind(slot.as_str())
+    .fetch_all(&mut *connection)
     .await?;
+    rows.iter().map(|row| token_row(row, None)).collect()
+}
+
+pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Option<TokenView>> {
+    let row = sqlx::query(&format!("{TOKEN_COLUMNS} WHERE t.token_id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -1067,9 +1084,15 @@ pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Opt
     } else {
         None
     };
-    Ok(Some(TokenView {
+    token_row(&row, waitlist_position).map(Some)
+}
+
+/// A token as [`TOKEN_COLUMNS`] reads it, with its waitlist position.
+fn token_row(row: &PgRow, waitlist_position: Option<u32>) -> PgResult<TokenView> {
+    let status = parse(Status::parse, row.try_get(8)?)?;
+    Ok(TokenView {
         id: row.try_get(0)?,
-        sequence: sequence as u64,
+        sequence: row.try_get::<i64, _>(1)? as u64,
         number: row.try_get::<i32, _>(2)? as u32,
         patient: parse(PatientId::parse, row.try_get(3)?)?,
         slot: parse(SlotId::parse, row.try_get(4)?)?,
@@ -1090,7 +1113,7 @@ pub async fn token_view(connection: &mut PgConnection, id: Uuid) -> PgResult<Opt
         estimated_call_at: None,
         created_at: timestamp(row.try_get(9)?)?,
         updated_at: timestamp(row.try_get(10)?)?,
-    }))
+    })
 }
 
 /// A token's history, oldest first.

@@ -496,7 +496,12 @@ async fn appointment_searches_filter_by_date_practitioner_status_patient_and_slo
     };
     assert_eq!(
         search(format!("practitioner={practitioner}")).await,
-        [arrived.as_str(), booked.as_str(), waiting.as_str()]
+        [
+            arrived.as_str(),
+            booked.as_str(),
+            waiting.as_str(),
+            gone.as_str()
+        ]
     );
     assert_eq!(
         search(format!(
@@ -533,18 +538,22 @@ async fn appointment_searches_filter_by_date_practitioner_status_patient_and_slo
             "practitioner={practitioner}&date=ge{TODAY}T09:00:00Z&date=lt{TODAY}T09:00:01Z"
         ))
         .await,
-        [arrived.as_str(), booked.as_str(), waiting.as_str()]
+        [
+            arrived.as_str(),
+            booked.as_str(),
+            waiting.as_str(),
+            gone.as_str()
+        ]
     );
     assert!(
         search(format!("practitioner={practitioner}&date=2030-01-16"))
             .await
             .is_empty()
     );
-    // A token that holds no seat and waits for none is read by id only.
-    assert!(
-        search(format!("practitioner={practitioner}&status=cancelled"))
-            .await
-            .is_empty()
+    // A token that ended without a seat is still an appointment.
+    assert_eq!(
+        search(format!("practitioner={practitioner}&status=cancelled")).await,
+        [gone.as_str()]
     );
     assert_eq!(appointment(&app, &gone).await["status"], "cancelled");
 }
@@ -570,11 +579,15 @@ async fn searches_page_with_count_and_next_links(backend: Backend) {
             app.address, slot.id
         )
     );
-    // Paging is by position, not by offset: a token cancelled meanwhile
+    // Paging is by position, not by offset: a change between two pages (a
+    // cancellation here, after which the token is still an appointment)
     // leaves the next page where it was.
     app.cancel(&tokens[1]).await;
     let second = read(&app, &local(&app, &link(&first, "next").unwrap())).await;
-    assert_eq!(second["total"], 6);
+    assert_eq!(
+        second["total"], 7,
+        "a cancelled token is still an appointment"
+    );
     assert_eq!(ids(&entries(&second)), tokens[3..6]);
     let third = read(&app, &local(&app, &link(&second, "next").unwrap())).await;
     assert_eq!(ids(&entries(&third)), tokens[6..]);

@@ -496,7 +496,19 @@ pub async fn search_appointments(
         let Some(detail) = app.service.slot(&slot.id).await? else {
             continue;
         };
-        for token in detail.allocated.iter().chain(&detail.waitlist) {
+        // Tokens that ended without a seat are in no queue, but they are
+        // appointments all the same (cancelled, noshow).
+        let ended = app
+            .service
+            .ended_tokens(&slot.id)
+            .await?
+            .unwrap_or_default();
+        for token in detail
+            .allocated
+            .iter()
+            .chain(&detail.waitlist)
+            .chain(&ended)
+        {
             let status = resources::appointment_status(token.status);
             let wanted_status = statuses.is_empty() || statuses.contains(&status);
             let wanted_patient = patients.is_empty()

@@ -402,4 +402,8 @@ async fn two_postgres_instances_close_a_slot_exactly_once() {
         assert_eq!(history[1]["to"], to);
     }
     assert_eq!(first.slot(&slot.id).await["closed"], true);
+    // Both servers stop before the first one's schema is dropped, so no
+    // transaction of theirs is left holding a lock that the drop waits on.
+    second.stop().await;
+    first.stop().await;
 }

@@ -13,7 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
-use super::{doctors, dto, error::FieldError, events, health, slots, tokens, AppState};
+use super::{doctors, dto, error::FieldError, events, health, me, pages, slots, tokens, AppState};
 
 /// An RFC 9457 problem, as every error is answered.
 #[derive(ToSchema)]
@@ -61,13 +61,14 @@ pub struct Problem {
         dto::BoardDto,
         dto::BoardDoctorDto,
         dto::NowServingDto,
+        me::MeDto,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "tokens", description = "Book and read tokens, and take them through the OPD day"),
         (name = "doctors", description = "The doctor's call queue and the waiting-hall board"),
         (name = "slots", description = "Doctors' time slots and their queues"),
-        (name = "operations", description = "Health"),
+        (name = "operations", description = "Health, and who a key is"),
     )
 )]
 pub struct ApiDoc;
@@ -181,6 +182,10 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
         .merge(slots::router())
         .merge(doctors::router())
         .merge(events::router())
+        .merge(me::router())
+        // The web pages: public routes that the document does not list,
+        // since they are not operations of the API.
+        .merge(pages::router())
         .route(routes!(health::healthz), Access::HealthCheck)
         .split();
     AccessResponses.modify(&mut document);

@@ -89,6 +89,13 @@ pub struct Config {
     #[arg(long, env = "OPD_MAX_SKIPS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..))]
     pub max_skips: u8,
 
+    /// Close each slot this many minutes after its end time instead of at
+    /// the end of its date (a slot always closes by the end of its date).
+    /// Closing makes the patients who never came no-shows, seats the
+    /// waitlisted patients who are in the hall, and expires the rest.
+    #[arg(long, env = "OPD_CLOSE_AFTER_MINUTES", value_parser = clap::value_parser!(u32).range(0..=1440))]
+    pub close_after_minutes: Option<u32>,
+
     /// The most slots one page of `GET /slots` holds, and the page size
     /// when the request names none; a `Link` header leads to the next page.
     #[arg(long, env = "OPD_SLOTS_PAGE_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -36,8 +36,8 @@ use service::{Clock, LocalStart, Service};
 use store::EventBus;
 
 /// The actor of changes the service makes on its own, such as loading the
-/// schedule at start-up.
-pub const SYSTEM: &str = "system";
+/// schedule at start-up or closing a slot on time.
+pub const SYSTEM: &str = engine::SYSTEM_ACTOR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,6 +56,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Security(#[from] http::auth::SecurityError),
+    #[error("cannot close the slots that fell due while the service was down: {0}")]
+    Tick(service::ServiceError),
 }
 
 /// A built, bound, not yet serving application.
@@ -85,6 +87,9 @@ impl Application {
             waitlist_max: config.waitlist_max,
             overbook_max: config.overbook_max,
             max_skips: config.max_skips,
+            close_after: config
+                .close_after_minutes
+                .map(|minutes| jiff::SignedDuration::from_mins(i64::from(minutes))),
         };
         let idempotency_limits = service::IdempotencyLimits {
             per_caller: config.idempotency_max_per_caller as usize,
@@ -144,6 +149,15 @@ impl Application {
         };
         let service = Arc::new(service);
         load_schedule(&config, &service).await?;
+        // What fell due while the service was down happens now, before
+        // the first request is answered.
+        let caught_up = service.tick().await.map_err(StartError::Tick)?;
+        if caught_up > 0 {
+            tracing::info!(
+                changes = caught_up,
+                "closed the slots and days that fell due while down"
+            );
+        }
 
         let listener =
             TcpListener::bind(config.listen)
@@ -200,13 +214,48 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let shutting_down = self.shutting_down;
+        let clock = tokio::spawn(run_clock(self.service, shutting_down.subscribe()));
         let shutdown = async move {
             shutdown.await;
             // Event streams end now, so the requests in flight that
             // shutting down waits for all finish.
             shutting_down.send_replace(true);
         };
-        http::serve::serve(self.listener, self.app, self.connection_limits, shutdown).await
+        let served =
+            http::serve::serve(self.listener, self.app, self.connection_limits, shutdown).await;
+        clock.abort();
+        served
+    }
+}
+
+/// How often the service looks for work the clock has made due. Closing
+/// times are whole minutes, so a slot closes within this of its time.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+
+/// Closes slots and ends days as the clock makes them due, until shutdown.
+/// A tick that fails (storage down) is tried again at the next one: what
+/// is due is read from the state, so nothing is lost meanwhile.
+async fn run_clock(service: Arc<Service>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(TICK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match service.tick().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("closings and days' ends are done again");
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "cannot close slots or end days now; trying every second");
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -19,12 +19,12 @@ mod slot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
 use arena::{Arena, IdIndex};
@@ -53,6 +53,9 @@ pub struct Limits {
     /// The skip that reaches this count (at least 1) makes the token a
     /// no-show.
     pub max_skips: u8,
+    /// How long after its end time a slot closes; `None` closes it at the
+    /// end of its date. A slot always closes by the end of its date.
+    pub close_after: Option<SignedDuration>,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             waitlist_max: 1_000,
             overbook_max: 200,
             max_skips: 2,
+            close_after: None,
         }
     }
 }
@@ -99,6 +103,8 @@ pub enum EngineError {
     DoctorBusy { current: Uuid },
     #[error("nobody is checked in for this doctor today")]
     QueueEmpty,
+    #[error("slot {slot} closed at {closed_at}")]
+    SlotClosed { slot: SlotId, closed_at: Timestamp },
 }
 
 /// Stored data that cannot be the result of any sequence of operations.
@@ -330,6 +336,11 @@ pub struct Engine {
     tokens: Arena<Token>,
     token_keys: IdIndex,
     next_sequence: u64,
+    /// Open slots by closing time, then key: the next to close is first.
+    closings: BTreeSet<(i64, u32)>,
+    /// Slots by the end of their date, then key, until their day's end is
+    /// handled.
+    day_ends: BTreeSet<(i64, u32)>,
 }
 
 impl Engine {
@@ -341,10 +352,54 @@ impl Engine {
         }
     }
 
-    /// Sets the clinic's time zone, in which slot times are read.
+    /// Sets the clinic's time zone, in which slot times are read; the
+    /// closing times of open slots and the ends of their days are taken
+    /// in it from now on.
     pub fn with_zone(mut self, zone: TimeZone) -> Engine {
         self.zone = Zone(zone);
+        self.closings.clear();
+        self.day_ends.clear();
+        for key in 0..self.slots.len() {
+            let key = key as u32;
+            let (date, end) = (self.slots[key as usize].date, self.slots[key as usize].end);
+            let closes_at = self.closing_time(date, end);
+            let slot = &mut self.slots[key as usize];
+            if !slot.closed {
+                slot.closes_at = closes_at;
+                self.closings.insert((closes_at.0, key));
+            }
+            self.day_ends.insert((self.day_end(date).0, key));
+        }
         self
+    }
+
+    /// When `date` ends in the clinic's zone.
+    pub fn day_ends_at(&self, date: Date) -> Timestamp {
+        self.day_end(date).timestamp()
+    }
+
+    /// When `date` ends in the clinic's zone: the start of the next date.
+    fn day_end(&self, date: Date) -> Nanos {
+        date.tomorrow()
+            .and_then(|next| next.to_zoned(self.zone.0.clone()))
+            .ok()
+            .and_then(|start| Nanos::try_of(start.timestamp()))
+            .unwrap_or(Nanos(i64::MAX))
+    }
+
+    /// When a slot of `date` ending at `end` closes: the end of its date,
+    /// or the configured time after its end if that comes first.
+    fn closing_time(&self, date: Date, end: Time) -> Nanos {
+        let day_end = self.day_end(date);
+        let Some(after) = self.limits.close_after else {
+            return day_end;
+        };
+        date.to_datetime(end)
+            .to_zoned(self.zone.0.clone())
+            .ok()
+            .and_then(|end| end.timestamp().checked_add(after).ok())
+            .and_then(Nanos::try_of)
+            .map_or(day_end, |closes| Nanos(closes.0.min(day_end.0)))
     }
 
     pub fn limits(&self) -> Limits {
@@ -376,6 +431,9 @@ impl Engine {
         }
         let key = u32::try_from(self.slots.len()).expect("fewer than 2^32 slots");
         day.slots_by_start.insert(spec.start, (spec.end, key));
+        let closes_at = self.closing_time(spec.date, spec.end);
+        self.closings.insert((closes_at.0, key));
+        self.day_ends.insert((self.day_end(spec.date).0, key));
         self.slot_keys.insert(spec.id.clone(), key);
         self.schedule
             .insert((spec.date, spec.start, spec.id.clone()), key);
@@ -383,8 +441,191 @@ impl Engine {
             (spec.doctor.clone(), spec.date, spec.start, spec.id.clone()),
             key,
         );
-        self.slots.push(Slot::new(spec, day_key));
+        self.slots.push(Slot::new(spec, day_key, closes_at));
         Ok(self.slots[key as usize].summary())
+    }
+
+    /// Creates a slot at `at`: one whose closing time has passed is closed
+    /// at once, with nobody in it, and closed at `at`.
+    pub fn create_slot_at(
+        &mut self,
+        spec: SlotSpec,
+        at: Timestamp,
+    ) -> Result<SlotSummary, EngineError> {
+        let id = spec.id.clone();
+        let summary = self.create_slot(spec)?;
+        let key = self.slot_key(&id)?;
+        if summary.closes_at > at {
+            return Ok(summary);
+        }
+        let slot = &mut self.slots[key as usize];
+        self.closings.remove(&(slot.closes_at.0, key));
+        slot.closed = true;
+        slot.closes_at = Nanos::of(at);
+        self.check_after_mutation(key);
+        Ok(self.slots[key as usize].summary())
+    }
+
+    /// Closes a slot at once (see "Closing a slot" in the HTTP contract).
+    pub fn close_slot(&mut self, id: &SlotId, ctx: &Context) -> Result<SlotOutcome, EngineError> {
+        let key = self.slot_key(id)?;
+        let slot = &self.slots[key as usize];
+        if slot.closed {
+            return Err(EngineError::SlotClosed {
+                slot: slot.id.clone(),
+                closed_at: slot.closes_at.timestamp(),
+            });
+        }
+        Ok(self.close(key, ctx))
+    }
+
+    /// Does what the clock has made due by `ctx.at`: closes the slots
+    /// whose closing time has come, then ends the days that are over.
+    /// What is due follows from the state alone, so work that fell due
+    /// while nobody called this is done by the next call. A day's end
+    /// that finds nothing active changes nothing and is not listed.
+    pub fn tick(&mut self, ctx: &Context) -> Vec<Timed> {
+        let now = Nanos::of(ctx.at).0;
+        let mut done = Vec::new();
+        // A slot closes by the end of its date at the latest, so every
+        // slot whose day ends now is closed before its day's end is taken.
+        while let Some(&(closes_at, key)) = self.closings.first() {
+            if closes_at > now {
+                break;
+            }
+            done.push(Timed::Closed(self.close(key, ctx)));
+        }
+        while let Some(&(ends_at, key)) = self.day_ends.first() {
+            if ends_at > now {
+                break;
+            }
+            self.day_ends.remove(&(ends_at, key));
+            let outcome = self.end_day(key, ctx);
+            if !outcome.changes.is_empty() {
+                done.push(Timed::DayEnded(outcome));
+            }
+        }
+        done
+    }
+
+    /// When [`Engine::tick`] next has something to do, if ever.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        let first = |set: &BTreeSet<(i64, u32)>| set.first().map(|(at, _)| *at);
+        let next = match (first(&self.closings), first(&self.day_ends)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|at| Nanos(at).timestamp())
+    }
+
+    /// Sets a stored slot's closing as it was saved: when it closes (or
+    /// closed, when `closed`). Storage that keeps no closing time for open
+    /// slots leaves them as created.
+    pub fn restore_closing(
+        &mut self,
+        id: &SlotId,
+        at: Timestamp,
+        closed: bool,
+    ) -> Result<(), RestoreError> {
+        let Some(&key) = self.slot_keys.get(id) else {
+            return Err(RestoreError(format!("closing of unknown slot {id}")));
+        };
+        let Some(at) = Nanos::try_of(at) else {
+            return Err(RestoreError(format!("slot {id}: a time outside 1678-2261")));
+        };
+        let slot = &mut self.slots[key as usize];
+        self.closings.remove(&(slot.closes_at.0, key));
+        slot.closed = closed;
+        slot.closes_at = at;
+        if !closed {
+            self.closings.insert((at.0, key));
+        }
+        Ok(())
+    }
+
+    /// Refuses a change to a slot that is closed, or whose closing time
+    /// has come though the clock's work has not been done yet.
+    fn refuse_closed(&self, slot_key: u32, at: Timestamp) -> Result<(), EngineError> {
+        let slot = &self.slots[slot_key as usize];
+        if slot.closed || slot.closes_at.0 <= Nanos::of(at).0 {
+            return Err(EngineError::SlotClosed {
+                slot: slot.id.clone(),
+                closed_at: slot.closes_at.timestamp(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes a slot: its absent patients become no-shows, the seats so
+    /// freed go to waitlisted patients who are in the hall, and everyone
+    /// still waitlisted expires. Patients checked in, called or with the
+    /// doctor stay: the doctor still sees them.
+    fn close(&mut self, slot_key: u32, ctx: &Context) -> SlotOutcome {
+        let slot = &self.slots[slot_key as usize];
+        self.closings.remove(&(slot.closes_at.0, slot_key));
+        let absent: Vec<TokenKey> = slot
+            .allocated_entries()
+            .map(|(_, key)| *key)
+            .filter(|key| {
+                matches!(
+                    self.tokens[*key].status,
+                    Status::Allocated | Status::Skipped
+                )
+            })
+            .collect();
+        let mut changes = Vec::new();
+        for key in absent {
+            changes.push(self.transition(key, Status::NoShow, Reason::NoShow, ctx));
+        }
+        while self.slots[slot_key as usize].has_free_seat() {
+            let in_the_hall = self.slots[slot_key as usize]
+                .waitlist_entries()
+                .map(|(_, key)| *key)
+                .find(|key| self.tokens[*key].checked_in_at.is_some());
+            let Some(key) = in_the_hall else {
+                break;
+            };
+            changes.push(self.transition(key, Status::CheckedIn, Reason::Promoted, ctx));
+        }
+        let waiting: Vec<TokenKey> = self.slots[slot_key as usize]
+            .waitlist_entries()
+            .map(|(_, key)| *key)
+            .collect();
+        for key in waiting {
+            changes.push(self.transition(key, Status::Expired, Reason::SlotClosed, ctx));
+        }
+        let slot = &mut self.slots[slot_key as usize];
+        slot.closed = true;
+        slot.closes_at = Nanos::of(ctx.at);
+        self.check_after_mutation(slot_key);
+        SlotOutcome {
+            slot: self.slots[slot_key as usize].summary(),
+            changes,
+        }
+    }
+
+    /// Ends a slot's day: no token stays active after its date.
+    fn end_day(&mut self, slot_key: u32, ctx: &Context) -> SlotOutcome {
+        let slot = &self.slots[slot_key as usize];
+        let active: Vec<TokenKey> = slot
+            .allocated_entries()
+            .chain(slot.waitlist_entries())
+            .map(|(_, key)| *key)
+            .filter(|key| self.tokens[*key].status.is_active())
+            .collect();
+        let mut changes = Vec::new();
+        for key in active {
+            let to = self.tokens[key]
+                .status
+                .at_day_end()
+                .expect("an active status has one at the day's end");
+            changes.push(self.transition(key, to, Reason::DayEnded, ctx));
+        }
+        self.check_after_mutation(slot_key);
+        SlotOutcome {
+            slot: self.slots[slot_key as usize].summary(),
+            changes,
+        }
     }
 
     /// Books a token. See the allocation rules in the HTTP contract.
@@ -393,6 +634,7 @@ impl Engine {
         if self.find_token(&request.token).is_some() {
             return Err(EngineError::TokenIdInUse(request.token));
         }
+        self.refuse_closed(slot_key, ctx.at)?;
         let slot = &self.slots[slot_key as usize];
         if let Some(existing) = slot.active_token_of(&request.patient, |k| &self.tokens[k].patient)
         {
@@ -496,8 +738,9 @@ impl Engine {
         slot: &SlotId,
         capacity: Capacity,
         ctx: &Context,
-    ) -> Result<CapacityOutcome, EngineError> {
+    ) -> Result<SlotOutcome, EngineError> {
         let slot_key = self.slot_key(slot)?;
+        self.refuse_closed(slot_key, ctx.at)?;
         let slot = &self.slots[slot_key as usize];
         let demotions = slot
             .allocated_count()
@@ -517,7 +760,7 @@ impl Engine {
         }
         self.promote_while_seats_free(slot_key, ctx, &mut changes);
         self.check_after_mutation(slot_key);
-        Ok(CapacityOutcome {
+        Ok(SlotOutcome {
             slot: self.slots[slot_key as usize].summary(),
             changes,
         })
@@ -615,6 +858,7 @@ impl Engine {
         queue.completed = day.finals[status_index(Status::Completed)];
         queue.no_show = day.finals[status_index(Status::NoShow)];
         queue.cancelled = day.finals[status_index(Status::Cancelled)];
+        queue.expired = day.finals[status_index(Status::Expired)];
         Some(queue)
     }
 
@@ -1142,6 +1386,15 @@ impl Engine {
         }
         if emergencies != slot.allocated_emergencies() || completed != slot.completed() {
             return fail("emergency or completed count drifted".into());
+        }
+        if slot.closed != !self.closings.contains(&(slot.closes_at.0, slot_key)) {
+            return fail("the slot's closing is not scheduled as its state says".into());
+        }
+        let unseated = slot
+            .allocated_entries()
+            .any(|(_, key)| self.tokens[*key].status == Status::Allocated);
+        if slot.closed && (unseated || slot.waitlist_count() > 0) {
+            return fail("a closed slot keeps a booking nobody came for".into());
         }
         let mut bumpable_emergencies = 0;
         for (bump_key, key) in slot.bumpable_entries() {

@@ -99,10 +99,13 @@ pub enum Status {
     Completed,
     Cancelled,
     NoShow,
+    /// Not seen: waitlisted when the slot closed, or waiting when the day
+    /// ended.
+    Expired,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Allocated,
         Status::Waitlisted,
         Status::CheckedIn,
@@ -112,6 +115,7 @@ impl Status {
         Status::Completed,
         Status::Cancelled,
         Status::NoShow,
+        Status::Expired,
     ];
 
     /// Whether a token in this status counts towards its slot's allocated
@@ -124,7 +128,7 @@ impl Status {
             | Status::InConsultation
             | Status::Skipped
             | Status::Completed => true,
-            Status::Waitlisted | Status::Cancelled | Status::NoShow => false,
+            Status::Waitlisted | Status::Cancelled | Status::NoShow | Status::Expired => false,
         }
     }
 
@@ -137,7 +141,7 @@ impl Status {
     /// Whether the status never changes again.
     pub fn is_final(self) -> bool {
         match self {
-            Status::Completed | Status::Cancelled | Status::NoShow => true,
+            Status::Completed | Status::Cancelled | Status::NoShow | Status::Expired => true,
             Status::Allocated
             | Status::Waitlisted
             | Status::CheckedIn
@@ -159,7 +163,8 @@ impl Status {
             | Status::Skipped
             | Status::Completed
             | Status::Cancelled
-            | Status::NoShow => false,
+            | Status::NoShow
+            | Status::Expired => false,
         }
     }
 
@@ -175,7 +180,8 @@ impl Status {
             | Status::Skipped
             | Status::Completed
             | Status::Cancelled
-            | Status::NoShow => false,
+            | Status::NoShow
+            | Status::Expired => false,
         }
     }
 
@@ -191,7 +197,8 @@ impl Status {
             | Status::Skipped
             | Status::Completed
             | Status::Cancelled
-            | Status::NoShow => false,
+            | Status::NoShow
+            | Status::Expired => false,
         }
     }
 
@@ -206,7 +213,21 @@ impl Status {
             | Status::Skipped
             | Status::Completed
             | Status::Cancelled
-            | Status::NoShow => false,
+            | Status::NoShow
+            | Status::Expired => false,
+        }
+    }
+
+    /// What a token still active when its day ends becomes: a patient
+    /// with the doctor has been seen, one who did not answer a call did
+    /// not come, and one still waiting was not seen. `None` for final
+    /// statuses, which never change.
+    pub fn at_day_end(self) -> Option<Status> {
+        match self {
+            Status::InConsultation => Some(Status::Completed),
+            Status::Allocated | Status::Skipped => Some(Status::NoShow),
+            Status::Waitlisted | Status::CheckedIn | Status::Called => Some(Status::Expired),
+            Status::Completed | Status::Cancelled | Status::NoShow | Status::Expired => None,
         }
     }
 
@@ -221,6 +242,7 @@ impl Status {
             Status::Completed => "COMPLETED",
             Status::Cancelled => "CANCELLED",
             Status::NoShow => "NO_SHOW",
+            Status::Expired => "EXPIRED",
         }
     }
 
@@ -292,10 +314,14 @@ pub enum Reason {
     Started,
     Completed,
     Skipped,
+    /// Waitlisted when the slot closed.
+    SlotClosed,
+    /// Still active when the day ended.
+    DayEnded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Allocated,
         Reason::Overbooked,
         Reason::BumpedLower,
@@ -311,6 +337,8 @@ impl Reason {
         Reason::Started,
         Reason::Completed,
         Reason::Skipped,
+        Reason::SlotClosed,
+        Reason::DayEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -330,6 +358,8 @@ impl Reason {
             Reason::Started => "STARTED",
             Reason::Completed => "COMPLETED",
             Reason::Skipped => "SKIPPED",
+            Reason::SlotClosed => "SLOT_CLOSED",
+            Reason::DayEnded => "DAY_ENDED",
         }
     }
 
@@ -472,6 +502,10 @@ impl SlotId {
 
 /// Who performed an action, as recorded in token history.
 pub type Actor = Arc<str>;
+
+/// The actor of what the service does on its own: the schedule loaded at
+/// start-up, and the closings and days' ends the clock brings.
+pub const SYSTEM_ACTOR: &str = "system";
 
 /// The largest capacity a slot may have.
 pub const CAPACITY_MAX: u32 = 10_000;
@@ -616,6 +650,9 @@ pub struct SlotSummary {
     pub capacity: u32,
     pub allocated: u32,
     pub waitlisted: u32,
+    /// When the slot closes, or, once closed, when it did.
+    pub closes_at: Timestamp,
+    pub closed: bool,
 }
 
 impl SlotSummary {
@@ -701,15 +738,16 @@ impl Outcome {
     }
 }
 
-/// What a capacity change did.
+/// What a change to a slot did (a capacity change, a closing, the day's
+/// end): the slot after it and the token changes in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapacityOutcome {
+pub struct SlotOutcome {
     pub slot: SlotSummary,
     pub changes: Vec<Change>,
 }
 
-impl CapacityOutcome {
-    /// Every token change the capacity change made, in order.
+impl SlotOutcome {
+    /// Every token change the slot change made, in order.
     pub fn token_changes(&self) -> impl Iterator<Item = TokenChange<'_>> {
         self.changes.iter().map(Change::as_token_change)
     }
@@ -778,6 +816,7 @@ pub struct DoctorQueue {
     pub completed: u32,
     pub no_show: u32,
     pub cancelled: u32,
+    pub expired: u32,
 }
 
 impl DoctorQueue {
@@ -794,6 +833,7 @@ impl DoctorQueue {
             completed: 0,
             no_show: 0,
             cancelled: 0,
+            expired: 0,
         }
     }
 }
@@ -808,4 +848,14 @@ pub struct BoardEntry {
     pub next: Vec<u32>,
     /// How many tokens are checked in.
     pub waiting: u32,
+}
+
+/// A change the clock made due, as [`Engine::tick`](super::Engine::tick)
+/// made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timed {
+    /// The slot reached its closing time.
+    Closed(SlotOutcome),
+    /// The slot's date ended with tokens still active.
+    DayEnded(SlotOutcome),
 }

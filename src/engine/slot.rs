@@ -12,6 +12,7 @@ use jiff::civil::{Date, Time};
 use super::arena::KeyIndex;
 use super::fenwick::Fenwick;
 use super::model::{DoctorId, PatientId, Priority, SlotId, SlotSpec, SlotSummary};
+use super::Nanos;
 
 /// Index of a token in the engine's arena.
 pub(super) type TokenKey = u32;
@@ -71,6 +72,9 @@ pub(super) struct Slot {
     pub(super) capacity: u32,
     /// Index of the doctor's day in the engine's day list.
     pub(super) doctor_day: u32,
+    /// When the slot closes, or, once closed, when it did.
+    pub(super) closes_at: Nanos,
+    pub(super) closed: bool,
     /// Every token that holds a seat, in service order.
     allocated: BTreeMap<QueueKey, TokenKey>,
     /// Kept so that "only emergencies remain allocated" is O(1) to ask.
@@ -99,8 +103,10 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(spec: SlotSpec, doctor_day: u32) -> Slot {
+    pub(super) fn new(spec: SlotSpec, doctor_day: u32, closes_at: Nanos) -> Slot {
         Slot {
+            closes_at,
+            closed: false,
             id: spec.id,
             doctor: spec.doctor,
             date: spec.date,
@@ -132,6 +138,8 @@ impl Slot {
             capacity: self.capacity,
             allocated: self.allocated_count(),
             waitlisted: self.waitlist_count(),
+            closes_at: self.closes_at.timestamp(),
+            closed: self.closed,
         }
     }
 

@@ -98,7 +98,7 @@ impl Fixture {
         self.engine.act(token, action, &ctx)
     }
 
-    fn set_capacity(&mut self, capacity: u32) -> Result<CapacityOutcome, EngineError> {
+    fn set_capacity(&mut self, capacity: u32) -> Result<SlotOutcome, EngineError> {
         let ctx = self.ctx();
         self.engine
             .set_capacity(&slot_id("S"), Capacity::new(capacity).unwrap(), &ctx)

@@ -228,6 +228,12 @@ pub struct SlotSummaryDto {
     pub overbooked: bool,
     /// max(0, allocated − capacity).
     pub overbooked_by: u32,
+    /// Whether the slot has closed: it takes no bookings or capacity
+    /// changes.
+    pub closed: bool,
+    /// When the slot will close, or when it did (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    pub closes_at: String,
 }
 
 impl From<&SlotSummary> for SlotSummaryDto {
@@ -244,6 +250,8 @@ impl From<&SlotSummary> for SlotSummaryDto {
             available: slot.available(),
             overbooked: slot.is_overbooked(),
             overbooked_by: slot.overbooked_by(),
+            closed: slot.closed,
+            closes_at: timestamp(slot.closes_at),
         }
     }
 }
@@ -382,7 +390,7 @@ impl From<&DoctorQueue> for DoctorQueueDto {
             completed_count: queue.completed,
             no_show_count: queue.no_show,
             cancelled_count: queue.cancelled,
-            expired_count: 0,
+            expired_count: queue.expired,
         }
     }
 }

@@ -106,7 +106,8 @@ impl ApiError {
                 | EngineError::TokenIdInUse(_)
                 | EngineError::NotToday { .. }
                 | EngineError::DoctorBusy { .. }
-                | EngineError::QueueEmpty => StatusCode::CONFLICT,
+                | EngineError::QueueEmpty
+                | EngineError::SlotClosed { .. } => StatusCode::CONFLICT,
             },
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -146,6 +147,7 @@ impl ApiError {
                 EngineError::NotToday { .. } => "NOT_TODAY",
                 EngineError::DoctorBusy { .. } => "DOCTOR_BUSY",
                 EngineError::QueueEmpty => "QUEUE_EMPTY",
+                EngineError::SlotClosed { .. } => "SLOT_CLOSED",
             },
             ApiError::Unavailable => "UNAVAILABLE",
             ApiError::Unauthorized => "UNAUTHORIZED",

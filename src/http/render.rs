@@ -153,7 +153,13 @@ fn slot(out: &mut Vec<u8>, slot: &SlotSummary) {
     });
     out.extend_from_slice(b",\"overbookedBy\":");
     number(out, slot.overbooked_by());
-    out.push(b'}');
+    out.extend_from_slice(if slot.closed {
+        b",\"closed\":true,\"closesAt\":\""
+    } else {
+        b",\"closed\":false,\"closesAt\":\""
+    });
+    timestamp(out, slot.closes_at);
+    out.extend_from_slice(b"\"}");
 }
 
 /// A JSON string. Text without quotes, backslashes or control characters
@@ -290,7 +296,8 @@ mod tests {
             engine.create_slot(SlotSpec {
                 id: slot.clone(),
                 doctor: crate::engine::DoctorId::parse("D1").unwrap(),
-                date: jiff::civil::date(2030, 1, 7),
+                // Later than every generated time, so the slot stays open.
+                date: jiff::civil::date(2200, 1, 7),
                 start: jiff::civil::time(9, 0, 0, 0),
                 end: jiff::civil::time(10, 0, 0, 0),
                 capacity: Capacity::new(3).unwrap(),
@@ -301,7 +308,7 @@ mod tests {
                 Context {
                     at: Timestamp::from_nanosecond(i128::from(at)).unwrap(),
                     actor: "test".into(),
-                    today: jiff::civil::date(2030, 1, 7),
+                    today: jiff::civil::date(2200, 1, 7),
                 }
             };
             let mut booked = Vec::new();

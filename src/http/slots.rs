@@ -1,4 +1,4 @@
-//! Slot routes: create, list, read with queues, change capacity.
+//! Slot routes: create, list, read with queues, change capacity, close.
 
 use std::collections::HashMap;
 
@@ -28,6 +28,7 @@ pub fn router() -> Routes {
         .route(routes!(create), Access::Admin)
         .route(routes!(slot), Access::Read(DoctorScope::SlotInPath))
         .route(routes!(set_capacity), Access::Admin)
+        .route(routes!(close), Access::Admin)
 }
 
 /// Reads a slot body; a missing `date` means `today`. Schedule files read
@@ -253,6 +254,35 @@ pub async fn set_capacity(
         .service
         .set_capacity(&id, capacity, caller.actor())
         .await?;
+    Ok(Json(CapacityChangeDto {
+        slot: (&outcome.slot).into(),
+        changes: outcome.changes.iter().map(Into::into).collect(),
+    }))
+}
+
+/// Closes a slot at once: patients who never came become no-shows,
+/// waitlisted patients in the hall take the seats so freed, and everyone
+/// still waitlisted expires. Patients checked in, called or with the
+/// doctor stay.
+#[utoipa::path(
+    post,
+    path = "/slots/{slotId}/close",
+    tag = "slots",
+    params(("slotId" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$")),
+    responses(
+        (status = 200, body = CapacityChangeDto, description = "The slot, closed, and the token changes the closing made, in order"),
+        (status = 404, description = "SLOT_NOT_FOUND", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "SLOT_CLOSED: the slot has closed already", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn close(
+    State(app): State<AppState>,
+    caller: Caller,
+    path: PathParam,
+) -> Result<Json<CapacityChangeDto>> {
+    let id = path.slot_id()?;
+    let outcome = app.service.close_slot(&id, caller.actor()).await?;
     Ok(Json(CapacityChangeDto {
         slot: (&outcome.slot).into(),
         changes: outcome.changes.iter().map(Into::into).collect(),

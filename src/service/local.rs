@@ -18,8 +18,8 @@ use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, LocalStart, Rendered, ServiceError,
 };
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, CapacityOutcome, Context, DoctorId, Engine, Outcome,
-    SlotId, SlotSpec, SlotSummary,
+    Action, Actor, BookRequest, Capacity, Context, DoctorId, Engine, Outcome, SlotId, SlotOutcome,
+    SlotSpec, SlotSummary, SYSTEM_ACTOR,
 };
 use crate::store::events::MemoryLog;
 use crate::store::{
@@ -334,7 +334,7 @@ impl Local {
         slot: &SlotId,
         capacity: Capacity,
         actor: Actor,
-    ) -> Result<CapacityOutcome, ServiceError> {
+    ) -> Result<SlotOutcome, ServiceError> {
         let (outcome, ticket) = {
             let mut writer = self.write()?;
             let ctx = self.context(actor);
@@ -349,6 +349,8 @@ impl Local {
         Ok(outcome)
     }
 
+    /// Creates a slot; one created after its closing time is closed at
+    /// once.
     pub(super) async fn create_slot(
         &self,
         spec: SlotSpec,
@@ -356,15 +358,55 @@ impl Local {
     ) -> Result<SlotSummary, ServiceError> {
         let (summary, ticket) = {
             let mut writer = self.write()?;
-            let summary = writer.state.engine.create_slot(spec)?;
+            let ctx = self.context(actor);
+            let summary = writer.state.engine.create_slot_at(spec, ctx.at)?;
             let ticket = writer.append(Record::SlotCreated {
                 slot: summary.clone(),
-                ctx: self.context(actor),
+                ctx,
             });
             (summary, ticket)
         };
         self.wait(ticket).await?;
         Ok(summary)
+    }
+
+    /// Closes a slot at once.
+    pub(super) async fn close_slot(
+        &self,
+        slot: &SlotId,
+        actor: Actor,
+    ) -> Result<SlotOutcome, ServiceError> {
+        let (outcome, ticket) = {
+            let mut writer = self.write()?;
+            let ctx = self.context(actor);
+            let outcome = writer.state.engine.close_slot(slot, &ctx)?;
+            let ticket = writer.append(Record::SlotClosed {
+                outcome: outcome.clone(),
+                ctx,
+            });
+            (outcome, ticket)
+        };
+        self.wait(ticket).await?;
+        Ok(outcome)
+    }
+
+    /// Does the work the clock has made due (closings, days' ends) and
+    /// makes it durable; returns how many slot changes that was.
+    pub(super) async fn tick(&self) -> Result<usize, ServiceError> {
+        let (count, ticket) = {
+            let mut writer = self.write()?;
+            let ctx = self.context(SYSTEM_ACTOR.into());
+            let done = writer.state.engine.tick(&ctx);
+            let count = done.len();
+            let ticket = if count == 0 {
+                None
+            } else {
+                writer.append(Record::Timed { done, ctx })
+            };
+            (count, ticket)
+        };
+        self.wait(ticket).await?;
+        Ok(count)
     }
 
     /// Reads the engine. When durable, the answer waits until every change

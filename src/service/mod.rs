@@ -14,8 +14,8 @@ use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
 use crate::engine::{
-    Action, Actor, BoardEntry, BookRequest, Capacity, CapacityOutcome, DoctorId, DoctorQueue,
-    Engine, EngineError, HistoryEntry, Outcome, SlotDetail, SlotId, SlotPage, SlotQuery, SlotSpec,
+    Action, Actor, BoardEntry, BookRequest, Capacity, DoctorId, DoctorQueue, Engine, EngineError,
+    HistoryEntry, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec,
     SlotSummary, TokenView,
 };
 use crate::store::events::Published;
@@ -289,7 +289,7 @@ impl Service {
         slot: &SlotId,
         capacity: Capacity,
         actor: Actor,
-    ) -> Result<CapacityOutcome, ServiceError> {
+    ) -> Result<SlotOutcome, ServiceError> {
         match &self.backend {
             Backend::Local(local) => local.set_capacity(slot, capacity, actor).await,
             Backend::Postgres(postgres) => {
@@ -308,6 +308,30 @@ impl Service {
         match &self.backend {
             Backend::Local(local) => local.create_slot(spec, actor).await,
             Backend::Postgres(postgres) => postgres.create_slot(spec, actor, &self.clock).await,
+        }
+    }
+
+    /// Closes a slot at once (admin).
+    pub async fn close_slot(
+        &self,
+        slot: &SlotId,
+        actor: Actor,
+    ) -> Result<SlotOutcome, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.close_slot(slot, actor).await,
+            Backend::Postgres(postgres) => postgres.close_slot(slot, actor, &self.clock).await,
+        }
+    }
+
+    /// Does what the clock has made due by now: closes the slots whose
+    /// closing time has come and ends the days that are over, as the
+    /// system. What is due is read from the state, so work that fell due
+    /// while the service was down is done by the first tick. Returns how
+    /// many slot changes were made.
+    pub async fn tick(&self) -> Result<usize, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.tick().await,
+            Backend::Postgres(postgres) => postgres.tick(&self.clock).await,
         }
     }
 

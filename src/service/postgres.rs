@@ -32,9 +32,9 @@ use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
 };
 use crate::engine::{
-    Action, Actor, BoardEntry, BookRequest, Capacity, CapacityOutcome, Context, DoctorId,
-    DoctorQueue, Engine, EngineError, Limits, Outcome, SlotDetail, SlotId, SlotPage, SlotQuery,
-    SlotSpec, SlotSummary, Status,
+    Action, Actor, BoardEntry, BookRequest, Capacity, Context, DoctorId, DoctorQueue, Engine,
+    EngineError, Limits, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec,
+    SlotSummary, Status, Timed, SYSTEM_ACTOR,
 };
 use crate::store::events::{Made, EVENT_RETENTION, PAGE_MAX};
 use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
@@ -42,6 +42,10 @@ use crate::store::{EventBus, Page, StoredIdempotency, IDEMPOTENCY_RETENTION};
 
 /// How often a transaction that lost a race is tried again.
 const ATTEMPTS: usize = 8;
+
+/// The most doctors' days one tick handles; the rest wait for the next,
+/// so a tick after a long outage stays short.
+const DUE_DAYS_PER_TICK: usize = 100;
 
 pub struct Postgres {
     database: Database,
@@ -425,6 +429,7 @@ impl Postgres {
             };
             queue.no_show = count(Status::NoShow);
             queue.cancelled = count(Status::Cancelled);
+            queue.expired = count(Status::Expired);
             Ok(Some(queue))
         })
         .await
@@ -463,7 +468,7 @@ impl Postgres {
         capacity: Capacity,
         actor: Actor,
         clock: &Clock,
-    ) -> Result<CapacityOutcome, ServiceError> {
+    ) -> Result<SlotOutcome, ServiceError> {
         self.retry(|| self.try_set_capacity(slot, capacity, &actor, clock))
             .await
     }
@@ -474,7 +479,7 @@ impl Postgres {
         capacity: Capacity,
         actor: &Actor,
         clock: &Clock,
-    ) -> Attempt<CapacityOutcome> {
+    ) -> Attempt<SlotOutcome> {
         let mut tx = self.database.begin().await?;
         let mut engine = db::load_slot(&mut tx, slot, Lock::ForUpdate, self.engine())
             .await?
@@ -508,7 +513,9 @@ impl Postgres {
         let ctx = self.context(actor, clock);
         // The engine checks the slot on its own first, so refusals come in
         // the same order as with the embedded backend.
-        let summary = Engine::new(self.limits).create_slot(spec.clone())?;
+        let engine = &mut self.engine();
+        let summary = engine.create_slot_at(spec.clone(), ctx.at)?;
+        let day_ends_at = engine.day_ends_at(spec.date);
         let mut tx = self.database.begin().await?;
         db::add_doctor_day(&mut tx, &spec.doctor, spec.date).await?;
         // Slot creation for one doctor's day is serialised by this lock, so
@@ -520,13 +527,94 @@ impl Postgres {
         if let Some(existing) = db::overlapping_slot(&mut tx, spec).await? {
             return Err(EngineError::SlotOverlap { existing }.into());
         }
-        if !db::insert_slot(&mut tx, spec, ctx.at).await? {
+        if !db::insert_slot(&mut tx, spec, ctx.at, summary.closes_at, day_ends_at).await? {
             // Another doctor's slot took this id meanwhile.
             return Err(EngineError::SlotExists(spec.id.clone()).into());
+        }
+        if summary.closed {
+            db::write_closed(&mut tx, &summary).await?;
         }
         self.log_and_commit(tx, Made::SlotCreated(&summary), &ctx)
             .await?;
         Ok(summary)
+    }
+
+    /// Closes a slot at once. The doctor's whole day is locked and loaded:
+    /// a patient promoted into the hall joins the doctor's call order.
+    pub async fn close_slot(
+        &self,
+        slot: &SlotId,
+        actor: Actor,
+        clock: &Clock,
+    ) -> Result<SlotOutcome, ServiceError> {
+        self.retry(|| self.try_close_slot(slot, &actor, clock))
+            .await
+    }
+
+    async fn try_close_slot(
+        &self,
+        slot: &SlotId,
+        actor: &Actor,
+        clock: &Clock,
+    ) -> Attempt<SlotOutcome> {
+        let mut tx = self.database.begin().await?;
+        let summary = db::slot_summary(&mut tx, slot)
+            .await?
+            .ok_or_else(|| EngineError::SlotNotFound(slot.clone()))?;
+        let (doctor, date) = (&summary.doctor, summary.date);
+        let mut engine = self.lock_doctor_day(&mut tx, doctor, date).await?;
+        let ctx = self.context(actor, clock);
+        let outcome = engine.close_slot(slot, &ctx)?;
+        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
+        db::write_counts(&mut tx, &outcome.slot).await?;
+        db::write_closed(&mut tx, &outcome.slot).await?;
+        db::write_pace(&mut tx, doctor, date, engine.pace(doctor, date)).await?;
+        self.log_and_commit(tx, Made::SlotClosed(&outcome), &ctx)
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Does the work the clock has made due, one doctor's day per
+    /// transaction: that day's slots are locked and loaded, and the engine
+    /// decides from their stored state, so an instance that finds a slot
+    /// already closed by another does nothing to it, and a closing is
+    /// written whole or not at all. Returns how many changes were made.
+    pub async fn tick(&self, clock: &Clock) -> Result<usize, ServiceError> {
+        let due = self
+            .retry(|| async {
+                let mut connection = self.database.connection().await?;
+                Ok(db::due_days(&mut connection, clock(), DUE_DAYS_PER_TICK).await?)
+            })
+            .await?;
+        let mut done = 0;
+        for (doctor, date) in &due {
+            done += self
+                .retry(|| self.try_tick_day(doctor, *date, clock))
+                .await?;
+        }
+        Ok(done)
+    }
+
+    async fn try_tick_day(&self, doctor: &DoctorId, date: Date, clock: &Clock) -> Attempt<usize> {
+        let mut tx = self.database.begin().await?;
+        let mut engine = self.lock_doctor_day(&mut tx, doctor, date).await?;
+        let ctx = self.context(&Actor::from(SYSTEM_ACTOR), clock);
+        let done = engine.tick(&ctx);
+        for timed in &done {
+            let outcome = match timed {
+                Timed::Closed(outcome) => {
+                    db::write_closed(&mut tx, &outcome.slot).await?;
+                    outcome
+                }
+                Timed::DayEnded(outcome) => outcome,
+            };
+            db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
+            db::write_counts(&mut tx, &outcome.slot).await?;
+        }
+        db::write_pace(&mut tx, doctor, date, engine.pace(doctor, date)).await?;
+        db::write_days_ended(&mut tx, doctor, date, ctx.at).await?;
+        self.log_and_commit(tx, Made::Timed(&done), &ctx).await?;
+        Ok(done.len())
     }
 
     /// A slot with its queues; the doctor's whole day is loaded, because a

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::Record;
 use crate::engine::{
-    Actor, CapacityOutcome, Context, DoctorId, Outcome, Reason, SlotId, SlotSummary, Source,
-    Status, TokenChange,
+    Actor, Context, DoctorId, Outcome, Reason, SlotId, SlotOutcome, SlotSummary, Source, Status,
+    Timed, TokenChange, SYSTEM_ACTOR,
 };
 
 /// One entry of the event log.
@@ -60,6 +60,7 @@ pub enum EventKind {
 pub enum SlotReason {
     Created,
     CapacityChanged,
+    Closed,
 }
 
 impl SlotReason {
@@ -67,6 +68,7 @@ impl SlotReason {
         match self {
             SlotReason::Created => "CREATED",
             SlotReason::CapacityChanged => "CAPACITY_CHANGED",
+            SlotReason::Closed => "CLOSED",
         }
     }
 
@@ -74,6 +76,7 @@ impl SlotReason {
         match name {
             "CREATED" => Some(SlotReason::Created),
             "CAPACITY_CHANGED" => Some(SlotReason::CapacityChanged),
+            "CLOSED" => Some(SlotReason::Closed),
             _ => None,
         }
     }
@@ -193,16 +196,25 @@ pub enum Made<'a> {
     SlotCreated(&'a SlotSummary),
     /// A booking or an action on a token.
     Token(&'a Outcome),
-    CapacityChanged(&'a CapacityOutcome),
+    CapacityChanged(&'a SlotOutcome),
+    SlotClosed(&'a SlotOutcome),
+    Timed(&'a [Timed]),
 }
 
 impl Made<'_> {
     /// How many events the change makes: the ids it takes.
     pub fn event_count(self) -> u64 {
         let count = match self {
-            Made::SlotCreated(_) => 1,
+            Made::SlotCreated(slot) => 1 + usize::from(slot.closed),
             Made::Token(outcome) => 1 + outcome.changes.len(),
-            Made::CapacityChanged(outcome) => 1 + outcome.changes.len(),
+            Made::CapacityChanged(outcome) | Made::SlotClosed(outcome) => 1 + outcome.changes.len(),
+            Made::Timed(done) => done
+                .iter()
+                .map(|timed| match timed {
+                    Timed::Closed(outcome) => 1 + outcome.changes.len(),
+                    Timed::DayEnded(outcome) => outcome.changes.len(),
+                })
+                .sum(),
         };
         count as u64
     }
@@ -221,22 +233,56 @@ impl Made<'_> {
             });
         };
         match self {
-            Made::SlotCreated(slot) => push(EventKind::Slot {
-                reason: SlotReason::Created,
-                slot: slot.clone(),
-            }),
+            Made::SlotCreated(slot) => {
+                push(EventKind::Slot {
+                    reason: SlotReason::Created,
+                    slot: slot.clone(),
+                });
+                // A slot created after its closing time is closed at once
+                // by the system.
+                if slot.closed {
+                    push(EventKind::Slot {
+                        reason: SlotReason::Closed,
+                        slot: slot.clone(),
+                    });
+                    if let Some(closed) = events.last_mut() {
+                        closed.actor = Arc::from(SYSTEM_ACTOR);
+                    }
+                }
+            }
             Made::Token(outcome) => {
                 for change in outcome.token_changes() {
                     push(token_event(&outcome.slot, change));
                 }
             }
-            Made::CapacityChanged(outcome) => {
+            Made::CapacityChanged(outcome) | Made::SlotClosed(outcome) => {
+                let reason = match self {
+                    Made::SlotClosed(_) => SlotReason::Closed,
+                    _ => SlotReason::CapacityChanged,
+                };
                 push(EventKind::Slot {
-                    reason: SlotReason::CapacityChanged,
+                    reason,
                     slot: outcome.slot.clone(),
                 });
                 for change in outcome.token_changes() {
                     push(token_event(&outcome.slot, change));
+                }
+            }
+            Made::Timed(done) => {
+                for timed in done {
+                    let outcome = match timed {
+                        Timed::Closed(outcome) => {
+                            push(EventKind::Slot {
+                                reason: SlotReason::Closed,
+                                slot: outcome.slot.clone(),
+                            });
+                            outcome
+                        }
+                        Timed::DayEnded(outcome) => outcome,
+                    };
+                    for change in outcome.token_changes() {
+                        push(token_event(&outcome.slot, change));
+                    }
                 }
             }
         }
@@ -253,6 +299,8 @@ impl Record {
                 (Made::Token(outcome), ctx)
             }
             Record::CapacityChanged { outcome, ctx } => (Made::CapacityChanged(outcome), ctx),
+            Record::SlotClosed { outcome, ctx } => (Made::SlotClosed(outcome), ctx),
+            Record::Timed { done, ctx } => (Made::Timed(done), ctx),
         }
     }
 

@@ -23,7 +23,7 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::engine::{Actor, CapacityOutcome, Context, Engine, Limits, Outcome, SlotSummary};
+use crate::engine::{Actor, Context, Engine, Limits, Outcome, SlotOutcome, SlotSummary, Timed};
 
 /// How long idempotency keys are remembered at the least. A key older than
 /// this is forgotten: used again, it books as a new key.
@@ -50,7 +50,16 @@ pub enum Record {
         ctx: Context,
     },
     CapacityChanged {
-        outcome: CapacityOutcome,
+        outcome: SlotOutcome,
+        ctx: Context,
+    },
+    SlotClosed {
+        outcome: SlotOutcome,
+        ctx: Context,
+    },
+    /// What the clock made due, done at one moment by the system.
+    Timed {
+        done: Vec<Timed>,
         ctx: Context,
     },
 }
@@ -290,10 +299,14 @@ pub fn open(
     sqlite::migrate(&mut connection)?;
     let snapshot = sqlite::load(&connection, now - IDEMPOTENCY_RETENTION)?;
     let mut engine = Engine::new(limits);
-    for slot in snapshot.slots {
+    for (slot, closed_at) in snapshot.slots {
+        let id = slot.id.clone();
         engine
             .create_slot(slot)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        if let Some(at) = closed_at {
+            engine.restore_closing(&id, at, true)?;
+        }
     }
     let tokens = snapshot.tokens.len();
     for token in snapshot.tokens {

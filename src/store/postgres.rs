@@ -139,7 +139,8 @@ pub async fn read_events(
 ) -> PgResult<Page> {
     let rows = sqlx::query(
         "SELECT id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, token_number,
-                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted
+                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted,
+                closes_at, closed
          FROM events WHERE id > $1 ORDER BY id LIMIT $2",
     )
     .bind(after as i64)
@@ -224,6 +225,9 @@ fn event(row: &PgRow) -> PgResult<Event> {
                 capacity: count(15)?,
                 allocated: count(16)?,
                 waitlisted: count(17)?,
+                closes_at: from_nanos(row.try_get(18)?)
+                    .ok_or_else(|| PgError::Corrupt("a slot event's closing time".into()))?,
+                closed: row.try_get(19)?,
             },
         },
         _ => return Err(PgError::Corrupt("an event's kind".into())),
@@ -255,8 +259,8 @@ pub async fn load_slot(
     engine: Engine,
 ) -> PgResult<Option<Engine>> {
     let query = match lock {
-        Lock::ForUpdate => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1 FOR UPDATE",
-        Lock::None => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE slot_id = $1",
+        Lock::ForUpdate => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, coalesce(closed_at, closes_at), closed_at IS NOT NULL FROM slots WHERE slot_id = $1 FOR UPDATE",
+        Lock::None => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, coalesce(closed_at, closes_at), closed_at IS NOT NULL FROM slots WHERE slot_id = $1",
     };
     let rows = sqlx::query(query)
         .bind(id.as_str())
@@ -280,8 +284,8 @@ pub async fn load_doctor_day(
     engine: Engine,
 ) -> PgResult<Engine> {
     let query = match lock {
-        Lock::ForUpdate => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE doctor_id = $1 AND date = $2 ORDER BY start_time FOR UPDATE",
-        Lock::None => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots WHERE doctor_id = $1 AND date = $2 ORDER BY start_time",
+        Lock::ForUpdate => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, coalesce(closed_at, closes_at), closed_at IS NOT NULL FROM slots WHERE doctor_id = $1 AND date = $2 ORDER BY start_time FOR UPDATE",
+        Lock::None => "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, coalesce(closed_at, closes_at), closed_at IS NOT NULL FROM slots WHERE doctor_id = $1 AND date = $2 ORDER BY start_time",
     };
     let rows = sqlx::query(query)
         .bind(doctor.as_str())
@@ -313,6 +317,9 @@ async fn fill_engine(
                     .and_then(Capacity::new)
                     .ok_or_else(|| PgError::Corrupt("capacity out of range".into()))?,
             })
+            .map_err(|error| PgError::Corrupt(error.to_string()))?;
+        engine
+            .restore_closing(&id, timestamp(row.try_get(6)?)?, row.try_get(7)?)
             .map_err(|error| PgError::Corrupt(error.to_string()))?;
         ids.push(id);
     }
@@ -771,8 +778,9 @@ pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> P
         let query = sqlx::query(
             "INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason,
                                  token_id, token_number, source, from_status, to_status,
-                                 start_time, end_time, capacity, allocated, waitlisted)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                                 start_time, end_time, capacity, allocated, waitlisted, closes_at, closed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                     $19, $20)",
         )
         .bind(event.id as i64)
         .bind(nanos(event.at))
@@ -803,7 +811,9 @@ pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> P
                 .bind(None::<String>)
                 .bind(None::<i32>)
                 .bind(None::<i32>)
-                .bind(None::<i32>),
+                .bind(None::<i32>)
+                .bind(None::<i64>)
+                .bind(None::<bool>),
             EventKind::Slot { reason, slot } => query
                 .bind("SLOT")
                 .bind(slot.id.as_str())
@@ -819,7 +829,9 @@ pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> P
                 .bind(Some(slot.end.strftime("%H:%M").to_string()))
                 .bind(Some(slot.capacity as i32))
                 .bind(Some(slot.allocated as i32))
-                .bind(Some(slot.waitlisted as i32)),
+                .bind(Some(slot.waitlisted as i32))
+                .bind(Some(nanos(slot.closes_at)))
+                .bind(Some(slot.closed)),
         };
         query.execute(&mut *connection).await?;
     }
@@ -835,6 +847,64 @@ pub async fn write_counts(connection: &mut PgConnection, slot: &SlotSummary) -> 
         .execute(connection)
         .await?;
     Ok(())
+}
+
+/// Records that a slot closed, and when.
+pub async fn write_closed(connection: &mut PgConnection, slot: &SlotSummary) -> PgResult<()> {
+    sqlx::query("UPDATE slots SET closed_at = $2 WHERE slot_id = $1")
+        .bind(slot.id.as_str())
+        .bind(nanos(slot.closes_at))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Records that the doctor's slots of `date` whose date has ended by `at`
+/// have had their day's end handled.
+pub async fn write_days_ended(
+    connection: &mut PgConnection,
+    doctor: &DoctorId,
+    date: jiff::civil::Date,
+    at: Timestamp,
+) -> PgResult<()> {
+    sqlx::query(
+        "UPDATE slots SET day_ended = TRUE
+         WHERE doctor_id = $1 AND date = $2 AND day_ends_at <= $3 AND NOT day_ended",
+    )
+    .bind(doctor.as_str())
+    .bind(date.to_string())
+    .bind(nanos(at))
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Doctors' days with a slot to close or a day to end by `at`, at most
+/// `limit`, earliest first.
+pub async fn due_days(
+    connection: &mut PgConnection,
+    at: Timestamp,
+    limit: usize,
+) -> PgResult<Vec<(DoctorId, jiff::civil::Date)>> {
+    let rows = sqlx::query(
+        "SELECT doctor_id, date, min(due) FROM (
+             SELECT doctor_id, date, closes_at AS due FROM slots WHERE closed_at IS NULL AND closes_at <= $1
+             UNION ALL
+             SELECT doctor_id, date, day_ends_at FROM slots WHERE NOT day_ended AND day_ends_at <= $1
+         ) AS due GROUP BY doctor_id, date ORDER BY 3 LIMIT $2",
+    )
+    .bind(nanos(at))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                parse(DoctorId::parse, row.try_get(0)?)?,
+                parse(|raw| raw.parse().ok(), row.try_get(1)?)?,
+            ))
+        })
+        .collect()
 }
 
 /// Records a slot's new capacity.
@@ -876,15 +946,19 @@ pub async fn overlapping_slot(
         .transpose()
 }
 
-/// Inserts a slot; `false` when a slot with its id exists already.
+/// Inserts a slot with when it closes and when its date ends; `false`
+/// when a slot with its id exists already.
 pub async fn insert_slot(
     connection: &mut PgConnection,
     spec: &SlotSpec,
     at: Timestamp,
+    closes_at: Timestamp,
+    day_ends_at: Timestamp,
 ) -> PgResult<bool> {
     let inserted = sqlx::query(
-        "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slot_id) DO NOTHING",
+        "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at,
+                            closes_at, day_ends_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (slot_id) DO NOTHING",
     )
     .bind(spec.id.as_str())
     .bind(spec.doctor.as_str())
@@ -893,13 +967,16 @@ pub async fn insert_slot(
     .bind(time(spec.end))
     .bind(spec.capacity.get() as i32)
     .bind(nanos(at))
+    .bind(nanos(closes_at))
+    .bind(nanos(day_ends_at))
     .execute(connection)
     .await?;
     Ok(inserted.rows_affected() > 0)
 }
 
 const SUMMARY_COLUMNS: &str =
-    "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, allocated_count, waitlist_count FROM slots";
+    "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, allocated_count, waitlist_count,
+            coalesce(closed_at, closes_at), closed_at IS NOT NULL FROM slots";
 
 pub async fn slot_summary(
     connection: &mut PgConnection,
@@ -1039,6 +1116,8 @@ fn summary(row: &PgRow) -> PgResult<SlotSummary> {
         capacity: row.try_get::<i32, _>(5)? as u32,
         allocated: row.try_get::<i32, _>(6)? as u32,
         waitlisted: row.try_get::<i32, _>(7)? as u32,
+        closes_at: timestamp(row.try_get(8)?)?,
+        closed: row.try_get(9)?,
     })
 }
 

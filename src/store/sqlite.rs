@@ -20,7 +20,7 @@ use super::{
 };
 use crate::engine::{
     Capacity, Context, Decision, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec,
-    SlotSummary, Source, Status, TokenChange, TokenRecord,
+    SlotSummary, Source, Status, Timed, TokenChange, TokenRecord,
 };
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_status_from_history.sql"),
     include_str!("../../migrations/sqlite/0004_idempotency_by_caller.sql"),
     include_str!("../../migrations/sqlite/0005_events.sql"),
+    include_str!("../../migrations/sqlite/0006_closing.sql"),
 ];
 
 /// How many pages the write-ahead log holds before a commit copies them
@@ -81,7 +82,8 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 }
 
 pub(super) struct Snapshot {
-    pub(super) slots: Vec<SlotSpec>,
+    /// Each slot with when it closed, if it has.
+    pub(super) slots: Vec<(SlotSpec, Option<Timestamp>)>,
     /// In arrival order, each with its full history.
     pub(super) tokens: Vec<TokenRecord>,
     pub(super) idempotency: Vec<StoredIdempotency>,
@@ -95,23 +97,25 @@ pub(super) fn load(
 ) -> Result<Snapshot, StoreError> {
     let mut slots = Vec::new();
     let mut statement = connection.prepare(
-        "SELECT slot_id, doctor_id, date, start_time, end_time, capacity FROM slots ORDER BY date, start_time",
+        "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, closed_at FROM slots ORDER BY date, start_time",
     )?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        slots.push(SlotSpec {
+        let spec = SlotSpec {
             id: parse_id(SlotId::parse, row.get_ref(0)?.as_str()?)?,
             doctor: parse_id(DoctorId::parse, row.get_ref(1)?.as_str()?)?,
             date: parse_value(row.get_ref(2)?.as_str()?)?,
             start: parse_value(row.get_ref(3)?.as_str()?)?,
             end: parse_value(row.get_ref(4)?.as_str()?)?,
             capacity: Capacity::new(row.get(5)?).ok_or_else(|| corrupt("capacity out of range"))?,
-        });
+        };
+        let closed_at = row.get::<_, Option<i64>>(6)?.map(timestamp).transpose()?;
+        slots.push((spec, closed_at));
     }
 
     let slot_ids: HashMap<String, SlotId> = slots
         .iter()
-        .map(|slot| (slot.id.to_string(), slot.id.clone()))
+        .map(|(slot, _)| (slot.id.to_string(), slot.id.clone()))
         .collect();
     // Actor names repeat (a handful of API keys); each is stored once.
     let mut actors: HashMap<String, Arc<str>> = HashMap::new();
@@ -250,8 +254,8 @@ impl<'c> Statements<'c> {
             insert_event: connection.prepare_cached(
                 "INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason,
                                      token_id, token_number, source, from_status, to_status,
-                                     start_time, end_time, capacity, allocated, waitlisted)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                                     start_time, end_time, capacity, allocated, waitlisted, closes_at, closed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             )?,
         })
     }
@@ -288,6 +292,8 @@ impl<'c> Statements<'c> {
                 None::<u32>,
                 None::<u32>,
                 None::<u32>,
+                None::<i64>,
+                None::<bool>,
             ])?,
             EventKind::Slot { reason, slot } => self.insert_event.execute(params![
                 event.id as i64,
@@ -308,6 +314,8 @@ impl<'c> Statements<'c> {
                 slot.capacity,
                 slot.allocated,
                 slot.waitlisted,
+                nanos(slot.closes_at),
+                slot.closed,
             ])?,
         };
         Ok(())
@@ -394,8 +402,8 @@ pub(super) fn commit(
             Record::SlotCreated { slot, ctx } => {
                 transaction
                     .prepare_cached(
-                        "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT INTO slots (slot_id, doctor_id, date, start_time, end_time, capacity, created_at, closed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )?
                     .execute(params![
                         slot.id.as_str(),
@@ -405,6 +413,7 @@ pub(super) fn commit(
                         clock_time(slot.end),
                         slot.capacity,
                         nanos(ctx.at),
+                        slot.closed.then(|| nanos(slot.closes_at)),
                     ])?;
             }
             Record::Booked {
@@ -444,6 +453,34 @@ pub(super) fn commit(
                     .prepare_cached("UPDATE slots SET capacity = ?1 WHERE slot_id = ?2")?
                     .execute(params![outcome.slot.capacity, outcome.slot.id.as_str()])?;
                 statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
+            }
+            Record::SlotClosed { outcome, ctx } => {
+                transaction
+                    .prepare_cached("UPDATE slots SET closed_at = ?1 WHERE slot_id = ?2")?
+                    .execute(params![
+                        nanos(outcome.slot.closes_at),
+                        outcome.slot.id.as_str()
+                    ])?;
+                statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
+            }
+            Record::Timed { done, ctx } => {
+                for timed in done {
+                    let outcome = match timed {
+                        Timed::Closed(outcome) => {
+                            transaction
+                                .prepare_cached(
+                                    "UPDATE slots SET closed_at = ?1 WHERE slot_id = ?2",
+                                )?
+                                .execute(params![
+                                    nanos(outcome.slot.closes_at),
+                                    outcome.slot.id.as_str()
+                                ])?;
+                            outcome
+                        }
+                        Timed::DayEnded(outcome) => outcome,
+                    };
+                    statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
+                }
             }
         }
     }
@@ -493,7 +530,8 @@ pub(super) fn read_events(
 ) -> Result<Page, StoreError> {
     let mut statement = connection.prepare_cached(
         "SELECT id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, token_number,
-                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted
+                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted,
+                closes_at, closed
          FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let mut rows = statement.query(params![after as i64, limit as i64])?;
@@ -540,6 +578,8 @@ fn event(row: &rusqlite::Row<'_>) -> Result<Event, StoreError> {
                 capacity: row.get(15)?,
                 allocated: row.get(16)?,
                 waitlisted: row.get(17)?,
+                closes_at: timestamp(row.get(18)?)?,
+                closed: row.get(19)?,
             },
         },
         _ => return Err(corrupt("event kind")),

@@ -154,25 +154,26 @@ async fn a_restart_restores_every_slot_and_token_exactly(backend: Backend) {
 
 async fn an_idempotency_key_replays_after_a_restart_for_at_least_24_hours(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let body = booking("P1", "D1-09", "ONLINE");
+    let later = app.slot_days_ahead().await;
+    let body = booking("P1", &later, "ONLINE");
     let first = app.book_keyed("kept", &body).await.expect_status(201);
     app.cancel(&id_of(&first.body)).await;
-    let before = app.slot_text("D1-09").await;
+    let before = app.slot_text(&later).await;
     app.clock.advance(SignedDuration::from_hours(24));
 
     let app = app.restart().await;
     let replay: Reply = app.book_keyed("kept", &body).await;
     let reused = app
-        .book_keyed("kept", &booking("P2", "D1-09", "ONLINE"))
+        .book_keyed("kept", &booking("P2", &later, "ONLINE"))
         .await;
 
     assert_eq!(replay.status, 201, "{}", replay.text);
     assert_eq!(replay.text, first.text);
     assert_eq!(replay.header("location"), first.header("location"));
     assert_problem(&reused, 422, "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(app.slot_text("D1-09").await, before);
+    assert_eq!(app.slot_text(&later).await, before);
     assert_eq!(
-        app.book("P2", "D1-09", "ONLINE").await["token"]["tokenNumber"],
+        app.book("P2", &later, "ONLINE").await["token"]["tokenNumber"],
         2
     );
 }

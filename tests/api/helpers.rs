@@ -475,6 +475,28 @@ impl TestApp {
         reply.body
     }
 
+    /// A slot three days after today, 09:00–10:00 with ten seats, for
+    /// tests that move the clock a day or more on: the demo slot closes at
+    /// the end of today.
+    pub async fn slot_days_ahead(&self) -> String {
+        let today: jiff::civil::Date = self.slot("D1-09").await["date"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let id = "LATER-09";
+        self.create_slot(&json!({
+            "slotId": id,
+            "doctorId": "D-LATER",
+            "date": (today + jiff::ToSpan::days(3)).to_string(),
+            "startTime": "09:00",
+            "endTime": "10:00",
+            "capacity": 10,
+        }))
+        .await;
+        id.to_owned()
+    }
+
     /// A new slot today, 09:00–10:00, for a doctor of its own, so that its
     /// token numbers start at 1 and ids never clash with other tests.
     pub async fn new_slot(&self, capacity: u32) -> SlotRef {
@@ -498,7 +520,11 @@ impl TestApp {
                 "capacity": capacity,
             }))
             .await;
-        assert_eq!(created, slot.summary(capacity, 0, 0));
+        // The closing time depends on the settings; tests of closing
+        // check it.
+        let mut expected = slot.summary(capacity, 0, 0);
+        expected["closesAt"] = created["closesAt"].clone();
+        assert_eq!(created, expected);
         slot
     }
 
@@ -631,8 +657,9 @@ impl SlotRef {
     }
 }
 
-/// The exact SlotSummary of a slot with `capacity`, `allocated` and
-/// `waitlisted` counts.
+/// The exact SlotSummary of an open slot with `capacity`, `allocated` and
+/// `waitlisted` counts, in a clinic on UTC without `--close-after-minutes`:
+/// it closes at the end of its date.
 pub fn summary(
     id: &str,
     doctor: &str,
@@ -653,6 +680,8 @@ pub fn summary(
         "available": capacity.saturating_sub(allocated),
         "overbooked": allocated > capacity,
         "overbookedBy": allocated.saturating_sub(capacity),
+        "closed": false,
+        "closesAt": format!("{}T00:00:00Z", date.parse::<jiff::civil::Date>().unwrap().tomorrow().unwrap()),
     })
 }
 

@@ -267,18 +267,19 @@ async fn simultaneous_retries_with_one_key_book_exactly_once(backend: Backend) {
 
 async fn keys_are_kept_for_at_least_24_hours(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let body = booking("P1", "D1-09", "ONLINE");
+    let later = app.slot_days_ahead().await;
+    let body = booking("P1", &later, "ONLINE");
     let first = app.book_keyed("day-old", &body).await.expect_status(201);
 
     app.clock.advance(SignedDuration::from_hours(24));
     // Storing a newer key is when old keys may be dropped.
-    app.book_keyed("newer", &booking("P2", "D1-09", "ONLINE"))
+    app.book_keyed("newer", &booking("P2", &later, "ONLINE"))
         .await
         .expect_status(201);
     let retry = app.book_keyed("day-old", &body).await;
 
     assert_replay(&retry, &first);
-    assert_eq!(app.slot("D1-09").await["allocatedCount"], 2);
+    assert_eq!(app.slot(&later).await["allocatedCount"], 2);
 }
 
 async fn keys_apply_to_bookings_only(backend: Backend) {
@@ -308,8 +309,9 @@ async fn keys_apply_to_bookings_only(backend: Backend) {
 
 async fn a_key_past_its_retention_books_as_a_new_key(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let later = app.slot_days_ahead().await;
     let first = app
-        .book_keyed("counter-1", &booking("P1", "D1-09", "ONLINE"))
+        .book_keyed("counter-1", &booking("P1", &later, "ONLINE"))
         .await
         .expect_status(201);
 
@@ -317,22 +319,23 @@ async fn a_key_past_its_retention_books_as_a_new_key(backend: Backend) {
     app.clock
         .advance(SignedDuration::from_hours(24) + SignedDuration::from_secs(1));
     let next_day = app
-        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .book_keyed("counter-1", &booking("P2", &later, "ONLINE"))
         .await
         .expect_status(201);
     let retry = app
-        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .book_keyed("counter-1", &booking("P2", &later, "ONLINE"))
         .await;
 
     assert_ne!(id_of(&next_day.body), id_of(&first.body));
     assert_eq!(next_day.body["token"]["patientId"], "P2");
     assert_replay(&retry, &next_day);
-    assert_eq!(app.slot("D1-09").await["allocatedCount"], 2);
+    assert_eq!(app.slot(&later).await["allocatedCount"], 2);
 }
 
 async fn a_key_reused_after_its_retention_and_a_restart_books_and_keeps_serving(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.book_keyed("counter-1", &booking("P1", "D1-09", "ONLINE"))
+    let later = app.slot_days_ahead().await;
+    app.book_keyed("counter-1", &booking("P1", &later, "ONLINE"))
         .await
         .expect_status(201);
     app.clock.advance(SignedDuration::from_hours(25));
@@ -341,21 +344,21 @@ async fn a_key_reused_after_its_retention_and_a_restart_books_and_keeps_serving(
     // The restarted server no longer remembers the key, but its row is
     // still stored: the new use must replace it, not fail the commit.
     let next_day = app
-        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .book_keyed("counter-1", &booking("P2", &later, "ONLINE"))
         .await
         .expect_status(201);
-    let other = app.book("P3", "D1-09", "ONLINE").await;
+    let other = app.book("P3", &later, "ONLINE").await;
     let health = app.get("/healthz").await;
     let app = app.restart().await;
     let retry = app
-        .book_keyed("counter-1", &booking("P2", "D1-09", "ONLINE"))
+        .book_keyed("counter-1", &booking("P2", &later, "ONLINE"))
         .await;
 
     assert_eq!(next_day.body["token"]["patientId"], "P2");
     assert_eq!(other["decision"], "ALLOCATED");
     assert_eq!(health.status, 200, "{}", health.text);
     assert_replay(&retry, &next_day);
-    assert_eq!(app.slot("D1-09").await["allocatedCount"], 3);
+    assert_eq!(app.slot(&later).await["allocatedCount"], 3);
 }
 
 async fn keys_belong_to_the_caller_that_used_them(backend: Backend) {
@@ -382,30 +385,25 @@ async fn a_caller_past_its_key_limit_gets_429_and_can_still_book_without_a_key(b
         .settings(|config| config.idempotency_max_per_caller = 2)
         .spawn()
         .await;
+    let later = app.slot_days_ahead().await;
     let first = app
-        .book_keyed("k1", &booking("P1", "D1-09", "ONLINE"))
+        .book_keyed("k1", &booking("P1", &later, "ONLINE"))
         .await
         .expect_status(201);
     app.clock.advance(SignedDuration::from_hours(1));
-    app.book_keyed("k2", &booking("P2", "D1-09", "ONLINE"))
+    app.book_keyed("k2", &booking("P2", &later, "ONLINE"))
         .await
         .expect_status(201);
-    let before = app.slot_text("D1-09").await;
+    let before = app.slot_text(&later).await;
 
-    let third = app
-        .book_keyed("k3", &booking("P3", "D1-09", "ONLINE"))
-        .await;
-    let after_refusal = app.slot_text("D1-09").await;
-    let replay = app
-        .book_keyed("k1", &booking("P1", "D1-09", "ONLINE"))
-        .await;
-    let unkeyed = app.try_book("P3", "D1-09", "ONLINE").await;
+    let third = app.book_keyed("k3", &booking("P3", &later, "ONLINE")).await;
+    let after_refusal = app.slot_text(&later).await;
+    let replay = app.book_keyed("k1", &booking("P1", &later, "ONLINE")).await;
+    let unkeyed = app.try_book("P3", &later, "ONLINE").await;
     // Once the oldest key expires there is room again.
     app.clock
         .advance(SignedDuration::from_hours(23) + SignedDuration::from_secs(1));
-    let later = app
-        .book_keyed("k4", &booking("P4", "D1-10", "ONLINE"))
-        .await;
+    let after_expiry = app.book_keyed("k4", &booking("P4", &later, "ONLINE")).await;
 
     assert_problem(&third, 429, "IDEMPOTENCY_LIMIT");
     // The oldest key, stored 1 h before, expires 23 h from now.
@@ -413,7 +411,7 @@ async fn a_caller_past_its_key_limit_gets_429_and_can_still_book_without_a_key(b
     assert_eq!(after_refusal, before);
     assert_replay(&replay, &first);
     assert_eq!(unkeyed.status, 201, "{}", unkeyed.text);
-    assert_eq!(later.status, 201, "{}", later.text);
+    assert_eq!(after_expiry.status, 201, "{}", after_expiry.text);
 }
 
 async fn the_limit_over_all_callers_refuses_new_keys_from_any_caller(backend: Backend) {

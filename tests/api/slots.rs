@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     allocated_patients, assert_problem, assert_validation, change, id_of, slot_body, summary,
-    waitlist_patients, Backend, SlotRef, TestApp, TestClock, TODAY,
+    waitlist_patients, Backend, SlotRef, TestApp, TestClock, T0, TODAY,
 };
 
 backend_tests!(
@@ -314,10 +314,11 @@ async fn slots_are_listed_by_date_then_start_time_then_id(backend: Backend) {
     }
     expected.extend(["C-1", "B-1", "B-2", "A-9", "ZZ-1"].map(String::from));
     assert_eq!(ids(&listed), expected);
-    assert_eq!(
-        listed[0],
-        summary("Y", "LB", "2030-01-14", ("23:00", "23:59"), (2, 0, 0))
-    );
+    // Yesterday's slot closed as it was created.
+    let mut yesterday = summary("Y", "LB", "2030-01-14", ("23:00", "23:59"), (2, 0, 0));
+    yesterday["closed"] = json!(true);
+    yesterday["closesAt"] = json!(T0);
+    assert_eq!(listed[0], yesterday);
     assert_eq!(listed[1], SlotRef::d1_09().summary(3, 0, 0));
 }
 

@@ -227,11 +227,14 @@ async fn streams_end_when_the_server_shuts_down(backend: Backend) {
 
 async fn resuming_past_the_retention_starts_with_a_reset(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.book("P1", "D1-09", "ONLINE").await;
+    let later = app.slot_days_ahead().await;
+    app.book("P1", &later, "ONLINE").await;
     // Two days later the old events are past their retention; the next
-    // change is when they are pruned.
+    // changes (today's twelve slots closing, then a booking) are when they
+    // are pruned.
     app.clock.advance(SignedDuration::from_hours(48));
-    app.book("P2", "D1-09", "ONLINE").await;
+    app.service.tick().await.unwrap();
+    app.book("P2", &later, "ONLINE").await;
     // The follower of a shared database prunes on its own schedule; wait
     // for the log to show it.
     let mut oldest = 1;
@@ -249,13 +252,14 @@ async fn resuming_past_the_retention_starts_with_a_reset(backend: Backend) {
     let frames = resumed.events(2).await;
 
     assert_eq!(
-        oldest, 14,
-        "the 12 slot events and P1's booking were pruned"
+        oldest, 15,
+        "the 13 slot events and P1's booking were pruned"
     );
     assert_eq!(frames[0].event.as_deref(), Some("reset"));
-    assert_eq!(frames[0].data, Some(json!({"oldestId": 14})));
-    assert_eq!(frames[1].id, Some(14));
-    assert_eq!(frames[1].data.as_ref().unwrap()["reason"], "ALLOCATED");
+    assert_eq!(frames[0].data, Some(json!({"oldestId": 15})));
+    assert_eq!(frames[1].id, Some(15));
+    assert_eq!(frames[1].event.as_deref(), Some("slot"));
+    assert_eq!(frames[1].data.as_ref().unwrap()["reason"], "CLOSED");
 }
 
 async fn a_stream_outlives_the_request_timeout(backend: Backend) {

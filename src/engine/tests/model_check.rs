@@ -32,7 +32,7 @@ fn seated(status: Status) -> bool {
 
 fn active(status: Status) -> bool {
     use Status::*;
-    !matches!(status, Completed | Cancelled | NoShow)
+    !matches!(status, Completed | Cancelled | NoShow | Expired)
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +62,31 @@ enum Op {
         slot: usize,
         capacity: u32,
     },
+    /// Closes a slot at once.
+    Close {
+        slot: usize,
+    },
+    /// Moves the clock on to one of the day's deadlines (a slot's closing
+    /// time, or the end of the day) if it is still ahead, and does what
+    /// fell due.
+    Tick {
+        deadline: usize,
+    },
+}
+
+/// How long after its end a slot closes in the model.
+const CLOSE_AFTER_MINUTES: i64 = 30;
+
+/// The day's deadlines: each slot's closing time (its end, 10:00 + slot
+/// index hours, plus 30 minutes), then the end of the day.
+fn deadlines() -> [Timestamp; 4] {
+    let at = |text: &str| text.parse::<Timestamp>().unwrap();
+    [
+        at("2030-01-02T10:30:00Z"),
+        at("2030-01-02T11:30:00Z"),
+        at("2030-01-02T12:30:00Z"),
+        at("2030-01-03T00:00:00Z"),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -74,6 +99,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..DOCTORS.len()).prop_map(|doctor| Op::CallNext { doctor }),
         1 => (0..SLOTS.len(), 0u32..6).prop_map(|(slot, capacity)| Op::Capacity { slot, capacity }),
         1 => proptest::bool::weighted(0.3).prop_map(|shifted| Op::Today { shifted }),
+        1 => (0..SLOTS.len()).prop_map(|slot| Op::Close { slot }),
+        1 => (0..4usize).prop_map(|deadline| Op::Tick { deadline }),
     ]
 }
 
@@ -128,6 +155,9 @@ struct Reference {
     tokens: Vec<RefToken>,
     numbers: HashMap<&'static str, u32>,
     today: Date,
+    closed: Vec<bool>,
+    day_ended: bool,
+    now: Timestamp,
 }
 
 /// What one step produced, in a form both sides can be compared in.
@@ -144,6 +174,9 @@ enum Step {
         changes: Vec<(Uuid, Status, Status, Reason)>,
     },
     Resized(Vec<(Uuid, Status, Status, Reason)>),
+    /// What a tick did: per slot changed, whether it was a closing, the
+    /// slot and its token changes.
+    Ticked(Vec<(bool, usize, Vec<(Uuid, Status, Status, Reason)>)>),
 }
 
 impl Reference {
@@ -236,7 +269,89 @@ impl Reference {
             .max_by_key(|&i| self.tokens[i].bump_key())
     }
 
+    /// Whether the slot takes no bookings or capacity changes: closed, or
+    /// past its closing time.
+    fn is_closed(&self, slot: usize) -> bool {
+        self.closed[slot] || self.now >= deadlines()[slot]
+    }
+
+    fn close(&mut self, slot: usize) -> Vec<(Uuid, Status, Status, Reason)> {
+        let mut changes = Vec::new();
+        let mut seated: Vec<usize> = (0..self.tokens.len())
+            .filter(|&i| self.tokens[i].slot == slot && seated(self.tokens[i].status))
+            .collect();
+        seated.sort_by_key(|&i| self.tokens[i].key());
+        for i in seated {
+            if matches!(self.tokens[i].status, Status::Allocated | Status::Skipped) {
+                self.set(i, Status::NoShow, Reason::NoShow, &mut changes);
+            }
+        }
+        while self.seats(slot) < self.capacity[slot] {
+            let here = self
+                .queue(slot, Status::Waitlisted)
+                .into_iter()
+                .find(|&i| self.tokens[i].checked_in);
+            let Some(here) = here else {
+                break;
+            };
+            self.set(here, Status::CheckedIn, Reason::Promoted, &mut changes);
+        }
+        for i in self.queue(slot, Status::Waitlisted) {
+            self.set(i, Status::Expired, Reason::SlotClosed, &mut changes);
+        }
+        self.closed[slot] = true;
+        changes
+    }
+
+    fn close_now(&mut self, slot: usize) -> Step {
+        if self.closed[slot] {
+            return Step::Refused("slot closed".into());
+        }
+        Step::Resized(self.close(slot))
+    }
+
+    fn tick(&mut self) -> Step {
+        let mut done = Vec::new();
+        for slot in 0..SLOTS.len() {
+            if !self.closed[slot] && self.now >= deadlines()[slot] {
+                done.push((true, slot, self.close(slot)));
+            }
+        }
+        if !self.day_ended && self.now >= deadlines()[3] {
+            self.day_ended = true;
+            for slot in 0..SLOTS.len() {
+                let mut active: Vec<usize> = (0..self.tokens.len())
+                    .filter(|&i| self.tokens[i].slot == slot && active(self.tokens[i].status))
+                    .collect();
+                // Seat holders in service order, then the waitlist.
+                active.sort_by_key(|&i| {
+                    (
+                        self.tokens[i].status == Status::Waitlisted,
+                        self.tokens[i].key(),
+                    )
+                });
+                let mut changes = Vec::new();
+                for i in active {
+                    use Status::*;
+                    let to = match self.tokens[i].status {
+                        InConsultation => Completed,
+                        Allocated | Skipped => NoShow,
+                        _ => Expired,
+                    };
+                    self.set(i, to, Reason::DayEnded, &mut changes);
+                }
+                if !changes.is_empty() {
+                    done.push((false, slot, changes));
+                }
+            }
+        }
+        Step::Ticked(done)
+    }
+
     fn book(&mut self, id: Uuid, sequence: u64, patient: u8, slot: usize, source: Source) -> Step {
+        if self.is_closed(slot) {
+            return Step::Refused("slot closed".into());
+        }
         let holder = self
             .tokens
             .iter()
@@ -347,6 +462,9 @@ impl Reference {
     }
 
     fn resize(&mut self, slot: usize, capacity: u32) -> Step {
+        if self.is_closed(slot) {
+            return Step::Refused("slot closed".into());
+        }
         let non_emergency = self
             .tokens
             .iter()
@@ -424,6 +542,7 @@ fn refusal(error: &EngineError) -> String {
         EngineError::NotToday { .. } => "not today".into(),
         EngineError::DoctorBusy { current } => format!("busy {current}"),
         EngineError::QueueEmpty => "queue empty".into(),
+        EngineError::SlotClosed { .. } => "slot closed".into(),
         other => panic!("unexpected refusal {other:?}"),
     }
 }
@@ -433,6 +552,7 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
         waitlist_max: WAITLIST_MAX,
         overbook_max: OVERBOOK_MAX,
         max_skips: MAX_SKIPS,
+        close_after: Some(jiff::SignedDuration::from_mins(CLOSE_AFTER_MINUTES)),
     });
     for (slot, (id, doctor)) in SLOTS.iter().enumerate() {
         let hour = 9 + slot as i8;
@@ -452,9 +572,12 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
         tokens: Vec::new(),
         numbers: HashMap::default(),
         today: day(false),
+        closed: vec![false; SLOTS.len()],
+        day_ended: false,
+        now: Timestamp::from_second(1_893_571_200).unwrap(),
     };
     let mut ctx = Context {
-        at: Timestamp::from_second(1_893_571_200).unwrap(),
+        at: reference.now,
         actor: "model".into(),
         today: day(false),
     };
@@ -519,9 +642,40 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
                 };
                 (expected, actual)
             }
+            Op::Close { slot } => {
+                let expected = reference.close_now(slot);
+                let actual = match engine.close_slot(&slot_id(SLOTS[slot].0), &ctx) {
+                    Ok(outcome) => Step::Resized(changes_of(&outcome.changes)),
+                    Err(error) => Step::Refused(refusal(&error)),
+                };
+                (expected, actual)
+            }
+            Op::Tick { deadline } => {
+                ctx.at = ctx.at.max(deadlines()[deadline]);
+                reference.now = ctx.at;
+                let expected = reference.tick();
+                let slot_index =
+                    |id: &SlotId| SLOTS.iter().position(|(s, _)| *s == id.as_str()).unwrap();
+                let actual = Step::Ticked(
+                    engine
+                        .tick(&ctx)
+                        .into_iter()
+                        .map(|timed| match timed {
+                            Timed::Closed(o) => {
+                                (true, slot_index(&o.slot.id), changes_of(&o.changes))
+                            }
+                            Timed::DayEnded(o) => {
+                                (false, slot_index(&o.slot.id), changes_of(&o.changes))
+                            }
+                        })
+                        .collect(),
+                );
+                (expected, actual)
+            }
         };
         prop_assert_eq!(&actual, &expected);
         ctx.at += jiff::SignedDuration::from_secs(97);
+        reference.now = ctx.at;
         engine
             .check_invariants()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -543,6 +697,7 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
             prop_assert_eq!(ids(&detail.allocated), seated_ids);
             prop_assert_eq!(ids(&detail.waitlist), reference_ids(Status::Waitlisted));
             prop_assert_eq!(detail.summary.capacity, reference.capacity[slot]);
+            prop_assert_eq!(detail.summary.closed, reference.closed[slot]);
             let positions: Vec<_> = detail
                 .waitlist
                 .iter()

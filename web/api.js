@@ -115,7 +115,7 @@ export function el(tag, attributes = {}, ...children) {
       element.setAttribute(name, value);
     }
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     element.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }

@@ -14,7 +14,8 @@ const state = {
   today: null,
   slots: [],
   selected: null,
-  lastFind: null,
+  /** The ids of the tokens the desk looked up, kept up to date live. */
+  found: [],
 };
 
 const $ = (id) => document.getElementById(id);
@@ -39,13 +40,13 @@ $("book-form").addEventListener("submit", (event) => {
 });
 $("find-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  find($("find-query").value.trim(), { announce: true });
+  find($("find-query").value.trim());
 });
 
 const refresh = debounce(async () => {
   await loadSlots();
   if (state.selected) await showSlot(state.selected, { quiet: true });
-  if (state.lastFind) await find(state.lastFind, { announce: false });
+  await showFound().catch(() => {});
 }, 120);
 
 follow({
@@ -155,34 +156,45 @@ function changesList(changes, cause) {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-async function find(text, { announce }) {
+/** Finds the tokens of a token id or a patient id and shows them. */
+async function find(text) {
   const out = $("find-result");
   if (!text) return;
-  state.lastFind = text;
+  state.found = [];
   try {
     if (UUID.test(text)) {
-      const detail = await get(`/tokens/${text}`);
-      out.replaceChildren(tokenCard(detail, detail.history));
-      return;
+      state.found = [text];
+    } else {
+      // By patient: the patient's tokens in today's slots (seated or
+      // waiting; cancelled ones are found by token id). Searched once; the
+      // live view then follows these tokens by id.
+      const details = await Promise.all(state.slots.map((slot) => get(`/slots/${encodeURIComponent(slot.slotId)}`)));
+      state.found = details
+        .flatMap((slot) => [...slot.allocated, ...slot.waitlist])
+        .filter((token) => token.patientId === text)
+        .map((token) => token.tokenId);
+      if (state.found.length === 0) {
+        out.replaceChildren(el("p", { class: "message" }, `No token of ${text} in today's slots.`));
+        return;
+      }
     }
-    // By patient: the patient's tokens in today's slots (seated or
-    // waiting; cancelled ones are found by token id).
-    const details = await Promise.all(state.slots.map((slot) => get(`/slots/${encodeURIComponent(slot.slotId)}`)));
-    const tokens = details.flatMap((slot) => [...slot.allocated, ...slot.waitlist]).filter((token) => token.patientId === text);
-    out.replaceChildren(
-      ...(tokens.length
-        ? tokens.map((token) => tokenCard(token))
-        : [el("p", { class: "message" }, `No token of ${text} in today's slots.`)])
-    );
+    await showFound();
   } catch (error) {
-    if (!announce) return;
     out.replaceChildren(
       el("p", { class: "message error" }, error.code === "TOKEN_NOT_FOUND" ? "No token has this id." : problemText(error))
     );
   }
 }
 
-function tokenCard(token, history) {
+/** The tokens found, read again by id (with their history). */
+async function showFound() {
+  if (state.found.length === 0) return;
+  const details = await Promise.all(state.found.map((id) => get(`/tokens/${id}`)));
+  const open = new Set([...document.querySelectorAll("#find-result details[open]")].map((details) => details.dataset.token));
+  $("find-result").replaceChildren(...details.map((detail) => tokenCard(detail, detail.history, open.has(detail.tokenId))));
+}
+
+function tokenCard(token, history, historyOpen) {
   const facts = [
     ["Patient", token.patientId],
     ["Slot", `${token.slotId} (doctor ${token.doctorId})`],
@@ -203,7 +215,7 @@ function tokenCard(token, history) {
     history
       ? el(
           "details",
-          {},
+          { "data-token": token.tokenId, open: historyOpen },
           el("summary", {}, "History"),
           el(
             "ol",

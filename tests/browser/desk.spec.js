@@ -77,5 +77,10 @@ test("find a token by id or patient, check in, no-show, and refusals in plain wo
   page.once("dialog", (dialog) => dialog.accept());
   await otherCard.getByRole("button", { name: `No-show token 2 (${other})` }).click();
   await expect(page.locator("#action-result")).toContainText(`${other} (token 2) is marked as a no-show.`);
-  await expect(page.locator("#find-result")).toContainText(`No token of ${other} in today's slots.`);
+  await expect(otherCard.locator(".status")).toHaveText("no-show");
+  await expect(otherCard.locator(".actions")).toHaveCount(0);
+
+  await page.getByLabel("Token id or patient id").fill(`${doctor}-NOBODY`);
+  await page.getByRole("button", { name: "Find" }).click();
+  await expect(page.locator("#find-result")).toHaveText(`No token of ${doctor}-NOBODY in today's slots.`);
 });

@@ -43,6 +43,11 @@ export function whenUnauthorized(handler) {
   onUnauthorized = handler;
 }
 
+/** Tells the page that the server refused the key (401). */
+export function unauthorized() {
+  onUnauthorized();
+}
+
 /**
  * Calls the API: `method` on `path` with an optional JSON `body`. Resolves
  * with the parsed JSON answer; rejects with an ApiError.
@@ -71,7 +76,7 @@ export async function call(method, path, body, { key = storedKey() } = {}) {
   }
   if (!response.ok) {
     const error = new ApiError(response.status, data || {});
-    if (response.status === 401) onUnauthorized(error);
+    if (response.status === 401) unauthorized();
     throw error;
   }
   return data;

@@ -6,7 +6,7 @@
 import { ApiError, clock, debounce, el, get, post, query } from "./api.js";
 import { showLive, signIn } from "./signin.js";
 import { follow } from "./stream.js";
-import { SOURCES, actionText, changeText, decisionText, problemText, sourceWord, statusWord } from "./words.js";
+import { SOURCES, actionText, changeText, decisionText, problemText, reasonWord, sourceWord, statusWord } from "./words.js";
 
 const DESK_ROLES = ["admin", "front-desk"];
 
@@ -221,7 +221,7 @@ function tokenCard(token, history, historyOpen) {
             "ol",
             { class: "history" },
             history.map((line) =>
-              el("li", {}, `${clock(line.at)} ${line.from ? statusWord(line.from) + " → " : ""}${statusWord(line.to)} (${line.reason}, ${line.actor})`)
+              el("li", {}, `${clock(line.at)} ${line.from ? statusWord(line.from) + " → " : ""}${statusWord(line.to)} (${reasonWord(line.reason)}, ${line.actor})`)
             )
           )
         )
@@ -335,7 +335,7 @@ function addToFeed(event) {
   if (event.type === "token") {
     const data = event.data;
     const change = data.from ? `${statusWord(data.from)} → ${statusWord(data.to)}` : statusWord(data.to);
-    text = `${clock(data.at)} ${data.slotId} token ${data.tokenNumber}: ${change} (${data.reason.toLowerCase().replaceAll("_", " ")}, ${data.actor})`;
+    text = `${clock(data.at)} ${data.slotId} token ${data.tokenNumber}: ${change} (${reasonWord(data.reason)}, ${data.actor})`;
   } else if (event.type === "slot") {
     const data = event.data;
     const what = { CREATED: "created", CAPACITY_CHANGED: `capacity now ${data.slot.capacity}`, CLOSED: "closed" }[data.reason] || data.reason;

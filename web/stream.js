@@ -7,7 +7,7 @@
 // server resumes with the next event: nothing is missed and nothing comes
 // twice.
 
-import { authHeaders, query } from "./api.js";
+import { authHeaders, query, unauthorized } from "./api.js";
 
 /** With no byte for this long (the server sends a comment every 15 s), the connection is taken as dead. */
 const SILENCE_MS = 40_000;
@@ -46,6 +46,7 @@ export function follow({ filters = {}, onEvent, onOpen = () => {}, onState = () 
       });
       if (response.status === 401) {
         onState("unauthorized");
+        unauthorized();
         return false;
       }
       if (!response.ok || !response.body) {

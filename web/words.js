@@ -32,6 +32,31 @@ export function statusWord(status) {
   return STATUS_WORDS[status] || status;
 }
 
+const REASON_WORDS = {
+  ALLOCATED: "given a seat",
+  OVERBOOKED: "emergency beyond capacity",
+  BUMPED_LOWER: "took a less urgent booking's seat",
+  WAITLISTED: "slot full",
+  BUMPED: "a more urgent booking took the seat",
+  PROMOTED: "a seat came free",
+  CAPACITY_REDUCED: "capacity lowered",
+  CANCELLED: "cancelled",
+  NO_SHOW: "did not come",
+  CHECKED_IN: "arrived",
+  RETURNED: "came back after a skip",
+  CALLED: "called by the doctor",
+  STARTED: "consultation started",
+  COMPLETED: "consultation done",
+  SKIPPED: "did not answer the call",
+  SLOT_CLOSED: "the slot closed",
+  DAY_ENDED: "the day ended",
+};
+
+/** Why a token's status changed, in a few words. */
+export function reasonWord(reason) {
+  return REASON_WORDS[reason] || reason;
+}
+
 /** The booking's decision in one sentence. */
 export function decisionText(booking) {
   const token = booking.token;

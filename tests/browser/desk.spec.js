@@ -54,7 +54,7 @@ test("find a token by id or patient, check in, no-show, and refusals in plain wo
   const card = page.getByRole("article", { name: `Token 1 of ${patient}` });
   await expect(card).toContainText("booked, not arrived");
   await card.getByText("History").click();
-  await expect(card.locator(".history")).toContainText("booked, not arrived (ALLOCATED, desk-1)");
+  await expect(card.locator(".history")).toContainText("booked, not arrived (given a seat, desk-1)");
 
   // Checking in updates the card in place.
   await card.getByRole("button", { name: `Check in token 1 (${patient})` }).click();

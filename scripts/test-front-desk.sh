@@ -135,7 +135,10 @@ P5=$(token_id)
 
 # --- status -----------------------------------------------------------------
 fd status "$SLOT"
-expected_status="$SUMMARY_PREFIX 3/2 allocated, 2 waitlisted, 0 available — OVERBOOKED by 1
+# The server runs on UTC without --close-after-minutes: a slot closes at
+# the end of its date.
+closes_at="$(date -u -d "$DATE + 1 day" +%F)T00:00:00Z"
+expected_status="$SUMMARY_PREFIX 3/2 allocated, 2 waitlisted, 0 available — OVERBOOKED by 1, closes at $closes_at
 Allocated (service order):
   1. token 5  P5  EMERGENCY  $P5
   2. token 4  P4  PAID  $P4
@@ -249,6 +252,12 @@ OUT=$(<"$WORK_DIR/follow") ERR='' RC=0
 check 'follow DOCTOR: prints the return of Q2 as it happens' --out "$DAY_SLOT token" --out 'SKIPPED → CHECKED_IN (RETURNED)' --no-out 'Q2'
 fd follow "$DOCTOR" extra
 check 'follow with two arguments: exit 2' --rc 2 --err 'follow takes at most one DOCTOR'
+
+# close: the admin closes the day's slot; the patient in the hall stays.
+fd close "$DAY_SLOT"
+check 'close: the slot is CLOSED' --out "Slot $DAY_SLOT" --out '— CLOSED at '
+fd close "$DAY_SLOT"
+check 'close a closed slot: exit 1, 409 SLOT_CLOSED' --rc 1 --err 'HTTP 409 SLOT_CLOSED: '
 
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))

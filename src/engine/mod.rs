@@ -1387,7 +1387,7 @@ impl Engine {
         if emergencies != slot.allocated_emergencies() || completed != slot.completed() {
             return fail("emergency or completed count drifted".into());
         }
-        if slot.closed != !self.closings.contains(&(slot.closes_at.0, slot_key)) {
+        if slot.closed == self.closings.contains(&(slot.closes_at.0, slot_key)) {
             return fail("the slot's closing is not scheduled as its state says".into());
         }
         let unseated = slot

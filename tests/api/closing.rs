@@ -362,3 +362,44 @@ async fn what_fell_due_while_the_service_was_down_happens_at_start_up(backend: B
         )
     );
 }
+
+/// Two instances on one PostgreSQL database tick at the same moment (and
+/// their clock tasks run too): the slot closes once, whole.
+#[cfg(feature = "postgres-tests")]
+#[tokio::test]
+async fn two_postgres_instances_close_a_slot_exactly_once() {
+    use opd::store::events::SlotReason;
+    use opd::store::EventKind;
+    let first = TestApp::with(Backend::Postgres)
+        .settings(|config| config.close_after_minutes = Some(30))
+        .spawn()
+        .await;
+    first.clock.set(AT_0900);
+    let slot = first.new_slot(1).await;
+    let absent = token(&first, 1, &slot.id, "ONLINE").await;
+    let waiting = token(&first, 2, &slot.id, "ONLINE").await;
+    let second = first.another_instance().await;
+
+    first.clock.set("2030-01-15T10:30:00Z");
+    let (one, two) = tokio::join!(first.service.tick(), second.service.tick());
+    one.unwrap();
+    two.unwrap();
+
+    let log = second.service.events_after(0, 1_000).await.unwrap();
+    let closings = log
+        .events
+        .iter()
+        .filter(|event| {
+            matches!(&event.kind, EventKind::Slot { reason: SlotReason::Closed, slot: closed }
+                if closed.id.as_str() == slot.id)
+        })
+        .count();
+    assert_eq!(closings, 1);
+    for (id, to) in [(&absent, "NO_SHOW"), (&waiting, "EXPIRED")] {
+        let detail = second.token(id).await;
+        let history = detail["history"].as_array().unwrap();
+        assert_eq!(history.len(), 2, "{detail}");
+        assert_eq!(history[1]["to"], to);
+    }
+    assert_eq!(first.slot(&slot.id).await["closed"], true);
+}

@@ -181,6 +181,9 @@ pub struct Spawn {
     timezone: String,
     data_dir: Option<DataDir>,
     settings: Option<Settings>,
+    /// Another instance's PostgreSQL schema to share instead of a store of
+    /// this application's own.
+    shared_schema: Option<String>,
 }
 
 impl Spawn {
@@ -224,7 +227,12 @@ impl Spawn {
         if let Some(settings) = &self.settings {
             settings(&mut config);
         }
-        let data_dir = self.backend.configure(&mut config, self.data_dir);
+        let mut data_dir = self.backend.configure(&mut config, self.data_dir);
+        if let Some(schema) = self.shared_schema {
+            config.database_schema = Some(schema);
+            // The schema belongs to the instance that made it.
+            data_dir = None;
+        }
         let application = match &self.clock {
             Some(clock) => opd::Application::build_with_clock(config, clock.as_clock()).await,
             None => opd::Application::build(config).await,
@@ -290,7 +298,21 @@ impl TestApp {
             timezone: "UTC".into(),
             data_dir: None,
             settings: None,
+            shared_schema: None,
         }
+    }
+
+    /// A second instance on this application's PostgreSQL database, clock
+    /// and settings; the database stays this application's.
+    #[cfg_attr(not(feature = "postgres-tests"), allow(dead_code))]
+    pub async fn another_instance(&self) -> TestApp {
+        let dir = self.data_dir.as_ref().expect("an application with a store");
+        let mut spawn = TestApp::with(Backend::Postgres)
+            .clock(self.clock.clone())
+            .timezone(&self.timezone);
+        spawn.settings = self.settings.clone();
+        spawn.shared_schema = Some(dir.schema());
+        spawn.spawn().await
     }
 
     /// Shuts down gracefully, waits for the server to finish, and hands

@@ -160,6 +160,9 @@ struct Reference {
     now: Timestamp,
 }
 
+/// A token change as both sides report it: (token, from, to, reason).
+type Changes = Vec<(Uuid, Status, Status, Reason)>;
+
 /// What one step produced, in a form both sides can be compared in.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
@@ -176,7 +179,7 @@ enum Step {
     Resized(Vec<(Uuid, Status, Status, Reason)>),
     /// What a tick did: per slot changed, whether it was a closing, the
     /// slot and its token changes.
-    Ticked(Vec<(bool, usize, Vec<(Uuid, Status, Status, Reason)>)>),
+    Ticked(Vec<(bool, usize, Changes)>),
 }
 
 impl Reference {

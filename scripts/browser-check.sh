@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-if ! command -v chromium >/dev/null; then
+# Chromium, and a font with Devanagari for the board in Hindi (the
+# screenshots would show empty boxes without one).
+if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -q Devanagari; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-core >/dev/null
 fi

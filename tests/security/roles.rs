@@ -83,7 +83,9 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         | ("POST", "/doctors/{doctorId}/call-next") => Class::Clinical,
         ("GET", "/doctors/{doctorId}/queue") => Class::ReadOwned,
         ("GET", "/board") | ("GET", "/me") => Class::ReadAny,
-        ("POST", "/slots") | ("PATCH", "/slots/{slotId}") => Class::Admin,
+        ("POST", "/slots") | ("PATCH", "/slots/{slotId}") | ("POST", "/slots/{slotId}/close") => {
+            Class::Admin
+        }
         ("GET", "/slots") | ("GET", "/events") => Class::ReadList,
         ("GET", "/slots/{slotId}") | ("GET", "/tokens/{tokenId}") => Class::ReadOwned,
         _ => panic!(
@@ -124,9 +126,25 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
         None if route.contains("{tokenId}") => Some(app.d1_token().await),
         None => None,
     };
+    // Closing is for good: each close gets a slot of its own, so that
+    // D1-09 stays open for the other operations.
+    let slot = if route == "/slots/{slotId}/close" {
+        let slot = format!("C-{n}");
+        let body = json!({
+            "slotId": slot, "doctorId": format!("DC{n}"), "date": "2030-01-07",
+            "startTime": "09:00", "endTime": "10:00", "capacity": 2
+        });
+        let response = app
+            .send(Method::POST, "/slots", Some(ADMIN_KEY), Some(body))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        slot
+    } else {
+        "D1-09".to_owned()
+    };
     let path = match token {
         Some(token) => route.replace("{tokenId}", &token),
-        None => route.replace("{slotId}", "D1-09"),
+        None => route.replace("{slotId}", &slot),
     }
     .replace("{doctorId}", "D1");
     let body = match (method, route) {

@@ -19,6 +19,7 @@ mod slot;
 #[cfg(test)]
 mod tests;
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
@@ -241,23 +242,33 @@ struct CallPlace {
 
 impl CallPlace {
     fn of(token: &Token, slot: &Slot) -> CallPlace {
-        let emergency = token.source.priority() == Priority::EMERGENCY;
-        let minute = u32::from(slot.start.hour() as u8) * 60 + u32::from(slot.start.minute() as u8);
-        let priority = u32::from(token.source.priority().get());
+        let priority = token.source.priority();
+        let emergency = priority == Priority::EMERGENCY;
+        let minute = CallPlace::minute(slot);
         let key = u128::from(!emergency) << 78
             | u128::from(minute) << 67
-            | u128::from(priority) << 64
+            | u128::from(priority.get()) << 64
             | u128::from(token.sequence);
-        let bucket = if emergency {
-            minute
-        } else {
-            DAY_MINUTES + minute * 5 + (priority - 1)
-        };
         CallPlace {
             key: CallKey(key),
-            bucket,
+            bucket: CallPlace::bucket(priority, minute),
             emergency,
             start: slot.start,
+        }
+    }
+
+    /// The slot's start minute of the day.
+    fn minute(slot: &Slot) -> u32 {
+        u32::from(slot.start.hour() as u8) * 60 + u32::from(slot.start.minute() as u8)
+    }
+
+    /// The bucket of the tokens of `priority` in the slot starting at
+    /// `minute`: buckets are numbered in call order.
+    fn bucket(priority: Priority, minute: u32) -> u32 {
+        if priority == Priority::EMERGENCY {
+            minute
+        } else {
+            DAY_MINUTES + minute * 5 + (u32::from(priority.get()) - 1)
         }
     }
 }
@@ -303,6 +314,40 @@ fn record_pace(pace: &mut Pace, from: Status, to: Status, at: Nanos, since: Nano
     if from == Status::InConsultation && to == Status::Completed {
         pace.consultations += 1;
         pace.consultation_nanos += (at.0 - since.0).max(0);
+    }
+}
+
+/// How many awaited tokens of `slot` (patients not in the hall) come
+/// before `token`, whose call place is `own`, in call order: all of those
+/// in earlier buckets and those of its own bucket that arrived before it,
+/// in O(log n).
+fn awaited_ahead(slot: &Slot, own: &CallPlace, token: &Token) -> u32 {
+    let minute = CallPlace::minute(slot);
+    Source::ALL
+        .into_iter()
+        .map(|source| {
+            let priority = source.priority();
+            match CallPlace::bucket(priority, minute).cmp(&own.bucket) {
+                Ordering::Less => slot.awaited(priority),
+                Ordering::Equal => slot.awaited_before(priority, token.arrival),
+                Ordering::Greater => 0,
+            }
+        })
+        .sum()
+}
+
+/// How many halves of a token an awaited token of `slot` counts for in an
+/// estimate made at the clinic's local time `local`: a whole one before
+/// the slot starts (most booked patients come), half while it runs (a
+/// patient not there by the start may still come late, or not at all),
+/// none once it has ended.
+fn awaited_weight(slot: &Slot, local: jiff::civil::DateTime) -> u8 {
+    if local < slot.date.to_datetime(slot.start) {
+        2
+    } else if local < slot.date.to_datetime(slot.end) {
+        1
+    } else {
+        0
     }
 }
 
@@ -1222,6 +1267,9 @@ impl Engine {
                 slot.remove_bumpable(token.bump_key());
             }
         }
+        if status.is_awaited() {
+            slot.set_awaited(token.source.priority(), token.arrival, enter);
+        }
         let day = &mut self.days[slot.doctor_day as usize];
         if status.is_callable() {
             slot.set_checked_in(token.source.priority(), token.arrival, enter);
@@ -1408,6 +1456,27 @@ impl Engine {
         if bumpable != 0 || bumpable_emergencies != slot.bumpable_emergencies() {
             return fail("bumpable tokens drifted".into());
         }
+        // Seat holders come in (priority, arrival) order, so the awaited
+        // tokens counted so far of a priority are those before each one.
+        let mut awaited = [0u32; 5];
+        for (_, key) in slot.allocated_entries() {
+            let token = &self.tokens[*key];
+            let priority = token.source.priority();
+            let counted = &mut awaited[priority.bucket()];
+            if token.status.is_awaited() {
+                if slot.awaited_before(priority, token.arrival) != *counted {
+                    return fail(format!("token {} has a wrong awaited rank", token.id));
+                }
+                *counted += 1;
+            }
+        }
+        if Source::ALL
+            .into_iter()
+            .map(Source::priority)
+            .any(|priority| slot.awaited(priority) != awaited[priority.bucket()])
+        {
+            return fail("awaited counts drifted".into());
+        }
         for (position, (queue_key, key)) in slot.waitlist_entries().enumerate() {
             let token = &self.tokens[*key];
             if token.status != Status::Waitlisted || token.slot != slot_key {
@@ -1484,11 +1553,15 @@ impl Engine {
         let token = &self.tokens[key];
         let slot = &self.slots[token.slot as usize];
         let day = &self.days[slot.doctor_day as usize];
-        let (mut length, mut seats) = (0i128, 0i128);
+        let own = CallPlace::of(token, slot);
+        let local = at.to_zoned(self.zone.0.clone()).datetime();
+        let (mut length, mut seats, mut awaited_halves) = (0i128, 0i128, 0i128);
         for &(_, slot_key) in day.slots_by_start.values() {
             let each = &self.slots[slot_key as usize];
             length += each.end.duration_since(each.start).as_nanos();
             seats += i128::from(each.capacity);
+            awaited_halves += i128::from(awaited_ahead(each, &own, token))
+                * i128::from(awaited_weight(each, local));
         }
         let first_guess = length / seats.max(1);
         let pace = day.pace;
@@ -1514,7 +1587,8 @@ impl Engine {
             }
             Some(_) => mean,
         };
-        let estimate = now + in_progress + i128::from(position - 1) * per_token;
+        let tokens_ahead_halves = 2 * i128::from(position - 1) + awaited_halves;
+        let estimate = now + in_progress + tokens_ahead_halves * per_token / 2;
         // Nobody is called before their slot starts, nor before the
         // emergencies ahead of them, whose slots may start later.
         let mut not_before = slot.start;

@@ -202,6 +202,24 @@ impl Status {
         }
     }
 
+    /// Whether the token holds a seat while its patient is not in the
+    /// hall: booked and not arrived, or called and away. Such a patient may
+    /// still come and then takes their place in call order, ahead of
+    /// tokens already waiting, so call time estimates allow for them.
+    pub fn is_awaited(self) -> bool {
+        match self {
+            Status::Allocated | Status::Skipped => true,
+            Status::Waitlisted
+            | Status::CheckedIn
+            | Status::Called
+            | Status::InConsultation
+            | Status::Completed
+            | Status::Cancelled
+            | Status::NoShow
+            | Status::Expired => false,
+        }
+    }
+
     /// Whether the token occupies its doctor: at most one per doctor and
     /// date is in such a status.
     pub fn is_with_doctor(self) -> bool {

@@ -90,6 +90,12 @@ pub(super) struct Slot {
     /// bookings pay nothing for it. Gives call queue positions within the
     /// slot and priority in O(log n).
     checked_in_ranks: [Fenwick; 5],
+    /// Per priority, a count for every arrival of that priority: 1 while
+    /// that token is awaited (holds a seat, its patient not in the hall).
+    /// Gives how many awaited tokens come before a token in call order, for
+    /// call time estimates, in O(log n).
+    awaited_ranks: [Fenwick; 5],
+    awaited_counts: [u32; 5],
     waitlist: BTreeMap<QueueKey, TokenKey>,
     /// Per priority, a 0/1 element for every arrival of that priority: 1
     /// while that token waits. Gives waitlist positions in O(log n).
@@ -120,6 +126,8 @@ impl Slot {
             bumpable: BTreeMap::new(),
             bumpable_emergencies: 0,
             checked_in_ranks: Default::default(),
+            awaited_ranks: Default::default(),
+            awaited_counts: [0; 5],
             waitlist: BTreeMap::new(),
             waitlist_ranks: Default::default(),
             waitlist_counts: [0; 5],
@@ -258,6 +266,28 @@ impl Slot {
         self.checked_in_ranks[priority.bucket()].prefix(arrival as usize + 1)
     }
 
+    /// Marks an arrival as awaited or not, for call time estimates.
+    pub(super) fn set_awaited(&mut self, priority: Priority, arrival: u32, awaited: bool) {
+        self.awaited_ranks[priority.bucket()].set(arrival, awaited);
+        let count = &mut self.awaited_counts[priority.bucket()];
+        if awaited {
+            *count += 1;
+        } else {
+            *count -= 1;
+        }
+    }
+
+    /// Awaited tokens of `priority` in this slot.
+    pub(super) fn awaited(&self, priority: Priority) -> u32 {
+        self.awaited_counts[priority.bucket()]
+    }
+
+    /// Awaited tokens of `priority` in this slot that arrived before
+    /// `arrival`, in O(log n).
+    pub(super) fn awaited_before(&self, priority: Priority, arrival: u32) -> u32 {
+        self.awaited_ranks[priority.bucket()].prefix(arrival as usize)
+    }
+
     pub(super) fn insert_waitlisted(&mut self, key: QueueKey, arrival: u32, token: TokenKey) {
         assert!(
             self.waitlist.insert(key, token).is_none(),
@@ -330,6 +360,9 @@ impl Slot {
         }
         if self.bumpable.len() > self.allocated.len() {
             return Err("more bumpable tokens than seat holders".into());
+        }
+        if self.awaited_counts.iter().sum::<u32>() > self.allocated_count() {
+            return Err("more awaited tokens than seat holders".into());
         }
         Ok(())
     }

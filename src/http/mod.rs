@@ -15,7 +15,7 @@ mod me;
 pub mod openapi;
 pub mod pages;
 pub mod rate_limit;
-mod render;
+pub mod render;
 pub mod routes;
 pub mod serve;
 pub mod slots;

@@ -75,6 +75,16 @@ impl Writer<'_> {
     }
 }
 
+/// A booking's answer as the write lock is released: rendered already, or
+/// still to be rendered from the outcome. It lives on the stack for one
+/// booking, so its size does not matter, and boxing the outcome would cost
+/// every unkeyed booking an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    Rendered(Booking),
+    ToRender(Outcome),
+}
+
 /// Remembered first answers to idempotent bookings, per caller.
 struct Idempotency {
     callers: HashMap<Actor, CallerKeys>,
@@ -255,34 +265,60 @@ impl Local {
                     body: stored.response.clone(),
                 });
                 // A replay must not be seen before the original is durable.
-                (replay, self.journal.as_ref().map(Journal::barrier))
+                (
+                    Answer::Rendered(replay),
+                    self.journal.as_ref().map(Journal::barrier),
+                )
             } else {
                 if key.is_some() {
                     state.idempotency.check_room(&ctx.actor, ctx.at)?;
                 }
                 let outcome = state.engine.book(request, &ctx)?;
-                let rendered = Rendered {
-                    token: outcome.token.id,
-                    body: Arc::from(render(&outcome)),
-                };
-                let idempotency = key.map(|key| StoredIdempotency {
-                    caller: ctx.actor.clone(),
-                    key: key.key,
-                    fingerprint: key.fingerprint,
-                    token: rendered.token,
-                    response: rendered.body.clone(),
-                    stored_at: ctx.at,
-                });
-                if let Some(record) = &idempotency {
-                    state.idempotency.insert(record.clone());
+                match key {
+                    // A remembered answer is rendered here, under the lock,
+                    // because it is stored with the change.
+                    Some(key) => {
+                        let rendered = Rendered {
+                            token: outcome.token.id,
+                            body: Arc::from(render(&outcome)),
+                        };
+                        let record = StoredIdempotency {
+                            caller: ctx.actor.clone(),
+                            key: key.key,
+                            fingerprint: key.fingerprint,
+                            token: rendered.token,
+                            response: rendered.body.clone(),
+                            stored_at: ctx.at,
+                        };
+                        state.idempotency.insert(record.clone());
+                        let ticket = writer.append(Record::Booked {
+                            outcome,
+                            ctx,
+                            idempotency: Some(record),
+                        });
+                        (Answer::Rendered(Booking::Created(rendered)), ticket)
+                    }
+                    // Any other answer is rendered after the lock is
+                    // released, so bookings do not wait on each other's
+                    // rendering.
+                    None => {
+                        let answer = Answer::ToRender(outcome.clone());
+                        let ticket = writer.append(Record::Booked {
+                            outcome,
+                            ctx,
+                            idempotency: None,
+                        });
+                        (answer, ticket)
+                    }
                 }
-                let ticket = writer.append(Record::Booked {
-                    outcome,
-                    ctx,
-                    idempotency,
-                });
-                (Booking::Created(rendered), ticket)
             }
+        };
+        let booking = match booking {
+            Answer::Rendered(booking) => booking,
+            Answer::ToRender(outcome) => Booking::Created(Rendered {
+                token: outcome.token.id,
+                body: Arc::from(render(&outcome)),
+            }),
         };
         self.wait(ticket).await?;
         Ok(booking)

@@ -36,6 +36,7 @@ fn reasons(detail: &Value) -> Vec<(Value, Value, String)> {
 backend_tests!(
     a_patient_goes_through_check_in_call_start_and_complete,
     a_checked_in_patient_has_a_queue_position_and_an_estimate,
+    a_patient_booked_ahead_and_not_arrived_counts_in_estimates_until_the_slot_ends,
     call_next_calls_in_call_order_emergencies_first,
     a_doctor_calls_one_patient_at_a_time_over_all_slots,
     call_next_on_an_empty_queue_or_unknown_doctor_is_refused,
@@ -130,6 +131,44 @@ async fn a_checked_in_patient_has_a_queue_position_and_an_estimate(backend: Back
     assert_eq!(third["estimatedCallAt"], "2030-01-15T09:43:20Z");
     // The others have no position.
     assert_eq!(app.token(&ids[0]).await["queuePosition"], Value::Null);
+}
+
+async fn a_patient_booked_ahead_and_not_arrived_counts_in_estimates_until_the_slot_ends(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    app.clock.set("2030-01-15T08:50:00Z");
+    // Capacity 4 over 09:00-10:00: 15 minutes a patient. P0 booked first
+    // and has not come; P3 booked last and has not come either.
+    let (doctor, _, ids) = booked(&app, 4, &["ONLINE", "ONLINE", "ONLINE", "ONLINE"]).await;
+    app.act(&ids[1], "check-in").await;
+    app.act(&ids[2], "check-in").await;
+    let estimates = |queue: Value| -> Vec<Value> {
+        queue["callQueue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["estimatedCallAt"].clone())
+            .collect()
+    };
+    // Before the slot starts P0 is expected: a whole consultation ahead of
+    // both; P3, behind them, counts for neither.
+    assert_eq!(
+        estimates(app.queue(&doctor).await),
+        vec![json!("2030-01-15T09:05:00Z"), json!("2030-01-15T09:20:00Z")]
+    );
+    // Once the slot runs, P0 may still come late, or not at all: half.
+    app.clock.set("2030-01-15T09:00:00Z");
+    assert_eq!(
+        estimates(app.queue(&doctor).await),
+        vec![json!("2030-01-15T09:07:30Z"), json!("2030-01-15T09:22:30Z")]
+    );
+    // Once it has ended, P0 is not expected any more.
+    app.clock.set("2030-01-15T10:00:00Z");
+    assert_eq!(
+        estimates(app.queue(&doctor).await),
+        vec![json!("2030-01-15T10:00:00Z"), json!("2030-01-15T10:15:00Z")]
+    );
 }
 
 async fn call_next_calls_in_call_order_emergencies_first(backend: Backend) {

@@ -104,9 +104,7 @@ function row(slot) {
     input,
     el("button", { type: "submit", disabled: slot.closed === true, "aria-label": `Change capacity of ${slot.slotId}` }, "Change")
   );
-  let stateText = "open";
-  if (slot.closed) stateText = `closed${slot.closesAt ? ` at ${clock(slot.closesAt)}` : ""}`;
-  else if (slot.closesAt) stateText = `open, closes ${slot.closesAt.slice(0, 10) === slot.date ? clock(slot.closesAt) : new Date(slot.closesAt).toLocaleString()}`;
+  let stateText = slot.closed ? `closed at ${clock(slot.closesAt)}` : `open until ${closingWords(slot.closesAt)}`;
   if (slot.overbooked) stateText += `, overbooked by ${slot.overbookedBy}`;
   return el(
     "tr",
@@ -134,6 +132,13 @@ function row(slot) {
       )
     )
   );
+}
+
+/** When an open slot closes: midnight (the end of its date), or the time. */
+function closingWords(closesAt) {
+  const when = new Date(closesAt);
+  if (when.getHours() === 0 && when.getMinutes() === 0) return "midnight";
+  return clock(closesAt);
 }
 
 async function changeCapacity(slot, text) {

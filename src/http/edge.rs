@@ -15,6 +15,9 @@
 //!   (see [`fhir::outcome`]), with the same status and headers.
 //! - Every answer carries `X-Content-Type-Options: nosniff`, and a 413
 //!   carries `Connection: close`, since the connection is closed after it.
+//! - A browser's navigation to `/board` is sent to the board's web page
+//!   (see [`pages::negotiate`]), and both answers of `/board` say
+//!   `Vary: Accept`.
 //!
 //! These were six tower and tower-http layers (request id, propagation,
 //! trace, response mapping, catch-panic, timeout). Each one wraps the next
@@ -39,6 +42,7 @@ use tracing::Instrument;
 use super::auth::Gate;
 use super::error::{self, PROBLEM_JSON};
 use super::fhir;
+use super::pages;
 use super::{take_ready, Answer};
 
 /// The header that carries a request's id both ways.
@@ -88,7 +92,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        // Before the gate: a browser navigating to the board gets its page,
+        // which needs no key, rather than the API's JSON.
+        let varies_with_accept = pages::negotiate(&mut request);
         // The id is carried by the span and the answer; nothing inside
         // reads it from the request.
         let id = match request.headers().get(&REQUEST_ID) {
@@ -125,6 +132,9 @@ where
                 let headers = response.headers_mut();
                 headers.insert(REQUEST_ID, id);
                 headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+                if varies_with_accept {
+                    headers.insert(header::VARY, HeaderValue::from_static("accept"));
+                }
                 // The body of a request refused for its size is not read,
                 // so the connection cannot carry another request: say so,
                 // and hyper closes it after this answer.

@@ -13,7 +13,9 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
-use super::{doctors, dto, error::FieldError, events, fhir, health, slots, tokens, AppState};
+use super::{
+    doctors, dto, error::FieldError, events, fhir, health, me, pages, slots, tokens, AppState,
+};
 
 /// An RFC 9457 problem, as every error is answered.
 #[derive(ToSchema)]
@@ -63,6 +65,7 @@ pub struct Problem {
         dto::NowServingDto,
         fhir::FhirResourceDoc,
         fhir::FhirDateSearchDoc,
+        me::MeDto,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -70,7 +73,7 @@ pub struct Problem {
         (name = "doctors", description = "The doctor's call queue and the waiting-hall board"),
         (name = "slots", description = "Doctors' time slots and their queues"),
         (name = "fhir", description = "A read-only HL7 FHIR R4 view: Schedule (a doctor), Slot, Appointment (a token); see docs/fhir.md. Errors under /fhir are OperationOutcomes"),
-        (name = "operations", description = "Health"),
+        (name = "operations", description = "Health, and who a key is"),
     )
 )]
 pub struct ApiDoc;
@@ -193,6 +196,10 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
         .merge(doctors::router())
         .merge(events::router())
         .merge(fhir::router())
+        .merge(me::router())
+        // The web pages: public routes that the document does not list,
+        // since they are not operations of the API.
+        .merge(pages::router())
         .route(routes!(health::healthz), Access::HealthCheck)
         .split();
     AccessResponses.modify(&mut document);

@@ -5,6 +5,7 @@
 //! document.
 
 use axum::http::Method;
+use axum::routing::MethodRouter;
 use axum::Router;
 use utoipa::openapi::path::PathItem;
 use utoipa::openapi::OpenApi;
@@ -47,6 +48,16 @@ impl Routes {
             }
         }
         self.router = self.router.routes(route);
+        self
+    }
+
+    /// Registers a route that is not an operation of the API (a web page
+    /// or one of its files), so the document does not list it: anyone may
+    /// `GET` (and `HEAD`) it, with or without a key. Such a route must
+    /// serve nothing but files built into the binary.
+    pub fn page(mut self, template: &str, handler: MethodRouter<AppState>) -> Routes {
+        self.rules.add(Method::GET, template, Access::Public);
+        self.router = self.router.route(template, handler);
         self
     }
 

@@ -48,7 +48,8 @@ async fn an_unknown_route_is_not_found(backend: Backend) {
         (Method::POST, "/token"),
         (Method::GET, "/slots/D1-09/tokens"),
         (Method::POST, &format!("/tokens/{UNKNOWN_TOKEN}/archive")),
-        (Method::DELETE, "/"),
+        (Method::GET, "/ui"),
+        (Method::GET, "/ui/nothing.js"),
     ] {
         let reply = app.send(app.request(method.clone(), path)).await;
         assert_problem(&reply, 404, "NOT_FOUND");
@@ -72,6 +73,8 @@ async fn a_wrong_method_on_a_known_path_is_405_with_an_allow_header(backend: Bac
             vec!["GET", "PATCH"],
         ),
         (Method::DELETE, "/slots".to_owned(), vec!["GET", "POST"]),
+        // The start page.
+        (Method::DELETE, "/".to_owned(), vec!["GET"]),
         (Method::DELETE, format!("/tokens/{token}"), vec!["GET"]),
         (Method::GET, format!("/tokens/{token}/cancel"), vec!["POST"]),
         (

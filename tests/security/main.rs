@@ -12,6 +12,7 @@ mod headers;
 mod helpers;
 mod keys;
 mod open_mode;
+mod pages;
 mod random_requests;
 mod rate_limits;
 mod roles;

@@ -174,6 +174,15 @@ impl Security {
         self.keys.reload()
     }
 
+    /// The configured key a request presents, if any: for a route that
+    /// tells the caller about its own key (the gate has already admitted
+    /// the request).
+    pub fn presented_key(&self, headers: &HeaderMap) -> Option<ApiKey> {
+        bearer(headers)
+            .ok()
+            .and_then(|presented| self.key(presented))
+    }
+
     /// The CORS layer, when origins are configured.
     pub fn cors(&self) -> Option<CorsLayer> {
         self.cors.clone()

@@ -2,6 +2,8 @@
 //! one layer and one future.
 //!
 //! - The access check ([`Gate`]), before the request is routed.
+//! - Request metrics: every answer is counted by the route template the
+//!   gate matched, its method and status, and its duration recorded.
 //! - Request ids: a request keeps its `x-request-id` or gets a new UUID,
 //!   and the answer carries the same id back.
 //! - A debug-level span per request, and an error-level log line for every
@@ -34,8 +36,10 @@ use futures_util::FutureExt;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use super::auth::gate::Verdict;
 use super::auth::Gate;
 use super::error::{self, PROBLEM_JSON};
+use super::metrics::RequestMetrics;
 use super::{take_ready, Answer};
 
 /// The header that carries a request's id both ways.
@@ -51,6 +55,8 @@ pub struct EdgeLayer {
     pub request_timeout: Duration,
     /// The access check every request passes before it is routed.
     pub gate: Arc<Gate>,
+    /// Where every answer is counted.
+    pub requests: Arc<RequestMetrics>,
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -61,6 +67,7 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             request_timeout: self.request_timeout,
             gate: self.gate.clone(),
+            requests: self.requests.clone(),
         }
     }
 }
@@ -70,6 +77,7 @@ pub struct Edge<S> {
     inner: S,
     request_timeout: Duration,
     gate: Arc<Gate>,
+    requests: Arc<RequestMetrics>,
 }
 
 impl<S> Service<Request> for Edge<S>
@@ -101,11 +109,18 @@ where
         );
         let started = Instant::now();
         let deadline = started + self.request_timeout;
-        let work = admit_and_route(self.gate.clone(), take_ready(&mut self.inner), request);
+        let mut request = request;
+        let method = request.method().clone();
+        let requests = self.requests.clone();
+        // What needs no read is decided here; it also finds the route
+        // template the request is counted under.
+        let (route, verdict) = self.gate.check(&mut request);
+        let work = admit_and_route(self.gate.clone(), take_ready(&mut self.inner), request, verdict);
         Box::pin(
             async move {
                 let response = answer(work, deadline).await;
                 let mut response = problem_for_bare_errors(response);
+                requests.record(route, &method, response.status().as_u16(), started.elapsed());
                 if response.status().is_server_error() {
                     tracing::error!(
                         request_id = id.to_str().unwrap_or("-"),
@@ -131,12 +146,17 @@ where
     }
 }
 
-/// The access check, then the router's answer.
-async fn admit_and_route<S>(gate: Arc<Gate>, mut router: S, mut request: Request) -> Response
+/// The rest of the access check, then the router's answer.
+async fn admit_and_route<S>(
+    gate: Arc<Gate>,
+    mut router: S,
+    mut request: Request,
+    verdict: Verdict,
+) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    if let Err(refusal) = gate.admit(&mut request).await {
+    if let Err(refusal) = gate.admit(verdict, &mut request).await {
         return refusal;
     }
     match router.call(request).await {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 mod health;
 pub mod input;
+pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 mod render;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Hands durable events on to the open event streams.
     pub fanout: Arc<events::Fanout>,
+    /// The application's metrics, rendered by `GET /metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The whole API as one service: the routes with their access checks,
@@ -93,10 +96,15 @@ pub fn app(state: AppState, request_timeout: Duration) -> App {
         .with_state(state.clone());
     // The edge wraps the router once, not each route: a per-route layer is
     // cloned, with its boxed inner services, for every request.
-    let gate = Arc::new(auth::Gate::new(state, &rules));
+    let gate = Arc::new(auth::Gate::new(state.clone(), &rules));
+    let requests = Arc::new(metrics::RequestMetrics::new(
+        state.metrics.clone(),
+        gate.route_templates(),
+    ));
     let app = edge::EdgeLayer {
         request_timeout,
         gate,
+        requests,
     }
     .layer(router);
     // Outermost, so preflights need no key and every answer, errors

@@ -13,7 +13,9 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
-use super::{doctors, dto, error::FieldError, events, health, slots, tokens, AppState};
+use super::{
+    doctors, dto, error::FieldError, events, health, metrics, slots, tokens, AppState,
+};
 
 /// An RFC 9457 problem, as every error is answered.
 #[derive(ToSchema)]
@@ -67,7 +69,7 @@ pub struct Problem {
         (name = "tokens", description = "Book and read tokens, and take them through the OPD day"),
         (name = "doctors", description = "The doctor's call queue and the waiting-hall board"),
         (name = "slots", description = "Doctors' time slots and their queues"),
-        (name = "operations", description = "Health"),
+        (name = "operations", description = "Health and metrics"),
     )
 )]
 pub struct ApiDoc;
@@ -181,6 +183,7 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
         .merge(slots::router())
         .merge(doctors::router())
         .merge(events::router())
+        .merge(metrics::router())
         .route(routes!(health::healthz), Access::HealthCheck)
         .split();
     AccessResponses.modify(&mut document);

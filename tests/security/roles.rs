@@ -69,6 +69,8 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         Clinical,
         /// Every role, any doctor: the board.
         ReadAny,
+        /// Admin and viewer: the metrics and the day reports.
+        Monitoring,
     }
     let class = match (method, route) {
         ("GET", "/healthz") => Class::Public,
@@ -83,7 +85,12 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         | ("POST", "/doctors/{doctorId}/call-next") => Class::Clinical,
         ("GET", "/doctors/{doctorId}/queue") => Class::ReadOwned,
         ("GET", "/board") => Class::ReadAny,
-        ("POST", "/slots") | ("PATCH", "/slots/{slotId}") => Class::Admin,
+        ("POST", "/slots") | ("PATCH", "/slots/{slotId}") | ("POST", "/slots/{slotId}/close") => {
+            Class::Admin
+        }
+        ("GET", "/metrics") | ("GET", "/reports/day") | ("GET", "/reports/days") => {
+            Class::Monitoring
+        }
         ("GET", "/slots") | ("GET", "/events") => Class::ReadList,
         ("GET", "/slots/{slotId}") | ("GET", "/tokens/{tokenId}") => Class::ReadOwned,
         _ => panic!(
@@ -105,6 +112,8 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         (Class::Clinical, Who::FrontDesk | Who::OwnDoctor) => Allowed,
         (Class::Clinical, _) => Forbidden,
         (Class::ReadAny, _) => Allowed,
+        (Class::Monitoring, Who::Viewer) => Allowed,
+        (Class::Monitoring, _) => Forbidden,
     }
 }
 
@@ -124,9 +133,24 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
         None if route.contains("{tokenId}") => Some(app.d1_token().await),
         None => None,
     };
+    // Closing needs an open slot each time; the others use D1-09.
+    let slot = if route == "/slots/{slotId}/close" {
+        let slot = format!("C-{n}");
+        let body = json!({
+            "slotId": slot, "doctorId": format!("DC{n}"), "date": "2030-01-07",
+            "startTime": "09:00", "endTime": "10:00", "capacity": 2
+        });
+        let created = app
+            .send(Method::POST, "/slots", Some(ADMIN_KEY), Some(body))
+            .await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+        slot
+    } else {
+        "D1-09".to_owned()
+    };
     let path = match token {
         Some(token) => route.replace("{tokenId}", &token),
-        None => route.replace("{slotId}", "D1-09"),
+        None => route.replace("{slotId}", &slot),
     }
     .replace("{doctorId}", "D1");
     let body = match (method, route) {

@@ -184,13 +184,18 @@ impl Application {
                     source,
                 })?;
         let metrics_listener = match config.metrics_listen {
-            Some(address) => Some(TcpListener::bind(address).await.map_err(|source| {
-                StartError::MetricsListen { address, source }
-            })?),
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::MetricsListen { address, source })?,
+            ),
             None => None,
         };
         let (shutting_down, shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(http::metrics::follow_events(service.clone(), metrics.clone()));
+        tokio::spawn(http::metrics::follow_events(
+            service.clone(),
+            metrics.clone(),
+        ));
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,

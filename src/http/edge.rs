@@ -115,12 +115,22 @@ where
         // What needs no read is decided here; it also finds the route
         // template the request is counted under.
         let (route, verdict) = self.gate.check(&mut request);
-        let work = admit_and_route(self.gate.clone(), take_ready(&mut self.inner), request, verdict);
+        let work = admit_and_route(
+            self.gate.clone(),
+            take_ready(&mut self.inner),
+            request,
+            verdict,
+        );
         Box::pin(
             async move {
                 let response = answer(work, deadline).await;
                 let mut response = problem_for_bare_errors(response);
-                requests.record(route, &method, response.status().as_u16(), started.elapsed());
+                requests.record(
+                    route,
+                    &method,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
                 if response.status().is_server_error() {
                     tracing::error!(
                         request_id = id.to_str().unwrap_or("-"),

@@ -29,7 +29,9 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use tokio::sync::broadcast;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -65,15 +67,19 @@ const COMMIT_SECONDS: &[f64] = &[
 ];
 /// Records per commit: one per PostgreSQL transaction, up to the journal's
 /// batch bound.
-const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0];
+const BATCH_SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+];
 /// From a durable change to the moment the fan-out hands it to the open
 /// streams, in seconds; the fan-out gathers for 10 ms.
-const DELIVERY_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const DELIVERY_SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 /// Actual minus estimated call time, in seconds: negative when a patient
 /// was called early.
 const ESTIMATE_ERROR_SECONDS: &[f64] = &[
-    -3600.0, -1800.0, -900.0, -600.0, -300.0, -120.0, -60.0, 0.0, 60.0, 120.0, 300.0, 600.0,
-    900.0, 1800.0, 3600.0,
+    -3600.0, -1800.0, -900.0, -600.0, -300.0, -120.0, -60.0, 0.0, 60.0, 120.0, 300.0, 600.0, 900.0,
+    1800.0, 3600.0,
 ];
 
 const REQUESTS: &str = "opd_http_requests_total";
@@ -147,7 +153,8 @@ impl Metrics {
                 _ => recorder.describe_counter(key, unit, text.into()),
             }
         }
-        let storage_failed = recorder.register_gauge(&Key::from_static_name(STORAGE_FAILED), &METADATA);
+        let storage_failed =
+            recorder.register_gauge(&Key::from_static_name(STORAGE_FAILED), &METADATA);
         let subscribers = recorder.register_gauge(&Key::from_static_name(SUBSCRIBERS), &METADATA);
         let delivery_delay =
             recorder.register_histogram(&Key::from_static_name(DELIVERY_DELAY), &METADATA);
@@ -207,7 +214,10 @@ impl Metrics {
         // The board is read only when storage is healthy: after a failed
         // commit nothing is served from memory.
         if let Ok((_, board)) = app.service.board(None).await {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut waiting = self
+                .waiting
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             let today: HashSet<&DoctorId> = board.iter().map(|entry| &entry.doctor).collect();
             for (doctor, gauge) in waiting.iter() {
                 if !today.contains(doctor) {

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 mod render;
+pub mod reports;
 pub mod routes;
 pub mod serve;
 pub mod slots;

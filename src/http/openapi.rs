@@ -14,7 +14,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
 use super::{
-    doctors, dto, error::FieldError, events, health, metrics, slots, tokens, AppState,
+    doctors, dto, error::FieldError, events, health, metrics, reports, slots, tokens, AppState,
 };
 
 /// An RFC 9457 problem, as every error is answered.
@@ -69,6 +69,7 @@ pub struct Problem {
         (name = "tokens", description = "Book and read tokens, and take them through the OPD day"),
         (name = "doctors", description = "The doctor's call queue and the waiting-hall board"),
         (name = "slots", description = "Doctors' time slots and their queues"),
+        (name = "reports", description = "Day reports for the clinic: waits, outcomes, load per doctor"),
         (name = "operations", description = "Health and metrics"),
     )
 )]
@@ -184,6 +185,7 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
         .merge(doctors::router())
         .merge(events::router())
         .merge(metrics::router())
+        .merge(reports::router())
         .route(routes!(health::healthz), Access::HealthCheck)
         .split();
     AccessResponses.modify(&mut document);

@@ -5,6 +5,7 @@
 
 mod local;
 mod postgres;
+pub mod report;
 
 use std::sync::Arc;
 

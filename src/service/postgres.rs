@@ -251,7 +251,8 @@ impl Postgres {
                     if remaining > 0 && is_retryable(&error) =>
                 {
                     if let sqlx::Error::Database(database) = &error {
-                        self.metrics.retried(database.code().as_deref().unwrap_or(""));
+                        self.metrics
+                            .retried(database.code().as_deref().unwrap_or(""));
                     }
                     tracing::debug!(%error, "retrying a transaction that lost a race");
                 }

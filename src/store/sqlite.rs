@@ -608,10 +608,7 @@ fn event(row: &rusqlite::Row<'_>) -> Result<Event, StoreError> {
             from: row.get_ref(11)?.as_str_or_null()?.map(status).transpose()?,
             to: status(text(12)?)?,
             reason: Reason::parse(text(7)?).ok_or_else(|| corrupt("reason"))?,
-            estimate: row
-                .get::<_, Option<i64>>(20)?
-                .map(timestamp)
-                .transpose()?,
+            estimate: row.get::<_, Option<i64>>(20)?.map(timestamp).transpose()?,
         },
         "SLOT" => EventKind::Slot {
             reason: SlotReason::parse(text(7)?).ok_or_else(|| corrupt("slot event reason"))?,

@@ -430,6 +430,40 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_log_keeps_what_reports_need_past_its_bound() {
+        let log = MemoryLog::default();
+        let count = MEMORY_LOG_MAX as u64 + 10;
+        let mut events: Vec<Event> = (1..=count).map(token_event).collect();
+        // A capacity change among the oldest: reports do not need it.
+        let summary = SlotSummary {
+            id: SlotId::parse("D1-09").unwrap(),
+            doctor: DoctorId::parse("D1").unwrap(),
+            date: jiff::civil::date(2030, 1, 15),
+            start: jiff::civil::time(9, 0, 0, 0),
+            end: jiff::civil::time(10, 0, 0, 0),
+            capacity: 3,
+            allocated: 0,
+            waitlisted: 0,
+            closes_at: Timestamp::UNIX_EPOCH,
+            closed: false,
+        };
+        events[1].kind = EventKind::Slot {
+            reason: SlotReason::CapacityChanged,
+            slot: summary,
+        };
+        for chunk in events.chunks(1_000) {
+            log.append(chunk);
+        }
+
+        let reported = log.report_events(jiff::civil::date(2030, 1, 15));
+        let ids: Vec<u64> = reported.iter().map(|event| event.id).collect();
+        let expected: Vec<u64> = (1..=count).filter(|id| *id != 2).collect();
+        assert_eq!(ids, expected);
+        assert_eq!(log.after(0, 1).oldest, Some(11));
+        assert!(log.report_events(jiff::civil::date(2030, 1, 16)).is_empty());
+    }
+
+    #[test]
     fn the_memory_log_keeps_only_its_newest_events() {
         let log = MemoryLog::default();
         let count = MEMORY_LOG_MAX as u64 + 10;

@@ -148,11 +148,14 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
     } else {
         "D1-09".to_owned()
     };
-    let path = match token {
+    let mut path = match token {
         Some(token) => route.replace("{tokenId}", &token),
         None => route.replace("{slotId}", &slot),
     }
     .replace("{doctorId}", "D1");
+    if route == "/reports/days" {
+        path.push_str("?from=2030-01-01&to=2030-01-07");
+    }
     let body = match (method, route) {
         ("POST", "/tokens") => {
             Some(json!({"patientId": format!("P{n}"), "slotId": "D1-09", "source": "EMERGENCY"}))

@@ -158,8 +158,8 @@ pub struct EstimateErrorDto {
     path = "/reports/day",
     tag = "reports",
     params(
-        ("date" = Option<String>, Query, description = "YYYY-MM-DD; today in the clinic's zone when absent"),
-        ("doctorId" = Option<String>, Query, description = "Only this doctor in `doctors` (the clinic's figures stay the whole clinic's)"),
+        ("date" = Option<String>, Query, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "YYYY-MM-DD; today in the clinic's zone when absent"),
+        ("doctorId" = Option<String>, Query, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Only this doctor in `doctors` (the clinic's figures stay the whole clinic's)"),
     ),
     responses(
         (status = 200, description = "The report; CSV (one row per doctor and one for the clinic) with `Accept: text/csv`",
@@ -199,9 +199,9 @@ pub async fn day(
     path = "/reports/days",
     tag = "reports",
     params(
-        ("from" = String, Query, description = "First date, YYYY-MM-DD"),
-        ("to" = String, Query, description = "Last date, YYYY-MM-DD: not before `from`, and at most 92 days in all"),
-        ("doctorId" = Option<String>, Query, description = "Only this doctor in each day's `doctors`"),
+        ("from" = String, Query, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "First date, YYYY-MM-DD"),
+        ("to" = String, Query, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "Last date, YYYY-MM-DD: not before `from`, and at most 92 days in all"),
+        ("doctorId" = Option<String>, Query, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "Only this doctor in each day's `doctors`"),
     ),
     responses(
         (status = 200, description = "A report per date; CSV (one row per date and doctor, and per date for the clinic) with `Accept: text/csv`",

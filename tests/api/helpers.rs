@@ -121,7 +121,7 @@ impl DataDir {
     }
 
     /// The PostgreSQL schema that stands for this directory.
-    fn schema(&self) -> String {
+    pub fn schema(&self) -> String {
         let name = self
             .0
             .file_name()

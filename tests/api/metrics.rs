@@ -333,3 +333,57 @@ async fn the_metrics_listener_serves_metrics_without_a_key_and_nothing_else(back
         assert_eq!(get(app.url("/metrics"), Some(key)).await.status(), 200);
     }
 }
+
+/// PostgreSQL's deadlock check ends one of two transactions waiting on
+/// each other: here the booking's, which the service then tries again.
+#[cfg(feature = "postgres-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_that_loses_a_deadlock_is_retried_and_counted() {
+    use std::str::FromStr;
+
+    use sqlx::postgres::PgConnectOptions;
+    use sqlx::{Connection, PgConnection};
+
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let slot = app.new_slot(3).await;
+    let schema = app.data_dir.as_ref().expect("a schema").schema();
+    let options = PgConnectOptions::from_str(&crate::common::database_url())
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let mut other = PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM doctor_days WHERE doctor_id = $1 AND date = $2 FOR UPDATE")
+        .bind(&slot.doctor)
+        .bind(&slot.date)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    // The booking locks the slot's row, then waits for the doctor's day.
+    let booking = tokio::spawn({
+        let request = app
+            .client
+            .post(app.url("/tokens"))
+            .json(&crate::helpers::booking("P1", &slot.id, "ONLINE"));
+        async move { request.send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now this one waits for the slot's row: a cycle. The booking has
+    // waited longer, so its deadlock check comes first and ends it.
+    sqlx::query("SELECT 1 FROM slots WHERE slot_id = $1 FOR UPDATE")
+        .bind(&slot.id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+
+    assert_eq!(booking.await.unwrap(), 201);
+    let text = scrape(&app).await;
+    assert_eq!(
+        value(&text, "opd_postgres_retries_total{sqlstate=\"40P01\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "opd_postgres_retries_total{sqlstate=\"40001\"}"),
+        Some(0.0)
+    );
+}

@@ -39,7 +39,6 @@ use tracing::Instrument;
 use super::auth::gate::Verdict;
 use super::auth::Gate;
 use super::error::{self, PROBLEM_JSON};
-use super::metrics::RequestMetrics;
 use super::{take_ready, Answer};
 
 /// The header that carries a request's id both ways.
@@ -53,10 +52,9 @@ const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 #[derive(Clone)]
 pub struct EdgeLayer {
     pub request_timeout: Duration,
-    /// The access check every request passes before it is routed.
+    /// The access check every request passes before it is routed, with
+    /// the request metrics (one shared handle for both).
     pub gate: Arc<Gate>,
-    /// Where every answer is counted.
-    pub requests: Arc<RequestMetrics>,
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -67,7 +65,6 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             request_timeout: self.request_timeout,
             gate: self.gate.clone(),
-            requests: self.requests.clone(),
         }
     }
 }
@@ -77,7 +74,6 @@ pub struct Edge<S> {
     inner: S,
     request_timeout: Duration,
     gate: Arc<Gate>,
-    requests: Arc<RequestMetrics>,
 }
 
 impl<S> Service<Request> for Edge<S>
@@ -111,21 +107,17 @@ where
         let deadline = started + self.request_timeout;
         let mut request = request;
         let method = request.method().clone();
-        let requests = self.requests.clone();
         // What needs no read is decided here; it also finds the route
         // template the request is counted under.
         let (route, verdict) = self.gate.check(&mut request);
-        let work = admit_and_route(
-            self.gate.clone(),
-            take_ready(&mut self.inner),
-            request,
-            verdict,
-        );
+        let gate = self.gate.clone();
+        let router = take_ready(&mut self.inner);
         Box::pin(
             async move {
+                let work = admit_and_route(&gate, router, request, verdict);
                 let response = answer(work, deadline).await;
                 let mut response = problem_for_bare_errors(response);
-                requests.record(
+                gate.requests().record(
                     route,
                     &method,
                     response.status().as_u16(),
@@ -158,7 +150,7 @@ where
 
 /// The rest of the access check, then the router's answer.
 async fn admit_and_route<S>(
-    gate: Arc<Gate>,
+    gate: &Gate,
     mut router: S,
     mut request: Request,
     verdict: Verdict,

@@ -97,15 +97,10 @@ pub fn app(state: AppState, request_timeout: Duration) -> App {
         .with_state(state.clone());
     // The edge wraps the router once, not each route: a per-route layer is
     // cloned, with its boxed inner services, for every request.
-    let gate = Arc::new(auth::Gate::new(state.clone(), &rules));
-    let requests = Arc::new(metrics::RequestMetrics::new(
-        state.metrics.clone(),
-        gate.route_templates(),
-    ));
+    let gate = Arc::new(auth::Gate::new(state, &rules));
     let app = edge::EdgeLayer {
         request_timeout,
         gate,
-        requests,
     }
     .layer(router);
     // Outermost, so preflights need no key and every answer, errors

@@ -26,6 +26,7 @@ use super::access::{Access, AccessRules, Caller, DoctorScope, Role};
 use super::keys::{bearer, ApiKey};
 use crate::engine::{DoctorId, SlotId};
 use crate::http::error::{self, ApiError};
+use crate::http::metrics::RequestMetrics;
 use crate::http::rate_limit::Client;
 use crate::http::{input, AppState};
 
@@ -33,8 +34,8 @@ use crate::http::{input, AppState};
 pub struct Gate {
     app: AppState,
     templates: matchit::Router<RouteAccess>,
-    /// The route templates by index.
-    routes: Vec<String>,
+    /// Request counts by the index of the route template matched.
+    requests: RequestMetrics,
 }
 
 /// One route template's rules, in registration order.
@@ -66,17 +67,18 @@ impl Gate {
     /// serves.
     pub fn new(app: AppState, rules: &AccessRules) -> Gate {
         let (templates, routes) = route_table(rules);
+        let requests = RequestMetrics::new(app.metrics.clone(), routes);
         Gate {
             app,
             templates,
-            routes,
+            requests,
         }
     }
 
-    /// The template of every route with an access rule, by the index
-    /// [`Gate::admit`] tells for a request on it.
-    pub fn route_templates(&self) -> Vec<String> {
-        self.routes.clone()
+    /// Where answers are counted, by the route index [`Gate::check`]
+    /// tells.
+    pub fn requests(&self) -> &RequestMetrics {
+        &self.requests
     }
 
     /// Checks the key and the rate limit, narrows doctor keys to their
@@ -88,8 +90,8 @@ impl Gate {
     /// addressed to a loopback name.
     ///
     /// In two steps: [`Gate::check`] decides what needs no data and tells
-    /// the index of the route template the path matched (see
-    /// [`Gate::route_templates`]), for the request metrics, and
+    /// the index of the route template the path matched, for the request
+    /// metrics ([`Gate::requests`]), and
     /// [`Gate::admit`] finishes with what needs a read.
     pub async fn admit(&self, verdict: Verdict, request: &mut Request) -> Result<(), Response> {
         match verdict {
@@ -113,19 +115,15 @@ impl Gate {
     /// The matched route's index, and what can be decided without reading
     /// data.
     pub fn check(&self, request: &mut Request) -> (Option<usize>, Verdict) {
-        // Cloned out of the request (a cheap, shared copy), so the match
-        // can borrow it while the request is changed.
-        let uri = request.uri().clone();
-        let found = self.templates.at(uri.path()).ok();
-        let route = found.as_ref().map(|found| found.value.index);
-        (route, self.verdict(request, found))
+        let mut route = None;
+        let verdict = self.verdict(request, &mut route);
+        (route, verdict)
     }
 
-    fn verdict(
-        &self,
-        request: &mut Request,
-        found: Option<matchit::Match<'_, '_, &RouteAccess>>,
-    ) -> Verdict {
+    /// What can be decided without reading data; `route` is set to the
+    /// matched route's index once the path is matched (a request refused
+    /// before, as misdirected, matches none).
+    fn verdict(&self, request: &mut Request, route: &mut Option<usize>) -> Verdict {
         let security = &self.app.security;
         // Before anything else: a web page that got a name of its own
         // resolved to 127.0.0.1 (DNS rebinding) reaches an open server only
@@ -139,12 +137,13 @@ impl Gate {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-        let Some(found) = found else {
+        let Ok(found) = self.templates.at(request.uri().path()) else {
             return match security.spend_unrouted(request.headers(), address) {
                 Ok(()) => Verdict::Admitted,
                 Err(error) => Verdict::Refused(error.into_response()),
             };
         };
+        *route = Some(found.value.index);
         let route = found.value;
         let method = request.method();
         let Some(access) = route.access(method) else {

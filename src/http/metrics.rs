@@ -412,7 +412,9 @@ pub async fn follow_events(service: std::sync::Arc<Service>, metrics: std::sync:
 struct EventCounts<'a> {
     metrics: &'a Metrics,
     bookings: Vec<(Decision, Counter)>,
-    transitions: HashMap<(Status, Reason), Counter>,
+    /// By status and reason (indexed as `Status::ALL` and `Reason::ALL`),
+    /// each registered when it first occurs.
+    transitions: Vec<Option<Counter>>,
     estimate_error: Histogram,
     /// The estimate each checked-in token's check-in answer gave, until
     /// it is called or leaves the call queue.
@@ -436,7 +438,7 @@ impl<'a> EventCounts<'a> {
         EventCounts {
             metrics,
             bookings,
-            transitions: HashMap::new(),
+            transitions: vec![None; Status::ALL.len() * Reason::ALL.len()],
             estimate_error: metrics.histogram(ESTIMATE_ERROR, Vec::new()),
             estimates: HashMap::new(),
         }
@@ -467,10 +469,14 @@ impl<'a> EventCounts<'a> {
                 }
             }
         }
+        let status = Status::ALL.iter().position(|each| each == to);
+        let why = Reason::ALL.iter().position(|each| each == reason);
+        let (Some(status), Some(why)) = (status, why) else {
+            unreachable!("every status and reason is listed");
+        };
         let metrics = self.metrics;
-        self.transitions
-            .entry((*to, *reason))
-            .or_insert_with(|| {
+        self.transitions[status * Reason::ALL.len() + why]
+            .get_or_insert_with(|| {
                 metrics.counter(
                     TRANSITIONS,
                     vec![
@@ -490,9 +496,11 @@ impl<'a> EventCounts<'a> {
                     self.estimate_error.record(error.as_secs_f64());
                 }
             }
-            _ => {
+            // Most changes are of tokens that were never in the queue.
+            _ if !self.estimates.is_empty() => {
                 self.estimates.remove(token);
             }
+            _ => {}
         }
     }
 }

@@ -212,8 +212,15 @@ impl Metrics {
         self.storage_failed.set(if healthy { 0.0 } else { 1.0 });
         self.subscribers.set(app.fanout.subscriber_count() as f64);
         // The board is read only when storage is healthy: after a failed
-        // commit nothing is served from memory.
-        if let Ok((_, board)) = app.service.board(None).await {
+        // commit nothing is served from memory, and a database that does
+        // not answer would hold the scrape up to the request timeout. The
+        // queues' gauges then keep their last values.
+        let board = if healthy {
+            app.service.board(None).await.ok()
+        } else {
+            None
+        };
+        if let Some((_, board)) = board {
             let mut waiting = self
                 .waiting
                 .lock()

@@ -119,7 +119,15 @@ async fn main() {
 
     let dir = std::env::temp_dir().join(format!("opd-memory-bench-{}", Uuid::new_v4()));
     let events = EventBus::default();
-    let loaded = store::open(&dir, limits, None, Timestamp::UNIX_EPOCH, &events).unwrap();
+    let loaded = store::open(
+        &dir,
+        limits,
+        None,
+        Timestamp::UNIX_EPOCH,
+        &events,
+        Default::default(),
+    )
+    .unwrap();
     let mut engine = loaded.engine;
     let journal = loaded.journal;
     let started = Instant::now();
@@ -158,7 +166,15 @@ async fn main() {
     drop(journal);
 
     let started = Instant::now();
-    let loaded = store::open(&dir, limits, None, Timestamp::UNIX_EPOCH, &events).unwrap();
+    let loaded = store::open(
+        &dir,
+        limits,
+        None,
+        Timestamp::UNIX_EPOCH,
+        &events,
+        Default::default(),
+    )
+    .unwrap();
     println!(
         "recovery: rebuilt {} tokens in {} slots from SQLite in {:.2} s",
         loaded.tokens,

@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "OPD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// A second address that serves `GET /metrics` only, without an API
+    /// key, for a Prometheus scraper on the hospital's internal network.
+    /// The main address serves `/metrics` too, to admin and viewer keys.
+    #[arg(long, env = "OPD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// A schedule file (JSON, see schedules/example.json) to load at start-up
     /// instead of the demo schedule. Slots whose id already exists are kept.
     #[arg(long, env = "OPD_SCHEDULE")]

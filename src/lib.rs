@@ -49,6 +49,11 @@ pub enum StartError {
     Slot { slot: String, message: String },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("cannot listen for metrics on {address}: {source}")]
+    MetricsListen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -63,6 +68,9 @@ pub enum StartError {
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
+    /// `--metrics-listen`: serves `GET /metrics` only, without a key.
+    metrics_listener: Option<TcpListener>,
+    state: http::AppState,
     app: http::App,
     service: Arc<Service>,
     connection_limits: http::serve::ConnectionLimits,
@@ -95,6 +103,7 @@ impl Application {
             per_caller: config.idempotency_max_per_caller as usize,
             total: config.idempotency_max as usize,
         };
+        let metrics = Arc::new(http::metrics::Metrics::new());
         let service = if let Some(url) = &config.database_url {
             let database = store::postgres::Database::connect(
                 url,
@@ -111,7 +120,8 @@ impl Application {
                 events.clone(),
                 clock.clone(),
             )
-            .with_zone(zone.clone());
+            .with_zone(zone.clone())
+            .with_metrics(metrics.storage(&service::RETRIED_SQLSTATES));
             Service::postgres(postgres, events, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");
@@ -126,7 +136,14 @@ impl Application {
             let started = std::time::Instant::now();
             let limit_bytes = config.storage_limit_mib.map(|mib| mib * 1024 * 1024);
             let events = EventBus::default();
-            let loaded = store::open(&config.data_dir, limits, limit_bytes, clock(), &events)?;
+            let loaded = store::open(
+                &config.data_dir,
+                limits,
+                limit_bytes,
+                clock(),
+                &events,
+                metrics.storage(&[]),
+            )?;
             tracing::info!(
                 data_dir = %config.data_dir.display(),
                 slots = loaded.engine.slot_count(),
@@ -166,7 +183,19 @@ impl Application {
                     address: config.listen,
                     source,
                 })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::MetricsListen { address, source })?,
+            ),
+            None => None,
+        };
         let (shutting_down, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(http::metrics::follow_events(
+            service.clone(),
+            metrics.clone(),
+        ));
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
@@ -174,11 +203,17 @@ impl Application {
             fhir_base_url: config.fhir_base_url.as_deref().map(Arc::from),
             security: security.clone(),
             shutdown,
-            fanout: http::events::Fanout::start(&service),
+            fanout: http::events::Fanout::start(&service, metrics.delivery_delay()),
+            metrics,
         };
-        let app = http::app(state, Duration::from_secs(config.request_timeout_secs));
+        let app = http::app(
+            state.clone(),
+            Duration::from_secs(config.request_timeout_secs),
+        );
         Ok(Application {
             listener,
+            metrics_listener,
+            state,
             app,
             service,
             connection_limits: http::serve::ConnectionLimits {
@@ -199,6 +234,15 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The address of `--metrics-listen`, when it is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
     pub fn service(&self) -> Arc<Service> {
         self.service.clone()
     }
@@ -216,6 +260,21 @@ impl Application {
     ) -> std::io::Result<()> {
         let shutting_down = self.shutting_down;
         let clock = tokio::spawn(run_clock(self.service, shutting_down.subscribe()));
+        let metrics = self.metrics_listener.map(|listener| {
+            let mut stop = shutting_down.subscribe();
+            let router = http::metrics::scrape_router(self.state);
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                };
+                if let Err(error) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(%error, "the metrics listener stopped");
+                }
+            })
+        });
         let shutdown = async move {
             shutdown.await;
             // Event streams end now, so the requests in flight that
@@ -225,6 +284,9 @@ impl Application {
         let served =
             http::serve::serve(self.listener, self.app, self.connection_limits, shutdown).await;
         clock.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         served
     }
 }

@@ -88,12 +88,27 @@ async fn a_lost_database_answers_503_changes_nothing_and_recovers() {
     let problem: Value = during.json().await.unwrap();
     assert_eq!(problem["code"], "UNAVAILABLE");
     assert_eq!(health.status(), 503);
+    let scrape = || async {
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(metrics.status(), 200, "the metrics answer even so");
+        metrics.text().await.unwrap()
+    };
+    let text = scrape().await;
+    assert!(
+        text.lines().any(|line| line == "opd_storage_failed 1"),
+        "{text}"
+    );
 
     // The database comes back on the same address: the instance serves
     // again, and the refused booking left no trace.
     let _relay = Relay::start(relay.port).await;
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    let text = scrape().await;
+    assert!(
+        text.lines().any(|line| line == "opd_storage_failed 0"),
+        "{text}"
+    );
     assert_eq!(book("AFTER").await.unwrap().status(), 201);
     let slot = get_json(&client, &format!("{base}/slots/D1-09")).await;
     let patients = fields(&slot["allocated"], "patientId");

@@ -132,6 +132,18 @@ async fn a_full_disk_answers_503_keeps_only_acknowledged_changes_and_recovers_on
         503,
         "nothing is served that storage did not confirm"
     );
+    // The metrics still answer, and say that storage failed.
+    let metrics = client
+        .get(format!("{}/metrics", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.lines().any(|line| line == "opd_storage_failed 1"),
+        "{text}"
+    );
     server.stop().await;
 
     // A restart with room again holds exactly what was acknowledged.

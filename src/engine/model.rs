@@ -633,6 +633,7 @@ impl Change {
             reason: self.reason,
             checked_in_at: self.checked_in_at,
             skips: self.skips,
+            estimated_call_at: None,
         }
     }
 }
@@ -655,6 +656,10 @@ pub struct TokenChange<'a> {
     pub checked_in_at: Option<Timestamp>,
     /// The token's skips, after the change.
     pub skips: u8,
+    /// When the token is expected to be called, as the answer to the
+    /// change that put it into the call queue (a check-in, or a return
+    /// after a skip) tells it; `None` for every other change.
+    pub estimated_call_at: Option<Timestamp>,
 }
 
 /// A slot's counters at one moment.
@@ -743,6 +748,7 @@ impl Outcome {
             reason: self.transition.reason,
             checked_in_at: self.token.checked_in_at,
             skips: self.token.skips,
+            estimated_call_at: self.token.estimated_call_at,
         };
         std::iter::once(acted).chain(self.changes.iter().map(Change::as_token_change))
     }

@@ -2,6 +2,8 @@
 //! one layer and one future.
 //!
 //! - The access check ([`Gate`]), before the request is routed.
+//! - Request metrics: every answer is counted by the route template the
+//!   gate matched, its method and status, and its duration recorded.
 //! - Request ids: a request keeps its `x-request-id` or gets a new UUID,
 //!   and the answer carries the same id back.
 //! - A debug-level span per request, and an error-level log line for every
@@ -39,6 +41,7 @@ use futures_util::FutureExt;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use super::auth::gate::Verdict;
 use super::auth::Gate;
 use super::error::{self, PROBLEM_JSON};
 use super::fhir;
@@ -56,7 +59,8 @@ const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 #[derive(Clone)]
 pub struct EdgeLayer {
     pub request_timeout: Duration,
-    /// The access check every request passes before it is routed.
+    /// The access check every request passes before it is routed, with
+    /// the request metrics (one shared handle for both).
     pub gate: Arc<Gate>,
 }
 
@@ -112,14 +116,27 @@ where
         let started = Instant::now();
         let deadline = started + self.request_timeout;
         let under_fhir = fhir::is_fhir_path(request.uri().path());
-        let work = admit_and_route(self.gate.clone(), take_ready(&mut self.inner), request);
+        let mut request = request;
+        let method = request.method().clone();
+        // What needs no read is decided here; it also finds the route
+        // template the request is counted under.
+        let (route, verdict) = self.gate.check(&mut request);
+        let gate = self.gate.clone();
+        let router = take_ready(&mut self.inner);
         Box::pin(
             async move {
+                let work = admit_and_route(&gate, router, request, verdict);
                 let response = answer(work, deadline).await;
                 let mut response = problem_for_bare_errors(response);
                 if under_fhir {
                     response = fhir::outcome::from_problem(response).await;
                 }
+                gate.requests().record(
+                    route,
+                    &method,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
                 if response.status().is_server_error() {
                     tracing::error!(
                         request_id = id.to_str().unwrap_or("-"),
@@ -148,12 +165,17 @@ where
     }
 }
 
-/// The access check, then the router's answer.
-async fn admit_and_route<S>(gate: Arc<Gate>, mut router: S, mut request: Request) -> Response
+/// The rest of the access check, then the router's answer.
+async fn admit_and_route<S>(
+    gate: &Gate,
+    mut router: S,
+    mut request: Request,
+    verdict: Verdict,
+) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    if let Err(refusal) = gate.admit(&mut request).await {
+    if let Err(refusal) = gate.admit(verdict, &mut request).await {
         return refusal;
     }
     match router.call(request).await {

@@ -65,6 +65,10 @@ pub struct TokenEventDto {
     pub to: &'static str,
     pub reason: &'static str,
     pub actor: String,
+    /// When the token is expected to be called, as the answer to this
+    /// change gave it: set when the change put the token into the call
+    /// queue (a check-in, or a return after a skip), else `null`.
+    pub estimated_call_at: Option<String>,
 }
 
 /// `data` of `event: slot`: a slot was created or changed.
@@ -391,14 +395,22 @@ pub struct Fanout {
     /// stream on it.
     all: std::sync::Mutex<broadcast::Sender<Batch>>,
     by_doctor: std::sync::Mutex<HashMap<DoctorId, broadcast::Sender<Batch>>>,
+    /// Seconds from each change (by the service's clock) to the moment its
+    /// event is handed to the open streams.
+    delivery_delay: metrics::Histogram,
+    clock: crate::service::Clock,
 }
 
 impl Fanout {
-    /// Starts handing on `service`'s events; runs until the runtime ends.
-    pub fn start(service: &Service) -> Arc<Fanout> {
+    /// Starts handing on `service`'s events, recording how long each
+    /// took to reach the streams in `delivery_delay`; runs until the
+    /// runtime ends.
+    pub fn start(service: &Service, delivery_delay: metrics::Histogram) -> Arc<Fanout> {
         let fanout = Arc::new(Fanout {
             all: std::sync::Mutex::new(broadcast::channel(PUBLISHED_BACKLOG).0),
             by_doctor: std::sync::Mutex::new(HashMap::new()),
+            delivery_delay,
+            clock: service.clock(),
         });
         let events = service.subscribe();
         tokio::spawn(Arc::clone(&fanout).run(events));
@@ -416,6 +428,16 @@ impl Fanout {
                 .subscribe(),
             _ => self.all_sender().subscribe(),
         }
+    }
+
+    /// How many event streams are open.
+    pub fn subscriber_count(&self) -> usize {
+        let doctors: usize = self
+            .doctors()
+            .values()
+            .map(broadcast::Sender::receiver_count)
+            .sum();
+        doctors + self.all_sender().receiver_count()
     }
 
     fn all_sender(&self) -> std::sync::MutexGuard<'_, broadcast::Sender<Batch>> {
@@ -472,7 +494,14 @@ impl Fanout {
             // No stream is open: nothing to render.
             return;
         }
-        let rendered: Batch = published.map(Rendered::of).collect();
+        let now = (self.clock)();
+        let rendered: Batch = published
+            .map(|event| {
+                let delay = now.duration_since(event.at).as_secs_f64().max(0.0);
+                self.delivery_delay.record(delay);
+                Rendered::of(event)
+            })
+            .collect();
         let _ = all.send(Arc::clone(&rendered));
         drop(all);
         for (doctor, sender) in doctors.iter() {
@@ -503,6 +532,7 @@ fn event_data(event: &Event) -> (&'static str, String) {
             from,
             to,
             reason,
+            estimate,
         } => (
             "token",
             serde_json::to_string(&TokenEventDto {
@@ -517,6 +547,7 @@ fn event_data(event: &Event) -> (&'static str, String) {
                 to: to.as_str(),
                 reason: reason.as_str(),
                 actor,
+                estimated_call_at: estimate.map(dto::timestamp),
             }),
         ),
         EventKind::Slot { reason, slot } => (

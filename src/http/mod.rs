@@ -13,10 +13,12 @@ pub mod fhir;
 mod health;
 pub mod input;
 mod me;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
 pub mod rate_limit;
 pub mod render;
+pub mod reports;
 pub mod routes;
 pub mod serve;
 pub mod slots;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Hands durable events on to the open event streams.
     pub fanout: Arc<events::Fanout>,
+    /// The application's metrics, rendered by `GET /metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The whole API as one service: the routes with their access checks,

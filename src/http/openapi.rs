@@ -14,7 +14,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
 use super::{
-    doctors, dto, error::FieldError, events, fhir, health, me, pages, slots, tokens, AppState,
+    doctors, dto, error::FieldError, events, fhir, health, me, metrics, pages, reports, slots,
+    tokens, AppState,
 };
 
 /// An RFC 9457 problem, as every error is answered.
@@ -73,7 +74,8 @@ pub struct Problem {
         (name = "doctors", description = "The doctor's call queue and the waiting-hall board"),
         (name = "slots", description = "Doctors' time slots and their queues"),
         (name = "fhir", description = "A read-only HL7 FHIR R4 view: Schedule (a doctor), Slot, Appointment (a token); see docs/fhir.md. Errors under /fhir are OperationOutcomes"),
-        (name = "operations", description = "Health, and who a key is"),
+        (name = "reports", description = "Day reports for the clinic: waits, outcomes, load per doctor"),
+        (name = "operations", description = "Health, metrics, and who a key is"),
     )
 )]
 pub struct ApiDoc;
@@ -197,6 +199,8 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
         .merge(events::router())
         .merge(fhir::router())
         .merge(me::router())
+        .merge(metrics::router())
+        .merge(reports::router())
         // The web pages: public routes that the document does not list,
         // since they are not operations of the API.
         .merge(pages::router())

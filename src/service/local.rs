@@ -496,6 +496,20 @@ impl Local {
         }
     }
 
+    /// The events the report of `date` is made of, in id order.
+    pub(super) async fn report_events(
+        &self,
+        date: jiff::civil::Date,
+    ) -> Result<Vec<crate::store::Event>, ServiceError> {
+        match &self.journal {
+            Some(journal) => journal
+                .read_report_events(date)
+                .await
+                .map_err(|_| ServiceError::Unavailable),
+            None => Ok(self.memory_log.report_events(date)),
+        }
+    }
+
     fn read_lock(&self) -> Result<RwLockReadGuard<'_, State>, ServiceError> {
         self.state.read().map_err(|_| ServiceError::Unavailable)
     }

@@ -5,6 +5,7 @@
 
 mod local;
 mod postgres;
+pub mod report;
 
 use std::sync::Arc;
 
@@ -20,9 +21,9 @@ use crate::engine::{
 };
 use crate::store::events::Published;
 pub use crate::store::Fingerprint;
-use crate::store::{EventBus, Journal, Page, StoredIdempotency};
+use crate::store::{Event, EventBus, Journal, Page, StoredIdempotency};
 use local::Local;
-pub use postgres::Postgres;
+pub use postgres::{Postgres, RETRIED_SQLSTATES};
 
 /// Where the service reads the time. Tests inject a fixed clock.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -173,6 +174,16 @@ impl Service {
         }
     }
 
+    /// The events the report of `date` is made of: the token events of
+    /// the date's slots and their creations, kept or still in the log, in
+    /// id order.
+    pub async fn report_events(&self, date: Date) -> Result<Vec<Event>, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.report_events(date).await,
+            Backend::Postgres(postgres) => postgres.report_events(date).await,
+        }
+    }
+
     pub fn now(&self) -> Timestamp {
         (self.clock)()
     }
@@ -180,6 +191,11 @@ impl Service {
     /// The clinic's time zone, in which slots' dates and times are given.
     pub fn zone(&self) -> &TimeZone {
         &self.zone
+    }
+
+    /// The clock the service reads.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
     }
 
     /// Today's date in the clinic's time zone.

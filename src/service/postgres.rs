@@ -38,7 +38,15 @@ use crate::engine::{
 };
 use crate::store::events::{Made, EVENT_RETENTION, PAGE_MAX};
 use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
-use crate::store::{EventBus, Page, StoredIdempotency, IDEMPOTENCY_RETENTION};
+use crate::store::{
+    Event, EventBus, Page, StorageMetrics, StoredIdempotency, IDEMPOTENCY_RETENTION,
+};
+
+/// The SQLSTATEs of a transaction that lost a race and is tried again:
+/// serialization failure, deadlock, and a unique violation (two instances
+/// storing one idempotency key or slot at once; the retry then sees the
+/// winner's row).
+pub const RETRIED_SQLSTATES: [&str; 3] = ["40001", "40P01", "23505"];
 
 /// How often a transaction that lost a race is tried again.
 const ATTEMPTS: usize = 8;
@@ -56,6 +64,8 @@ pub struct Postgres {
     /// Reads the log as any instance adds to it and tells this instance's
     /// subscribers; stopped with the backend.
     follower: tokio::task::JoinHandle<()>,
+    /// Commit durations and retries, for the metrics.
+    metrics: StorageMetrics,
 }
 
 impl Drop for Postgres {
@@ -108,7 +118,14 @@ impl Postgres {
             zone: TimeZone::UTC,
             idempotency_limits,
             follower,
+            metrics: StorageMetrics::default(),
         }
+    }
+
+    /// Records commits and retries with `metrics`.
+    pub fn with_metrics(mut self, metrics: StorageMetrics) -> Postgres {
+        self.metrics = metrics;
+        self
     }
 
     /// Sets the clinic's time zone, in which "today" is taken and slot
@@ -188,8 +205,21 @@ impl Postgres {
         let first = db::take_event_ids(&mut tx, made.event_count()).await?;
         db::insert_events(&mut tx, &made.events(ctx, first)).await?;
         db::notify_events(&mut tx).await?;
+        let started = std::time::Instant::now();
         tx.commit().await?;
+        // One change per transaction.
+        self.metrics.commit(1, started.elapsed());
         Ok(())
+    }
+
+    /// The events the report of `date` is made of, in id order, from one
+    /// snapshot.
+    pub async fn report_events(&self, date: Date) -> Result<Vec<Event>, ServiceError> {
+        self.retry(|| async {
+            let mut tx = self.database.snapshot().await?;
+            Ok(db::report_events(&mut tx, date).await?)
+        })
+        .await
     }
 
     /// The log's events after `after`, at most `limit`.
@@ -220,6 +250,10 @@ impl Postgres {
                 Err(Failure::Store(PgError::Database(error)))
                     if remaining > 0 && is_retryable(&error) =>
                 {
+                    if let sqlx::Error::Database(database) = &error {
+                        self.metrics
+                            .retried(database.code().as_deref().unwrap_or(""));
+                    }
                     tracing::debug!(%error, "retrying a transaction that lost a race");
                 }
                 Err(Failure::Store(PgError::Database(error))) => {
@@ -770,13 +804,9 @@ async fn follow_until_error(
 
 fn is_retryable(error: &sqlx::Error) -> bool {
     match error {
-        // Serialization failure, deadlock, and a unique violation: the last
-        // happens when two instances store one idempotency key or slot at
-        // once, and the retry then sees the winner's row.
-        sqlx::Error::Database(database) => matches!(
-            database.code().as_deref(),
-            Some("40001" | "40P01" | "23505")
-        ),
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| RETRIED_SQLSTATES.contains(&code.as_ref())),
         _ => false,
     }
 }

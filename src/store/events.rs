@@ -47,6 +47,10 @@ pub enum EventKind {
         from: Option<Status>,
         to: Status,
         reason: Reason,
+        /// The call estimate the change's answer gave, when the change put
+        /// the token into its doctor's call queue (a check-in, or a return
+        /// after a skip); `None` otherwise.
+        estimate: Option<Timestamp>,
     },
     /// A slot was created or changed; `slot` is as it stood after.
     Slot {
@@ -106,46 +110,100 @@ pub struct Page {
 }
 
 /// The log kept in memory when nothing is kept on disk: the newest events,
-/// up to a fixed count, so a reconnecting reader can catch up.
-#[derive(Debug)]
+/// up to a fixed count, so a reconnecting reader can catch up; and, as the
+/// stores keep them in `report_events`, the events day reports are made of
+/// once they leave it.
+#[derive(Debug, Default)]
 pub struct MemoryLog {
-    events: std::sync::Mutex<std::collections::VecDeque<Event>>,
+    inner: std::sync::Mutex<MemoryEvents>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryEvents {
+    log: std::collections::VecDeque<Event>,
+    /// Reported events that left the log, by their slot's date, in id
+    /// order, in chunks of [`KEPT_CHUNK`]: a date's events never move once
+    /// kept, so keeping one never copies a date's whole list (which would
+    /// stall the writer holding the engine's lock).
+    kept: std::collections::BTreeMap<Date, Vec<Vec<Event>>>,
 }
 
 /// How many events the in-memory log keeps.
 pub const MEMORY_LOG_MAX: usize = 100_000;
 
-impl Default for MemoryLog {
-    fn default() -> MemoryLog {
-        MemoryLog {
-            events: std::sync::Mutex::new(std::collections::VecDeque::new()),
-        }
-    }
-}
+/// How many kept events one chunk holds.
+const KEPT_CHUNK: usize = 4_096;
 
 impl MemoryLog {
-    /// Keeps a change's events, dropping the oldest past the bound.
+    /// Keeps a change's events, dropping the oldest past the bound; those
+    /// of them day reports are made of are kept apart.
     pub fn append(&self, events: &[Event]) {
-        let mut kept = self
-            .events
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        kept.extend(events.iter().cloned());
-        let excess = kept.len().saturating_sub(MEMORY_LOG_MAX);
-        kept.drain(..excess);
+        let mut inner = self.lock();
+        let MemoryEvents { log, kept } = &mut *inner;
+        log.extend(events.iter().cloned());
+        let excess = log.len().saturating_sub(MEMORY_LOG_MAX);
+        for event in log.drain(..excess) {
+            if !event.is_reported() {
+                continue;
+            }
+            let chunks = kept.entry(event.date()).or_default();
+            match chunks.last_mut() {
+                Some(chunk) if chunk.len() < KEPT_CHUNK => chunk.push(event),
+                _ => {
+                    let mut chunk = Vec::with_capacity(KEPT_CHUNK);
+                    chunk.push(event);
+                    chunks.push(chunk);
+                }
+            }
+        }
     }
 
     /// The events after `after`, at most `limit` of them.
     pub fn after(&self, after: u64, limit: usize) -> Page {
-        let kept = self
-            .events
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let start = kept.partition_point(|event| event.id <= after);
+        let inner = self.lock();
+        let log = &inner.log;
+        let start = log.partition_point(|event| event.id <= after);
         Page {
-            events: kept.range(start..).take(limit).cloned().collect(),
-            oldest: kept.front().map(|event| event.id),
-            newest: kept.back().map(|event| event.id),
+            events: log.range(start..).take(limit).cloned().collect(),
+            oldest: log.front().map(|event| event.id),
+            newest: log.back().map(|event| event.id),
+        }
+    }
+
+    /// The events the report of `date` is made of, kept and still in the
+    /// log, in id order.
+    pub fn report_events(&self, date: Date) -> Vec<Event> {
+        let inner = self.lock();
+        let kept = inner.kept.get(&date).into_iter().flatten().flatten();
+        let logged = inner
+            .log
+            .iter()
+            .filter(|event| event.is_reported() && event.date() == date);
+        kept.chain(logged).cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryEvents> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl Event {
+    /// The date of the event's slot.
+    pub fn date(&self) -> Date {
+        match &self.kind {
+            EventKind::Token { date, .. } => *date,
+            EventKind::Slot { slot, .. } => slot.date,
+        }
+    }
+
+    /// Whether day reports are made of it: token events and slot
+    /// creations (which give the sessions' lengths).
+    pub fn is_reported(&self) -> bool {
+        match &self.kind {
+            EventKind::Token { .. } => true,
+            EventKind::Slot { reason, .. } => *reason == SlotReason::Created,
         }
     }
 }
@@ -327,6 +385,7 @@ fn token_event(slot: &SlotSummary, change: TokenChange<'_>) -> EventKind {
         from: change.from,
         to: change.to,
         reason: change.reason,
+        estimate: change.estimated_call_at,
     }
 }
 
@@ -349,6 +408,7 @@ mod tests {
                 from: None,
                 to: Status::Allocated,
                 reason: Reason::Allocated,
+                estimate: None,
             },
         }
     }
@@ -367,6 +427,40 @@ mod tests {
         assert_eq!(ids(&log.after(3, 10)), [4, 5]);
         assert_eq!(ids(&log.after(5, 10)), [] as [u64; 0]);
         assert_eq!(log.after(2, 10).oldest, Some(1));
+    }
+
+    #[test]
+    fn the_memory_log_keeps_what_reports_need_past_its_bound() {
+        let log = MemoryLog::default();
+        let count = MEMORY_LOG_MAX as u64 + 10;
+        let mut events: Vec<Event> = (1..=count).map(token_event).collect();
+        // A capacity change among the oldest: reports do not need it.
+        let summary = SlotSummary {
+            id: SlotId::parse("D1-09").unwrap(),
+            doctor: DoctorId::parse("D1").unwrap(),
+            date: jiff::civil::date(2030, 1, 15),
+            start: jiff::civil::time(9, 0, 0, 0),
+            end: jiff::civil::time(10, 0, 0, 0),
+            capacity: 3,
+            allocated: 0,
+            waitlisted: 0,
+            closes_at: Timestamp::UNIX_EPOCH,
+            closed: false,
+        };
+        events[1].kind = EventKind::Slot {
+            reason: SlotReason::CapacityChanged,
+            slot: summary,
+        };
+        for chunk in events.chunks(1_000) {
+            log.append(chunk);
+        }
+
+        let reported = log.report_events(jiff::civil::date(2030, 1, 15));
+        let ids: Vec<u64> = reported.iter().map(|event| event.id).collect();
+        let expected: Vec<u64> = (1..=count).filter(|id| *id != 2).collect();
+        assert_eq!(ids, expected);
+        assert_eq!(log.after(0, 1).oldest, Some(11));
+        assert!(log.report_events(jiff::civil::date(2030, 1, 16)).is_empty());
     }
 
     #[test]

@@ -96,6 +96,46 @@ pub enum StoreError {
     InUse(String),
 }
 
+/// Where storage reports its commits: handles of the application's
+/// metrics, each an atomic counter or a lock-free sample list, so that
+/// recording holds nothing up. The default records nothing.
+#[derive(Clone)]
+pub struct StorageMetrics {
+    /// Seconds one commit took: the journal writer's transaction with its
+    /// fsync, or a PostgreSQL `COMMIT`.
+    pub commit_duration: metrics::Histogram,
+    /// Changes one commit made durable.
+    pub batch_size: metrics::Histogram,
+    /// PostgreSQL transactions tried again after losing a race, by the
+    /// SQLSTATE they lost with.
+    pub retries: Vec<(&'static str, metrics::Counter)>,
+}
+
+impl Default for StorageMetrics {
+    fn default() -> StorageMetrics {
+        StorageMetrics {
+            commit_duration: metrics::Histogram::noop(),
+            batch_size: metrics::Histogram::noop(),
+            retries: Vec::new(),
+        }
+    }
+}
+
+impl StorageMetrics {
+    /// Records one commit of `changes` that took `took`.
+    pub fn commit(&self, changes: usize, took: std::time::Duration) {
+        self.commit_duration.record(took.as_secs_f64());
+        self.batch_size.record(changes as f64);
+    }
+
+    /// Counts a retry after the database answered `sqlstate`.
+    pub fn retried(&self, sqlstate: &str) {
+        if let Some((_, counter)) = self.retries.iter().find(|(code, _)| *code == sqlstate) {
+            counter.increment(1);
+        }
+    }
+}
+
 /// Stored instants are integer nanoseconds since the Unix epoch, so a
 /// reload renders them exactly as they were first answered.
 pub(crate) fn nanos(at: Timestamp) -> i64 {
@@ -139,6 +179,11 @@ enum Job {
         after: u64,
         limit: usize,
         reply: oneshot::Sender<Result<Page, StoreError>>,
+    },
+    /// Reads the events a day's report is made of, the same way.
+    ReadReport {
+        date: jiff::civil::Date,
+        reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
     },
 }
 
@@ -220,6 +265,27 @@ impl Journal {
         }
     }
 
+    /// The events the report of `date` is made of (token events and slot
+    /// creations, kept or still in the log, in id order), once every
+    /// change queued before this call is durable.
+    pub async fn read_report_events(
+        &self,
+        date: jiff::civil::Date,
+    ) -> Result<Vec<Event>, NotAccepting> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job::ReadReport { date, reply })
+            .map_err(|_| NotAccepting)?;
+        match answer.await {
+            Ok(Ok(events)) => Ok(events),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot read the events of a day's report");
+                Err(NotAccepting)
+            }
+            Err(_) => Err(NotAccepting),
+        }
+    }
+
     /// Takes a place in the queue for the next record.
     pub fn reserve(&self) -> Result<Reservation<'_>, NotAccepting> {
         let permit = self.queue.try_reserve().map_err(|_| NotAccepting)?;
@@ -282,6 +348,7 @@ pub fn open(
     limit_bytes: Option<u64>,
     now: Timestamp,
     events: &EventBus,
+    metrics: StorageMetrics,
 ) -> Result<Loaded, StoreError> {
     prepare_dir(dir)?;
     let path = dir.join("opd.sqlite3");
@@ -319,7 +386,7 @@ pub fn open(
     let bus = events.clone();
     std::thread::Builder::new()
         .name("opd-journal".into())
-        .spawn(move || write_loop(connection, receiver, progress_sender, bus))?;
+        .spawn(move || write_loop(connection, receiver, progress_sender, bus, metrics))?;
     Ok(Loaded {
         engine,
         last_event: snapshot.last_event,
@@ -445,10 +512,12 @@ fn write_loop(
     mut queue: mpsc::Receiver<Job>,
     progress: watch::Sender<Progress>,
     bus: EventBus,
+    metrics: StorageMetrics,
 ) {
     use_batch_scheduling();
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut reads = Vec::new();
+    let mut report_reads = Vec::new();
     let mut events = Vec::new();
     let mut pruning = sqlite::Pruning::default();
     // Blocks for the first job, then takes whatever else is waiting: the
@@ -463,6 +532,7 @@ fn write_loop(
                     limit,
                     reply,
                 } => reads.push((after, limit, reply)),
+                Job::ReadReport { date, reply } => report_reads.push((date, reply)),
             }
             if batch.len() < BATCH_MAX {
                 next = queue.try_recv().ok();
@@ -476,12 +546,14 @@ fn write_loop(
                 &progress,
                 &bus,
                 &mut pruning,
+                &metrics,
             )
         {
             // The failed batch's waiters, and the reads queued with it,
             // are told now by dropping them.
             batch.clear();
             reads.clear();
+            report_reads.clear();
             // Nothing more is written: the files and their lock are let go.
             drop(connection);
             refuse_the_rest(queue);
@@ -491,6 +563,9 @@ fn write_loop(
         // and only durable ones.
         for (after, limit, reply) in reads.drain(..) {
             let _ = reply.send(sqlite::read_events(&connection, after, limit));
+        }
+        for (date, reply) in report_reads.drain(..) {
+            let _ = reply.send(sqlite::report_events(&connection, date));
         }
     }
 }
@@ -515,14 +590,17 @@ fn commit_batch(
     progress: &watch::Sender<Progress>,
     bus: &EventBus,
     pruning: &mut sqlite::Pruning,
+    metrics: &StorageMetrics,
 ) -> bool {
     let last = batch.last().expect("batch is not empty").ticket;
     for queued in batch.iter() {
         events.extend(queued.record.events(queued.first_event));
     }
     let records: Vec<&Record> = batch.iter().map(|queued| &queued.record).collect();
+    let started = std::time::Instant::now();
     match sqlite::commit(connection, &records, events, pruning) {
         Ok(()) => {
+            metrics.commit(batch.len(), started.elapsed());
             progress.send_modify(|p| p.durable = last);
             for queued in batch.drain(..) {
                 // The waiter may have gone (its client disconnected).
@@ -579,6 +657,7 @@ mod tests {
             None,
             Timestamp::UNIX_EPOCH,
             &EventBus::default(),
+            StorageMetrics::default(),
         )
         .unwrap();
         // The writer sets its policy first thing; give it a moment to start.

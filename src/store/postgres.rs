@@ -117,6 +117,16 @@ impl Database {
     }
 }
 
+/// The columns of an event row, in the order [`event`] reads them; the
+/// log and the kept report events have the same.
+const EVENT_COLUMNS: &str = "id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, \
+     token_number, source, from_status, to_status, start_time, end_time, capacity, allocated, \
+     waitlisted, closes_at, closed, estimated_call_at";
+
+/// Which rows of the log day reports are made of: token events and slot
+/// creations.
+const REPORTED: &str = "(kind = 'TOKEN' OR reason = 'CREATED')";
+
 /// The notification channel on which commits with events wake readers.
 const EVENTS_CHANNEL: &str = "opd_events";
 
@@ -137,12 +147,9 @@ pub async fn read_events(
     after: u64,
     limit: usize,
 ) -> PgResult<Page> {
-    let rows = sqlx::query(
-        "SELECT id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, token_number,
-                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted,
-                closes_at, closed
-         FROM events WHERE id > $1 ORDER BY id LIMIT $2",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2"
+    ))
     .bind(after as i64)
     .bind(limit as i64)
     .fetch_all(&mut *connection)
@@ -167,23 +174,50 @@ pub async fn newest_event_id(connection: &mut PgConnection) -> PgResult<u64> {
     Ok(last as u64)
 }
 
-/// Drops up to `max` of the oldest events stored before `before`. Each
-/// call is a short transaction of its own that takes no lock writers wait
-/// for.
+/// Drops up to `max` of the oldest events stored before `before`, keeping
+/// those day reports are made of in `report_events`: one statement, so an
+/// event is always in exactly one of the two tables. Each call is a short
+/// transaction of its own that takes no lock writers wait for; two
+/// instances pruning at once delete (and keep) each event once, since the
+/// second waits for the first's row locks and then finds those rows gone.
 pub async fn prune_events(
     connection: &mut PgConnection,
     before: Timestamp,
     max: i64,
-) -> PgResult<u64> {
-    let done = sqlx::query(
-        "DELETE FROM events WHERE id IN
-           (SELECT id FROM events WHERE at < $1 ORDER BY id LIMIT $2)",
-    )
+) -> PgResult<()> {
+    sqlx::query(&format!(
+        "WITH pruned AS (
+             DELETE FROM events WHERE id IN
+               (SELECT id FROM events WHERE at < $1 ORDER BY id LIMIT $2)
+             RETURNING {EVENT_COLUMNS})
+         INSERT INTO report_events ({EVENT_COLUMNS})
+         SELECT {EVENT_COLUMNS} FROM pruned WHERE {REPORTED}
+         ON CONFLICT (id) DO NOTHING"
+    ))
     .bind(nanos(before))
     .bind(max)
     .execute(connection)
     .await?;
-    Ok(done.rows_affected())
+    Ok(())
+}
+
+/// The events a report of `date` is made of (its token events and slot
+/// creations), kept and still in the log, in id order. Read in one
+/// snapshot, so that pruning meanwhile neither hides nor repeats one.
+pub async fn report_events(
+    connection: &mut PgConnection,
+    date: jiff::civil::Date,
+) -> PgResult<Vec<Event>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM report_events WHERE date = $1
+         UNION ALL
+         SELECT {EVENT_COLUMNS} FROM events WHERE date = $1 AND {REPORTED}
+         ORDER BY id"
+    ))
+    .bind(date.to_string())
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(event).collect()
 }
 
 fn event(row: &PgRow) -> PgResult<Event> {
@@ -213,6 +247,12 @@ fn event(row: &PgRow) -> PgResult<Event> {
                 .transpose()?,
             to: parse(Status::parse, text(12)?)?,
             reason: parse(Reason::parse, text(7)?)?,
+            estimate: row
+                .try_get::<Option<i64>, _>(20)?
+                .map(|at| {
+                    from_nanos(at).ok_or_else(|| PgError::Corrupt("an event's estimate".into()))
+                })
+                .transpose()?,
         },
         "SLOT" => EventKind::Slot {
             reason: parse(SlotReason::parse, text(7)?)?,
@@ -778,9 +818,10 @@ pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> P
         let query = sqlx::query(
             "INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason,
                                  token_id, token_number, source, from_status, to_status,
-                                 start_time, end_time, capacity, allocated, waitlisted, closes_at, closed)
+                                 start_time, end_time, capacity, allocated, waitlisted, closes_at, closed,
+                                 estimated_call_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                     $19, $20)",
+                     $19, $20, $21)",
         )
         .bind(event.id as i64)
         .bind(nanos(event.at))
@@ -796,6 +837,7 @@ pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> P
                 from,
                 to,
                 reason,
+                estimate,
             } => query
                 .bind("TOKEN")
                 .bind(slot.as_str())
@@ -813,7 +855,8 @@ pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> P
                 .bind(None::<i32>)
                 .bind(None::<i32>)
                 .bind(None::<i64>)
-                .bind(None::<bool>),
+                .bind(None::<bool>)
+                .bind(estimate.map(nanos)),
             EventKind::Slot { reason, slot } => query
                 .bind("SLOT")
                 .bind(slot.id.as_str())
@@ -831,7 +874,8 @@ pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> P
                 .bind(Some(slot.allocated as i32))
                 .bind(Some(slot.waitlisted as i32))
                 .bind(Some(nanos(slot.closes_at)))
-                .bind(Some(slot.closed)),
+                .bind(Some(slot.closed))
+                .bind(None::<i64>),
         };
         query.execute(&mut *connection).await?;
     }

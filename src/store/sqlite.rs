@@ -31,7 +31,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_idempotency_by_caller.sql"),
     include_str!("../../migrations/sqlite/0005_events.sql"),
     include_str!("../../migrations/sqlite/0006_closing.sql"),
+    include_str!("../../migrations/sqlite/0007_reports.sql"),
 ];
+
+/// The columns of an event row, in the order [`event`] reads them; the
+/// log and the kept report events have the same.
+const EVENT_COLUMNS: &str = "id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, \
+     token_number, source, from_status, to_status, start_time, end_time, capacity, allocated, \
+     waitlisted, closes_at, closed, estimated_call_at";
 
 /// How many pages the write-ahead log holds before a commit copies them
 /// into the database. The default (1,000) checkpoints every few hundred
@@ -254,8 +261,10 @@ impl<'c> Statements<'c> {
             insert_event: connection.prepare_cached(
                 "INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason,
                                      token_id, token_number, source, from_status, to_status,
-                                     start_time, end_time, capacity, allocated, waitlisted, closes_at, closed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                                     start_time, end_time, capacity, allocated, waitlisted, closes_at, closed,
+                                     estimated_call_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                         ?21)",
             )?,
         })
     }
@@ -273,6 +282,7 @@ impl<'c> Statements<'c> {
                 from,
                 to,
                 reason,
+                estimate,
             } => self.insert_event.execute(params![
                 event.id as i64,
                 at,
@@ -294,6 +304,7 @@ impl<'c> Statements<'c> {
                 None::<u32>,
                 None::<i64>,
                 None::<bool>,
+                estimate.map(nanos),
             ])?,
             EventKind::Slot { reason, slot } => self.insert_event.execute(params![
                 event.id as i64,
@@ -316,6 +327,7 @@ impl<'c> Statements<'c> {
                 slot.waitlisted,
                 nanos(slot.closes_at),
                 slot.closed,
+                None::<i64>,
             ])?,
         };
         Ok(())
@@ -387,14 +399,24 @@ pub(super) fn commit(
         if pruning.last.is_none_or(|last| newest - PRUNE_EVERY >= last) {
             pruning.last = Some(newest);
             // Ids and times rise together, so the oldest rows by id are
-            // the ones past the retention.
+            // the ones past the retention. What day reports are made of
+            // is kept first, in the same transaction (see migration 0007).
+            let cutoff = nanos(newest - EVENT_RETENTION);
+            transaction
+                .prepare_cached(&format!(
+                    "INSERT INTO report_events ({EVENT_COLUMNS})
+                     SELECT {EVENT_COLUMNS} FROM events
+                      WHERE id < (SELECT coalesce(min(id), 0) FROM events) + ?2 AND at < ?1
+                        AND {REPORTED}"
+                ))?
+                .execute(params![cutoff, PRUNE_MAX])?;
             transaction
                 .prepare_cached(
                     "DELETE FROM events WHERE id IN
                        (SELECT id FROM events WHERE id < (SELECT coalesce(min(id), 0) FROM events) + ?2
                           AND at < ?1)",
                 )?
-                .execute(params![nanos(newest - EVENT_RETENTION), PRUNE_MAX])?;
+                .execute(params![cutoff, PRUNE_MAX])?;
         }
     }
     for record in records.iter().copied() {
@@ -528,12 +550,9 @@ pub(super) fn read_events(
     after: u64,
     limit: usize,
 ) -> Result<Page, StoreError> {
-    let mut statement = connection.prepare_cached(
-        "SELECT id, at, actor, kind, slot_id, doctor_id, date, reason, token_id, token_number,
-                source, from_status, to_status, start_time, end_time, capacity, allocated, waitlisted,
-                closes_at, closed
-         FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
     let mut rows = statement.query(params![after as i64, limit as i64])?;
     let mut events = Vec::new();
     while let Some(row) = rows.next()? {
@@ -549,6 +568,29 @@ pub(super) fn read_events(
         newest: newest.map(|id| id as u64),
     })
 }
+
+/// The events a report of `date` is made of (its token events and slot
+/// creations), kept and still in the log, in id order.
+pub(super) fn report_events(
+    connection: &Connection,
+    date: jiff::civil::Date,
+) -> Result<Vec<Event>, StoreError> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM report_events WHERE date = ?1
+         UNION ALL
+         SELECT {EVENT_COLUMNS} FROM events WHERE date = ?1 AND {REPORTED}
+         ORDER BY id"
+    ))?;
+    let mut rows = statement.query([date.to_string()])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event(row)?);
+    }
+    Ok(events)
+}
+
+/// Which rows of the log day reports are made of.
+const REPORTED: &str = "(kind = 'TOKEN' OR reason = 'CREATED')";
 
 fn event(row: &rusqlite::Row<'_>) -> Result<Event, StoreError> {
     let text = |index: usize| -> Result<&str, StoreError> { Ok(row.get_ref(index)?.as_str()?) };
@@ -566,6 +608,7 @@ fn event(row: &rusqlite::Row<'_>) -> Result<Event, StoreError> {
             from: row.get_ref(11)?.as_str_or_null()?.map(status).transpose()?,
             to: status(text(12)?)?,
             reason: Reason::parse(text(7)?).ok_or_else(|| corrupt("reason"))?,
+            estimate: row.get::<_, Option<i64>>(20)?.map(timestamp).transpose()?,
         },
         "SLOT" => EventKind::Slot {
             reason: SlotReason::parse(text(7)?).ok_or_else(|| corrupt("slot event reason"))?,

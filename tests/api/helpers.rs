@@ -121,7 +121,7 @@ impl DataDir {
     }
 
     /// The PostgreSQL schema that stands for this directory.
-    fn schema(&self) -> String {
+    pub fn schema(&self) -> String {
         let name = self
             .0
             .file_name()
@@ -239,6 +239,9 @@ impl Spawn {
         }
         .expect("the application builds");
         let address = format!("http://{}", application.local_addr());
+        let metrics_address = application
+            .metrics_addr()
+            .map(|address| format!("http://{address}"));
         let service = application.service();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(application.serve(async move {
@@ -246,6 +249,7 @@ impl Spawn {
         }));
         TestApp {
             address,
+            metrics_address,
             service,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -267,6 +271,8 @@ impl Spawn {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub address: String,
+    /// `--metrics-listen`'s address, when the settings gave one.
+    pub metrics_address: Option<String>,
     /// The application's service, for what HTTP does not show yet (the
     /// event log's subscribers).
     pub service: Arc<opd::service::Service>,

@@ -57,6 +57,7 @@ async fn a_stream_tells_each_change_once_durable_with_its_id_name_and_data(backe
             "to": "ALLOCATED",
             "reason": "ALLOCATED",
             "actor": "anonymous",
+            "estimatedCallAt": null,
         })
     );
     let slot = &events[1];

@@ -69,6 +69,8 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         Clinical,
         /// Every role, any doctor: the board.
         ReadAny,
+        /// Admin and viewer: the metrics and the day reports.
+        Monitoring,
     }
     let class = match (method, route) {
         ("GET", "/healthz") => Class::Public,
@@ -85,6 +87,9 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         ("GET", "/board") | ("GET", "/me") => Class::ReadAny,
         ("POST", "/slots") | ("PATCH", "/slots/{slotId}") | ("POST", "/slots/{slotId}/close") => {
             Class::Admin
+        }
+        ("GET", "/metrics") | ("GET", "/reports/day") | ("GET", "/reports/days") => {
+            Class::Monitoring
         }
         ("GET", "/slots") | ("GET", "/events") => Class::ReadList,
         ("GET", "/slots/{slotId}") | ("GET", "/tokens/{tokenId}") => Class::ReadOwned,
@@ -112,6 +117,8 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         (Class::Clinical, Who::FrontDesk | Who::OwnDoctor) => Allowed,
         (Class::Clinical, _) => Forbidden,
         (Class::ReadAny, _) => Allowed,
+        (Class::Monitoring, Who::Viewer) => Allowed,
+        (Class::Monitoring, _) => Forbidden,
     }
 }
 
@@ -149,13 +156,16 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
     } else {
         "D1-09".to_owned()
     };
-    let path = match token {
+    let mut path = match token {
         Some(token) => route.replace("{tokenId}", &token).replace("{id}", &token),
         None => route.replace("{slotId}", &slot),
     }
     .replace("{doctorId}", "D1")
     .replace("/fhir/Slot/{id}", "/fhir/Slot/D1-09")
     .replace("/fhir/Schedule/{id}", "/fhir/Schedule/D1");
+    if route == "/reports/days" {
+        path.push_str("?from=2030-01-01&to=2030-01-07");
+    }
     let body = match (method, route) {
         ("POST", "/tokens") => {
             Some(json!({"patientId": format!("P{n}"), "slotId": "D1-09", "source": "EMERGENCY"}))

@@ -85,6 +85,9 @@ pub enum Access {
     Clinical(DoctorScope),
     /// Admin keys only.
     Admin,
+    /// Admin and viewer keys: the metrics and the day reports, for those
+    /// who keep the service up and those who oversee the clinic.
+    Monitoring,
 }
 
 impl Access {
@@ -99,6 +102,7 @@ impl Access {
                 matches!(role, Role::Admin | Role::FrontDesk | Role::Doctor(_))
             }
             Access::Admin => matches!(role, Role::Admin),
+            Access::Monitoring => matches!(role, Role::Admin | Role::Viewer),
         }
     }
 

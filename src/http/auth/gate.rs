@@ -27,6 +27,7 @@ use super::keys::{bearer, ApiKey};
 use crate::engine::{DoctorId, SlotId};
 use crate::http::error::{self, ApiError};
 use crate::http::fhir;
+use crate::http::metrics::RequestMetrics;
 use crate::http::rate_limit::Client;
 use crate::http::{input, AppState};
 
@@ -34,11 +35,15 @@ use crate::http::{input, AppState};
 pub struct Gate {
     app: AppState,
     templates: matchit::Router<RouteAccess>,
+    /// Request counts by the index of the route template matched.
+    requests: RequestMetrics,
 }
 
 /// One route template's rules, in registration order.
 #[derive(Debug, Clone)]
 struct RouteAccess {
+    /// The route's place in [`Gate::route_templates`].
+    index: usize,
     template: String,
     methods: Vec<(Method, Access)>,
 }
@@ -62,10 +67,19 @@ impl Gate {
     /// A gate applying `rules`, the access rules of every route `app`
     /// serves.
     pub fn new(app: AppState, rules: &AccessRules) -> Gate {
+        let (templates, routes) = route_table(rules);
+        let requests = RequestMetrics::new(app.metrics.clone(), routes);
         Gate {
             app,
-            templates: route_table(rules),
+            templates,
+            requests,
         }
+    }
+
+    /// Where answers are counted, by the route index [`Gate::check`]
+    /// tells.
+    pub fn requests(&self) -> &RequestMetrics {
+        &self.requests
     }
 
     /// Checks the key and the rate limit, narrows doctor keys to their
@@ -75,8 +89,13 @@ impl Gate {
     /// the router serves has a rule (`http::app` refuses to build
     /// otherwise). An open server first refuses requests that are not
     /// addressed to a loopback name.
-    pub async fn admit(&self, request: &mut Request) -> Result<(), Response> {
-        match self.check(request) {
+    ///
+    /// In two steps: [`Gate::check`] decides what needs no data and tells
+    /// the index of the route template the path matched, for the request
+    /// metrics ([`Gate::requests`]), and
+    /// [`Gate::admit`] finishes with what needs a read.
+    pub async fn admit(&self, verdict: Verdict, request: &mut Request) -> Result<(), Response> {
+        match verdict {
             Verdict::Admitted => Ok(()),
             Verdict::Refused(refusal) => Err(refusal),
             Verdict::Narrow {
@@ -94,8 +113,18 @@ impl Gate {
         }
     }
 
-    /// What can be decided without reading data.
-    fn check(&self, request: &mut Request) -> Verdict {
+    /// The matched route's index, and what can be decided without reading
+    /// data.
+    pub fn check(&self, request: &mut Request) -> (Option<usize>, Verdict) {
+        let mut route = None;
+        let verdict = self.verdict(request, &mut route);
+        (route, verdict)
+    }
+
+    /// What can be decided without reading data; `route` is set to the
+    /// matched route's index once the path is matched (a request refused
+    /// before, as misdirected, matches none).
+    fn verdict(&self, request: &mut Request, route: &mut Option<usize>) -> Verdict {
         let security = &self.app.security;
         // Before anything else: a web page that got a name of its own
         // resolved to 127.0.0.1 (DNS rebinding) reaches an open server only
@@ -115,6 +144,7 @@ impl Gate {
                 Err(error) => Verdict::Refused(error.into_response()),
             };
         };
+        *route = Some(found.value.index);
         let route = found.value;
         let method = request.method();
         let Some(access) = route.access(method) else {
@@ -202,28 +232,30 @@ impl Gate {
 /// The rules by route template, for matching paths: each template once,
 /// with its methods in the rules' order (the rules repeat a template for
 /// each of its methods).
-fn route_table(rules: &AccessRules) -> matchit::Router<RouteAccess> {
+fn route_table(rules: &AccessRules) -> (matchit::Router<RouteAccess>, Vec<String>) {
     let mut routes: Vec<RouteAccess> = Vec::new();
     for (method, template, access) in rules.rules() {
         match routes.iter_mut().find(|route| route.template == *template) {
             Some(route) => route.methods.push((method.clone(), *access)),
             None => routes.push(RouteAccess {
+                index: routes.len(),
                 template: template.clone(),
                 methods: vec![(method.clone(), *access)],
             }),
         }
     }
+    let templates = routes.iter().map(|route| route.template.clone()).collect();
     let mut table = matchit::Router::new();
     for route in routes {
         table
             .insert(route.template.clone(), route)
             .expect("the rules' route templates are valid and do not overlap");
     }
-    table
+    (table, templates)
 }
 
 /// What [`Gate::check`] decided.
-enum Verdict {
+pub enum Verdict {
     Admitted,
     Refused(Response),
     /// A doctor key's read or action, admitted once it is narrowed to its
@@ -237,7 +269,7 @@ enum Verdict {
 
 /// What a doctor key's read or action is about, as its rule's
 /// [`DoctorScope`] finds it; path parameters percent-decoded.
-enum Subject {
+pub enum Subject {
     SlotList,
     /// An event stream's `doctorId` and `slotId` filters.
     EventFilters,
@@ -561,13 +593,14 @@ mod tests {
     #[test]
     fn a_route_without_rules_is_closed_and_a_known_route_allows_only_its_rules() {
         let reports = RouteAccess {
+            index: 0,
             template: "/reports".into(),
             methods: Vec::new(),
         };
         let closed = no_rule(&Method::GET, &reports);
         assert_eq!(closed.status(), StatusCode::FORBIDDEN);
         let (_, _, rules) = crate::http::openapi::api(false);
-        let table = route_table(&rules);
+        let (table, _) = route_table(&rules);
         let slot = table.at("/slots/D1-09").unwrap().value;
         let wrong_method = no_rule(&Method::DELETE, slot);
         assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);

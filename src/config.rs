@@ -18,8 +18,9 @@ pub struct Config {
     #[arg(long, env = "OPD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// A schedule file (JSON, see schedules/example.json) to load at start-up
-    /// instead of the demo schedule. Slots whose id already exists are kept.
+    /// A schedule file (JSON, see schedules/example.json) to load at start-up.
+    /// Slots whose id already exists are kept. Without one, the demo
+    /// schedule is loaded, and only into a store that holds no slot yet.
     #[arg(long, env = "OPD_SCHEDULE")]
     pub schedule: Option<PathBuf>,
 

@@ -24,8 +24,9 @@ pub struct Config {
     #[arg(long, env = "OPD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// A schedule file (JSON, see schedules/example.json) to load at start-up
-    /// instead of the demo schedule. Slots whose id already exists are kept.
+    /// A schedule file (JSON, see schedules/example.json) to load at start-up.
+    /// Slots whose id already exists are kept. Without one, the demo
+    /// schedule is loaded, and only into a store that holds no slot yet.
     #[arg(long, env = "OPD_SCHEDULE")]
     pub schedule: Option<PathBuf>,
 
@@ -172,6 +173,20 @@ pub struct Config {
     /// API; repeat for more, `*` for any. CORS is off by default.
     #[arg(long = "cors-origin", env = "OPD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+
+    /// How log lines are written to standard output: `text` for people,
+    /// `json` (one object a line) for a log collector.
+    #[arg(long, env = "OPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines; see [`Config::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line an event, coloured only on a terminal.
+    Text,
+    /// One JSON object an event, with its fields under `fields`.
+    Json,
 }
 
 /// Text that holds secrets, e.g. the API key lines of `OPD_API_KEYS`: its

@@ -31,7 +31,7 @@ use jiff::tz::TimeZone;
 use tokio::net::TcpListener;
 
 pub use config::Config;
-use engine::{Engine, Limits};
+use engine::{Engine, Limits, SlotQuery};
 use service::{Clock, LocalStart, Service};
 use store::EventBus;
 
@@ -45,6 +45,8 @@ pub enum StartError {
     TimeZone(String),
     #[error("cannot read schedule {path}: {message}")]
     Schedule { path: String, message: String },
+    #[error("cannot read the stored slots: {0}")]
+    ReadSlots(service::ServiceError),
     #[error("cannot load slot {slot}: {message}")]
     Slot { slot: String, message: String },
     #[error(transparent)]
@@ -77,6 +79,8 @@ pub struct Application {
     security: Arc<http::auth::Security>,
     /// Tells long-lived answers that the server is shutting down.
     shutting_down: tokio::sync::watch::Sender<bool>,
+    /// Whether start-up loaded the demo schedule into an empty store.
+    demo_loaded: bool,
 }
 
 impl Application {
@@ -165,7 +169,7 @@ impl Application {
             )
         };
         let service = Arc::new(service);
-        load_schedule(&config, &service).await?;
+        let demo_loaded = load_schedule(&config, &service).await?;
         // What fell due while the service was down happens now, before
         // the first request is answered.
         let caught_up = service.tick().await.map_err(StartError::Tick)?;
@@ -225,6 +229,7 @@ impl Application {
             },
             shutting_down,
             security,
+            demo_loaded,
         })
     }
 
@@ -245,6 +250,12 @@ impl Application {
 
     pub fn service(&self) -> Arc<Service> {
         self.service.clone()
+    }
+
+    /// Whether start-up loaded the demo schedule, which it does only into a
+    /// store without slots when no schedule file is given.
+    pub fn demo_loaded(&self) -> bool {
+        self.demo_loaded
     }
 
     /// The access settings, whose keys can be read again while serving.
@@ -358,8 +369,14 @@ pub async fn reload_keys_on_hangup(security: Arc<http::auth::Security>) {
     }
 }
 
-/// Creates the configured (or demo) slots that do not exist yet.
-async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartError> {
+/// Creates the slots of the configured schedule file that do not exist yet
+/// or, without one, the demo schedule when the store holds no slot at all;
+/// answers whether the demo was loaded.
+///
+/// The demo goes only into an empty store: a clinic that moved a data
+/// directory on to its real days must not get demo slots beside them, which
+/// would also overlap its doctors' real slots and stop the start-up.
+async fn load_schedule(config: &Config, service: &Service) -> Result<bool, StartError> {
     let today = service.today();
     let specs = match &config.schedule {
         Some(path) => {
@@ -369,9 +386,32 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartEr
             };
             let text =
                 std::fs::read_to_string(path).map_err(|error| schedule_error(error.to_string()))?;
-            schedule::parse_file(&text, today).map_err(schedule_error)?
+            let specs = schedule::parse_file(&text, today).map_err(schedule_error)?;
+            tracing::info!(schedule = %path.display(), slots = specs.len(), "loading the schedule file");
+            specs
         }
-        None => schedule::demo(today),
+        None => {
+            let any_slot = SlotQuery {
+                doctor: None,
+                date: None,
+                after: None,
+                limit: 1,
+            };
+            let holds_slots = !service
+                .slots(&any_slot)
+                .await
+                .map_err(StartError::ReadSlots)?
+                .slots
+                .is_empty();
+            if holds_slots {
+                tracing::info!(
+                    "no schedule file given and the store already holds slots: the demo schedule is not loaded"
+                );
+                return Ok(false);
+            }
+            tracing::info!(date = %today, "the store holds no slot: loading the demo schedule");
+            schedule::demo(today)
+        }
     };
     for spec in specs {
         let id = spec.id.clone();
@@ -393,5 +433,5 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<(), StartEr
                 })?;
         }
     }
-    Ok(())
+    Ok(config.schedule.is_none())
 }

@@ -1,9 +1,11 @@
 //! Starts the service: reads the configuration, sets up logging, builds the
 //! application and serves until Ctrl-C or SIGTERM.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use opd::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Every request allocates a little (its body, its answer, the token's
@@ -40,12 +42,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let config = opd::Config::parse();
+    init_logging(config.log_format);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -56,9 +54,44 @@ async fn serve() -> ExitCode {
     }
 }
 
+/// Logs to standard output, filtered by `RUST_LOG` (default `info`), in
+/// the configured format. Text is coloured only on a terminal and without
+/// `NO_COLOR`: escape codes in a file or a log collector are noise.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+            logs.with_ansi(std::io::stdout().is_terminal() && !no_color)
+                .init();
+        }
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
+}
+
 async fn run(config: opd::Config) -> Result<(), Box<dyn std::error::Error>> {
+    // What the start-up line reports, taken before the build consumes it.
+    let timezone = config.timezone.clone();
+    let data_dir = config.data_dir.clone();
+    let schema = config.database_schema.clone();
     let application = opd::Application::build(config).await?;
-    tracing::info!(address = %application.local_addr(), "serving");
+    let address = application.local_addr();
+    let base = format!("http://{address}");
+    let storage = application.service().storage_name();
+    // A newcomer's first questions: where to look, where the data is, which
+    // "today" the clinic is in and whether the slots are the demo's.
+    tracing::info!(
+        %address,
+        docs = %format!("{base}/docs"),
+        pages = %format!("{base}/desk {base}/doctor {base}/board {base}/schedule"),
+        storage,
+        data_dir = (storage == "sqlite").then(|| tracing::field::display(data_dir.display())),
+        database_schema = schema.filter(|_| storage == "postgres"),
+        timezone,
+        demo_loaded = application.demo_loaded(),
+        "serving"
+    );
     #[cfg(unix)]
     tokio::spawn(opd::reload_keys_on_hangup(application.security()));
     application.serve(shutdown_signal()).await?;

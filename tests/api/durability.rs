@@ -9,6 +9,8 @@ durable_backend_tests!(
     a_restart_restores_every_slot_and_token_exactly,
     an_idempotency_key_replays_after_a_restart_for_at_least_24_hours,
     an_unchanged_store_restarts_without_duplicating_the_demo_schedule,
+    a_store_with_real_slots_starts_without_the_demo_even_where_it_would_overlap,
+    a_store_without_slots_gets_the_demo_schedule_at_a_restart,
 );
 
 /// The exact text of `GET /slots`, of `GET /slots/{id}` for every listed
@@ -187,4 +189,81 @@ async fn an_unchanged_store_restarts_without_duplicating_the_demo_schedule(backe
 
     assert_same(&everything(&app, &[]).await, &before);
     assert_eq!(app.slots("").await.as_array().unwrap().len(), 12);
+}
+
+/// A schedule file in the store's directory holding `slots`.
+fn schedule_file(app: &TestApp, slots: serde_json::Value) -> std::path::PathBuf {
+    let dir = app.data_dir.as_ref().expect("a durable store").path();
+    let path = dir.join(format!("schedule-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, serde_json::json!({ "slots": slots }).to_string())
+        .expect("cannot write a schedule file");
+    path
+}
+
+/// Stops `app` and starts the same store again with the clock where it
+/// was, with no schedule file (so the demo may load) or with `schedule`.
+async fn start_again(app: TestApp, schedule: Option<std::path::PathBuf>) -> TestApp {
+    let (backend, clock) = (app.backend, app.clock.clone());
+    let store = app.stop().await;
+    TestApp::with(backend)
+        .clock(clock)
+        .settings(move |config| config.schedule.clone_from(&schedule))
+        .data_dir(store)
+        .spawn()
+        .await
+}
+
+/// A clinic that went live with a schedule file and is later started
+/// without one keeps its own slots only. Its doctor D1 has a real slot at
+/// 09:00 today, where the demo's `D1-09` would go: loading the demo beside
+/// it used to stop the start-up with an overlap error.
+async fn a_store_with_real_slots_starts_without_the_demo_even_where_it_would_overlap(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let real = schedule_file(
+        &app,
+        serde_json::json!([{"slotId": "D1-2030-01-15-09", "doctorId": "D1",
+                            "startTime": "09:00", "endTime": "10:00", "capacity": 6}]),
+    );
+    // A fresh store for the clinic: the first one got the demo.
+    let clinic = TestApp::with(backend)
+        .settings(move |config| config.schedule = Some(real.clone()))
+        .spawn()
+        .await;
+    let slots = clinic.slots("").await;
+    assert_eq!(slots.as_array().unwrap().len(), 1, "{slots}");
+
+    let clinic = start_again(clinic, None).await;
+
+    let slots = clinic.slots("").await;
+    let ids: Vec<_> = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|slot| slot["slotId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["D1-2030-01-15-09"]);
+    clinic.get("/slots/D1-09").await.expect_status(404);
+    drop(app);
+}
+
+/// A store that holds no slot (its schedule file was empty) gets the demo
+/// when it is started without a schedule file.
+async fn a_store_without_slots_gets_the_demo_schedule_at_a_restart(backend: Backend) {
+    let first = TestApp::spawn(backend).await;
+    let empty = schedule_file(&first, serde_json::json!([]));
+    let app = TestApp::with(backend)
+        .settings(move |config| config.schedule = Some(empty.clone()))
+        .spawn()
+        .await;
+    assert_eq!(app.slots("").await, serde_json::json!([]));
+
+    let app = start_again(app, None).await;
+
+    assert_eq!(app.slots("").await.as_array().unwrap().len(), 12);
+    let demo = app.get("/slots/D1-09").await.expect_status(200);
+    assert_eq!(demo.body["capacity"], 3);
+    assert_eq!(demo.body["date"], crate::helpers::TODAY);
+    drop(first);
 }

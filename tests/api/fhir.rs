@@ -611,6 +611,11 @@ async fn searches_page_with_count_and_next_links(backend: Backend) {
 
 async fn unknown_or_invalid_search_parameters_are_refused_as_operation_outcomes(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    // A malformed cursor is refused even where the search finds nothing.
+    let bad_cursor = app
+        .get("/fhir/Schedule?actor=Practitioner/NOBODY&_cursor=%C2%9F")
+        .await;
+    assert_eq!(bad_cursor.status, 400, "{}", bad_cursor.text);
     let unknown = fhir(&app, "/fhir/Appointment?patient=Patient/P1").await;
     assert_outcome(&unknown, 400, "not-supported", "UNKNOWN_SEARCH_PARAMETER");
     let lenient = app

@@ -27,6 +27,10 @@ pub const RANGE_DAYS_MAX: i64 = 31;
 /// Parameters every search takes besides its own.
 const COMMON: [&str; 4] = ["_count", "_cursor", "_total", "_format"];
 
+/// The longest cursor a next link gives (the pattern the OpenAPI document
+/// states for `_cursor`).
+const CURSOR_MAX_LEN: usize = 80;
+
 /// Characters written as is in the links' query values: ids, references
 /// and dates need no escaping, everything else is percent-encoded.
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -96,6 +100,18 @@ impl Params {
                 })?,
         };
         let cursor = single(&self.take("_cursor")?, "_cursor")?.map(str::to_owned);
+        // A cursor is a slot or doctor id and a number, as the next link
+        // gives it; anything else is refused even when the search finds
+        // nothing, so that no page answers 200 to a cursor it never gave.
+        if let Some(cursor) = &cursor {
+            let well_formed = (1..=CURSOR_MAX_LEN).contains(&cursor.len())
+                && cursor.bytes().all(|byte| {
+                    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-')
+                });
+            if !well_formed {
+                return Err(FhirError::invalid("_cursor is not one this server gave"));
+            }
+        }
         if let Some(total) = single(&self.take("_total")?, "_total")? {
             // The total is always counted exactly, which every choice allows.
             if !matches!(total, "none" | "estimate" | "accurate") {

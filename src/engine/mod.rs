@@ -503,10 +503,7 @@ impl Engine {
         if summary.closes_at > at {
             return Ok(summary);
         }
-        let slot = &mut self.slots[key as usize];
-        self.closings.remove(&(slot.closes_at.0, key));
-        slot.closed = true;
-        slot.closes_at = Nanos::of(at);
+        self.mark_closed(key, Nanos::of(at));
         self.check_after_mutation(key);
         Ok(self.slots[key as usize].summary())
     }
@@ -514,12 +511,8 @@ impl Engine {
     /// Closes a slot at once (see "Closing a slot" in the HTTP contract).
     pub fn close_slot(&mut self, id: &SlotId, ctx: &Context) -> Result<SlotOutcome, EngineError> {
         let key = self.slot_key(id)?;
-        let slot = &self.slots[key as usize];
-        if slot.closed {
-            return Err(EngineError::SlotClosed {
-                slot: slot.id.clone(),
-                closed_at: slot.closes_at.timestamp(),
-            });
+        if self.slots[key as usize].closed {
+            return Err(self.slot_closed(key));
         }
         Ok(self.close(key, ctx))
     }
@@ -553,16 +546,6 @@ impl Engine {
         done
     }
 
-    /// When [`Engine::tick`] next has something to do, if ever.
-    pub fn next_due(&self) -> Option<Timestamp> {
-        let first = |set: &BTreeSet<(i64, u32)>| set.first().map(|(at, _)| *at);
-        let next = match (first(&self.closings), first(&self.day_ends)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        next.map(|at| Nanos(at).timestamp())
-    }
-
     /// Sets a stored slot's closing as it was saved: when it closes (or
     /// closed, when `closed`). Storage that keeps no closing time for open
     /// slots leaves them as created.
@@ -578,14 +561,33 @@ impl Engine {
         let Some(at) = Nanos::try_of(at) else {
             return Err(RestoreError(format!("slot {id}: a time outside 1678-2261")));
         };
-        let slot = &mut self.slots[key as usize];
-        self.closings.remove(&(slot.closes_at.0, key));
-        slot.closed = closed;
-        slot.closes_at = at;
-        if !closed {
+        if closed {
+            self.mark_closed(key, at);
+        } else {
+            let slot = &mut self.slots[key as usize];
+            self.closings.remove(&(slot.closes_at.0, key));
+            slot.closes_at = at;
             self.closings.insert((at.0, key));
         }
         Ok(())
+    }
+
+    /// Marks a slot closed at `at`: out of the closing schedule, its
+    /// closing time now the moment it closed.
+    fn mark_closed(&mut self, key: u32, at: Nanos) {
+        let slot = &mut self.slots[key as usize];
+        self.closings.remove(&(slot.closes_at.0, key));
+        slot.closed = true;
+        slot.closes_at = at;
+    }
+
+    /// The refusal of a change to a closed slot.
+    fn slot_closed(&self, key: u32) -> EngineError {
+        let slot = &self.slots[key as usize];
+        EngineError::SlotClosed {
+            slot: slot.id.clone(),
+            closed_at: slot.closes_at.timestamp(),
+        }
     }
 
     /// Refuses a change to a slot that is closed, or whose closing time
@@ -593,10 +595,7 @@ impl Engine {
     fn refuse_closed(&self, slot_key: u32, at: Timestamp) -> Result<(), EngineError> {
         let slot = &self.slots[slot_key as usize];
         if slot.closed || slot.closes_at.0 <= Nanos::of(at).0 {
-            return Err(EngineError::SlotClosed {
-                slot: slot.id.clone(),
-                closed_at: slot.closes_at.timestamp(),
-            });
+            return Err(self.slot_closed(slot_key));
         }
         Ok(())
     }
@@ -606,17 +605,12 @@ impl Engine {
     /// still waitlisted expires. Patients checked in, called or with the
     /// doctor stay: the doctor still sees them.
     fn close(&mut self, slot_key: u32, ctx: &Context) -> SlotOutcome {
-        let slot = &self.slots[slot_key as usize];
-        self.closings.remove(&(slot.closes_at.0, slot_key));
-        let absent: Vec<TokenKey> = slot
+        // The patients a seat is held for who are not in the hall: booked
+        // and never arrived, or called and away.
+        let absent: Vec<TokenKey> = self.slots[slot_key as usize]
             .allocated_entries()
             .map(|(_, key)| *key)
-            .filter(|key| {
-                matches!(
-                    self.tokens[*key].status,
-                    Status::Allocated | Status::Skipped
-                )
-            })
+            .filter(|key| self.tokens[*key].status.is_awaited())
             .collect();
         let mut changes = Vec::new();
         for key in absent {
@@ -639,9 +633,7 @@ impl Engine {
         for key in waiting {
             changes.push(self.transition(key, Status::Expired, Reason::SlotClosed, ctx));
         }
-        let slot = &mut self.slots[slot_key as usize];
-        slot.closed = true;
-        slot.closes_at = Nanos::of(ctx.at);
+        self.mark_closed(slot_key, Nanos::of(ctx.at));
         self.check_after_mutation(slot_key);
         SlotOutcome {
             slot: self.slots[slot_key as usize].summary(),

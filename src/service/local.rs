@@ -18,8 +18,8 @@ use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, LocalStart, Rendered, ServiceError,
 };
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, Context, DoctorId, Engine, Outcome, SlotId, SlotOutcome,
-    SlotSpec, SlotSummary, SYSTEM_ACTOR,
+    Action, Actor, BookRequest, Capacity, Context, DoctorId, Engine, EngineError, Outcome, SlotId,
+    SlotOutcome, SlotSpec, SlotSummary, SYSTEM_ACTOR,
 };
 use crate::store::events::MemoryLog;
 use crate::store::{
@@ -330,18 +330,11 @@ impl Local {
         doctor: &DoctorId,
         actor: Actor,
     ) -> Result<Outcome, ServiceError> {
-        let (outcome, ticket) = {
-            let mut writer = self.write()?;
-            let ctx = self.context(actor);
-            let outcome = writer.state.engine.call_next(doctor, &ctx)?;
-            let ticket = writer.append(Record::Acted {
-                outcome: outcome.clone(),
-                ctx,
-            });
-            (outcome, ticket)
-        };
-        self.wait(ticket).await?;
-        Ok(outcome)
+        self.change(actor, |engine, ctx| {
+            let outcome = engine.call_next(doctor, ctx)?;
+            Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
+        })
+        .await
     }
 
     /// Takes an action on a token.
@@ -351,18 +344,11 @@ impl Local {
         action: Action,
         actor: Actor,
     ) -> Result<Outcome, ServiceError> {
-        let (outcome, ticket) = {
-            let mut writer = self.write()?;
-            let ctx = self.context(actor);
-            let outcome = writer.state.engine.act(id, action, &ctx)?;
-            let ticket = writer.append(Record::Acted {
-                outcome: outcome.clone(),
-                ctx,
-            });
-            (outcome, ticket)
-        };
-        self.wait(ticket).await?;
-        Ok(outcome)
+        self.change(actor, |engine, ctx| {
+            let outcome = engine.act(id, action, ctx)?;
+            Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
+        })
+        .await
     }
 
     pub(super) async fn set_capacity(
@@ -371,18 +357,14 @@ impl Local {
         capacity: Capacity,
         actor: Actor,
     ) -> Result<SlotOutcome, ServiceError> {
-        let (outcome, ticket) = {
-            let mut writer = self.write()?;
-            let ctx = self.context(actor);
-            let outcome = writer.state.engine.set_capacity(slot, capacity, &ctx)?;
-            let ticket = writer.append(Record::CapacityChanged {
-                outcome: outcome.clone(),
+        self.change(actor, |engine, ctx| {
+            let outcome = engine.set_capacity(slot, capacity, ctx)?;
+            Ok((outcome.clone(), |ctx| Record::CapacityChanged {
+                outcome,
                 ctx,
-            });
-            (outcome, ticket)
-        };
-        self.wait(ticket).await?;
-        Ok(outcome)
+            }))
+        })
+        .await
     }
 
     /// Creates a slot; one created after its closing time is closed at
@@ -392,18 +374,11 @@ impl Local {
         spec: SlotSpec,
         actor: Actor,
     ) -> Result<SlotSummary, ServiceError> {
-        let (summary, ticket) = {
-            let mut writer = self.write()?;
-            let ctx = self.context(actor);
-            let summary = writer.state.engine.create_slot_at(spec, ctx.at)?;
-            let ticket = writer.append(Record::SlotCreated {
-                slot: summary.clone(),
-                ctx,
-            });
-            (summary, ticket)
-        };
-        self.wait(ticket).await?;
-        Ok(summary)
+        self.change(actor, |engine, ctx| {
+            let slot = engine.create_slot_at(spec, ctx.at)?;
+            Ok((slot.clone(), |ctx| Record::SlotCreated { slot, ctx }))
+        })
+        .await
     }
 
     /// Closes a slot at once.
@@ -412,18 +387,33 @@ impl Local {
         slot: &SlotId,
         actor: Actor,
     ) -> Result<SlotOutcome, ServiceError> {
-        let (outcome, ticket) = {
+        self.change(actor, |engine, ctx| {
+            let outcome = engine.close_slot(slot, ctx)?;
+            Ok((outcome.clone(), |ctx| Record::SlotClosed { outcome, ctx }))
+        })
+        .await
+    }
+
+    /// The write path of every change but a booking: under the write lock,
+    /// `decide` changes the engine and returns the answer and how to make
+    /// the record of the change from its context; the record is queued in
+    /// engine order, and the answer waits until it is durable.
+    async fn change<T, R>(
+        &self,
+        actor: Actor,
+        decide: impl FnOnce(&mut Engine, &Context) -> Result<(T, R), EngineError>,
+    ) -> Result<T, ServiceError>
+    where
+        R: FnOnce(Context) -> Record,
+    {
+        let (answer, ticket) = {
             let mut writer = self.write()?;
             let ctx = self.context(actor);
-            let outcome = writer.state.engine.close_slot(slot, &ctx)?;
-            let ticket = writer.append(Record::SlotClosed {
-                outcome: outcome.clone(),
-                ctx,
-            });
-            (outcome, ticket)
+            let (answer, record) = decide(&mut writer.state.engine, &ctx)?;
+            (answer, writer.append(record(ctx)))
         };
         self.wait(ticket).await?;
-        Ok(outcome)
+        Ok(answer)
     }
 
     /// Does the work the clock has made due (closings, days' ends) and

@@ -34,9 +34,9 @@ use super::{
 use crate::engine::{
     Action, Actor, BoardEntry, BookRequest, Capacity, Context, DoctorId, DoctorQueue, Engine,
     EngineError, Limits, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec,
-    SlotSummary, Status, Timed, TokenView, SYSTEM_ACTOR,
+    SlotSummary, Status, TokenView, SYSTEM_ACTOR,
 };
-use crate::store::events::{Made, EVENT_RETENTION, PAGE_MAX};
+use crate::store::events::{Made, SlotReason, EVENT_RETENTION, PAGE_MAX};
 use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
 use crate::store::{
     Event, EventBus, Page, StorageMetrics, StoredIdempotency, IDEMPOTENCY_RETENTION,
@@ -190,6 +190,33 @@ impl Postgres {
         db::write_counts(&mut tx, &outcome.slot).await?;
         db::write_pace(&mut tx, doctor, date, engine.pace(doctor, date)).await?;
         self.log_and_commit(tx, Made::Token(outcome), ctx).await
+    }
+
+    /// Writes a change to slots part by part as [`Made::slot_parts`] lists
+    /// it (token changes, counters, and the new capacity or closing), and
+    /// the pace of the doctor's day when the change was decided over it,
+    /// then logs and commits.
+    async fn write_slot_change_and_commit(
+        &self,
+        mut tx: Transaction,
+        day: Option<(&Engine, &DoctorId, Date)>,
+        made: Made<'_>,
+        ctx: &Context,
+    ) -> Attempt<()> {
+        for (reason, outcome) in made.slot_parts() {
+            let slot = &outcome.slot;
+            db::write_token_changes(&mut tx, slot, outcome.token_changes(), ctx).await?;
+            db::write_counts(&mut tx, slot).await?;
+            match reason {
+                Some(SlotReason::CapacityChanged) => db::write_capacity(&mut tx, slot).await?,
+                Some(SlotReason::Closed) => db::write_closed(&mut tx, slot).await?,
+                Some(SlotReason::Created) | None => {}
+            }
+        }
+        if let Some((engine, doctor, date)) = day {
+            db::write_pace(&mut tx, doctor, date, engine.pace(doctor, date)).await?;
+        }
+        self.log_and_commit(tx, made, ctx).await
     }
 
     /// Logs a change's events as the transaction's last write and commits.
@@ -520,10 +547,7 @@ impl Postgres {
             .ok_or_else(|| EngineError::SlotNotFound(slot.clone()))?;
         let ctx = self.context(actor, clock);
         let outcome = engine.set_capacity(slot, capacity, &ctx)?;
-        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
-        db::write_capacity(&mut tx, &outcome.slot).await?;
-        db::write_counts(&mut tx, &outcome.slot).await?;
-        self.log_and_commit(tx, Made::CapacityChanged(&outcome), &ctx)
+        self.write_slot_change_and_commit(tx, None, Made::CapacityChanged(&outcome), &ctx)
             .await?;
         Ok(outcome)
     }
@@ -599,11 +623,8 @@ impl Postgres {
         let mut engine = self.lock_doctor_day(&mut tx, doctor, date).await?;
         let ctx = self.context(actor, clock);
         let outcome = engine.close_slot(slot, &ctx)?;
-        db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
-        db::write_counts(&mut tx, &outcome.slot).await?;
-        db::write_closed(&mut tx, &outcome.slot).await?;
-        db::write_pace(&mut tx, doctor, date, engine.pace(doctor, date)).await?;
-        self.log_and_commit(tx, Made::SlotClosed(&outcome), &ctx)
+        let day = Some((&engine, doctor, date));
+        self.write_slot_change_and_commit(tx, day, Made::SlotClosed(&outcome), &ctx)
             .await?;
         Ok(outcome)
     }
@@ -634,20 +655,10 @@ impl Postgres {
         let mut engine = self.lock_doctor_day(&mut tx, doctor, date).await?;
         let ctx = self.context(&Actor::from(SYSTEM_ACTOR), clock);
         let done = engine.tick(&ctx);
-        for timed in &done {
-            let outcome = match timed {
-                Timed::Closed(outcome) => {
-                    db::write_closed(&mut tx, &outcome.slot).await?;
-                    outcome
-                }
-                Timed::DayEnded(outcome) => outcome,
-            };
-            db::write_token_changes(&mut tx, &outcome.slot, outcome.token_changes(), &ctx).await?;
-            db::write_counts(&mut tx, &outcome.slot).await?;
-        }
-        db::write_pace(&mut tx, doctor, date, engine.pace(doctor, date)).await?;
         db::write_days_ended(&mut tx, doctor, date, ctx.at).await?;
-        self.log_and_commit(tx, Made::Timed(&done), &ctx).await?;
+        let day = Some((&engine, doctor, date));
+        self.write_slot_change_and_commit(tx, day, Made::Timed(&done), &ctx)
+            .await?;
         Ok(done.len())
     }
 

@@ -259,22 +259,38 @@ pub enum Made<'a> {
     Timed(&'a [Timed]),
 }
 
-impl Made<'_> {
+impl<'a> Made<'a> {
     /// How many events the change makes: the ids it takes.
     pub fn event_count(self) -> u64 {
         let count = match self {
             Made::SlotCreated(slot) => 1 + usize::from(slot.closed),
             Made::Token(outcome) => 1 + outcome.changes.len(),
-            Made::CapacityChanged(outcome) | Made::SlotClosed(outcome) => 1 + outcome.changes.len(),
-            Made::Timed(done) => done
+            Made::CapacityChanged(_) | Made::SlotClosed(_) | Made::Timed(_) => self
+                .slot_parts()
                 .iter()
-                .map(|timed| match timed {
-                    Timed::Closed(outcome) => 1 + outcome.changes.len(),
-                    Timed::DayEnded(outcome) => outcome.changes.len(),
-                })
+                .map(|(reason, outcome)| usize::from(reason.is_some()) + outcome.changes.len())
                 .sum(),
         };
         count as u64
+    }
+
+    /// A change to slots, slot by slot in the order it was made: the slot
+    /// event each part is told with (none for a day's end, which changes
+    /// tokens only) and what the part did. Empty for the other changes.
+    /// The events and both stores' writes follow this one list.
+    pub fn slot_parts(self) -> Vec<(Option<SlotReason>, &'a SlotOutcome)> {
+        match self {
+            Made::SlotCreated(_) | Made::Token(_) => Vec::new(),
+            Made::CapacityChanged(outcome) => vec![(Some(SlotReason::CapacityChanged), outcome)],
+            Made::SlotClosed(outcome) => vec![(Some(SlotReason::Closed), outcome)],
+            Made::Timed(done) => done
+                .iter()
+                .map(|timed| match timed {
+                    Timed::Closed(outcome) => (Some(SlotReason::Closed), outcome),
+                    Timed::DayEnded(outcome) => (None, outcome),
+                })
+                .collect(),
+        }
     }
 
     /// The change's events, numbered from `first_id`, in the order of its
@@ -313,31 +329,14 @@ impl Made<'_> {
                     push(token_event(&outcome.slot, change));
                 }
             }
-            Made::CapacityChanged(outcome) | Made::SlotClosed(outcome) => {
-                let reason = match self {
-                    Made::SlotClosed(_) => SlotReason::Closed,
-                    _ => SlotReason::CapacityChanged,
-                };
-                push(EventKind::Slot {
-                    reason,
-                    slot: outcome.slot.clone(),
-                });
-                for change in outcome.token_changes() {
-                    push(token_event(&outcome.slot, change));
-                }
-            }
-            Made::Timed(done) => {
-                for timed in done {
-                    let outcome = match timed {
-                        Timed::Closed(outcome) => {
-                            push(EventKind::Slot {
-                                reason: SlotReason::Closed,
-                                slot: outcome.slot.clone(),
-                            });
-                            outcome
-                        }
-                        Timed::DayEnded(outcome) => outcome,
-                    };
+            Made::CapacityChanged(_) | Made::SlotClosed(_) | Made::Timed(_) => {
+                for (reason, outcome) in self.slot_parts() {
+                    if let Some(reason) = reason {
+                        push(EventKind::Slot {
+                            reason,
+                            slot: outcome.slot.clone(),
+                        });
+                    }
                     for change in outcome.token_changes() {
                         push(token_event(&outcome.slot, change));
                     }

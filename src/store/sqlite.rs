@@ -20,7 +20,7 @@ use super::{
 };
 use crate::engine::{
     Capacity, Context, Decision, DoctorId, HistoryEntry, PatientId, Reason, SlotId, SlotSpec,
-    SlotSummary, Source, Status, Timed, TokenChange, TokenRecord,
+    SlotSummary, Source, Status, TokenChange, TokenRecord,
 };
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
@@ -470,38 +470,21 @@ pub(super) fn commit(
             Record::Acted { outcome, ctx } => {
                 statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
             }
-            Record::CapacityChanged { outcome, ctx } => {
-                transaction
-                    .prepare_cached("UPDATE slots SET capacity = ?1 WHERE slot_id = ?2")?
-                    .execute(params![outcome.slot.capacity, outcome.slot.id.as_str()])?;
-                statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
-            }
-            Record::SlotClosed { outcome, ctx } => {
-                transaction
-                    .prepare_cached("UPDATE slots SET closed_at = ?1 WHERE slot_id = ?2")?
-                    .execute(params![
-                        nanos(outcome.slot.closes_at),
-                        outcome.slot.id.as_str()
-                    ])?;
-                statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
-            }
-            Record::Timed { done, ctx } => {
-                for timed in done {
-                    let outcome = match timed {
-                        Timed::Closed(outcome) => {
-                            transaction
-                                .prepare_cached(
-                                    "UPDATE slots SET closed_at = ?1 WHERE slot_id = ?2",
-                                )?
-                                .execute(params![
-                                    nanos(outcome.slot.closes_at),
-                                    outcome.slot.id.as_str()
-                                ])?;
-                            outcome
-                        }
-                        Timed::DayEnded(outcome) => outcome,
+            Record::CapacityChanged { ctx, .. }
+            | Record::SlotClosed { ctx, .. }
+            | Record::Timed { ctx, .. } => {
+                for (reason, outcome) in record.made().0.slot_parts() {
+                    let slot = &outcome.slot;
+                    match reason {
+                        Some(SlotReason::CapacityChanged) => transaction
+                            .prepare_cached("UPDATE slots SET capacity = ?1 WHERE slot_id = ?2")?
+                            .execute(params![slot.capacity, slot.id.as_str()])?,
+                        Some(SlotReason::Closed) => transaction
+                            .prepare_cached("UPDATE slots SET closed_at = ?1 WHERE slot_id = ?2")?
+                            .execute(params![nanos(slot.closes_at), slot.id.as_str()])?,
+                        Some(SlotReason::Created) | None => 0,
                     };
-                    statements.token_changes(&outcome.slot.id, outcome.token_changes(), ctx)?;
+                    statements.token_changes(&slot.id, outcome.token_changes(), ctx)?;
                 }
             }
         }

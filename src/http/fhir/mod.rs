@@ -186,25 +186,31 @@ pub async fn metadata(State(app): State<AppState>, headers: HeaderMap) -> Answer
     )
 )]
 pub async fn read_schedule(State(app): State<AppState>, path: PathParam) -> Answer {
-    let not_found = || {
-        FhirError::not_found(
-            "DOCTOR_NOT_FOUND",
-            format!(
-                "no doctor has the FHIR id {:?}",
-                path.0.as_deref().unwrap_or_default()
-            ),
-        )
-    };
-    let doctor = path
-        .0
-        .as_deref()
-        .and_then(ids::decode)
-        .and_then(|id| DoctorId::parse(&id))
-        .ok_or_else(not_found)?;
+    let not_found = || not_found_in_path(&path, "DOCTOR_NOT_FOUND", "doctor");
+    let doctor = decoded(&path, DoctorId::parse).ok_or_else(not_found)?;
     if !has_slots(&app, &doctor).await? {
         return Err(not_found());
     }
     ok(resources::schedule(&doctor).ok_or_else(not_found)?)
+}
+
+/// The doctor or slot id in the path, decoded from its FHIR form.
+fn decoded<T>(path: &PathParam, parse: fn(&str) -> Option<T>) -> Option<T> {
+    path.0
+        .as_deref()
+        .and_then(ids::decode)
+        .and_then(|id| parse(&id))
+}
+
+/// The 404 for a path whose FHIR id names no `what`.
+fn not_found_in_path(path: &PathParam, code: &'static str, what: &str) -> FhirError {
+    FhirError::not_found(
+        code,
+        format!(
+            "no {what} has the FHIR id {:?}",
+            path.0.as_deref().unwrap_or_default()
+        ),
+    )
 }
 
 /// Whether the doctor has a slot on any date (the service's doctors are
@@ -234,21 +240,8 @@ async fn has_slots(app: &AppState, doctor: &DoctorId) -> std::result::Result<boo
     )
 )]
 pub async fn read_slot(State(app): State<AppState>, path: PathParam) -> Answer {
-    let not_found = || {
-        FhirError::not_found(
-            "SLOT_NOT_FOUND",
-            format!(
-                "no slot has the FHIR id {:?}",
-                path.0.as_deref().unwrap_or_default()
-            ),
-        )
-    };
-    let id = path
-        .0
-        .as_deref()
-        .and_then(ids::decode)
-        .and_then(|id| SlotId::parse(&id))
-        .ok_or_else(not_found)?;
+    let not_found = || not_found_in_path(&path, "SLOT_NOT_FOUND", "slot");
+    let id = decoded(&path, SlotId::parse).ok_or_else(not_found)?;
     let summary = app.service.slot_summary(&id).await?.ok_or_else(not_found)?;
     ok(resources::slot(&summary, app.service.zone()).ok_or_else(not_found)?)
 }

@@ -154,3 +154,42 @@ async fn tokens_stored_before_the_active_column_keep_their_status() {
     server.await.unwrap().unwrap();
     drop_schema(&schema);
 }
+
+/// A downgrade is refused: a database that a newer release migrated
+/// (here, one more migration than this release has) does not start, and
+/// the message says what happened and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_by_a_newer_release_does_not_start() {
+    let schema = format!("upgrade_{}", uuid::Uuid::new_v4().simple());
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    let known = Migrator::new(directory).await.unwrap().migrations.len() as i64;
+    database_at_version(
+        &schema,
+        known,
+        &format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES ({}, 'from a newer release', true, '\\x00', 1);",
+            known + 1
+        ),
+    )
+    .await;
+    let mut config = opd::Config::for_tests();
+    config.in_memory = false;
+    config.database_url = Some(database_url());
+    config.database_schema = Some(schema.clone());
+    config.database_connections = 2;
+
+    let refused = opd::Application::build(config)
+        .await
+        .err()
+        .map(|error| error.to_string());
+
+    let message = refused.expect("a database from a newer release is refused");
+    assert!(
+        message.contains(&format!("schema version {}", known + 1))
+            && message.contains("newer than this release's")
+            && message.contains("restore the backup"),
+        "{message}"
+    );
+    drop_schema(&schema);
+}

@@ -94,6 +94,14 @@ pub enum StoreError {
     Postgres(String),
     #[error("the data directory {0} is in use by another server")]
     InUse(String),
+    /// The database was migrated by a newer release than this one: serving
+    /// it would read and write a schema this code does not know.
+    #[error(
+        "the database is at schema version {found}, newer than this release's {known}: \
+         it was upgraded by a newer release; run that release, or restore the backup \
+         taken before the upgrade"
+    )]
+    TooNew { found: usize, known: usize },
 }
 
 /// Where storage reports its commits: handles of the application's

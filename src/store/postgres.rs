@@ -77,10 +77,16 @@ impl Database {
             .connect_with(options)
             .await
             .map_err(postgres_error)?;
-        sqlx::migrate!("migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|error| StoreError::Postgres(error.to_string()))?;
+        let migrator = sqlx::migrate!("migrations/postgres");
+        migrator.run(&pool).await.map_err(|error| match error {
+            // A migration the database has and this release lacks was
+            // applied by a newer release: say so rather than name a file.
+            sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::TooNew {
+                found: usize::try_from(found).unwrap_or(usize::MAX),
+                known: migrator.iter().count(),
+            },
+            other => StoreError::Postgres(other.to_string()),
+        })?;
         Ok(Database { pool })
     }
 

@@ -71,6 +71,12 @@ pub(super) fn connect(path: &Path, limit_bytes: Option<u64>) -> Result<Connectio
 
 pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let applied: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: applied,
+            known: MIGRATIONS.len(),
+        });
+    }
     // Migration 0004 digests stored requests; SQLite has no SHA-256 of its
     // own, so the migrating connection lends it ours.
     connection.create_scalar_function(
@@ -749,6 +755,31 @@ mod tests {
         let mut connection = connect(&path, None).unwrap();
         migrate(&mut connection).unwrap();
         (dir, connection)
+    }
+
+    /// A downgrade is refused before anything is read or written: an
+    /// older release cannot know what a newer migration changed.
+    #[test]
+    fn a_database_from_a_newer_release_is_refused() {
+        let dir =
+            ScratchDir(std::env::temp_dir().join(format!("opd-migration-{}", Uuid::new_v4())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("opd.sqlite3");
+        let newer = MIGRATIONS.len() + 1;
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", newer)
+            .unwrap();
+        let mut connection = connect(&path, None).unwrap();
+        let error = migrate(&mut connection).unwrap_err();
+        assert!(
+            matches!(error, StoreError::TooNew { found, known } if found == newer && known == MIGRATIONS.len()),
+            "{error}"
+        );
+        let version: usize = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, newer, "the refusal changed nothing");
     }
 
     /// A database at schema version 2 with `sql` run on it, migrated to

@@ -93,7 +93,7 @@ async fn run(config: opd::Config) -> Result<(), Box<dyn std::error::Error>> {
         "serving"
     );
     #[cfg(unix)]
-    tokio::spawn(opd::reload_keys_on_hangup(application.security()));
+    tokio::spawn(opd::reload_on_hangup(application.reload()));
     application.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

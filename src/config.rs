@@ -25,8 +25,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 
     /// A schedule file (JSON, see schedules/example.json) to load at start-up.
-    /// Slots whose id already exists are kept. Without one, the demo
-    /// schedule is loaded, and only into a store that holds no slot yet.
+    /// Slots whose id already exists are kept. Without one (and without
+    /// weekly templates), the demo schedule is loaded, and only into a
+    /// store that holds no slot yet.
     #[arg(long, env = "OPD_SCHEDULE")]
     pub schedule: Option<PathBuf>,
 

@@ -250,6 +250,7 @@ impl Application {
         );
         let reload = Reload {
             security: security.clone(),
+            keys_file: config.api_keys_file.is_some(),
             templates: config.schedule_templates.clone().map(|path| TemplatesFile {
                 path,
                 service: service.clone(),
@@ -400,6 +401,9 @@ fn access_settings(config: &Config) -> http::auth::Settings {
 #[derive(Clone)]
 pub struct Reload {
     security: Arc<http::auth::Security>,
+    /// Whether `--api-keys-file` was given. Without it SIGHUP leaves the
+    /// keys alone, so that reloading only the templates logs no key error.
+    keys_file: bool,
     templates: Option<TemplatesFile>,
 }
 
@@ -449,9 +453,11 @@ pub async fn reload_on_hangup(reload: Reload) {
         }
     };
     while hangups.recv().await.is_some() {
-        match reload.security.reload_keys() {
-            Ok(count) => tracing::info!(keys = count, "API keys reloaded"),
-            Err(error) => tracing::error!(%error, "the previous API keys stay in force"),
+        if reload.keys_file {
+            match reload.security.reload_keys() {
+                Ok(count) => tracing::info!(keys = count, "API keys reloaded"),
+                Err(error) => tracing::error!(%error, "the previous API keys stay in force"),
+            }
         }
         match reload.templates().await {
             Ok(Some(made)) => tracing::info!(slots_made = made, "weekly templates reloaded"),

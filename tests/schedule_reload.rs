@@ -151,6 +151,10 @@ async fn sighup_reloads_the_templates_and_a_bad_file_is_refused() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_eq!(slot_ids(&http, &base).await.len(), 4);
+    // Without a keys file, SIGHUP leaves the keys alone and says nothing
+    // of them.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("API keys"), "{logged}");
     drop(server);
 
     // The same file stops a start-up, saying why.

@@ -224,6 +224,15 @@ capacity_on = { "2030-01-24" = 8 }
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let length = readme[start..].find("```").expect("the example's end");
+        let example = parse(&readme[start..start + length]).unwrap();
+        assert_eq!(example.sessions()[0].doctor.as_str(), "PAED-RAO");
+    }
+
+    #[test]
     fn errors_name_the_session_its_line_and_what_is_wrong() {
         let cases = [
             (SMALL.replace("\"09:00\"", "\"9am\""), "session 1 (line 4): start: 9am is not a time"),

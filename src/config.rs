@@ -25,10 +25,22 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 
     /// A schedule file (JSON, see schedules/example.json) to load at start-up.
-    /// Slots whose id already exists are kept. Without one, the demo
-    /// schedule is loaded, and only into a store that holds no slot yet.
+    /// Slots whose id already exists are kept. Without one (and without
+    /// weekly templates), the demo schedule is loaded, and only into a
+    /// store that holds no slot yet.
     #[arg(long, env = "OPD_SCHEDULE")]
     pub schedule: Option<PathBuf>,
+
+    /// Weekly templates (TOML, see schedules/small-opd.toml): sessions made
+    /// into dated slots from today through `--schedule-days-ahead` days
+    /// ahead, at start-up and every day; read again on SIGHUP. With it, the
+    /// demo schedule is never loaded.
+    #[arg(long, env = "OPD_SCHEDULE_TEMPLATES")]
+    pub schedule_templates: Option<PathBuf>,
+
+    /// How many days after today the weekly templates are made into slots.
+    #[arg(long, env = "OPD_SCHEDULE_DAYS_AHEAD", default_value_t = 14, value_parser = clap::value_parser!(u16).range(0..=366))]
+    pub schedule_days_ahead: u16,
 
     /// Directory of the embedded SQLite database.
     #[arg(long, env = "OPD_DATA_DIR", default_value = "data")]

@@ -9,8 +9,8 @@
 //! - [`store`]: durable storage: embedded SQLite with group commit, or the
 //!   rows of a shared PostgreSQL database;
 //! - [`http`]: routes, JSON shapes, validation and problem+json errors;
-//! - [`config`] and [`schedule`]: start-up settings, the demo schedule and
-//!   schedule files.
+//! - [`config`], [`schedule`] and [`templates`]: start-up settings, the
+//!   demo schedule, schedule files and weekly templates files.
 //!
 //! [`Application::build`] prepares everything and binds the listener;
 //! [`Application::serve`] runs until the shutdown future completes.
@@ -21,9 +21,11 @@ pub mod http;
 pub mod schedule;
 pub mod service;
 pub mod store;
+pub mod templates;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +47,10 @@ pub enum StartError {
     TimeZone(String),
     #[error("cannot read schedule {path}: {message}")]
     Schedule { path: String, message: String },
+    #[error("cannot use the weekly templates {path}: {message}")]
+    Templates { path: String, message: String },
+    #[error("cannot make the weekly templates' slots: {0}")]
+    Expand(service::ServiceError),
     #[error("cannot read the stored slots: {0}")]
     ReadSlots(service::ServiceError),
     #[error("cannot load slot {slot}: {message}")]
@@ -81,6 +87,8 @@ pub struct Application {
     shutting_down: tokio::sync::watch::Sender<bool>,
     /// Whether start-up loaded the demo schedule into an empty store.
     demo_loaded: bool,
+    /// What SIGHUP reads again.
+    reload: Reload,
 }
 
 impl Application {
@@ -95,6 +103,24 @@ impl Application {
         // First, so an open server on a public address is refused before
         // any storage is touched.
         let security = Arc::new(http::auth::Security::new(access_settings(&config))?);
+        // Before storage too: a file with a mistake stops the start-up
+        // having changed nothing.
+        let templates = match &config.schedule_templates {
+            Some(path) => {
+                let templates = read_templates(path).map_err(|message| StartError::Templates {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+                tracing::info!(
+                    templates = %path.display(),
+                    sessions = templates.sessions().len(),
+                    days_ahead = config.schedule_days_ahead,
+                    "using the weekly templates"
+                );
+                Some(templates)
+            }
+            None => None,
+        };
         let limits = Limits {
             waitlist_max: config.waitlist_max,
             overbook_max: config.overbook_max,
@@ -168,8 +194,16 @@ impl Application {
                 zone,
             )
         };
+        let service = match templates {
+            Some(templates) => service.with_templates(templates, config.schedule_days_ahead),
+            None => service,
+        };
         let service = Arc::new(service);
         let demo_loaded = load_schedule(&config, &service).await?;
+        service
+            .expand_templates()
+            .await
+            .map_err(StartError::Expand)?;
         // What fell due while the service was down happens now, before
         // the first request is answered.
         let caught_up = service.tick().await.map_err(StartError::Tick)?;
@@ -214,6 +248,14 @@ impl Application {
             state.clone(),
             Duration::from_secs(config.request_timeout_secs),
         );
+        let reload = Reload {
+            security: security.clone(),
+            keys_file: config.api_keys_file.is_some(),
+            templates: config.schedule_templates.clone().map(|path| TemplatesFile {
+                path,
+                service: service.clone(),
+            }),
+        };
         Ok(Application {
             listener,
             metrics_listener,
@@ -228,6 +270,7 @@ impl Application {
                 max_requests_per_connection: config.max_requests_per_connection,
             },
             shutting_down,
+            reload,
             security,
             demo_loaded,
         })
@@ -261,6 +304,11 @@ impl Application {
     /// The access settings, whose keys can be read again while serving.
     pub fn security(&self) -> Arc<http::auth::Security> {
         self.security.clone()
+    }
+
+    /// What SIGHUP reads again; see [`reload_on_hangup`].
+    pub fn reload(&self) -> Reload {
+        self.reload.clone()
     }
 
     /// Serves until `shutdown` completes, then lets requests in flight
@@ -321,12 +369,12 @@ async fn run_clock(service: Arc<Service>, mut shutdown: tokio::sync::watch::Rece
         match service.tick().await {
             Ok(_) if failing => {
                 failing = false;
-                tracing::info!("closings and days' ends are done again");
+                tracing::info!("closings, days' ends and the weekly templates are done again");
             }
             Ok(_) => {}
             Err(error) if !failing => {
                 failing = true;
-                tracing::warn!(%error, "cannot close slots or end days now; trying every second");
+                tracing::warn!(%error, "cannot close slots, end days or make the weekly templates' slots now; trying every second");
             }
             Err(_) => {}
         }
@@ -348,30 +396,86 @@ fn access_settings(config: &Config) -> http::auth::Settings {
     }
 }
 
-/// Reads the API keys file again each time the process gets SIGHUP, so a
-/// key can be added or withdrawn without a restart. A failed reload is
-/// logged and leaves the keys in force as they were.
+/// What the service reads again on SIGHUP: the API keys file and the
+/// weekly templates file, each when configured.
+#[derive(Clone)]
+pub struct Reload {
+    security: Arc<http::auth::Security>,
+    /// Whether `--api-keys-file` was given. Without it SIGHUP leaves the
+    /// keys alone, so that reloading only the templates logs no key error.
+    keys_file: bool,
+    templates: Option<TemplatesFile>,
+}
+
+#[derive(Clone)]
+struct TemplatesFile {
+    path: PathBuf,
+    service: Arc<Service>,
+}
+
+impl Reload {
+    /// Reads the weekly templates file again. A valid file replaces the
+    /// templates in force and its slots are made at once; the answer is
+    /// how many were made, or `None` without a templates file. An invalid
+    /// or unreadable file is refused with the reason, and the templates in
+    /// force stay.
+    pub async fn templates(&self) -> Result<Option<usize>, String> {
+        let Some(file) = &self.templates else {
+            return Ok(None);
+        };
+        let templates = read_templates(&file.path).map_err(|message| {
+            format!(
+                "{}: {message}; the templates in force stay",
+                file.path.display()
+            )
+        })?;
+        file.service.replace_templates(templates);
+        file.service
+            .expand_templates()
+            .await
+            .map(Some)
+            .map_err(|error| format!("the new templates are in force, but their slots cannot be made now ({error}); the clock tries again every second"))
+    }
+}
+
+/// Reads the API keys file and the weekly templates file again each time
+/// the process gets SIGHUP, so a key can be added or withdrawn, and a
+/// session changed, without a restart. A failed reload is logged and
+/// leaves what was in force as it was.
 #[cfg(unix)]
-pub async fn reload_keys_on_hangup(security: Arc<http::auth::Security>) {
+pub async fn reload_on_hangup(reload: Reload) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; API keys reload only on restart");
+            tracing::warn!(%error, "cannot listen for SIGHUP; API keys and templates reload only on restart");
             return;
         }
     };
     while hangups.recv().await.is_some() {
-        match security.reload_keys() {
-            Ok(count) => tracing::info!(keys = count, "API keys reloaded"),
-            Err(error) => tracing::error!(%error, "the previous API keys stay in force"),
+        if reload.keys_file {
+            match reload.security.reload_keys() {
+                Ok(count) => tracing::info!(keys = count, "API keys reloaded"),
+                Err(error) => tracing::error!(%error, "the previous API keys stay in force"),
+            }
+        }
+        match reload.templates().await {
+            Ok(Some(made)) => tracing::info!(slots_made = made, "weekly templates reloaded"),
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "reloading the weekly templates failed"),
         }
     }
 }
 
+/// Reads and checks a weekly templates file.
+fn read_templates(path: &Path) -> Result<service::weekly::Templates, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| error.to_string())?;
+    templates::parse(&text)
+}
+
 /// Creates the slots of the configured schedule file that do not exist yet
-/// or, without one, the demo schedule when the store holds no slot at all;
-/// answers whether the demo was loaded.
+/// or, without one and without weekly templates, the demo schedule when the
+/// store holds no slot at all; answers whether the demo was loaded.
 ///
 /// The demo goes only into an empty store: a clinic that moved a data
 /// directory on to its real days must not get demo slots beside them, which
@@ -389,6 +493,10 @@ async fn load_schedule(config: &Config, service: &Service) -> Result<bool, Start
             let specs = schedule::parse_file(&text, today).map_err(schedule_error)?;
             tracing::info!(schedule = %path.display(), slots = specs.len(), "loading the schedule file");
             specs
+        }
+        None if config.schedule_templates.is_some() => {
+            tracing::info!("weekly templates given: the demo schedule is not loaded");
+            return Ok(false);
         }
         None => {
             let any_slot = SlotQuery {

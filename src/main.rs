@@ -75,6 +75,7 @@ async fn run(config: opd::Config) -> Result<(), Box<dyn std::error::Error>> {
     let timezone = config.timezone.clone();
     let data_dir = config.data_dir.clone();
     let schema = config.database_schema.clone();
+    let templates = config.schedule_templates.clone();
     let application = opd::Application::build(config).await?;
     let address = application.local_addr();
     let base = format!("http://{address}");
@@ -90,10 +91,11 @@ async fn run(config: opd::Config) -> Result<(), Box<dyn std::error::Error>> {
         database_schema = schema.filter(|_| storage == "postgres"),
         timezone,
         demo_loaded = application.demo_loaded(),
+        schedule_templates = templates.as_ref().map(|path| tracing::field::display(path.display())),
         "serving"
     );
     #[cfg(unix)]
-    tokio::spawn(opd::reload_keys_on_hangup(application.security()));
+    tokio::spawn(opd::reload_on_hangup(application.reload()));
     application.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

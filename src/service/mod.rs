@@ -6,6 +6,7 @@
 mod local;
 mod postgres;
 pub mod report;
+pub mod weekly;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub use crate::store::Fingerprint;
 use crate::store::{Event, EventBus, Journal, Page, StoredIdempotency};
 use local::Local;
 pub use postgres::{Postgres, RETRIED_SQLSTATES};
+use weekly::Templates;
 
 /// Where the service reads the time. Tests inject a fixed clock.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -86,6 +88,19 @@ pub struct Service {
     events: EventBus,
     clock: Clock,
     zone: TimeZone,
+    /// The weekly templates, when the clinic gave some.
+    templates: Option<Expansion>,
+}
+
+/// The weekly templates in force and how far their expansion has come.
+struct Expansion {
+    /// Swapped whole when the templates are read again.
+    templates: std::sync::RwLock<Arc<Templates>>,
+    days_ahead: u16,
+    /// The "today" of the last complete expansion. Held while expanding,
+    /// so one expansion runs at a time and a tick that comes during one
+    /// waits for it instead of repeating its work.
+    done_for: tokio::sync::Mutex<Option<Date>>,
 }
 
 /// What the embedded backend starts from: an engine and what storage
@@ -139,6 +154,7 @@ impl Service {
             events,
             clock,
             zone,
+            templates: None,
         }
     }
 
@@ -152,7 +168,121 @@ impl Service {
             events,
             clock,
             zone,
+            templates: None,
         }
+    }
+
+    /// Makes slots from `templates` for today and the `days_ahead` dates
+    /// after it, at [`Service::expand_templates`] and at the first tick of
+    /// each day.
+    pub fn with_templates(mut self, templates: Templates, days_ahead: u16) -> Service {
+        self.templates = Some(Expansion {
+            templates: std::sync::RwLock::new(Arc::new(templates)),
+            days_ahead: days_ahead.min(weekly::DAYS_AHEAD_MAX),
+            done_for: tokio::sync::Mutex::new(None),
+        });
+        self
+    }
+
+    /// Puts `templates` in place of the ones in force; expansions from now
+    /// on follow them. False, and nothing changes, for a service built
+    /// without templates.
+    pub fn replace_templates(&self, templates: Templates) -> bool {
+        let Some(expansion) = &self.templates else {
+            return false;
+        };
+        *expansion
+            .templates
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(templates);
+        true
+    }
+
+    /// Makes the slots the weekly templates ask for from today through the
+    /// configured days ahead, now; returns how many were made. See
+    /// [`Service::expand`].
+    pub async fn expand_templates(&self) -> Result<usize, ServiceError> {
+        self.expand(true).await
+    }
+
+    /// Makes the templates' slots, unless `force` is false and they were
+    /// made for today already.
+    ///
+    /// A doctor's date is filled once: when that doctor already has a slot
+    /// the templates made on the date (its id starts `<doctor>-<date>-`),
+    /// whether open, changed or closed by an admin, the date is left
+    /// alone. So no slot is made twice, across restarts and instances, and
+    /// a session changed after its dates were filled applies to the dates
+    /// not filled yet. A slot whose end has already passed is not made. A
+    /// slot that overlaps one an admin made is left out and logged. Storage
+    /// that cannot take a change stops the expansion with the error; the
+    /// next tick tries again.
+    async fn expand(&self, force: bool) -> Result<usize, ServiceError> {
+        let Some(expansion) = &self.templates else {
+            return Ok(0);
+        };
+        let mut done_for = expansion.done_for.lock().await;
+        let today = self.today();
+        if !force && *done_for == Some(today) {
+            return Ok(0);
+        }
+        // Until this expansion completes, the next tick must try again.
+        *done_for = None;
+        let templates = expansion
+            .templates
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let now = self.now();
+        let mut made = 0;
+        for date in weekly::window(today, expansion.days_ahead) {
+            for (doctor, slots) in templates.slots_on(date) {
+                let listed = SlotQuery {
+                    doctor: Some(doctor.clone()),
+                    date: Some(date),
+                    after: None,
+                    limit: weekly::SESSIONS_MAX,
+                };
+                let ids: Vec<SlotId> = self
+                    .slots(&listed)
+                    .await?
+                    .slots
+                    .into_iter()
+                    .map(|slot| slot.id)
+                    .collect();
+                if weekly::filled(&doctor, date, &ids) {
+                    continue;
+                }
+                for slot in slots {
+                    let ends = slot.date.to_datetime(slot.end).to_zoned(self.zone.clone());
+                    if ends.is_ok_and(|ends| ends.timestamp() <= now) {
+                        continue;
+                    }
+                    let id = slot.id.clone();
+                    match self
+                        .create_slot(slot, crate::engine::SYSTEM_ACTOR.into())
+                        .await
+                    {
+                        Ok(_) => made += 1,
+                        // Another instance made it a moment ago.
+                        Err(ServiceError::Engine(EngineError::SlotExists(_))) => {}
+                        Err(ServiceError::Engine(refused)) => {
+                            tracing::warn!(slot = %id, reason = %refused, "a slot of the weekly templates is left out");
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+        *done_for = Some(today);
+        if made > 0 {
+            tracing::info!(
+                slots = made,
+                through = %weekly::window(today, expansion.days_ahead).last().unwrap_or(today),
+                "made the weekly templates' slots"
+            );
+        }
+        Ok(made)
     }
 
     /// Every change made durable from now on, as events in id order.
@@ -347,13 +477,16 @@ impl Service {
     /// Does what the clock has made due by now: closes the slots whose
     /// closing time has come and ends the days that are over, as the
     /// system. What is due is read from the state, so work that fell due
-    /// while the service was down is done by the first tick. Returns how
-    /// many slot changes were made.
+    /// while the service was down is done by the first tick. The first tick
+    /// of each day also makes the weekly templates' slots for the date that
+    /// came into reach. Returns how many slot changes were made, slots
+    /// made included.
     pub async fn tick(&self) -> Result<usize, ServiceError> {
-        match &self.backend {
+        let timed = match &self.backend {
             Backend::Local(local) => local.tick().await,
             Backend::Postgres(postgres) => postgres.tick(&self.clock).await,
-        }
+        }?;
+        Ok(timed + self.expand(false).await?)
     }
 
     pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {

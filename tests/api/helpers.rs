@@ -222,8 +222,10 @@ impl Spawn {
         let mut config = opd::Config::for_tests();
         config.listen = "127.0.0.1:0".parse().expect("a socket address");
         config.timezone.clone_from(&self.timezone);
-        // The demo schedule, whatever OPD_SCHEDULE says.
+        // The demo schedule, whatever OPD_SCHEDULE and
+        // OPD_SCHEDULE_TEMPLATES say.
         config.schedule = None;
+        config.schedule_templates = None;
         if let Some(settings) = &self.settings {
             settings(&mut config);
         }
@@ -243,6 +245,7 @@ impl Spawn {
             .metrics_addr()
             .map(|address| format!("http://{address}"));
         let service = application.service();
+        let reload = application.reload();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(application.serve(async move {
             let _ = stopped.await;
@@ -251,6 +254,7 @@ impl Spawn {
             address,
             metrics_address,
             service,
+            reload,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -276,6 +280,8 @@ pub struct TestApp {
     /// The application's service, for what HTTP does not show yet (the
     /// event log's subscribers).
     pub service: Arc<opd::service::Service>,
+    /// What SIGHUP would read again, to reload without a signal.
+    pub reload: opd::Reload,
     pub client: reqwest::Client,
     pub backend: Backend,
     /// The application's clock (unused when spawned with the real clock).

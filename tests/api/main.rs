@@ -21,4 +21,5 @@ mod opd_flow;
 mod reports;
 mod slots;
 mod stream;
+mod templates;
 mod tokens;

@@ -44,6 +44,8 @@ pub struct TestApp {
     pub address: SocketAddr,
     pub client: reqwest::Client,
     pub security: Arc<Security>,
+    /// What SIGHUP reads again.
+    pub reload: opd::Reload,
 }
 
 /// Starts the application and serves it on a spawned task for the rest of
@@ -52,11 +54,13 @@ pub async fn spawn_app(config: Config) -> TestApp {
     let application = Application::build(config).await.expect("the app builds");
     let address = application.local_addr();
     let security = application.security();
+    let reload = application.reload();
     tokio::spawn(application.serve(std::future::pending()));
     TestApp {
         address,
         client: client(),
         security,
+        reload,
     }
 }
 

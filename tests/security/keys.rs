@@ -185,7 +185,7 @@ async fn sighup_reloads_the_keys_file() {
     let mut config = Config::for_tests();
     config.api_keys_file = Some(path.clone());
     let app = spawn_app(config).await;
-    tokio::spawn(opd::reload_keys_on_hangup(app.security.clone()));
+    tokio::spawn(opd::reload_on_hangup(app.reload.clone()));
     std::fs::write(&path, format!("watcher viewer {VIEWER_KEY}\n")).unwrap();
     // The listener task may not have started yet: signal until it has.
     let mut reloaded = false;

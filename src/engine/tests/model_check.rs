@@ -332,8 +332,8 @@ impl Reference {
             return Step::Refused("no slot on the date".into());
         }
         let mut done = Vec::new();
-        for slot in 0..SLOTS.len() {
-            if SLOTS[slot].1 != DOCTORS[doctor] {
+        for (slot, (_, of)) in SLOTS.iter().enumerate() {
+            if *of != DOCTORS[doctor] {
                 continue;
             }
             let closed = !self.closed[slot];

@@ -259,5 +259,20 @@ check 'close: the slot is CLOSED' --out "Slot $DAY_SLOT" --out '— CLOSED at '
 fd close "$DAY_SLOT"
 check 'close a closed slot: exit 1, 409 SLOT_CLOSED' --rc 1 --err 'HTTP 409 SLOT_CLOSED: '
 
+# absent: the doctor's day is closed and everyone still booked is listed to
+# be phoned (the patient left in the hall among them); a second run changes
+# nothing.
+fd absent "$DOCTOR" "$DATE"
+check 'absent DOCTOR DATE: the day closes, the patients to phone are listed' \
+  --out "Doctor $DOCTOR is absent on $DATE." --out 'Patients to phone (' --out 'was CHECKED_IN' \
+  --out '— CLOSED at '
+fd absent "$DOCTOR" "$DATE"
+check 'absent again: nothing changed, nobody to phone' \
+  --out 'already recorded absent' --out 'Patients to phone (0):'
+fd absent NO-SUCH-DOCTOR "$DATE"
+check 'absent for an unknown doctor: exit 1, 404 DOCTOR_NOT_FOUND' --rc 1 --err 'HTTP 404 DOCTOR_NOT_FOUND: '
+fd absent
+check 'absent without DOCTOR: exit 2' --rc 2 --err 'absent needs DOCTOR [DATE]'
+
 echo "$PASSED passed, $FAILED failed"
 ((FAILED == 0))

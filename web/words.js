@@ -50,6 +50,7 @@ const REASON_WORDS = {
   SKIPPED: "did not answer the call",
   SLOT_CLOSED: "the slot closed",
   DAY_ENDED: "the day ended",
+  DOCTOR_ABSENT: "the doctor is absent",
 };
 
 /** Why a token's status changed, in a few words. */
@@ -97,6 +98,8 @@ export function changeText(change, cause) {
       return `${who}'s place on the waitlist expired: the slot closed.`;
     case "DAY_ENDED":
       return `${who}'s token ended with the day (${statusWord(change.to)}).`;
+    case "DOCTOR_ABSENT":
+      return `${who} was cancelled: the doctor is absent that day.`;
     default:
       return `${who}: ${statusWord(change.from)} → ${statusWord(change.to)} (${change.reason}).`;
   }

@@ -98,6 +98,8 @@ pub enum EngineError {
     TokenIdInUse(Uuid),
     #[error("doctor {0} has no slot")]
     DoctorNotFound(DoctorId),
+    #[error("doctor {doctor} has no slot on {date}")]
+    NoSlotOnDate { doctor: DoctorId, date: Date },
     #[error("a {} is taken only on the slot's date, {date}", action.as_str())]
     NotToday { action: Action, date: Date },
     #[error("the doctor is busy with token {current}")]
@@ -515,6 +517,86 @@ impl Engine {
             return Err(self.slot_closed(key));
         }
         Ok(self.close(key, ctx))
+    }
+
+    /// Records that the doctor is absent on `date` (see "A doctor's
+    /// absence" in the HTTP contract), as one change: every slot of the
+    /// doctor's date closes, and every active token of them is cancelled
+    /// with reason `DOCTOR_ABSENT`, except a consultation in progress,
+    /// which is left to finish. Nobody is promoted: there is no doctor to
+    /// see them. A second absence finds nothing open and nothing to
+    /// cancel, and changes nothing.
+    ///
+    /// O(s + c + k log n) for s slots, c seats already used by completed
+    /// consultations and k tokens cancelled: a slot's seat holders are
+    /// one ordered set, completed ones included.
+    pub fn declare_absence(
+        &mut self,
+        doctor: &DoctorId,
+        date: Date,
+        ctx: &Context,
+    ) -> Result<Absence, EngineError> {
+        if !self.has_doctor(doctor) {
+            return Err(EngineError::DoctorNotFound(doctor.clone()));
+        }
+        let slot_keys: Vec<u32> = self
+            .doctor_days
+            .get(&(doctor.clone(), date))
+            .map(|day| {
+                self.days[*day as usize]
+                    .slots_by_start
+                    .values()
+                    .map(|(_, key)| *key)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if slot_keys.is_empty() {
+            return Err(EngineError::NoSlotOnDate {
+                doctor: doctor.clone(),
+                date,
+            });
+        }
+
+        // Nothing below can fail: the absence is recorded.
+        let mut slots = Vec::with_capacity(slot_keys.len());
+        let mut in_consultation = None;
+        for slot_key in slot_keys {
+            let slot = &self.slots[slot_key as usize];
+            let closed = !slot.closed;
+            let cancelled: Vec<TokenKey> = slot
+                .allocated_entries()
+                .chain(slot.waitlist_entries())
+                .map(|(_, key)| *key)
+                .filter(|key| {
+                    let status = self.tokens[*key].status;
+                    if status == Status::InConsultation {
+                        in_consultation = Some(*key);
+                    }
+                    status.is_active() && status != Status::InConsultation
+                })
+                .collect();
+            if closed {
+                self.mark_closed(slot_key, Nanos::of(ctx.at));
+            }
+            let changes = cancelled
+                .into_iter()
+                .map(|key| self.transition(key, Status::Cancelled, Reason::DoctorAbsent, ctx))
+                .collect();
+            self.check_after_mutation(slot_key);
+            slots.push(AbsentSlot {
+                closed,
+                outcome: SlotOutcome {
+                    slot: self.slots[slot_key as usize].summary(),
+                    changes,
+                },
+            });
+        }
+        Ok(Absence {
+            doctor: doctor.clone(),
+            date,
+            slots,
+            in_consultation: in_consultation.map(|key| self.view(key, ctx.at)),
+        })
     }
 
     /// Does what the clock has made due by `ctx.at`: closes the slots

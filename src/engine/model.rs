@@ -336,10 +336,12 @@ pub enum Reason {
     SlotClosed,
     /// Still active when the day ended.
     DayEnded,
+    /// Cancelled because the doctor is absent that day.
+    DoctorAbsent,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Allocated,
         Reason::Overbooked,
         Reason::BumpedLower,
@@ -357,6 +359,7 @@ impl Reason {
         Reason::Skipped,
         Reason::SlotClosed,
         Reason::DayEnded,
+        Reason::DoctorAbsent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -378,6 +381,7 @@ impl Reason {
             Reason::Skipped => "SKIPPED",
             Reason::SlotClosed => "SLOT_CLOSED",
             Reason::DayEnded => "DAY_ENDED",
+            Reason::DoctorAbsent => "DOCTOR_ABSENT",
         }
     }
 
@@ -774,6 +778,37 @@ impl SlotOutcome {
     /// Every token change the slot change made, in order.
     pub fn token_changes(&self) -> impl Iterator<Item = TokenChange<'_>> {
         self.changes.iter().map(Change::as_token_change)
+    }
+}
+
+/// What a doctor's absence did to one of the doctor's slots of the date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsentSlot {
+    /// Whether the absence closed the slot; `false` when it was closed
+    /// already.
+    pub closed: bool,
+    /// The slot after, and its tokens cancelled, in service order, then
+    /// promotion order.
+    pub outcome: SlotOutcome,
+}
+
+/// What a doctor's absence did (see "A doctor's absence" in the HTTP
+/// contract): every slot of the doctor's date, in start time order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Absence {
+    pub doctor: DoctorId,
+    pub date: Date,
+    pub slots: Vec<AbsentSlot>,
+    /// The consultation in progress, which is left to finish.
+    pub in_consultation: Option<TokenView>,
+}
+
+impl Absence {
+    /// Whether anything changed: a repeated absence changes nothing.
+    pub fn changed(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| slot.closed || !slot.outcome.changes.is_empty())
     }
 }
 

@@ -1,14 +1,16 @@
 //! The doctor's routes: call the next patient, the doctor's queue of the
-//! day, and the waiting-hall board.
+//! day, the waiting-hall board, and a doctor's absence.
 
+use axum::body::Body;
 use axum::extract::{Query, Request, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use utoipa_axum::routes;
 
 use super::auth::{Access, DoctorScope};
-use super::dto::{ActionDto, BoardDto, DoctorQueueDto};
+use super::dto::{AbsenceDto, ActionDto, BoardDto, DoctorQueueDto};
 use super::error::{ApiError, FieldError, Result};
-use super::input::{self, PathParam};
+use super::input::{self, Fields, PathParam};
 use super::routes::Routes;
 use super::tokens::action_response;
 use super::{AppState, Caller};
@@ -25,6 +27,63 @@ pub fn router() -> Routes {
         )
         .route(routes!(queue), Access::Read(DoctorScope::DoctorInPath))
         .route(routes!(board), Access::Read(DoctorScope::AnyDoctor))
+        .route(routes!(absence), Access::Admin)
+}
+
+/// Records that the doctor is absent on a date: every slot of the doctor's
+/// date closes, and every active token of them is cancelled with reason
+/// DOCTOR_ABSENT and listed, for the desk to phone the patients. A
+/// consultation in progress is left to finish. Calling it again changes
+/// nothing and answers `changed: false` with nothing cancelled.
+#[utoipa::path(
+    post,
+    path = "/doctors/{doctorId}/absences",
+    tag = "doctors",
+    params(("doctorId" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$")),
+    request_body(content = AbsenceBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded (changed: true), or recorded before (changed: false)", body = AbsenceDto),
+        (status = 400, description = "MALFORMED_REQUEST", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "DOCTOR_NOT_FOUND: the doctor has no slot at all; SLOT_NOT_FOUND: none on the date", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "UNAVAILABLE", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn absence(
+    State(app): State<AppState>,
+    caller: Caller,
+    path: PathParam,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<AbsenceDto>> {
+    let object = input::json_body(&headers, body, app.body_limit_bytes).await?;
+    let mut fields = Fields::new(&object);
+    let date = fields.optional_date("date");
+    // The date is required: an absence cancels every booking of the day,
+    // so it is never taken from a default.
+    if date == Some(None) {
+        fields.error(FieldError::new("date", "is required"));
+    }
+    fields.finish()?;
+    let date = date.flatten().expect("finish() refuses a missing date");
+    let doctor = path.doctor_id()?;
+    let absence = app
+        .service
+        .declare_absence(&doctor, date, caller.actor())
+        .await?;
+    Ok(Json(AbsenceDto::from(&absence)))
+}
+
+/// The body of `POST /doctors/{doctorId}/absences`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = AbsenceRequest)]
+#[allow(dead_code)]
+pub struct AbsenceBody {
+    /// YYYY-MM-DD: the date the doctor is absent.
+    #[schema(format = Date)]
+    date: String,
 }
 
 /// Calls the first CHECKED_IN token of the doctor's slots dated today, in

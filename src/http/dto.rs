@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::engine::{
-    BoardEntry, Change, Decision, DoctorQueue, HistoryEntry, Outcome, Reason, SlotDetail,
+    Absence, BoardEntry, Change, Decision, DoctorQueue, HistoryEntry, Outcome, Reason, SlotDetail,
     SlotSummary, Source, Status, TokenView,
 };
 
@@ -349,6 +349,71 @@ pub struct TokenDetailDto {
 pub struct CapacityChangeDto {
     pub slot: SlotSummaryDto,
     pub changes: Vec<ChangeDto>,
+}
+
+/// A token a doctor's absence cancelled: what the desk needs to phone
+/// the patient.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelledTokenDto {
+    pub token_id: Uuid,
+    pub token_number: u32,
+    pub patient_id: String,
+    pub slot_id: String,
+    pub source: SourceDto,
+    /// The status the token had before it was cancelled.
+    pub from: StatusDto,
+}
+
+/// The answer to `POST /doctors/{doctorId}/absences`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbsenceDto {
+    pub doctor_id: String,
+    #[schema(format = Date)]
+    pub date: String,
+    /// False when the absence was recorded before: nothing changed.
+    pub changed: bool,
+    /// Every slot of the doctor's date, in start time order, as it stands
+    /// after: all closed.
+    pub slots: Vec<SlotSummaryDto>,
+    /// The tokens this call cancelled (reason DOCTOR_ABSENT), slot by slot
+    /// in start time order, seat holders in service order, then the
+    /// waitlist in promotion order.
+    pub cancelled: Vec<CancelledTokenDto>,
+    /// The consultation in progress, left to finish; null when there is
+    /// none.
+    pub in_consultation: Option<TokenDto>,
+}
+
+impl From<&Absence> for AbsenceDto {
+    fn from(absence: &Absence) -> AbsenceDto {
+        AbsenceDto {
+            doctor_id: absence.doctor.to_string(),
+            date: date(absence.date),
+            changed: absence.changed(),
+            slots: absence
+                .slots
+                .iter()
+                .map(|part| (&part.outcome.slot).into())
+                .collect(),
+            cancelled: absence
+                .slots
+                .iter()
+                .flat_map(|part| {
+                    part.outcome.changes.iter().map(|change| CancelledTokenDto {
+                        token_id: change.token,
+                        token_number: change.number,
+                        patient_id: change.patient.to_string(),
+                        slot_id: part.outcome.slot.id.to_string(),
+                        source: change.source.into(),
+                        from: change.from.into(),
+                    })
+                })
+                .collect(),
+            in_consultation: absence.in_consultation.as_ref().map(Into::into),
+        }
+    }
 }
 
 /// The answer to `GET /doctors/{doctorId}/queue`: the doctor's day over

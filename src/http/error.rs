@@ -95,7 +95,8 @@ impl ApiError {
             ApiError::Engine(error) => match error {
                 EngineError::SlotNotFound(_)
                 | EngineError::TokenNotFound(_)
-                | EngineError::DoctorNotFound(_) => StatusCode::NOT_FOUND,
+                | EngineError::DoctorNotFound(_)
+                | EngineError::NoSlotOnDate { .. } => StatusCode::NOT_FOUND,
                 EngineError::EndNotAfterStart => StatusCode::UNPROCESSABLE_ENTITY,
                 EngineError::SlotExists(_)
                 | EngineError::SlotOverlap { .. }
@@ -132,7 +133,7 @@ impl ApiError {
             }
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ApiError::Engine(error) => match error {
-                EngineError::SlotNotFound(_) => "SLOT_NOT_FOUND",
+                EngineError::SlotNotFound(_) | EngineError::NoSlotOnDate { .. } => "SLOT_NOT_FOUND",
                 EngineError::TokenNotFound(_) => "TOKEN_NOT_FOUND",
                 EngineError::SlotExists(_) => "SLOT_EXISTS",
                 EngineError::SlotOverlap { .. } => "SLOT_OVERLAP",

@@ -18,8 +18,8 @@ use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, LocalStart, Rendered, ServiceError,
 };
 use crate::engine::{
-    Action, Actor, BookRequest, Capacity, Context, DoctorId, Engine, EngineError, Outcome, SlotId,
-    SlotOutcome, SlotSpec, SlotSummary, SYSTEM_ACTOR,
+    Absence, Action, Actor, BookRequest, Capacity, Context, DoctorId, Engine, EngineError, Outcome,
+    SlotId, SlotOutcome, SlotSpec, SlotSummary, SYSTEM_ACTOR,
 };
 use crate::store::events::MemoryLog;
 use crate::store::{
@@ -392,6 +392,34 @@ impl Local {
             Ok((outcome.clone(), |ctx| Record::SlotClosed { outcome, ctx }))
         })
         .await
+    }
+
+    /// Records a doctor's absence; one that changes nothing (a repeat)
+    /// is not journalled.
+    pub(super) async fn declare_absence(
+        &self,
+        doctor: &DoctorId,
+        date: jiff::civil::Date,
+        actor: Actor,
+    ) -> Result<Absence, ServiceError> {
+        let (absence, ticket) = {
+            let mut writer = self.write()?;
+            let ctx = self.context(actor);
+            let absence = writer.state.engine.declare_absence(doctor, date, &ctx)?;
+            let ticket = if absence.changed() {
+                writer.append(Record::Absence {
+                    absence: absence.clone(),
+                    ctx,
+                })
+            } else {
+                // A repeat reflects earlier changes: it waits until they
+                // are durable, as a read does.
+                self.journal.as_ref().map(Journal::barrier)
+            };
+            (absence, ticket)
+        };
+        self.wait(ticket).await?;
+        Ok(absence)
     }
 
     /// The write path of every change but a booking: under the write lock,

@@ -16,9 +16,9 @@ use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
 use crate::engine::{
-    Action, Actor, BoardEntry, BookRequest, Capacity, DoctorId, DoctorQueue, Engine, EngineError,
-    HistoryEntry, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec,
-    SlotSummary, TokenView,
+    Absence, Action, Actor, BoardEntry, BookRequest, Capacity, DoctorId, DoctorQueue, Engine,
+    EngineError, HistoryEntry, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery,
+    SlotSpec, SlotSummary, TokenView,
 };
 use crate::store::events::Published;
 pub use crate::store::Fingerprint;
@@ -471,6 +471,24 @@ impl Service {
         match &self.backend {
             Backend::Local(local) => local.close_slot(slot, actor).await,
             Backend::Postgres(postgres) => postgres.close_slot(slot, actor, &self.clock).await,
+        }
+    }
+
+    /// Records that the doctor is absent on `date` (admin): the doctor's
+    /// slots of that date close and their active tokens are cancelled,
+    /// as one durable change; a repeat finds nothing to do and changes
+    /// nothing (see [`Engine::declare_absence`]).
+    pub async fn declare_absence(
+        &self,
+        doctor: &DoctorId,
+        date: Date,
+        actor: Actor,
+    ) -> Result<Absence, ServiceError> {
+        match &self.backend {
+            Backend::Local(local) => local.declare_absence(doctor, date, actor).await,
+            Backend::Postgres(postgres) => {
+                Box::pin(postgres.declare_absence(doctor, date, actor, &self.clock)).await
+            }
         }
     }
 

@@ -32,9 +32,9 @@ use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
 };
 use crate::engine::{
-    Action, Actor, BoardEntry, BookRequest, Capacity, Context, DoctorId, DoctorQueue, Engine,
-    EngineError, Limits, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec,
-    SlotSummary, Status, TokenView, SYSTEM_ACTOR,
+    Absence, Action, Actor, BoardEntry, BookRequest, Capacity, Context, DoctorId, DoctorQueue,
+    Engine, EngineError, Limits, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery,
+    SlotSpec, SlotSummary, Status, TokenView, SYSTEM_ACTOR,
 };
 use crate::store::events::{Made, SlotReason, EVENT_RETENTION, PAGE_MAX};
 use crate::store::postgres::{self as db, Database, Lock, PgError, Transaction};
@@ -627,6 +627,54 @@ impl Postgres {
         self.write_slot_change_and_commit(tx, day, Made::SlotClosed(&outcome), &ctx)
             .await?;
         Ok(outcome)
+    }
+
+    /// Records a doctor's absence under the day's locks (every slot row
+    /// of the doctor and date, then the day's row), so that of two
+    /// instances at once the second finds the slots closed and nothing
+    /// to cancel, and writes nothing.
+    pub async fn declare_absence(
+        &self,
+        doctor: &DoctorId,
+        date: Date,
+        actor: Actor,
+        clock: &Clock,
+    ) -> Result<Absence, ServiceError> {
+        self.retry(|| self.try_declare_absence(doctor, date, &actor, clock))
+            .await
+    }
+
+    async fn try_declare_absence(
+        &self,
+        doctor: &DoctorId,
+        date: Date,
+        actor: &Actor,
+        clock: &Clock,
+    ) -> Attempt<Absence> {
+        let mut tx = self.database.begin().await?;
+        if !db::doctor_exists(&mut tx, doctor).await? {
+            return Err(EngineError::DoctorNotFound(doctor.clone()).into());
+        }
+        let mut engine = self.lock_doctor_day(&mut tx, doctor, date).await?;
+        if !engine.has_doctor(doctor) {
+            // The doctor has slots, but none on this date.
+            return Err(EngineError::NoSlotOnDate {
+                doctor: doctor.clone(),
+                date,
+            }
+            .into());
+        }
+        let ctx = self.context(actor, clock);
+        let absence = engine.declare_absence(doctor, date, &ctx)?;
+        if !absence.changed() {
+            // Nothing to write: the transaction ends with its locks.
+            tx.rollback().await?;
+            return Ok(absence);
+        }
+        let day = Some((&engine, doctor, date));
+        self.write_slot_change_and_commit(tx, day, Made::Absence(&absence), &ctx)
+            .await?;
+        Ok(absence)
     }
 
     /// Does the work the clock has made due, one doctor's day per

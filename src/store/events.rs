@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::Record;
 use crate::engine::{
-    Actor, Context, DoctorId, Outcome, Reason, SlotId, SlotOutcome, SlotSummary, Source, Status,
-    Timed, TokenChange, SYSTEM_ACTOR,
+    Absence, Actor, Context, DoctorId, Outcome, Reason, SlotId, SlotOutcome, SlotSummary, Source,
+    Status, Timed, TokenChange, SYSTEM_ACTOR,
 };
 
 /// One entry of the event log.
@@ -256,6 +256,7 @@ pub enum Made<'a> {
     Token(&'a Outcome),
     CapacityChanged(&'a SlotOutcome),
     SlotClosed(&'a SlotOutcome),
+    Absence(&'a Absence),
     Timed(&'a [Timed]),
 }
 
@@ -265,11 +266,12 @@ impl<'a> Made<'a> {
         let count = match self {
             Made::SlotCreated(slot) => 1 + usize::from(slot.closed),
             Made::Token(outcome) => 1 + outcome.changes.len(),
-            Made::CapacityChanged(_) | Made::SlotClosed(_) | Made::Timed(_) => self
-                .slot_parts()
-                .iter()
-                .map(|(reason, outcome)| usize::from(reason.is_some()) + outcome.changes.len())
-                .sum(),
+            Made::CapacityChanged(_) | Made::SlotClosed(_) | Made::Absence(_) | Made::Timed(_) => {
+                self.slot_parts()
+                    .iter()
+                    .map(|(reason, outcome)| usize::from(reason.is_some()) + outcome.changes.len())
+                    .sum()
+            }
         };
         count as u64
     }
@@ -283,6 +285,12 @@ impl<'a> Made<'a> {
             Made::SlotCreated(_) | Made::Token(_) => Vec::new(),
             Made::CapacityChanged(outcome) => vec![(Some(SlotReason::CapacityChanged), outcome)],
             Made::SlotClosed(outcome) => vec![(Some(SlotReason::Closed), outcome)],
+            // A slot closed already is told only by its token events.
+            Made::Absence(absence) => absence
+                .slots
+                .iter()
+                .map(|part| (part.closed.then_some(SlotReason::Closed), &part.outcome))
+                .collect(),
             Made::Timed(done) => done
                 .iter()
                 .map(|timed| match timed {
@@ -329,7 +337,7 @@ impl<'a> Made<'a> {
                     push(token_event(&outcome.slot, change));
                 }
             }
-            Made::CapacityChanged(_) | Made::SlotClosed(_) | Made::Timed(_) => {
+            Made::CapacityChanged(_) | Made::SlotClosed(_) | Made::Absence(_) | Made::Timed(_) => {
                 for (reason, outcome) in self.slot_parts() {
                     if let Some(reason) = reason {
                         push(EventKind::Slot {
@@ -357,6 +365,7 @@ impl Record {
             }
             Record::CapacityChanged { outcome, ctx } => (Made::CapacityChanged(outcome), ctx),
             Record::SlotClosed { outcome, ctx } => (Made::SlotClosed(outcome), ctx),
+            Record::Absence { absence, ctx } => (Made::Absence(absence), ctx),
             Record::Timed { done, ctx } => (Made::Timed(done), ctx),
         }
     }

@@ -23,7 +23,9 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::engine::{Actor, Context, Engine, Limits, Outcome, SlotOutcome, SlotSummary, Timed};
+use crate::engine::{
+    Absence, Actor, Context, Engine, Limits, Outcome, SlotOutcome, SlotSummary, Timed,
+};
 
 /// How long idempotency keys are remembered at the least. A key older than
 /// this is forgotten: used again, it books as a new key.
@@ -55,6 +57,12 @@ pub enum Record {
     },
     SlotClosed {
         outcome: SlotOutcome,
+        ctx: Context,
+    },
+    /// A doctor's absence: the doctor's slots of a date closed and their
+    /// tokens cancelled.
+    Absence {
+        absence: Absence,
         ctx: Context,
     },
     /// What the clock made due, done at one moment by the system.

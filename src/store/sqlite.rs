@@ -478,6 +478,7 @@ pub(super) fn commit(
             }
             Record::CapacityChanged { ctx, .. }
             | Record::SlotClosed { ctx, .. }
+            | Record::Absence { ctx, .. }
             | Record::Timed { ctx, .. } => {
                 for (reason, outcome) in record.made().0.slot_parts() {
                     let slot = &outcome.slot;

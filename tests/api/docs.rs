@@ -25,6 +25,7 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
         ("/slots", "post"),
         ("/slots/{slotId}", "get"),
         ("/slots/{slotId}", "patch"),
+        ("/doctors/{doctorId}/absences", "post"),
         ("/healthz", "get"),
         ("/fhir/metadata", "get"),
         ("/fhir/Schedule", "get"),

@@ -4,10 +4,63 @@
 
 use serde_json::Value;
 
-/// The PostgreSQL database the tests use.
-pub fn database_url() -> String {
+/// The PostgreSQL database the tests use, as configured, whether or not
+/// a server answers there.
+fn configured_database_url() -> String {
     std::env::var("OPD_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The PostgreSQL database the tests use. When no server answers there,
+/// the test fails here, before it builds anything: the first such failure
+/// of a test binary says how to start one or how to leave these tests out,
+/// the others only that the server is missing, so a run without PostgreSQL
+/// ends with one explanation instead of many bare "Connection refused".
+pub fn database_url() -> String {
+    static REACHABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    static EXPLAINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let url = configured_database_url();
+    let Err(error) = REACHABLE.get_or_init(|| reach(&url)) else {
+        return url;
+    };
+    if EXPLAINED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        panic!("no PostgreSQL server at {url} ({error}); see the first failure of this run");
+    }
+    panic!(
+        "\n\nThis test needs a PostgreSQL server, and none answers at {url} ({error}).\n\
+         \n\
+         Start one (Debian; `pg_lsclusters` lists the installed version):\n\
+         \x20   sudo apt-get install postgresql\n\
+         \x20   sudo pg_ctlcluster 15 main start\n\
+         with trust authentication on 127.0.0.1 (the first line of\n\
+         /etc/postgresql/15/main/pg_hba.conf: `host all all 127.0.0.1/32 trust`,\n\
+         then `sudo pg_ctlcluster 15 main reload`) and a database `test`:\n\
+         \x20   psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE test'\n\
+         (`bash .ci/run` does all of this), or set OPD_TEST_DATABASE_URL to\n\
+         another server's database.\n\
+         \n\
+         Or run without the PostgreSQL tests:\n\
+         \x20   cargo test --no-default-features\n\n"
+    );
+}
+
+/// Whether a server accepts connections at the URL's address; the error
+/// when none does.
+fn reach(url: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let url = reqwest::Url::parse(url).map_err(|error| format!("not a URL: {error}"))?;
+    let host = url.host_str().ok_or("the URL names no host")?;
+    let addresses = (host, url.port().unwrap_or(5432))
+        .to_socket_addrs()
+        .map_err(|error| error.to_string())?;
+    let mut last = String::from("the host has no address");
+    for address in addresses {
+        match std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(error) => last = format!("{address}: {error}"),
+        }
+    }
+    Err(last)
 }
 
 /// The `host:port` of [`database_url`].
@@ -29,7 +82,7 @@ pub fn database_url_via(port: u16) -> String {
 /// space.
 pub fn drop_schema(schema: &str) {
     let _ = std::process::Command::new("psql")
-        .arg(database_url())
+        .arg(configured_database_url())
         .args(["-qc", &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -85,9 +85,10 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         | ("POST", "/doctors/{doctorId}/call-next") => Class::Clinical,
         ("GET", "/doctors/{doctorId}/queue") => Class::ReadOwned,
         ("GET", "/board") | ("GET", "/me") => Class::ReadAny,
-        ("POST", "/slots") | ("PATCH", "/slots/{slotId}") | ("POST", "/slots/{slotId}/close") => {
-            Class::Admin
-        }
+        ("POST", "/slots")
+        | ("PATCH", "/slots/{slotId}")
+        | ("POST", "/slots/{slotId}/close")
+        | ("POST", "/doctors/{doctorId}/absences") => Class::Admin,
         ("GET", "/metrics") | ("GET", "/reports/day") | ("GET", "/reports/days") => {
             Class::Monitoring
         }
@@ -140,12 +141,19 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
         }
         None => None,
     };
-    // Closing is for good: each close gets a slot of its own, so that
-    // D1-09 stays open for the other operations.
-    let slot = if route == "/slots/{slotId}/close" {
+    // Closing and an absence are for good: each gets a slot (and a
+    // doctor) of its own, so that D1-09 stays open for the other
+    // operations.
+    let for_good = ["/slots/{slotId}/close", "/doctors/{doctorId}/absences"].contains(&route);
+    let doctor = if for_good {
+        format!("DC{n}")
+    } else {
+        "D1".to_owned()
+    };
+    let slot = if for_good {
         let slot = format!("C-{n}");
         let body = json!({
-            "slotId": slot, "doctorId": format!("DC{n}"), "date": "2030-01-07",
+            "slotId": slot, "doctorId": doctor, "date": "2030-01-07",
             "startTime": "09:00", "endTime": "10:00", "capacity": 2
         });
         let response = app
@@ -160,7 +168,7 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
         Some(token) => route.replace("{tokenId}", &token).replace("{id}", &token),
         None => route.replace("{slotId}", &slot),
     }
-    .replace("{doctorId}", "D1")
+    .replace("{doctorId}", &doctor)
     .replace("/fhir/Slot/{id}", "/fhir/Slot/D1-09")
     .replace("/fhir/Schedule/{id}", "/fhir/Schedule/D1");
     if route == "/reports/days" {
@@ -175,6 +183,7 @@ async fn concrete(app: &TestApp, method: &str, route: &str) -> (String, Option<V
             "startTime": "09:00", "endTime": "10:00", "capacity": 2
         })),
         ("PATCH", _) => Some(json!({"capacity": 3})),
+        ("POST", "/doctors/{doctorId}/absences") => Some(json!({"date": "2030-01-07"})),
         _ => None,
     };
     (path, body)

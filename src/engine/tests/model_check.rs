@@ -66,6 +66,12 @@ enum Op {
     Close {
         slot: usize,
     },
+    /// The doctor is absent on the slots' date, or on the day after
+    /// (which has no slot).
+    Absence {
+        doctor: usize,
+        shifted: bool,
+    },
     /// Moves the clock on to one of the day's deadlines (a slot's closing
     /// time, or the end of the day) if it is still ahead, and does what
     /// fell due.
@@ -100,6 +106,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..SLOTS.len(), 0u32..6).prop_map(|(slot, capacity)| Op::Capacity { slot, capacity }),
         1 => proptest::bool::weighted(0.3).prop_map(|shifted| Op::Today { shifted }),
         1 => (0..SLOTS.len()).prop_map(|slot| Op::Close { slot }),
+        1 => (0..DOCTORS.len(), proptest::bool::weighted(0.1))
+            .prop_map(|(doctor, shifted)| Op::Absence { doctor, shifted }),
         1 => (0..4usize).prop_map(|deadline| Op::Tick { deadline }),
     ]
 }
@@ -180,6 +188,9 @@ enum Step {
     /// What a tick did: per slot changed, whether it was a closing, the
     /// slot and its token changes.
     Ticked(Vec<(bool, usize, Changes)>),
+    /// What an absence did: per slot of the doctor, whether it closed
+    /// it, the slot and its token changes.
+    Absent(Vec<(bool, usize, Changes)>),
 }
 
 impl Reference {
@@ -311,6 +322,41 @@ impl Reference {
             return Step::Refused("slot closed".into());
         }
         Step::Resized(self.close(slot))
+    }
+
+    /// The doctor's absence: each of the doctor's slots closes, and every
+    /// active token but the one in consultation is cancelled, seat
+    /// holders in service order, then the waitlist; nobody is promoted.
+    fn absence(&mut self, doctor: usize, shifted: bool) -> Step {
+        if shifted {
+            return Step::Refused("no slot on the date".into());
+        }
+        let mut done = Vec::new();
+        for (slot, (_, of)) in SLOTS.iter().enumerate() {
+            if *of != DOCTORS[doctor] {
+                continue;
+            }
+            let closed = !self.closed[slot];
+            self.closed[slot] = true;
+            let mut cancelled: Vec<usize> = (0..self.tokens.len())
+                .filter(|&i| {
+                    let t = &self.tokens[i];
+                    t.slot == slot && active(t.status) && t.status != Status::InConsultation
+                })
+                .collect();
+            cancelled.sort_by_key(|&i| {
+                (
+                    self.tokens[i].status == Status::Waitlisted,
+                    self.tokens[i].key(),
+                )
+            });
+            let mut changes = Vec::new();
+            for i in cancelled {
+                self.set(i, Status::Cancelled, Reason::DoctorAbsent, &mut changes);
+            }
+            done.push((closed, slot, changes));
+        }
+        Step::Absent(done)
     }
 
     fn tick(&mut self) -> Step {
@@ -546,6 +592,7 @@ fn refusal(error: &EngineError) -> String {
         EngineError::DoctorBusy { current } => format!("busy {current}"),
         EngineError::QueueEmpty => "queue empty".into(),
         EngineError::SlotClosed { .. } => "slot closed".into(),
+        EngineError::NoSlotOnDate { .. } => "no slot on the date".into(),
         other => panic!("unexpected refusal {other:?}"),
     }
 }
@@ -649,6 +696,36 @@ fn run(ops: Vec<Op>, capacities: [u32; 3]) -> Result<(), TestCaseError> {
                 let expected = reference.close_now(slot);
                 let actual = match engine.close_slot(&slot_id(SLOTS[slot].0), &ctx) {
                     Ok(outcome) => Step::Resized(changes_of(&outcome.changes)),
+                    Err(error) => Step::Refused(refusal(&error)),
+                };
+                (expected, actual)
+            }
+            Op::Absence { doctor, shifted } => {
+                let expected = reference.absence(doctor, shifted);
+                let slot_index =
+                    |id: &SlotId| SLOTS.iter().position(|(s, _)| *s == id.as_str()).unwrap();
+                let doctor = DoctorId::parse(DOCTORS[doctor]).unwrap();
+                let actual = match engine.declare_absence(&doctor, day(shifted), &ctx) {
+                    Ok(absence) => {
+                        let in_consultation = reference
+                            .with_doctor(doctor.as_str())
+                            .filter(|&i| reference.tokens[i].status == Status::InConsultation)
+                            .map(|i| reference.tokens[i].id);
+                        prop_assert_eq!(absence.in_consultation.map(|t| t.id), in_consultation);
+                        Step::Absent(
+                            absence
+                                .slots
+                                .iter()
+                                .map(|part| {
+                                    (
+                                        part.closed,
+                                        slot_index(&part.outcome.slot.id),
+                                        changes_of(&part.outcome.changes),
+                                    )
+                                })
+                                .collect(),
+                        )
+                    }
                     Err(error) => Step::Refused(refusal(&error)),
                 };
                 (expected, actual)

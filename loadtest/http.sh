@@ -200,11 +200,15 @@ for m in "${MODES[@]}"; do
     in-memory@previous | durable@previous)
       [[ -x ${BENCH_PREVIOUS_BIN:-} ]] || die "mode $m needs BENCH_PREVIOUS_BIN, an earlier build of opd-token-engine"
       ;;
+    in-memory@previous+subscribers | durable@previous+subscribers)
+      [[ -x ${BENCH_PREVIOUS_BIN:-} ]] || die "mode $m needs BENCH_PREVIOUS_BIN, an earlier build of opd-token-engine"
+      [[ -x $SUBSCRIBERS_BIN ]] || die "missing $SUBSCRIBERS_BIN"
+      ;;
     postgres)
       [[ -n ${DATABASE_URL:-} ]] || die "postgres mode needs DATABASE_URL"
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       ;;
-    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers)" ;;
+    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers, in-memory@previous+subscribers, durable@previous+subscribers)" ;;
   esac
 done
 if [[ " ${MODES[*]} " == *" postgres "* ]] && ! pg_url_is_local "$DATABASE_URL"; then
@@ -273,9 +277,9 @@ start_server() {
   local addr=127.0.0.1:$PORT
   # MODE@previous runs MODE with the earlier binary, to compare two builds
   # side by side in one run.
-  if [[ $mode == *@previous ]]; then
+  if [[ $mode == *@previous* ]]; then
     bin=$BENCH_PREVIOUS_BIN
-    mode=${mode%@previous}
+    mode=${mode/@previous/}
   fi
   mode=${mode%+subscribers}
   case $mode in

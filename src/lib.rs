@@ -234,6 +234,8 @@ impl Application {
             service.clone(),
             metrics.clone(),
         ));
+        let fanout =
+            http::events::Fanout::start(&service, metrics.delivery_delay(), shutdown.clone());
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,
@@ -241,7 +243,7 @@ impl Application {
             fhir_base_url: config.fhir_base_url.as_deref().map(Arc::from),
             security: security.clone(),
             shutdown,
-            fanout: http::events::Fanout::start(&service, metrics.delivery_delay()),
+            fanout,
             metrics,
         };
         let app = http::app(

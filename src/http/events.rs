@@ -8,8 +8,10 @@
 //! channel drops events for it (the client resumes by id), when the server
 //! shuts down, or when the log cannot be read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
+use tokio::time::{Instant, Sleep};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
@@ -38,11 +41,12 @@ use crate::store::events::{Event, EventKind, Published, PAGE_MAX, PUBLISHED_BACK
 /// that proxies and clients know it is alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// How long the fan-out gathers events before it hands them on. It bounds
-/// how often a busy day wakes each open stream (a thousand screens at
-/// thousands of changes a second would otherwise take the server's CPU),
-/// at the price of at most this much delay.
-pub const COALESCE: Duration = Duration::from_millis(10);
+/// The shortest time between two hand-ons of the fan-out, which bounds how
+/// often a busy day wakes each open stream (a thousand screens woken at
+/// every one of thousands of changes a second would take the server's
+/// CPU from the bookings) and is the most an event waits for it. An event
+/// after a quiet spell is handed on at once.
+pub const COALESCE: Duration = Duration::from_millis(25);
 
 pub fn router() -> Routes {
     Routes::new().route(routes!(events), Access::Read(DoctorScope::EventFilters))
@@ -84,7 +88,7 @@ pub struct SlotEventDto {
 
 /// One event of the stream as `text/event-stream` carries it: the schema of
 /// each event, not of the whole body. Only the API document uses it; frames
-/// are written as text by [`Rendered`].
+/// are written as text by [`write_frame`].
 #[derive(Debug, ToSchema)]
 pub struct StreamEvent {
     /// The event's id; absent on `reset`.
@@ -232,12 +236,19 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, event: &Rendered) -> bool {
+    fn matches(&self, event: &Framed) -> bool {
         (self.doctors.is_empty() || self.doctors.contains(&event.doctor))
             && self
                 .slot
                 .as_ref()
                 .is_none_or(|wanted| *wanted == event.slot)
+    }
+
+    /// Whether the stream carries every event of the channel it reads
+    /// (the all-doctors channel, or its one doctor's), so that it can send
+    /// a batch's shared bytes as they are.
+    fn takes_whole_channel(&self) -> bool {
+        self.slot.is_none() && self.doctors.len() <= 1
     }
 }
 
@@ -245,28 +256,43 @@ impl Filter {
 struct Streaming {
     app: AppState,
     filter: Filter,
+    whole_channel: bool,
     live: broadcast::Receiver<Batch>,
     shutdown: watch::Receiver<bool>,
-    /// Frames ready to send, as one chunk.
-    ready: Vec<u8>,
+    /// Chunks ready to send, in order. A batch the stream carries whole is
+    /// one shared chunk; frames picked one by one are first gathered in
+    /// `picked`.
+    ready: VecDeque<Bytes>,
+    picked: Vec<u8>,
     /// The newest id passed on (sent, or filtered out), or before the
     /// first one the id the stream starts after.
     cursor: Option<u64>,
     /// Whether the log still has events the live channel did not carry.
     catching_up: bool,
+    /// When the stream last sent something, and the timer that checks
+    /// for silence. The timer is armed once per [`KEEP_ALIVE`], not once
+    /// per wake: a thousand streams woken many times a second would
+    /// otherwise spend much of their time arming and cancelling timers.
+    last_sent: Instant,
+    keep_alive: Pin<Box<Sleep>>,
 }
 
 impl Streaming {
     fn new(app: AppState, filter: Filter, live: broadcast::Receiver<Batch>) -> Streaming {
         let shutdown = app.shutdown.clone();
+        let now = Instant::now();
         Streaming {
             app,
+            whole_channel: filter.takes_whole_channel(),
             filter,
             live,
             shutdown,
-            ready: Vec::new(),
+            ready: VecDeque::new(),
+            picked: Vec::new(),
             cursor: None,
             catching_up: false,
+            last_sent: now,
+            keep_alive: Box::pin(tokio::time::sleep_until(now + KEEP_ALIVE)),
         }
     }
 
@@ -277,7 +303,7 @@ impl Streaming {
             if oldest > after + 1 {
                 let reset = ResetDto { oldest_id: oldest };
                 let data = serde_json::to_string(&reset).expect("a reset serializes");
-                self.ready
+                self.picked
                     .extend_from_slice(format!("event: reset\ndata: {data}\n\n").as_bytes());
             }
         }
@@ -294,31 +320,63 @@ impl Streaming {
                 continue;
             }
             self.cursor = Some(event.id);
-            let rendered = Rendered::of(event);
-            if self.filter.matches(&rendered) {
-                self.ready.extend_from_slice(&rendered.frame);
+            let (doctor, slot) = event_place(event);
+            let wanted = (self.filter.doctors.is_empty() || self.filter.doctors.contains(doctor))
+                && self
+                    .filter
+                    .slot
+                    .as_ref()
+                    .is_none_or(|wanted| wanted == slot);
+            if wanted {
+                write_frame(&mut self.picked, event);
             }
         }
     }
 
     /// Queues live events past the cursor that the filter lets through.
-    fn take_live(&mut self, batch: &[Rendered]) {
-        for rendered in batch {
-            if self.cursor.is_some_and(|cursor| rendered.id <= cursor) {
-                continue;
+    fn take_live(&mut self, batch: &BatchData) {
+        let skip = match self.cursor {
+            Some(cursor) => batch.events.partition_point(|event| event.id <= cursor),
+            None => 0,
+        };
+        let Some(last) = batch.events.last() else {
+            return;
+        };
+        if skip == batch.events.len() {
+            return;
+        }
+        self.cursor = Some(last.id);
+        if self.whole_channel {
+            // The common case: the batch's bytes, shared with every other
+            // stream on the channel, with no copy.
+            self.seal_picked();
+            let from = batch.events[skip].start;
+            self.ready.push_back(batch.frames.slice(from..));
+            return;
+        }
+        for event in &batch.events[skip..] {
+            if self.filter.matches(event) {
+                self.picked
+                    .extend_from_slice(&batch.frames[event.start..event.end]);
             }
-            self.cursor = Some(rendered.id);
-            if self.filter.matches(rendered) {
-                self.ready.extend_from_slice(&rendered.frame);
-            }
+        }
+    }
+
+    /// Moves the frames picked so far to the end of `ready`, so that
+    /// what is queued after them goes out after them.
+    fn seal_picked(&mut self) {
+        if !self.picked.is_empty() {
+            let picked = std::mem::take(&mut self.picked);
+            self.ready.push_back(Bytes::from(picked));
         }
     }
 
     /// The next chunk to send, or `None` to end the stream.
     async fn next(mut self) -> Option<(Bytes, Streaming)> {
         loop {
-            if !self.ready.is_empty() {
-                let chunk = Bytes::from(std::mem::take(&mut self.ready));
+            self.seal_picked();
+            if let Some(chunk) = self.ready.pop_front() {
+                self.last_sent = Instant::now();
                 return Some((chunk, self));
             }
             if *self.shutdown.borrow() {
@@ -331,10 +389,10 @@ impl Streaming {
                 continue;
             }
             tokio::select! {
-                received = tokio::time::timeout(KEEP_ALIVE, self.live.recv()) => match received {
-                    Ok(Ok(batch)) => {
+                received = self.live.recv() => match received {
+                    Ok(batch) => {
                         self.take_live(&batch);
-                        // Whatever else is waiting goes out in the same chunk.
+                        // Whatever else is waiting goes out in the same write.
                         loop {
                             match self.live.try_recv() {
                                 Ok(more) => self.take_live(&more),
@@ -346,44 +404,98 @@ impl Streaming {
                     // Too far behind (or the fan-out restarted after it fell
                     // behind itself): the client reconnects with its last id
                     // and catches up from the log.
-                    Ok(Err(_)) => return None,
-                    Err(_) => self.ready.extend_from_slice(b":\n\n"),
+                    Err(_) => return None,
                 },
-                _ = self.shutdown.changed() => return None,
+                () = self.keep_alive.as_mut() => {
+                    let now = Instant::now();
+                    let due = self.last_sent + KEEP_ALIVE;
+                    if now >= due {
+                        self.picked.extend_from_slice(b":\n\n");
+                        self.keep_alive.as_mut().reset(now + KEEP_ALIVE);
+                    } else {
+                        self.keep_alive.as_mut().reset(due);
+                    }
+                }
             }
         }
     }
 }
 
-/// An event rendered once for every stream that carries it: its frame, and
-/// what filters look at.
+/// What filters look at in an event, and where its frame lies in its
+/// batch's bytes.
 #[derive(Debug, Clone)]
-pub struct Rendered {
+pub struct Framed {
     id: u64,
     doctor: DoctorId,
     slot: SlotId,
-    frame: Bytes,
+    start: usize,
+    end: usize,
 }
 
-/// Rendered events as the fan-out hands them on: one change's or one
-/// commit's.
-pub type Batch = Arc<[Rendered]>;
+/// Events as the fan-out hands them on to one channel, rendered once: the
+/// frames of all of them as one run of bytes that every stream on the
+/// channel shares.
+#[derive(Debug, Default)]
+pub struct BatchData {
+    events: Vec<Framed>,
+    frames: Bytes,
+}
 
-impl Rendered {
-    fn of(event: &Event) -> Rendered {
-        let (doctor, slot) = match &event.kind {
-            EventKind::Token { doctor, slot, .. } => (doctor.clone(), slot.clone()),
-            EventKind::Slot { slot, .. } => (slot.doctor.clone(), slot.id.clone()),
-        };
-        let (name, data) = event_data(event);
-        let frame = format!("id: {}\nevent: {name}\ndata: {data}\n\n", event.id);
-        Rendered {
-            id: event.id,
-            doctor,
-            slot,
-            frame: Bytes::from(frame),
-        }
+pub type Batch = Arc<BatchData>;
+
+/// A batch being put together.
+#[derive(Default)]
+struct BatchBuilder {
+    events: Vec<Framed>,
+    frames: Vec<u8>,
+}
+
+impl BatchBuilder {
+    /// Appends a frame already rendered for another batch.
+    fn push(&mut self, event: &Framed, frame: &[u8]) {
+        let start = self.frames.len();
+        self.frames.extend_from_slice(frame);
+        self.events.push(Framed {
+            start,
+            end: self.frames.len(),
+            ..event.clone()
+        });
     }
+
+    fn render(&mut self, event: &Event) {
+        let start = self.frames.len();
+        write_frame(&mut self.frames, event);
+        let (doctor, slot) = event_place(event);
+        self.events.push(Framed {
+            id: event.id,
+            doctor: doctor.clone(),
+            slot: slot.clone(),
+            start,
+            end: self.frames.len(),
+        });
+    }
+
+    fn finish(self) -> Batch {
+        Arc::new(BatchData {
+            events: self.events,
+            frames: Bytes::from(self.frames),
+        })
+    }
+}
+
+/// The doctor and slot an event belongs to.
+fn event_place(event: &Event) -> (&DoctorId, &SlotId) {
+    match &event.kind {
+        EventKind::Token { doctor, slot, .. } => (doctor, slot),
+        EventKind::Slot { slot, .. } => (&slot.doctor, &slot.id),
+    }
+}
+
+/// Appends an event's `id`/`event`/`data` frame.
+fn write_frame(out: &mut Vec<u8>, event: &Event) {
+    let (name, data) = event_data(event);
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(out, "id: {}\nevent: {name}\ndata: {data}\n\n", event.id);
 }
 
 /// Hands the service's events to the streams that want them, rendered
@@ -404,8 +516,13 @@ pub struct Fanout {
 impl Fanout {
     /// Starts handing on `service`'s events, recording how long each
     /// took to reach the streams in `delivery_delay`; runs until the
-    /// runtime ends.
-    pub fn start(service: &Service, delivery_delay: metrics::Histogram) -> Arc<Fanout> {
+    /// runtime ends. When `shutdown` turns true every stream is woken, so
+    /// that it sees the signal and ends.
+    pub fn start(
+        service: &Service,
+        delivery_delay: metrics::Histogram,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Fanout> {
         let fanout = Arc::new(Fanout {
             all: std::sync::Mutex::new(broadcast::channel(PUBLISHED_BACKLOG).0),
             by_doctor: std::sync::Mutex::new(HashMap::new()),
@@ -413,7 +530,7 @@ impl Fanout {
             clock: service.clock(),
         });
         let events = service.subscribe();
-        tokio::spawn(Arc::clone(&fanout).run(events));
+        tokio::spawn(Arc::clone(&fanout).run(events, shutdown));
         fanout
     }
 
@@ -450,18 +567,41 @@ impl Fanout {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Gathers what the service tells for [`COALESCE`] after the first
-    /// event, then hands it on as one batch: a busy day wakes each stream
-    /// at most once per interval instead of once per change.
-    async fn run(self: Arc<Fanout>, mut events: broadcast::Receiver<Published>) {
+    /// Hands on what the service tells, at most once per [`COALESCE`]:
+    /// an event that comes after a quiet spell is handed on at once, and
+    /// while events keep coming they are gathered until one interval after
+    /// the last hand-on. A busy day thus wakes each stream at most once per
+    /// interval instead of once per change, and a quiet one adds no delay.
+    async fn run(
+        self: Arc<Fanout>,
+        mut events: broadcast::Receiver<Published>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut pending: Vec<Published> = Vec::new();
-        let mut due: Option<tokio::time::Instant> = None;
+        let mut due: Option<Instant> = None;
+        let mut last_hand_on: Option<Instant> = None;
+        let mut watching_shutdown = true;
         loop {
             tokio::select! {
                 received = events.recv() => match received {
                     Ok(published) => {
                         pending.push(published);
-                        due.get_or_insert_with(|| tokio::time::Instant::now() + COALESCE);
+                        if due.is_none() {
+                            let now = Instant::now();
+                            let next = last_hand_on.map_or(now, |last| last + COALESCE);
+                            if next <= now {
+                                // Quiet until now: at once, with whatever
+                                // else has come meanwhile.
+                                while let Ok(more) = events.try_recv() {
+                                    pending.push(more);
+                                }
+                                self.hand_on(&pending);
+                                pending.clear();
+                                last_hand_on = Some(now);
+                            } else {
+                                due = Some(next);
+                            }
+                        }
                     }
                     // This task fell behind and lost events: every stream
                     // ends (its channel is replaced), and clients resume
@@ -476,16 +616,34 @@ impl Fanout {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                    self.hand_on(pending.iter().flat_map(|published| published.iter()));
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    self.hand_on(&pending);
                     pending.clear();
                     due = None;
+                    last_hand_on = Some(Instant::now());
+                }
+                stopping = shutdown.wait_for(|stopping| *stopping), if watching_shutdown => {
+                    watching_shutdown = false;
+                    if stopping.is_ok() {
+                        self.wake_all();
+                    }
                 }
             }
         }
     }
 
-    fn hand_on<'a>(&self, published: impl Iterator<Item = &'a Event>) {
+    /// Sends every channel an empty batch: a stream woken by it finds the
+    /// shutdown signal set and ends. (A stream that opens later sees the
+    /// signal before it first waits.)
+    fn wake_all(&self) {
+        let empty: Batch = Arc::default();
+        let _ = self.all_sender().send(Arc::clone(&empty));
+        for sender in self.doctors().values() {
+            let _ = sender.send(Arc::clone(&empty));
+        }
+    }
+
+    fn hand_on(&self, published: &[Published]) {
         let mut doctors = self.doctors();
         // A doctor whose screens have all gone is forgotten.
         doctors.retain(|_, sender| sender.receiver_count() > 0);
@@ -495,23 +653,31 @@ impl Fanout {
             return;
         }
         let now = (self.clock)();
-        let rendered: Batch = published
-            .map(|event| {
-                let delay = now.duration_since(event.at).as_secs_f64().max(0.0);
-                self.delivery_delay.record(delay);
-                Rendered::of(event)
-            })
-            .collect();
-        let _ = all.send(Arc::clone(&rendered));
+        let mut everything = BatchBuilder::default();
+        for event in published.iter().flat_map(|published| published.iter()) {
+            let delay = now.duration_since(event.at).as_secs_f64().max(0.0);
+            self.delivery_delay.record(delay);
+            everything.render(event);
+        }
+        // Each doctor's share, in one pass over the batch.
+        let mut theirs: HashMap<DoctorId, BatchBuilder> = HashMap::new();
+        if !doctors.is_empty() {
+            for event in &everything.events {
+                if doctors.contains_key(&event.doctor) {
+                    theirs
+                        .entry(event.doctor.clone())
+                        .or_default()
+                        .push(event, &everything.frames[event.start..event.end]);
+                }
+            }
+        }
+        if all.receiver_count() > 0 {
+            let _ = all.send(everything.finish());
+        }
         drop(all);
-        for (doctor, sender) in doctors.iter() {
-            if rendered.iter().any(|event| event.doctor == *doctor) {
-                let theirs: Batch = rendered
-                    .iter()
-                    .filter(|event| event.doctor == *doctor)
-                    .cloned()
-                    .collect();
-                let _ = sender.send(theirs);
+        for (doctor, batch) in theirs {
+            if let Some(sender) = doctors.get(&doctor) {
+                let _ = sender.send(batch.finish());
             }
         }
     }

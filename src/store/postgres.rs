@@ -136,14 +136,9 @@ impl Hosts {
         })
     }
 
-    /// The number of hosts listed.
-    pub fn len(&self) -> usize {
-        self.options.len()
-    }
-
-    /// Whether only a host that accepts writes will do.
-    pub fn read_write(&self) -> bool {
-        self.read_write
+    /// Whether the URL lists more than one host.
+    fn several(&self) -> bool {
+        self.options.len() > 1
     }
 
     /// Uses `schema` on every connection.
@@ -342,7 +337,7 @@ impl Database {
     /// to the pool's acquire timeout) or answer 503.
     pub fn lost(&self, began: Instant) {
         self.shared.freshness.retire_before(began);
-        if self.shared.hosts.len() > 1 && !self.shared.probing.swap(true, Ordering::AcqRel) {
+        if self.shared.hosts.several() && !self.shared.probing.swap(true, Ordering::AcqRel) {
             tokio::spawn(find_primary(Arc::downgrade(&self.shared)));
         }
     }
@@ -1523,4 +1518,71 @@ fn timestamp(nanos: i64) -> PgResult<Timestamp> {
 
 fn time(time: jiff::civil::Time) -> String {
     time.strftime("%H:%M").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hosts;
+
+    fn hosts(url: &str) -> Vec<(String, u16, Option<String>, Option<String>)> {
+        Hosts::parse(url)
+            .unwrap()
+            .options
+            .iter()
+            .map(|options| {
+                (
+                    options.get_host().to_owned(),
+                    options.get_port(),
+                    Some(options.get_username().to_owned()),
+                    options.get_database().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_multi_host_url_gives_one_set_of_options_per_host_in_its_order() {
+        let url = "postgres://app@127.0.0.1:6002,127.0.0.1:6001/test\
+                   ?target_session_attrs=read-write&sslmode=prefer";
+        assert_eq!(
+            hosts(url),
+            [
+                (
+                    "127.0.0.1".into(),
+                    6002,
+                    Some("app".into()),
+                    Some("test".into())
+                ),
+                (
+                    "127.0.0.1".into(),
+                    6001,
+                    Some("app".into()),
+                    Some("test".into())
+                ),
+            ]
+        );
+        assert!(Hosts::parse(url).unwrap().read_write);
+    }
+
+    #[test]
+    fn several_hosts_always_look_for_the_one_that_accepts_writes() {
+        let parsed = Hosts::parse("postgres://a:1,b:2/db").unwrap();
+        assert!(parsed.read_write);
+        assert!(!Hosts::parse("postgres://a:1/db").unwrap().read_write);
+        let primary = Hosts::parse("postgres://a:1/db?target_session_attrs=primary").unwrap();
+        assert!(primary.read_write);
+    }
+
+    #[test]
+    fn target_session_attrs_that_would_not_write_are_refused() {
+        for url in [
+            "postgres://a:1,b:2/db?target_session_attrs=any",
+            "postgres://a:1,b:2/db?target_session_attrs=standby",
+            "postgres://a:1/db?target_session_attrs=read-only",
+            "postgres://a:1,,b:2/db",
+            "a:1/db",
+        ] {
+            assert!(Hosts::parse(url).is_err(), "{url}");
+        }
+    }
 }

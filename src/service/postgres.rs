@@ -301,15 +301,7 @@ impl Postgres {
                 // (a restarted server) costs no answer.
                 Err(Failure::Store(PgError::Database(error))) if db::is_connection_lost(&error) => {
                     self.database.lost(began);
-                    // The pool already waited for a new connection as long
-                    // as it may; waiting again would outlast the request.
-                    let unconnected = matches!(
-                        error,
-                        sqlx::Error::PoolTimedOut
-                            | sqlx::Error::PoolClosed
-                            | sqlx::Error::Configuration(_)
-                    );
-                    if reconnected || unconnected || remaining == 0 {
+                    if reconnected || !db::may_reconnect(&error) || remaining == 0 {
                         tracing::error!(%error, "the database is unreachable; nothing was changed");
                         return Err(ServiceError::Unavailable);
                     }

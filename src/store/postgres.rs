@@ -241,6 +241,17 @@ pub fn is_connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a lost connection ([`is_connection_lost`]) is worth one more
+/// attempt on a new connection: not when the pool could not make one, as
+/// it has already tried for as long as it may.
+pub fn may_reconnect(error: &sqlx::Error) -> bool {
+    is_connection_lost(error)
+        && !matches!(
+            error,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Configuration(_)
+        )
+}
+
 impl Database {
     /// Connects to the host of `url` that accepts writes (see
     /// [`Hosts::parse`]), creates `schema` if one is given (and uses it for
@@ -349,8 +360,13 @@ impl Database {
             let began = Instant::now();
             match sqlx::query("SELECT 1").execute(&self.shared.pool).await {
                 Ok(_) => return true,
-                Err(error) if is_connection_lost(&error) => self.lost(began),
-                Err(_) => return false,
+                Err(error) if may_reconnect(&error) => self.lost(began),
+                Err(error) => {
+                    if is_connection_lost(&error) {
+                        self.lost(began);
+                    }
+                    return false;
+                }
             }
         }
         false

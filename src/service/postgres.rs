@@ -286,7 +286,7 @@ impl Postgres {
                 Ok(value) => return Ok(value),
                 Err(Failure::Refused(error)) => return Err(error),
                 Err(Failure::CommitUnknown(error)) => {
-                    self.database.lost(began);
+                    self.database.lost(began, &error);
                     tracing::error!(
                         %error,
                         "the database connection was lost during COMMIT; the change may or may not have been made"
@@ -300,7 +300,7 @@ impl Postgres {
                 // new connection: a pooled connection that died while idle
                 // (a restarted server) costs no answer.
                 Err(Failure::Store(PgError::Database(error))) if db::is_connection_lost(&error) => {
-                    self.database.lost(began);
+                    self.database.lost(began, &error);
                     if reconnected || !db::may_reconnect(&error) || remaining == 0 {
                         tracing::error!(%error, "the database is unreachable; nothing was changed");
                         return Err(ServiceError::Unavailable);

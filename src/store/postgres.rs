@@ -342,12 +342,17 @@ impl Database {
 
     /// Called when a transaction that began at `began` failed because its
     /// connection or server was lost ([`is_connection_lost`]): every
-    /// connection opened before then is retired, and with several hosts a
+    /// connection opened before then is retired (unless none could be had
+    /// at all, [`may_reconnect`]), and with several hosts a
     /// task looks for the one that now accepts writes (a failover) and
     /// points the pool at it. Requests meanwhile wait for a connection (up
     /// to the pool's acquire timeout) or answer 503.
-    pub fn lost(&self, began: Instant) {
-        self.shared.freshness.retire_before(began);
+    pub fn lost(&self, began: Instant, error: &sqlx::Error) {
+        // A pool that could not hand out a connection in time may only be
+        // busy: its connections are kept, and only the hosts are looked at.
+        if may_reconnect(error) {
+            self.shared.freshness.retire_before(began);
+        }
         if self.shared.hosts.several() && !self.shared.probing.swap(true, Ordering::AcqRel) {
             tokio::spawn(find_primary(Arc::downgrade(&self.shared)));
         }
@@ -360,10 +365,10 @@ impl Database {
             let began = Instant::now();
             match sqlx::query("SELECT 1").execute(&self.shared.pool).await {
                 Ok(_) => return true,
-                Err(error) if may_reconnect(&error) => self.lost(began),
+                Err(error) if may_reconnect(&error) => self.lost(began, &error),
                 Err(error) => {
                     if is_connection_lost(&error) {
-                        self.lost(began);
+                        self.lost(began, &error);
                     }
                     return false;
                 }
@@ -412,13 +417,18 @@ async fn find_primary(shared: std::sync::Weak<Shared>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            tracing::warn!(
-                host = options.get_host(),
-                port = options.get_port(),
-                "the database's primary is now this host"
-            );
-            shared.pool.set_connect_options(options);
-            shared.freshness.retire_before(Instant::now());
+            let current = shared.pool.connect_options();
+            let moved = (current.get_host(), current.get_port())
+                != (options.get_host(), options.get_port());
+            if moved {
+                tracing::warn!(
+                    host = options.get_host(),
+                    port = options.get_port(),
+                    "the database's primary is now this host"
+                );
+                shared.pool.set_connect_options(options);
+                shared.freshness.retire_before(Instant::now());
+            }
             shared.probing.store(false, Ordering::Release);
             return;
         }

@@ -78,6 +78,9 @@ impl Drop for Postgres {
 enum Failure {
     Refused(ServiceError),
     Store(PgError),
+    /// The connection was lost while `COMMIT` was on its way: the change
+    /// may or may not have been made, so it is not tried again.
+    CommitUnknown(sqlx::Error),
 }
 
 impl From<PgError> for Failure {
@@ -233,7 +236,13 @@ impl Postgres {
         db::insert_events(&mut tx, &made.events(ctx, first)).await?;
         db::notify_events(&mut tx).await?;
         let started = std::time::Instant::now();
-        tx.commit().await?;
+        tx.commit().await.map_err(|error| {
+            if db::is_connection_lost(&error) {
+                Failure::CommitUnknown(error)
+            } else {
+                Failure::from(error)
+            }
+        })?;
         // One change per transaction.
         self.metrics.commit(1, started.elapsed());
         Ok(())
@@ -270,10 +279,35 @@ impl Postgres {
         F: FnMut() -> Fut,
         Fut: Future<Output = Attempt<T>>,
     {
+        let mut reconnected = false;
         for remaining in (0..ATTEMPTS).rev() {
+            let began = std::time::Instant::now();
             match attempt().await {
                 Ok(value) => return Ok(value),
                 Err(Failure::Refused(error)) => return Err(error),
+                Err(Failure::CommitUnknown(error)) => {
+                    self.database.lost(began, &error);
+                    tracing::error!(
+                        %error,
+                        "the database connection was lost during COMMIT; the change may or may not have been made"
+                    );
+                    return Err(ServiceError::Unavailable);
+                }
+                // The connection or its server was lost before anything was
+                // committed, so nothing was changed (the server rolls back
+                // a transaction whose connection is gone). Connections as
+                // old are retired, and the attempt is made once more on a
+                // new connection: a pooled connection that died while idle
+                // (a restarted server) costs no answer.
+                Err(Failure::Store(PgError::Database(error))) if db::is_connection_lost(&error) => {
+                    self.database.lost(began, &error);
+                    if reconnected || !db::may_reconnect(&error) || remaining == 0 {
+                        tracing::error!(%error, "the database is unreachable; nothing was changed");
+                        return Err(ServiceError::Unavailable);
+                    }
+                    reconnected = true;
+                    tracing::warn!(%error, "a database connection was lost; trying again on a new one");
+                }
                 Err(Failure::Store(PgError::Database(error)))
                     if remaining > 0 && is_retryable(&error) =>
                 {
@@ -840,6 +874,20 @@ async fn follow_until_error(
         loop {
             let page = db::read_events(&mut connection, last, PAGE_MAX).await?;
             let Some(newest) = page.events.last().map(|event| event.id) else {
+                if page.newest.is_some_and(|newest| newest < last) {
+                    // The log ends before events this instance has told:
+                    // a failover promoted a standby that never received
+                    // them (changes that were never acknowledged, read from
+                    // a crashed primary that restarted before it was
+                    // demoted). Ids go on after the last one told, so that
+                    // no id is ever told with two meanings.
+                    tracing::error!(
+                        told = last,
+                        newest = page.newest,
+                        "the event log lost events that were told; numbering goes on after them"
+                    );
+                    db::skip_event_ids_to(&mut connection, last).await?;
+                }
                 break;
             };
             last = newest;

@@ -8,7 +8,9 @@
 //! are the service's (`service/postgres.rs`).
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use sqlx::pool::PoolConnection;
@@ -39,41 +41,282 @@ pub type PgResult<T> = Result<T, PgError>;
 /// A transaction on the shared database.
 pub type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;
 
-/// The connection pool of one instance.
+/// The connection pool of one instance, and the hosts it may connect to.
 #[derive(Clone)]
 pub struct Database {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     pool: PgPool,
+    hosts: Hosts,
+    /// Which connections may still be used; shared with the pool's hooks.
+    freshness: Arc<Freshness>,
+    /// Set while a task looks for the host that accepts writes.
+    probing: AtomicBool,
+}
+
+/// The hosts a `--database-url` lists, in its order, each with the same
+/// database, user and parameters.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    options: Vec<PgConnectOptions>,
+    /// Whether only a host that accepts writes will do: always when several
+    /// hosts are listed (only one of them is the primary), and when the URL
+    /// asks for it with `target_session_attrs`.
+    read_write: bool,
+}
+
+impl Hosts {
+    /// Reads a PostgreSQL URL whose host part may list several hosts
+    /// separated by commas (`postgres://h1:5432,h2:5432/db`), as libpq
+    /// accepts it. `target_session_attrs` may be `read-write` or `primary`
+    /// (a host that accepts writes), or `any` with a single host; the
+    /// service writes, so the values that ask for a standby are refused.
+    pub fn parse(url: &str) -> Result<Hosts, StoreError> {
+        let invalid = |why: &str| StoreError::Postgres(format!("invalid --database-url: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("it must start with postgres://"))?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (user, hosts) = match authority.rsplit_once('@') {
+            Some((user, hosts)) => (format!("{user}@"), hosts),
+            None => (String::new(), authority),
+        };
+        let (path, query) = match tail.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (tail, None),
+        };
+        let mut attrs = None;
+        let mut kept = Vec::new();
+        for pair in query.into_iter().flat_map(|query| query.split('&')) {
+            match pair.strip_prefix("target_session_attrs=") {
+                Some(value) => attrs = Some(value.to_owned()),
+                None if !pair.is_empty() => kept.push(pair),
+                None => {}
+            }
+        }
+        let query = if kept.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", kept.join("&"))
+        };
+        let hosts: Vec<&str> = hosts.split(',').collect();
+        if hosts.len() > 1 && hosts.iter().any(|host| host.is_empty()) {
+            return Err(invalid("an empty host in the list of hosts"));
+        }
+        let read_write = match attrs.as_deref() {
+            None => hosts.len() > 1,
+            Some("read-write" | "primary") => true,
+            Some("any") if hosts.len() == 1 => false,
+            Some("any") => {
+                return Err(invalid(
+                    "target_session_attrs=any with several hosts: the service writes, \
+                     so it needs read-write",
+                ))
+            }
+            Some(other) => {
+                return Err(invalid(&format!(
+                    "target_session_attrs={other} is not supported: the service writes, \
+                     so use read-write"
+                )))
+            }
+        };
+        let options = hosts
+            .iter()
+            .map(|host| {
+                PgConnectOptions::from_str(&format!("{scheme}://{user}{host}{path}{query}"))
+                    .map_err(|error| invalid(&error.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Hosts {
+            options,
+            read_write,
+        })
+    }
+
+    /// Whether the URL lists more than one host.
+    fn several(&self) -> bool {
+        self.options.len() > 1
+    }
+
+    /// Uses `schema` on every connection.
+    fn with_schema(mut self, schema: &str) -> Hosts {
+        for options in &mut self.options {
+            *options = options.clone().options([("search_path", schema)]);
+        }
+        self
+    }
+
+    /// The first host, in the URL's order, that answers and, when asked
+    /// for, accepts writes.
+    async fn find(&self) -> Result<PgConnectOptions, sqlx::Error> {
+        let mut last = None;
+        for options in &self.options {
+            match tokio::time::timeout(PROBE_TIMEOUT, self.probe(options)).await {
+                Ok(Ok(())) => return Ok(options.clone()),
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => last = Some(sqlx::Error::PoolTimedOut),
+            }
+        }
+        Err(last.expect("a URL lists at least one host"))
+    }
+
+    async fn probe(&self, options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+        let mut connection = PgConnection::connect_with(options).await?;
+        let checked = if self.read_write {
+            accepts_writes(&mut connection).await
+        } else {
+            Ok(())
+        };
+        let _ = connection.close().await;
+        checked
+    }
+}
+
+/// Whether a connection's server accepts writes, as libpq's
+/// `target_session_attrs=read-write` asks: a standby, and a promoted one
+/// that pg_auto_failover still keeps read-only, answer `on`.
+async fn accepts_writes(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let read_only: String = sqlx::query_scalar("SHOW transaction_read_only")
+        .fetch_one(&mut *connection)
+        .await?;
+    if read_only == "off" {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Configuration(
+            "the server does not accept writes (a standby, or a primary being demoted)".into(),
+        ))
+    }
+}
+
+/// How long a look for the primary waits for one host.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a look for the primary waits before it goes through the hosts
+/// again.
+const PROBE_AGAIN: Duration = Duration::from_millis(250);
+
+/// Which pooled connections may still be used. A connection opened before
+/// the last loss of one (a restarted server, a failover) may be dead or
+/// lead to a server that no longer accepts writes, so the pool closes it
+/// instead of handing it out or keeping it. Checked without I/O, which is
+/// what lets the pool skip its ping before each use.
+struct Freshness {
+    stale_before: Mutex<Instant>,
+}
+
+impl Freshness {
+    fn is_fresh(&self, age: Duration) -> bool {
+        let opened = Instant::now().checked_sub(age);
+        let stale_before = *self.stale_before.lock().expect("never poisoned");
+        opened.is_some_and(|opened| opened >= stale_before)
+    }
+
+    /// Retires every connection opened before `moment`.
+    fn retire_before(&self, moment: Instant) {
+        let mut stale_before = self.stale_before.lock().expect("never poisoned");
+        *stale_before = (*stale_before).max(moment);
+    }
+}
+
+/// Whether an error means that the connection, or the server behind it, is
+/// gone or no longer the primary, rather than a refusal of this one
+/// transaction: the connection broke, none could be made, the server shut
+/// down, or it does not accept writes (a demoted primary).
+pub fn is_connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Configuration(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a lost connection ([`is_connection_lost`]) is worth one more
+/// attempt on a new connection: not when the pool could not make one, as
+/// it has already tried for as long as it may.
+pub fn may_reconnect(error: &sqlx::Error) -> bool {
+    is_connection_lost(error)
+        && !matches!(
+            error,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Configuration(_)
+        )
 }
 
 impl Database {
-    /// Connects, creates `schema` if one is given (and uses it for every
-    /// connection), and applies the migrations.
+    /// Connects to the host of `url` that accepts writes (see
+    /// [`Hosts::parse`]), creates `schema` if one is given (and uses it for
+    /// every connection), and applies the migrations.
     pub async fn connect(
         url: &str,
         schema: Option<&str>,
         connections: u32,
     ) -> Result<Database, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(postgres_error)?;
+        let mut hosts = Hosts::parse(url)?;
+        let options = hosts.find().await.map_err(|error| {
+            StoreError::Postgres(format!("no host of --database-url can be used: {error}"))
+        })?;
+        if let Some(schema) = schema {
+            let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+            let mut connection = PgConnection::connect_with(&options)
+                .await
+                .map_err(postgres_error)?;
+            connection
+                .execute(format!("CREATE SCHEMA IF NOT EXISTS {quoted}").as_str())
+                .await
+                .map_err(postgres_error)?;
+            connection.close().await.map_err(postgres_error)?;
+            hosts = hosts.with_schema(schema);
+        }
         let options = match schema {
-            Some(schema) => {
-                let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
-                let mut connection = PgConnection::connect_with(&options)
-                    .await
-                    .map_err(postgres_error)?;
-                connection
-                    .execute(format!("CREATE SCHEMA IF NOT EXISTS {quoted}").as_str())
-                    .await
-                    .map_err(postgres_error)?;
-                connection.close().await.map_err(postgres_error)?;
-                options.options([("search_path", schema)])
-            }
+            Some(schema) => options.options([("search_path", schema)]),
             None => options,
         };
+        let freshness = Arc::new(Freshness {
+            stale_before: Mutex::new(Instant::now()),
+        });
+        let (on_acquire, on_release) = (freshness.clone(), freshness.clone());
+        let read_write = hosts.read_write;
         let pool = PgPoolOptions::new()
             // One more than asked for: the event log's listener keeps one
             // connection for itself.
             .max_connections(connections + 1)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            // No ping before each use: it was a round trip on every
+            // request. A dead connection fails its transaction instead,
+            // which the service retries once on a new connection (see
+            // `service/postgres.rs`), and every connection as old as it is
+            // then retired by `Freshness`.
+            .test_before_acquire(false)
+            .before_acquire(move |_, meta| {
+                let fresh = on_acquire.is_fresh(meta.age);
+                Box::pin(async move { Ok(fresh) })
+            })
+            .after_release(move |_, meta| {
+                let fresh = on_release.is_fresh(meta.age);
+                Box::pin(async move { Ok(fresh) })
+            })
+            // A connection opened while a primary is being replaced may
+            // reach one that no longer accepts writes; it is refused, and
+            // the pool tries again until the look for the primary has
+            // pointed it at the new one.
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if read_write {
+                        accepts_writes(connection).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(postgres_error)?;
@@ -87,22 +330,61 @@ impl Database {
             },
             other => StoreError::Postgres(other.to_string()),
         })?;
-        Ok(Database { pool })
+        Ok(Database {
+            shared: Arc::new(Shared {
+                pool,
+                hosts,
+                freshness,
+                probing: AtomicBool::new(false),
+            }),
+        })
     }
 
-    /// Whether the database answers a trivial query.
+    /// Called when a transaction that began at `began` failed because its
+    /// connection or server was lost ([`is_connection_lost`]): every
+    /// connection opened before then is retired (unless none could be had
+    /// at all, [`may_reconnect`]), and with several hosts a
+    /// task looks for the one that now accepts writes (a failover) and
+    /// points the pool at it. Requests meanwhile wait for a connection (up
+    /// to the pool's acquire timeout) or answer 503.
+    pub fn lost(&self, began: Instant, error: &sqlx::Error) {
+        // A pool that could not hand out a connection in time may only be
+        // busy: its connections are kept, and only the hosts are looked at.
+        if may_reconnect(error) {
+            self.shared.freshness.retire_before(began);
+        }
+        if self.shared.hosts.several() && !self.shared.probing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(find_primary(Arc::downgrade(&self.shared)));
+        }
+    }
+
+    /// Whether the database answers a trivial query. A connection found
+    /// dead is retired and the query tried once more on a new one.
     pub async fn check(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        for _ in 0..2 {
+            let began = Instant::now();
+            match sqlx::query("SELECT 1").execute(&self.shared.pool).await {
+                Ok(_) => return true,
+                Err(error) if may_reconnect(&error) => self.lost(began, &error),
+                Err(error) => {
+                    if is_connection_lost(&error) {
+                        self.lost(began, &error);
+                    }
+                    return false;
+                }
+            }
+        }
+        false
     }
 
     /// A read-write transaction.
     pub async fn begin(&self) -> PgResult<Transaction> {
-        Ok(self.pool.begin().await?)
+        Ok(self.shared.pool.begin().await?)
     }
 
     /// A read-only transaction that sees one consistent snapshot.
     pub async fn snapshot(&self) -> PgResult<Transaction> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.shared.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
@@ -111,15 +393,46 @@ impl Database {
 
     /// A connection for reads that need no transaction of their own.
     pub async fn connection(&self) -> PgResult<PoolConnection<sqlx::Postgres>> {
-        Ok(self.pool.acquire().await?)
+        Ok(self.shared.pool.acquire().await?)
     }
 
     /// A connection of its own that is woken when any instance commits
     /// events (see [`notify_events`]).
     pub async fn listen_for_events(&self) -> PgResult<sqlx::postgres::PgListener> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.shared.pool).await?;
         listener.listen(EVENTS_CHANNEL).await?;
         Ok(listener)
+    }
+}
+
+/// Goes through the hosts until one accepts writes, then points the pool
+/// at it and retires every connection opened before. Ends when the
+/// database is dropped.
+async fn find_primary(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(hosts) = shared.upgrade().map(|shared| shared.hosts.clone()) else {
+            return;
+        };
+        if let Ok(options) = hosts.find().await {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let current = shared.pool.connect_options();
+            let moved = (current.get_host(), current.get_port())
+                != (options.get_host(), options.get_port());
+            if moved {
+                tracing::warn!(
+                    host = options.get_host(),
+                    port = options.get_port(),
+                    "the database's primary is now this host"
+                );
+                shared.pool.set_connect_options(options);
+                shared.freshness.retire_before(Instant::now());
+            }
+            shared.probing.store(false, Ordering::Release);
+            return;
+        }
+        tokio::time::sleep(PROBE_AGAIN).await;
     }
 }
 
@@ -818,6 +1131,16 @@ pub async fn take_event_ids(connection: &mut PgConnection, count: u64) -> PgResu
     Ok(last as u64 + 1 - count)
 }
 
+/// Makes the next event id at least `last + 1`; ids the log lost are then
+/// never handed out again.
+pub async fn skip_event_ids_to(connection: &mut PgConnection, last: u64) -> PgResult<()> {
+    sqlx::query("UPDATE event_log_head SET last_id = $1 WHERE last_id < $1")
+        .bind(last as i64)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
 /// Writes events into the log.
 pub async fn insert_events(connection: &mut PgConnection, events: &[Event]) -> PgResult<()> {
     for event in events {
@@ -1221,4 +1544,71 @@ fn timestamp(nanos: i64) -> PgResult<Timestamp> {
 
 fn time(time: jiff::civil::Time) -> String {
     time.strftime("%H:%M").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hosts;
+
+    fn hosts(url: &str) -> Vec<(String, u16, Option<String>, Option<String>)> {
+        Hosts::parse(url)
+            .unwrap()
+            .options
+            .iter()
+            .map(|options| {
+                (
+                    options.get_host().to_owned(),
+                    options.get_port(),
+                    Some(options.get_username().to_owned()),
+                    options.get_database().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_multi_host_url_gives_one_set_of_options_per_host_in_its_order() {
+        let url = "postgres://app@127.0.0.1:6002,127.0.0.1:6001/test\
+                   ?target_session_attrs=read-write&sslmode=prefer";
+        assert_eq!(
+            hosts(url),
+            [
+                (
+                    "127.0.0.1".into(),
+                    6002,
+                    Some("app".into()),
+                    Some("test".into())
+                ),
+                (
+                    "127.0.0.1".into(),
+                    6001,
+                    Some("app".into()),
+                    Some("test".into())
+                ),
+            ]
+        );
+        assert!(Hosts::parse(url).unwrap().read_write);
+    }
+
+    #[test]
+    fn several_hosts_always_look_for_the_one_that_accepts_writes() {
+        let parsed = Hosts::parse("postgres://a:1,b:2/db").unwrap();
+        assert!(parsed.read_write);
+        assert!(!Hosts::parse("postgres://a:1/db").unwrap().read_write);
+        let primary = Hosts::parse("postgres://a:1/db?target_session_attrs=primary").unwrap();
+        assert!(primary.read_write);
+    }
+
+    #[test]
+    fn target_session_attrs_that_would_not_write_are_refused() {
+        for url in [
+            "postgres://a:1,b:2/db?target_session_attrs=any",
+            "postgres://a:1,b:2/db?target_session_attrs=standby",
+            "postgres://a:1/db?target_session_attrs=read-only",
+            "postgres://a:1,,b:2/db",
+            "a:1/db",
+        ] {
+            assert!(Hosts::parse(url).is_err(), "{url}");
+        }
+    }
 }

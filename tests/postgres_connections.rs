@@ -1,0 +1,325 @@
+//! The instance's connections to PostgreSQL, seen on the wire: a relay
+//! between the instance and the database reads the protocol's messages,
+//! so the round trips a booking costs are counted, and a restart of the
+//! database (every connection dropped at once) is made at will.
+#![cfg(feature = "postgres-tests")]
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+mod common;
+use common::{database_address, database_url_via, drop_schema};
+
+/// One round trip: what the client sent, up to the server's
+/// ReadyForQuery. A bare Sync (sqlx's ping) sends no statement.
+#[derive(Debug, Clone, PartialEq)]
+enum Trip {
+    Sync,
+    Statements(Vec<String>),
+}
+
+/// What one relayed connection carried.
+#[derive(Default)]
+struct Wire {
+    /// Statements sent since the last ReadyForQuery.
+    pending: Vec<String>,
+    /// Prepared statements by name, from their Parse messages.
+    prepared: std::collections::HashMap<String, String>,
+    trips: Vec<Trip>,
+}
+
+/// Relays 127.0.0.1:<port> to the local PostgreSQL, recording each
+/// connection's round trips.
+struct Relay {
+    port: u16,
+    accept: JoinHandle<()>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    wires: Arc<Mutex<Vec<Arc<Mutex<Wire>>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let wires: Arc<Mutex<Vec<Arc<Mutex<Wire>>>>> = Arc::default();
+        let (tasks, all) = (connections.clone(), wires.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let wire = Arc::new(Mutex::new(Wire::default()));
+                all.lock().unwrap().push(wire.clone());
+                tasks
+                    .lock()
+                    .unwrap()
+                    .push(tokio::spawn(relay(client, wire)));
+            }
+        });
+        Relay {
+            port,
+            accept,
+            connections,
+            wires,
+        }
+    }
+
+    /// Drops every relayed connection, as a restarted database would, and
+    /// goes on accepting new ones.
+    fn drop_connections(&self) {
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn trips(&self) -> Vec<Vec<Trip>> {
+        self.wires
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|wire| wire.lock().unwrap().trips.clone())
+            .collect()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.drop_connections();
+    }
+}
+
+async fn relay(client: TcpStream, wire: Arc<Mutex<Wire>>) {
+    let Ok(server) = TcpStream::connect(database_address()).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = {
+        let wire = wire.clone();
+        async move {
+            // The startup message is the only one without a type byte.
+            let mut startup = true;
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                let read = client_read.read(&mut chunk).await?;
+                if read == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+                buffer.extend_from_slice(&chunk[..read]);
+                while let Some((kind, body, length)) = message(&buffer, startup) {
+                    if !startup {
+                        record_client(&mut wire.lock().unwrap(), kind, body);
+                    }
+                    startup = false;
+                    buffer.drain(..length);
+                }
+                server_write.write_all(&chunk[..read]).await?;
+            }
+        }
+    };
+    let downstream = async move {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let read = server_read.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+            while let Some((kind, _, length)) = message(&buffer, false) {
+                if kind == b'Z' {
+                    // Recorded before the client can see it, so the next
+                    // round trip's messages are never counted in this one.
+                    let mut wire = wire.lock().unwrap();
+                    let pending = std::mem::take(&mut wire.pending);
+                    let trip = if pending.is_empty() {
+                        Trip::Sync
+                    } else {
+                        Trip::Statements(pending)
+                    };
+                    wire.trips.push(trip);
+                }
+                buffer.drain(..length);
+            }
+            client_write.write_all(&chunk[..read]).await?;
+        }
+    };
+    let _ = tokio::join!(upstream, downstream);
+}
+
+/// The first whole message in `buffer`: its type, its body and its length
+/// on the wire.
+fn message(buffer: &[u8], untyped: bool) -> Option<(u8, &[u8], usize)> {
+    let offset = usize::from(!untyped);
+    let header = buffer.get(offset..offset + 4)?;
+    let length = u32::from_be_bytes(header.try_into().unwrap()) as usize + offset;
+    let body = buffer.get(offset + 4..length)?;
+    Some((if untyped { 0 } else { buffer[0] }, body, length))
+}
+
+fn record_client(wire: &mut Wire, kind: u8, body: &[u8]) {
+    let strings: Vec<String> = body
+        .split(|&byte| byte == 0)
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect();
+    match kind {
+        // Query: the SQL.
+        b'Q' => wire.pending.push(strings[0].clone()),
+        // Parse: the statement's name and its SQL (sqlx prepares a
+        // statement in a round trip of its own the first time a connection
+        // runs it).
+        b'P' => {
+            wire.prepared.insert(strings[0].clone(), strings[1].clone());
+            wire.pending.push(strings[1].clone());
+        }
+        // Bind: a portal and the statement it runs.
+        b'B' => {
+            let sql = wire.prepared.get(&strings[1]).cloned().unwrap_or_default();
+            wire.pending.push(sql);
+        }
+        _ => {}
+    }
+}
+
+/// An instance whose only way to PostgreSQL is `relay`.
+async fn start(relay: &Relay, schema: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let mut config = opd::Config::for_tests();
+    config.in_memory = false;
+    let url = database_url_via(relay.port);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    // Without TLS, so that every message can be read.
+    config.database_url = Some(format!("{url}{separator}sslmode=disable"));
+    config.database_schema = Some(schema.to_owned());
+    config.database_connections = 2;
+    let application = opd::Application::build(config)
+        .await
+        .expect("the app starts");
+    let base = format!("http://{}", application.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(application.serve(async {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+async fn book(client: &reqwest::Client, base: &str, patient: &str) -> u16 {
+    client
+        .post(format!("{base}/tokens"))
+        .json(&json!({"patientId": patient, "slotId": "D1-09", "source": "ONLINE"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_takes_no_ping_before_its_transaction_and_one_after() {
+    // Arrange
+    let relay = Relay::start().await;
+    let schema = format!("trips_{}", uuid::Uuid::new_v4().simple());
+    let (base, stop) = start(&relay, &schema).await;
+    let client = reqwest::Client::new();
+
+    // Act: bookings one after another.
+    for patient in 0..20 {
+        assert_eq!(book(&client, &base, &format!("RT{patient}")).await, 201);
+    }
+    // The pings after the last commits are sent once the answers are out.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // Assert: each booking is BEGIN … COMMIT, followed by the pool's one
+    // ping when its connection is returned, and no ping before the next
+    // use of the connection.
+    let mut bookings = Vec::new();
+    for trips in relay.trips() {
+        let mut begun = None;
+        for (index, trip) in trips.iter().enumerate() {
+            let Trip::Statements(statements) = trip else {
+                // The first is the end of the connection's start-up.
+                assert!(
+                    index == 0 || trips.get(index + 1) != Some(&Trip::Sync),
+                    "two pings in a row, one before a use: {trips:?}"
+                );
+                continue;
+            };
+            if statements == &["BEGIN"] {
+                begun = Some(index);
+            }
+            if statements == &["COMMIT"] {
+                let first = begun.take().expect("a COMMIT after its BEGIN");
+                let transaction = &trips[first..=index];
+                let books = transaction.iter().any(|trip| {
+                    matches!(trip, Trip::Statements(s) if s.iter().any(|s| s.contains("INSERT INTO tokens")))
+                });
+                if books {
+                    assert_eq!(
+                        trips.get(index + 1),
+                        Some(&Trip::Sync),
+                        "the pool pings a connection once it is returned"
+                    );
+                    bookings.push(transaction.len());
+                }
+            }
+        }
+    }
+    assert_eq!(bookings.len(), 20, "every booking was seen on the wire");
+    // A connection's first use of a statement prepares it, one round trip
+    // more; after that every booking takes the same.
+    let statements = *bookings.iter().min().unwrap();
+    assert!(
+        bookings[bookings.len() - 5..]
+            .iter()
+            .all(|&trips| trips == statements),
+        "{bookings:?}"
+    );
+    eprintln!(
+        "a booking: {statements} round trips from BEGIN to COMMIT, and the ping on return: {} in all",
+        statements + 1
+    );
+
+    let _ = stop.send(());
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_database_costs_no_answer() {
+    // Arrange: an instance with pooled connections.
+    let relay = Relay::start().await;
+    let schema = format!("restart_{}", uuid::Uuid::new_v4().simple());
+    let (base, stop) = start(&relay, &schema).await;
+    let client = reqwest::Client::new();
+    assert_eq!(book(&client, &base, "BEFORE").await, 201);
+
+    // Act: every connection is dropped, as when the database restarts.
+    relay.drop_connections();
+    let after = book(&client, &base, "AFTER").await;
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+
+    // Assert: the dead pooled connection was not handed out twice; the
+    // booking was made on a new one.
+    assert_eq!(after, 201);
+    assert_eq!(health.status(), 200);
+    let slot: serde_json::Value = client
+        .get(format!("{base}/slots/D1-09"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let patients: Vec<&str> = slot["allocated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|token| token["patientId"].as_str().unwrap())
+        .collect();
+    assert_eq!(patients, ["BEFORE", "AFTER"]);
+
+    let _ = stop.send(());
+    drop_schema(&schema);
+}

@@ -1030,7 +1030,9 @@ impl Engine {
 
     /// The earliest date of a slot the engine holds.
     pub fn first_date(&self) -> Option<Date> {
-        self.schedule.first_key_value().map(|((date, _, _), _)| *date)
+        self.schedule
+            .first_key_value()
+            .map(|((date, _, _), _)| *date)
     }
 
     /// Lets go of the slots dated before `date` whose day is over (closed,

@@ -420,7 +420,11 @@ impl Local {
     /// storage alone while this runs, since only slots the engine held
     /// leave it.
     async fn refuse_over_stored(&self, spec: &SlotSpec) -> Result<(), ServiceError> {
-        if self.journal.is_none() || self.read(|engine| engine.slot_summary(&spec.id)).await?.is_some()
+        if self.journal.is_none()
+            || self
+                .read(|engine| engine.slot_summary(&spec.id))
+                .await?
+                .is_some()
         {
             return Ok(());
         }
@@ -578,10 +582,7 @@ impl Local {
         if self.journal.is_none() {
             return Ok(None);
         }
-        Ok(self
-            .stored(scope())
-            .await?
-            .and_then(|engine| read(&engine)))
+        Ok(self.stored(scope()).await?.and_then(|engine| read(&engine)))
     }
 
     /// What a change refused as `error` (an unknown slot or token) is

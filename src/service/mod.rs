@@ -292,7 +292,10 @@ impl Service {
                 // A day that left the engine is read from storage; a
                 // doctor without a slot that day has an empty day, which
                 // the engine answers.
-                if local.live_from(self.today()).is_some_and(|from| date < from) {
+                if local
+                    .live_from(self.today())
+                    .is_some_and(|from| date < from)
+                {
                     let day = Scope::Date(date, Some(doctor.clone()));
                     if let Some(queue) = local.stored(day).await?.and_then(|engine| read(&engine)) {
                         return Ok(Some(queue));

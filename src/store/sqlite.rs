@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use jiff::civil::Date;
 use jiff::Timestamp;
 use rusqlite::functions::FunctionFlags;
-use jiff::civil::Date;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -831,7 +831,12 @@ mod tests {
         );
         let snapshot = load(&connection, Date::MIN, Timestamp::UNIX_EPOCH).unwrap();
 
-        let histories: Vec<_> = snapshot.slots.tokens.iter().map(|t| t.history.clone()).collect();
+        let histories: Vec<_> = snapshot
+            .slots
+            .tokens
+            .iter()
+            .map(|t| t.history.clone())
+            .collect();
         assert_eq!(
             histories,
             [

@@ -350,11 +350,16 @@ impl Local {
         doctor: &DoctorId,
         actor: Actor,
     ) -> Result<Outcome, ServiceError> {
-        self.change(actor, |engine, ctx| {
-            let outcome = engine.call_next(doctor, ctx)?;
-            Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
-        })
-        .await
+        let called = self
+            .change(actor, |engine, ctx| {
+                let outcome = engine.call_next(doctor, ctx)?;
+                Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
+            })
+            .await;
+        match called {
+            Err(error) => Err(self.refusal(error, None).await),
+            called => called,
+        }
     }
 
     /// Takes an action on a token.
@@ -599,6 +604,14 @@ impl Local {
             })
         };
         let stored = match &error {
+            // A doctor whose slots all left the engine has nobody to call.
+            ServiceError::Engine(EngineError::DoctorNotFound(doctor)) => {
+                return match self.has_stored_doctor(doctor).await {
+                    Ok(true) => ServiceError::Engine(EngineError::QueueEmpty),
+                    Ok(false) => error,
+                    Err(unavailable) => unavailable,
+                };
+            }
             ServiceError::Engine(EngineError::SlotNotFound(slot)) => {
                 self.stored(Scope::Slot(slot.clone())).await
             }
@@ -625,6 +638,18 @@ impl Local {
             }
             _ => error,
         }
+    }
+
+    /// Whether storage has a slot of the doctor on a day that left the
+    /// engine.
+    pub(super) async fn has_stored_doctor(&self, doctor: &DoctorId) -> Result<bool, ServiceError> {
+        let any = Scope::Listing {
+            before: Date::MAX,
+            after: None,
+            doctor: Some(doctor.clone()),
+            limit: 1,
+        };
+        Ok(self.stored(any).await?.is_some())
     }
 
     /// One page of slots: days the engine holds from the engine, older

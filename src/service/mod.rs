@@ -301,7 +301,12 @@ impl Service {
                         return Ok(Some(queue));
                     }
                 }
-                local.read(read).await
+                match local.read(read).await? {
+                    None if local.has_stored_doctor(doctor).await? => {
+                        Ok(Some(DoctorQueue::empty(doctor.clone(), date)))
+                    }
+                    queue => Ok(queue),
+                }
             }
             Backend::Postgres(postgres) => postgres.doctor_queue(doctor, date, at).await,
         }

@@ -62,6 +62,13 @@ async fn reads(app: &TestApp, tokens: &[String]) -> Vec<Value> {
             .expect_status(200)
             .body,
     );
+    // Today's queue of a doctor whose only slots are old: empty.
+    read.push(
+        app.get(&format!("/doctors/{OLD_DOCTOR}/queue"))
+            .await
+            .expect_status(200)
+            .body,
+    );
     read.push(
         app.get(&format!("/reports/day?date={TODAY}"))
             .await
@@ -114,6 +121,7 @@ async fn refusals(app: &TestApp, tokens: &[String]) -> Vec<(u16, String)> {
             }),
         )
         .await,
+        app.try_call_next(OLD_DOCTOR).await,
     ];
     for token in tokens {
         for action in ["cancel", "no-show", "check-in", "complete"] {
@@ -170,13 +178,14 @@ async fn a_day_that_left_the_engine_reads_and_refuses_changes_as_before(backend:
         .map(|(_, code)| code.as_str())
         .collect();
     assert_eq!(
-        codes[..6],
+        codes[..7],
         [
             "SLOT_CLOSED",
             "SLOT_CLOSED",
             "SLOT_CLOSED",
             "SLOT_EXISTS",
             "SLOT_OVERLAP",
+            "QUEUE_EMPTY",
             "INVALID_TRANSITION"
         ]
     );

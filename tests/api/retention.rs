@@ -62,9 +62,9 @@ async fn reads(app: &TestApp, tokens: &[String]) -> Vec<Value> {
             .expect_status(200)
             .body,
     );
-    // Today's queue of a doctor whose only slots are old: empty.
+    // The queue of a doctor whose only slots are old, on a day without one: empty.
     read.push(
-        app.get(&format!("/doctors/{OLD_DOCTOR}/queue"))
+        app.get(&format!("/doctors/{OLD_DOCTOR}/queue?date=2030-01-16"))
             .await
             .expect_status(200)
             .body,

@@ -124,6 +124,7 @@ async fn main() {
         limits,
         None,
         Timestamp::UNIX_EPOCH,
+        Date::MIN,
         &events,
         Default::default(),
     )
@@ -171,6 +172,7 @@ async fn main() {
         limits,
         None,
         Timestamp::UNIX_EPOCH,
+        Date::MIN,
         &events,
         Default::default(),
     )

@@ -115,6 +115,14 @@ pub struct Config {
     #[arg(long, env = "OPD_CLOSE_AFTER_MINUTES", value_parser = clap::value_parser!(u32).range(0..=1440))]
     pub close_after_minutes: Option<u32>,
 
+    /// How many past days the engine holds besides today and the days
+    /// ahead (embedded SQLite storage): 1 keeps yesterday. Older days are
+    /// loaded from storage when they are read, so memory and start-up
+    /// follow the live days, not the history. Each day leaves once it is
+    /// over (closed, its day's end done).
+    #[arg(long, env = "OPD_LIVE_DAYS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=3660))]
+    pub live_days: u16,
+
     /// The most slots one page of `GET /slots` holds, and the page size
     /// when the request names none; a `Link` header leads to the next page.
     #[arg(long, env = "OPD_SLOTS_PAGE_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -166,11 +166,18 @@ impl Application {
             let started = std::time::Instant::now();
             let limit_bytes = config.storage_limit_mib.map(|mib| mib * 1024 * 1024);
             let events = EventBus::default();
+            let now = clock();
+            let live_from = now
+                .to_zoned(zone.clone())
+                .date()
+                .checked_sub(jiff::Span::new().days(i64::from(config.live_days)))
+                .unwrap_or(jiff::civil::Date::MIN);
             let loaded = store::open(
                 &config.data_dir,
                 limits,
                 limit_bytes,
-                clock(),
+                now,
+                live_from,
                 &events,
                 metrics.storage(&[]),
             )?;
@@ -178,6 +185,7 @@ impl Application {
                 data_dir = %config.data_dir.display(),
                 slots = loaded.engine.slot_count(),
                 tokens = loaded.tokens,
+                live_from = %live_from,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "rebuilt from storage"
             );
@@ -187,6 +195,7 @@ impl Application {
                     idempotency: loaded.idempotency,
                     journal: Some(loaded.journal),
                     last_event: loaded.last_event,
+                    live_days: Some(config.live_days),
                 },
                 idempotency_limits,
                 events,

@@ -1056,9 +1056,18 @@ impl Engine {
     /// a range of an ordered index. An `after` slot that does not exist is
     /// refused.
     pub fn slots(&self, query: &SlotQuery) -> Result<SlotPage, EngineError> {
+        self.slots_since(query, Date::MIN)
+    }
+
+    /// [`Engine::slots`] without the slots dated before `since`.
+    pub fn slots_since(&self, query: &SlotQuery, since: Date) -> Result<SlotPage, EngineError> {
         // Pages start after `from`. An id sorts after the lowest one, so a
         // date's own slots all follow (date, 00:00, lowest).
-        let mut from = (query.date.unwrap_or(Date::MIN), Time::MIN, SlotId::lowest());
+        let mut from = (
+            query.date.unwrap_or(since).max(since),
+            Time::MIN,
+            SlotId::lowest(),
+        );
         if let Some(after) = &query.after {
             let slot = &self.slots[self.slot_key(after)? as usize];
             from = from.max((slot.date, slot.start, slot.id.clone()));
@@ -1099,6 +1108,98 @@ impl Engine {
 
     pub fn token_count(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The earliest date of a slot the engine holds.
+    pub fn first_date(&self) -> Option<Date> {
+        self.schedule
+            .first_key_value()
+            .map(|((date, _, _), _)| *date)
+    }
+
+    /// Lets go of the slots dated before `date` whose day is over (closed,
+    /// their day's end handled, nobody active), with their tokens; storage
+    /// keeps them. Returns how many slots went. A slot of an older date
+    /// that is not over yet stays, so no active token ever leaves.
+    ///
+    /// The engine's indexes point into its slot and token lists by
+    /// position, so rather than punch holes in them the engine is built
+    /// again from the slots and tokens it keeps, as a restart would build
+    /// it: O(kept tokens), once a day.
+    pub fn evict_before(&mut self, date: Date) -> Result<usize, RestoreError> {
+        if self.first_date().is_none_or(|first| first >= date) {
+            return Ok(0);
+        }
+        let pending: BTreeSet<u32> = self.day_ends.iter().map(|(_, key)| *key).collect();
+        let keep: Vec<bool> = (0..self.slots.len())
+            .map(|key| {
+                let slot = &self.slots[key];
+                slot.date >= date
+                    || !slot.closed
+                    || pending.contains(&(key as u32))
+                    || slot.active_patient_count() > 0
+            })
+            .collect();
+        let evicted = keep.iter().filter(|kept| !**kept).count();
+        if evicted == 0 {
+            return Ok(0);
+        }
+        let mut kept = Engine::new(self.limits);
+        kept.zone = self.zone.clone();
+        for (key, slot) in self.slots.iter().enumerate().filter(|(key, _)| keep[*key]) {
+            let spec = SlotSpec {
+                id: slot.id.clone(),
+                doctor: slot.doctor.clone(),
+                date: slot.date,
+                start: slot.start,
+                end: slot.end,
+                capacity: Capacity::new(slot.capacity)
+                    .ok_or_else(|| RestoreError(format!("slot {}: capacity", slot.id)))?,
+            };
+            kept.create_slot(spec)
+                .map_err(|error| RestoreError(error.to_string()))?;
+            kept.restore_closing(&slot.id, slot.closes_at.timestamp(), slot.closed)?;
+            if !pending.contains(&(key as u32)) {
+                // Its day's end was handled: it is not due again.
+                let key = kept.slots.len() as u32 - 1;
+                let day_end = kept.day_end(slot.date).0;
+                kept.day_ends.remove(&(day_end, key));
+            }
+        }
+        // The arena holds tokens in the order they were made, which is
+        // sequence order, as restoring needs.
+        for (_, token) in self.tokens.iter() {
+            if !keep[token.slot as usize] {
+                continue;
+            }
+            kept.restore_token(TokenRecord {
+                id: token.id,
+                sequence: token.sequence,
+                number: token.number,
+                patient: token.patient.clone(),
+                slot: self.slots[token.slot as usize].id.clone(),
+                source: token.source,
+                status: token.status,
+                created_at: token.created_at.timestamp(),
+                updated_at: token.updated_at.timestamp(),
+                checked_in_at: token.checked_in_at.map(Nanos::timestamp),
+                skips: token.skips,
+                history: token.full_history(),
+            })?;
+        }
+        kept.next_sequence = kept.next_sequence.max(self.next_sequence);
+        // Token numbers are never reused: a kept day goes on counting from
+        // where it was, whichever of its tokens were kept.
+        for (day, index) in &self.doctor_days {
+            if let Some(&into) = kept.doctor_days.get(day) {
+                let issued = self.days[*index as usize].numbers_issued;
+                let into = &mut kept.days[into as usize];
+                into.numbers_issued = into.numbers_issued.max(issued);
+            }
+        }
+        kept.check_invariants()?;
+        *self = kept;
+        Ok(evicted)
     }
 
     /// Puts a stored token back. Tokens must come in ascending sequence

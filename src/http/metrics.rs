@@ -92,6 +92,8 @@ const STORAGE_FAILED: &str = "opd_storage_failed";
 const POSTGRES_RETRIES: &str = "opd_postgres_retries_total";
 const SUBSCRIBERS: &str = "opd_event_subscribers";
 const DELIVERY_DELAY: &str = "opd_event_delivery_delay_seconds";
+const ENGINE_SLOTS: &str = "opd_engine_slots";
+const ENGINE_TOKENS: &str = "opd_engine_tokens";
 const QUEUE_WAITING: &str = "opd_queue_waiting";
 const ESTIMATE_ERROR: &str = "opd_wait_estimate_error_seconds";
 
@@ -105,6 +107,9 @@ pub struct Metrics {
     handle: PrometheusHandle,
     storage_failed: Gauge,
     subscribers: Gauge,
+    /// What the process's engine holds (embedded backend only).
+    engine_slots: Gauge,
+    engine_tokens: Gauge,
     /// Each doctor's waiting patients, registered as doctors appear on the
     /// board; a doctor no longer on today's board is set to 0.
     waiting: Mutex<HashMap<DoctorId, Gauge>>,
@@ -140,6 +145,8 @@ impl Metrics {
             (SUBSCRIBERS, None, "Open event streams (GET /events)"),
             (DELIVERY_DELAY, Some(Unit::Seconds), "Time from a change to the moment its event is handed to the open event streams"),
             (QUEUE_WAITING, None, "Patients checked in and waiting to be called today, by doctor"),
+            (ENGINE_SLOTS, None, "Slots the engine holds in memory: the live days (embedded SQLite: yesterday on, by default) or every day (in memory); older ones are read from storage"),
+            (ENGINE_TOKENS, None, "Tokens the engine holds in memory, those of the slots in opd_engine_slots"),
             (ESTIMATE_ERROR, Some(Unit::Seconds), "Actual call time minus the estimatedCallAt the patient's check-in answer gave"),
         ];
         for (name, unit, text) in describe {
@@ -147,7 +154,7 @@ impl Metrics {
             match name {
                 REQUEST_DURATION | COMMIT_DURATION | COMMIT_BATCH | DELIVERY_DELAY
                 | ESTIMATE_ERROR => recorder.describe_histogram(key, unit, text.into()),
-                STORAGE_FAILED | SUBSCRIBERS | QUEUE_WAITING => {
+                STORAGE_FAILED | SUBSCRIBERS | QUEUE_WAITING | ENGINE_SLOTS | ENGINE_TOKENS => {
                     recorder.describe_gauge(key, unit, text.into())
                 }
                 _ => recorder.describe_counter(key, unit, text.into()),
@@ -156,6 +163,9 @@ impl Metrics {
         let storage_failed =
             recorder.register_gauge(&Key::from_static_name(STORAGE_FAILED), &METADATA);
         let subscribers = recorder.register_gauge(&Key::from_static_name(SUBSCRIBERS), &METADATA);
+        let engine_slots = recorder.register_gauge(&Key::from_static_name(ENGINE_SLOTS), &METADATA);
+        let engine_tokens =
+            recorder.register_gauge(&Key::from_static_name(ENGINE_TOKENS), &METADATA);
         let delivery_delay =
             recorder.register_histogram(&Key::from_static_name(DELIVERY_DELAY), &METADATA);
         Metrics {
@@ -163,6 +173,8 @@ impl Metrics {
             handle,
             storage_failed,
             subscribers,
+            engine_slots,
+            engine_tokens,
             waiting: Mutex::new(HashMap::new()),
             delivery_delay,
         }
@@ -211,6 +223,10 @@ impl Metrics {
         let healthy = app.service.is_healthy().await;
         self.storage_failed.set(if healthy { 0.0 } else { 1.0 });
         self.subscribers.set(app.fanout.subscriber_count() as f64);
+        if let Some((slots, tokens)) = app.service.engine_size().await {
+            self.engine_slots.set(slots as f64);
+            self.engine_tokens.set(tokens as f64);
+        }
         // The board is read only when storage is healthy: after a failed
         // commit nothing is served from memory, and a database that does
         // not answer would hold the scrape up to the request timeout. The

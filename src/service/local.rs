@@ -10,8 +10,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use jiff::civil::Date;
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
+use jiff::{Timestamp, ToSpan};
 use uuid::Uuid;
 
 use super::{
@@ -19,11 +20,12 @@ use super::{
 };
 use crate::engine::{
     Absence, Action, Actor, BookRequest, Capacity, Context, DoctorId, Engine, EngineError, Outcome,
-    SlotId, SlotOutcome, SlotSpec, SlotSummary, SYSTEM_ACTOR,
+    SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec, SlotSummary, SYSTEM_ACTOR,
 };
 use crate::store::events::MemoryLog;
 use crate::store::{
-    EventBus, Journal, Page, Record, Reservation, StoredIdempotency, Ticket, IDEMPOTENCY_RETENTION,
+    EventBus, Journal, Page, Record, Reservation, Scope, StoredIdempotency, Ticket,
+    IDEMPOTENCY_RETENTION,
 };
 
 pub(super) struct Local {
@@ -37,6 +39,9 @@ pub(super) struct Local {
     clock: Clock,
     /// The clinic's time zone, in which "today" is taken.
     zone: TimeZone,
+    /// How many past days the engine holds besides today and the days
+    /// ahead; `None` holds every day (in memory, where nothing else does).
+    live_days: Option<u16>,
 }
 
 struct State {
@@ -56,12 +61,12 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Queues a record in engine order, its events numbered on from the
-    /// newest; the lock is released after. In memory nothing is kept: the
-    /// events are told at once, still in order.
-    fn append(mut self, record: Record) -> Option<Ticket> {
+    /// newest; the lock is released when the writer is dropped. In memory
+    /// nothing is kept: the events are told at once, still in order.
+    fn append(&mut self, record: Record) -> Option<Ticket> {
         let first_event = self.state.last_event + 1;
         self.state.last_event += record.event_count();
-        match self.reservation {
+        match self.reservation.take() {
             Some(reservation) => Some(reservation.append(record, first_event)),
             None => {
                 let events = record.events(first_event);
@@ -207,6 +212,7 @@ impl Local {
             memory_log: MemoryLog::default(),
             clock,
             zone,
+            live_days: start.live_days,
         }
     }
 
@@ -237,6 +243,20 @@ impl Local {
     /// `render` turns the outcome into the response body, under the lock,
     /// so that the remembered answer is exactly the one sent.
     pub(super) async fn book(
+        &self,
+        request: BookRequest,
+        key: Option<IdempotencyKey>,
+        actor: Actor,
+        render: impl Fn(&Outcome) -> String,
+    ) -> Result<Booking, ServiceError> {
+        match self.book_live(request, key, actor, render).await {
+            Err(error) => Err(self.refusal(error, None).await),
+            booked => booked,
+        }
+    }
+
+    /// Books a token into a slot the engine holds.
+    async fn book_live(
         &self,
         request: BookRequest,
         key: Option<IdempotencyKey>,
@@ -330,11 +350,16 @@ impl Local {
         doctor: &DoctorId,
         actor: Actor,
     ) -> Result<Outcome, ServiceError> {
-        self.change(actor, |engine, ctx| {
-            let outcome = engine.call_next(doctor, ctx)?;
-            Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
-        })
-        .await
+        let called = self
+            .change(actor, |engine, ctx| {
+                let outcome = engine.call_next(doctor, ctx)?;
+                Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
+            })
+            .await;
+        match called {
+            Err(error) => Err(self.refusal(error, None).await),
+            called => called,
+        }
     }
 
     /// Takes an action on a token.
@@ -344,11 +369,16 @@ impl Local {
         action: Action,
         actor: Actor,
     ) -> Result<Outcome, ServiceError> {
-        self.change(actor, |engine, ctx| {
-            let outcome = engine.act(id, action, ctx)?;
-            Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
-        })
-        .await
+        let acted = self
+            .change(actor, |engine, ctx| {
+                let outcome = engine.act(id, action, ctx)?;
+                Ok((outcome.clone(), |ctx| Record::Acted { outcome, ctx }))
+            })
+            .await;
+        match acted {
+            Err(error) => Err(self.refusal(error, Some(action)).await),
+            acted => acted,
+        }
     }
 
     pub(super) async fn set_capacity(
@@ -357,14 +387,19 @@ impl Local {
         capacity: Capacity,
         actor: Actor,
     ) -> Result<SlotOutcome, ServiceError> {
-        self.change(actor, |engine, ctx| {
-            let outcome = engine.set_capacity(slot, capacity, ctx)?;
-            Ok((outcome.clone(), |ctx| Record::CapacityChanged {
-                outcome,
-                ctx,
-            }))
-        })
-        .await
+        let changed = self
+            .change(actor, |engine, ctx| {
+                let outcome = engine.set_capacity(slot, capacity, ctx)?;
+                Ok((outcome.clone(), |ctx| Record::CapacityChanged {
+                    outcome,
+                    ctx,
+                }))
+            })
+            .await;
+        match changed {
+            Err(error) => Err(self.refusal(error, None).await),
+            changed => changed,
+        }
     }
 
     /// Creates a slot; one created after its closing time is closed at
@@ -374,11 +409,41 @@ impl Local {
         spec: SlotSpec,
         actor: Actor,
     ) -> Result<SlotSummary, ServiceError> {
+        self.refuse_over_stored(&spec).await?;
         self.change(actor, |engine, ctx| {
             let slot = engine.create_slot_at(spec, ctx.at)?;
             Ok((slot.clone(), |ctx| Record::SlotCreated { slot, ctx }))
         })
         .await
+    }
+
+    /// Refuses a new slot that clashes with one of a day that left the
+    /// engine: the same id (storage would refuse to keep it twice, and a
+    /// failed commit stops every write), or, on such a day, an overlap
+    /// with the doctor's slot. A slot the engine holds is refused by the
+    /// engine; an id that is in neither place cannot come to be in
+    /// storage alone while this runs, since only slots the engine held
+    /// leave it.
+    async fn refuse_over_stored(&self, spec: &SlotSpec) -> Result<(), ServiceError> {
+        if self.journal.is_none()
+            || self
+                .read(|engine| engine.slot_summary(&spec.id))
+                .await?
+                .is_some()
+        {
+            return Ok(());
+        }
+        if self.stored(Scope::Slot(spec.id.clone())).await?.is_some() {
+            return Err(EngineError::SlotExists(spec.id.clone()).into());
+        }
+        let today = self.context(SYSTEM_ACTOR.into()).today;
+        if self.live_from(today).is_some_and(|from| spec.date < from) {
+            let day = Scope::Date(spec.date, Some(spec.doctor.clone()));
+            if let Some(mut engine) = self.stored(day).await? {
+                engine.create_slot(spec.clone())?;
+            }
+        }
+        Ok(())
     }
 
     /// Closes a slot at once.
@@ -387,11 +452,16 @@ impl Local {
         slot: &SlotId,
         actor: Actor,
     ) -> Result<SlotOutcome, ServiceError> {
-        self.change(actor, |engine, ctx| {
-            let outcome = engine.close_slot(slot, ctx)?;
-            Ok((outcome.clone(), |ctx| Record::SlotClosed { outcome, ctx }))
-        })
-        .await
+        let closed = self
+            .change(actor, |engine, ctx| {
+                let outcome = engine.close_slot(slot, ctx)?;
+                Ok((outcome.clone(), |ctx| Record::SlotClosed { outcome, ctx }))
+            })
+            .await;
+        match closed {
+            Err(error) => Err(self.refusal(error, None).await),
+            closed => closed,
+        }
     }
 
     /// Records a doctor's absence; one that changes nothing (a repeat)
@@ -445,7 +515,8 @@ impl Local {
     }
 
     /// Does the work the clock has made due (closings, days' ends) and
-    /// makes it durable; returns how many slot changes that was.
+    /// makes it durable; then lets the days that fell out of the live
+    /// window leave the engine. Returns how many slot changes that was.
     pub(super) async fn tick(&self) -> Result<usize, ServiceError> {
         let (count, ticket) = {
             let mut writer = self.write()?;
@@ -455,12 +526,226 @@ impl Local {
             let ticket = if count == 0 {
                 None
             } else {
-                writer.append(Record::Timed { done, ctx })
+                writer.append(Record::Timed {
+                    done,
+                    ctx: ctx.clone(),
+                })
             };
+            // Under the same lock, after the day's last changes are
+            // queued: storage records the eviction after they are durable,
+            // and every read that finds the days gone queues after it.
+            self.evict(&mut writer.state.engine, ctx.today);
             (count, ticket)
         };
         self.wait(ticket).await?;
         Ok(count)
+    }
+
+    /// The first date the engine is meant to hold, when it does not hold
+    /// every day.
+    pub(super) fn live_from(&self, today: Date) -> Option<Date> {
+        let days = self.live_days?;
+        self.journal.as_ref()?;
+        Some(
+            today
+                .checked_sub(i64::from(days).days())
+                .unwrap_or(Date::MIN),
+        )
+    }
+
+    /// Lets the days before the live window leave the engine once they
+    /// are over, and has storage index their tokens for reads by id.
+    fn evict(&self, engine: &mut Engine, today: Date) {
+        let (Some(journal), Some(before)) = (&self.journal, self.live_from(today)) else {
+            return;
+        };
+        if engine.first_date().is_none_or(|first| first >= before) {
+            return;
+        }
+        // A place in the queue first: days leave only when storage can be
+        // told, or their tokens could not be found by id.
+        let Ok(eviction) = journal.reserve_eviction() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match engine.evict_before(before) {
+            Ok(0) => {}
+            Ok(slots) => {
+                eviction.send(before);
+                tracing::info!(
+                    slots,
+                    before = %before,
+                    tokens_kept = engine.token_count(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "days before the live window left the engine; storage keeps them"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "the engine could not let old days go; it keeps them");
+            }
+        }
+    }
+
+    /// An engine of its own holding the slots of `scope` as storage has
+    /// them, in the clinic's zone; `None` in memory or when no slot
+    /// matches.
+    pub(super) async fn stored(&self, scope: Scope) -> Result<Option<Engine>, ServiceError> {
+        let Some(journal) = &self.journal else {
+            return Ok(None);
+        };
+        let limits = self.read_lock()?.engine.limits();
+        let engine = journal
+            .read_slots(scope, limits)
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        Ok(engine.map(|engine| engine.with_zone(self.zone.clone())))
+    }
+
+    /// Reads the engine; when it does not hold the answer, reads it the
+    /// same way from the slots of `scope` in storage (days that left the
+    /// engine).
+    pub(super) async fn read_or_stored<T>(
+        &self,
+        read: impl Fn(&Engine) -> Option<T>,
+        scope: impl FnOnce() -> Scope,
+    ) -> Result<Option<T>, ServiceError> {
+        if let Some(value) = self.read(&read).await? {
+            return Ok(Some(value));
+        }
+        if self.journal.is_none() {
+            return Ok(None);
+        }
+        Ok(self.stored(scope()).await?.and_then(|engine| read(&engine)))
+    }
+
+    /// What a change refused as `error` (an unknown slot or token) is
+    /// refused with when its slot is of a day that left the engine: a
+    /// slot's change with its closing (every such slot is closed), a
+    /// token's `action` with the answer of an engine holding that day,
+    /// where every token is final. A token's action that engine would
+    /// take is refused as its slot's closing, which it is too late for.
+    async fn refusal(&self, error: ServiceError, action: Option<Action>) -> ServiceError {
+        let closed = |slot: SlotSummary| {
+            ServiceError::Engine(EngineError::SlotClosed {
+                slot: slot.id,
+                closed_at: slot.closes_at,
+            })
+        };
+        let stored = match &error {
+            // A doctor whose slots all left the engine has nobody to call.
+            ServiceError::Engine(EngineError::DoctorNotFound(doctor)) => {
+                return match self.has_stored_doctor(doctor).await {
+                    Ok(true) => ServiceError::Engine(EngineError::QueueEmpty),
+                    Ok(false) => error,
+                    Err(unavailable) => unavailable,
+                };
+            }
+            ServiceError::Engine(EngineError::SlotNotFound(slot)) => {
+                self.stored(Scope::Slot(slot.clone())).await
+            }
+            ServiceError::Engine(EngineError::TokenNotFound(token)) if action.is_some() => {
+                self.stored(Scope::OldToken(*token)).await
+            }
+            _ => return error,
+        };
+        let mut engine = match stored {
+            Ok(Some(engine)) => engine,
+            Ok(None) => return error,
+            Err(unavailable) => return unavailable,
+        };
+        match (&error, action) {
+            (ServiceError::Engine(EngineError::TokenNotFound(token)), Some(action)) => {
+                let ctx = self.context(SYSTEM_ACTOR.into());
+                match engine.act(*token, action, &ctx) {
+                    Err(refused) => ServiceError::Engine(refused),
+                    Ok(outcome) => closed(outcome.slot),
+                }
+            }
+            (ServiceError::Engine(EngineError::SlotNotFound(slot)), _) => {
+                engine.slot_summary(slot).map_or(error, closed)
+            }
+            _ => error,
+        }
+    }
+
+    /// Whether storage has a slot of the doctor on a day that left the
+    /// engine.
+    pub(super) async fn has_stored_doctor(&self, doctor: &DoctorId) -> Result<bool, ServiceError> {
+        let any = Scope::Listing {
+            before: Date::MAX,
+            after: None,
+            doctor: Some(doctor.clone()),
+            limit: 1,
+        };
+        Ok(self.stored(any).await?.is_some())
+    }
+
+    /// One page of slots: days the engine holds from the engine, older
+    /// ones from storage, in one listing order.
+    pub(super) async fn slots(&self, query: &SlotQuery) -> Result<SlotPage, ServiceError> {
+        let today = self.context(SYSTEM_ACTOR.into()).today;
+        let Some(live_from) = self.live_from(today) else {
+            return Ok(self.read(|engine| engine.slots(query)).await??);
+        };
+        let after = match &query.after {
+            None => None,
+            Some(id) => {
+                let summary = self
+                    .read_or_stored(|engine| engine.slot_summary(id), || Scope::Slot(id.clone()))
+                    .await?
+                    .ok_or_else(|| EngineError::SlotNotFound(id.clone()))?;
+                Some((summary.date, summary.start, summary.id))
+            }
+        };
+        let live = |limit: usize| SlotQuery {
+            doctor: query.doctor.clone(),
+            date: query.date,
+            after: None,
+            limit,
+        };
+        let old_dates = query.date.is_none_or(|date| date < live_from)
+            && after.as_ref().is_none_or(|(date, _, _)| *date < live_from);
+        if !old_dates {
+            let query = SlotQuery {
+                after: query.after.clone(),
+                ..live(query.limit)
+            };
+            return Ok(self
+                .read(|engine| engine.slots_since(&query, live_from))
+                .await??);
+        }
+        let scope = match query.date {
+            Some(date) => Scope::Date(date, query.doctor.clone()),
+            None => Scope::Listing {
+                before: live_from,
+                after: after.clone(),
+                doctor: query.doctor.clone(),
+                limit: query.limit.saturating_add(1),
+            },
+        };
+        let mut old: Vec<SlotSummary> = match self.stored(scope).await? {
+            None => Vec::new(),
+            Some(engine) => engine.slots(&live(usize::MAX))?.slots,
+        };
+        old.retain(|slot| {
+            after.as_ref().is_none_or(|after| {
+                (slot.date, slot.start, &slot.id) > (after.0, after.1, &after.2)
+            })
+        });
+        if old.len() > query.limit || query.date.is_some() {
+            let more = old.len() > query.limit;
+            old.truncate(query.limit);
+            return Ok(SlotPage { slots: old, more });
+        }
+        let rest = query.limit - old.len();
+        let page = self
+            .read(|engine| engine.slots_since(&live(rest), live_from))
+            .await??;
+        old.extend(page.slots);
+        Ok(SlotPage {
+            slots: old,
+            more: page.more,
+        })
     }
 
     /// Reads the engine. When durable, the answer waits until every change

@@ -22,7 +22,7 @@ use crate::engine::{
 };
 use crate::store::events::Published;
 pub use crate::store::Fingerprint;
-use crate::store::{Event, EventBus, Journal, Page, StoredIdempotency};
+use crate::store::{Event, EventBus, Journal, Page, Scope, StoredIdempotency};
 use local::Local;
 pub use postgres::{Postgres, RETRIED_SQLSTATES};
 use weekly::Templates;
@@ -112,16 +112,21 @@ pub struct LocalStart {
     pub journal: Option<Journal>,
     /// The id of the newest event; 0 when there is none.
     pub last_event: u64,
+    /// How many past days the engine holds besides today and the days
+    /// ahead, when storage keeps the older ones; `None` holds them all.
+    pub live_days: Option<u16>,
 }
 
 impl LocalStart {
-    /// A fresh engine kept in memory only.
+    /// A fresh engine kept in memory only. It holds every day: there is
+    /// nowhere else to read an old one from.
     pub fn in_memory(engine: Engine) -> LocalStart {
         LocalStart {
             engine,
             idempotency: Vec::new(),
             journal: None,
             last_event: 0,
+            live_days: None,
         }
     }
 }
@@ -413,9 +418,25 @@ impl Service {
         let at = self.now();
         match &self.backend {
             Backend::Local(local) => {
-                local
-                    .read(|engine| engine.doctor_queue(doctor, date, at))
-                    .await
+                let read = |engine: &Engine| engine.doctor_queue(doctor, date, at);
+                // A day that left the engine is read from storage; a
+                // doctor without a slot that day has an empty day, which
+                // the engine answers.
+                if local
+                    .live_from(self.today())
+                    .is_some_and(|from| date < from)
+                {
+                    let day = Scope::Date(date, Some(doctor.clone()));
+                    if let Some(queue) = local.stored(day).await?.and_then(|engine| read(&engine)) {
+                        return Ok(Some(queue));
+                    }
+                }
+                match local.read(read).await? {
+                    None if local.has_stored_doctor(doctor).await? => {
+                        Ok(Some(DoctorQueue::empty(doctor.clone(), date)))
+                    }
+                    queue => Ok(queue),
+                }
             }
             Backend::Postgres(postgres) => postgres.doctor_queue(doctor, date, at).await,
         }
@@ -512,12 +533,15 @@ impl Service {
         match &self.backend {
             Backend::Local(local) => {
                 local
-                    .read(|engine| {
-                        Some(TokenDetail {
-                            token: engine.token(id, at)?,
-                            history: engine.history(id)?,
-                        })
-                    })
+                    .read_or_stored(
+                        |engine| {
+                            Some(TokenDetail {
+                                token: engine.token(id, at)?,
+                                history: engine.history(id)?,
+                            })
+                        },
+                        || Scope::OldToken(id),
+                    )
                     .await
             }
             Backend::Postgres(postgres) => postgres.token(id, at).await,
@@ -527,7 +551,11 @@ impl Service {
     pub async fn slot(&self, id: &SlotId) -> Result<Option<SlotDetail>, ServiceError> {
         let at = self.now();
         match &self.backend {
-            Backend::Local(local) => local.read(|engine| engine.slot(id, at)).await,
+            Backend::Local(local) => {
+                local
+                    .read_or_stored(|engine| engine.slot(id, at), || Scope::Slot(id.clone()))
+                    .await
+            }
             Backend::Postgres(postgres) => postgres.slot(id, at).await,
         }
     }
@@ -538,15 +566,38 @@ impl Service {
     pub async fn ended_tokens(&self, id: &SlotId) -> Result<Option<Vec<TokenView>>, ServiceError> {
         let at = self.now();
         match &self.backend {
-            Backend::Local(local) => local.read(|engine| engine.ended_tokens(id, at)).await,
+            Backend::Local(local) => {
+                local
+                    .read_or_stored(
+                        |engine| engine.ended_tokens(id, at),
+                        || Scope::Slot(id.clone()),
+                    )
+                    .await
+            }
             Backend::Postgres(postgres) => postgres.ended_tokens(id).await,
         }
     }
 
     pub async fn slot_summary(&self, id: &SlotId) -> Result<Option<SlotSummary>, ServiceError> {
         match &self.backend {
-            Backend::Local(local) => local.read(|engine| engine.slot_summary(id)).await,
+            Backend::Local(local) => {
+                local
+                    .read_or_stored(|engine| engine.slot_summary(id), || Scope::Slot(id.clone()))
+                    .await
+            }
             Backend::Postgres(postgres) => postgres.slot_summary(id).await,
+        }
+    }
+
+    /// How many slots and tokens this process's engine holds; `None` on
+    /// PostgreSQL, where an instance holds none between requests.
+    pub async fn engine_size(&self) -> Option<(usize, usize)> {
+        match &self.backend {
+            Backend::Local(local) => local
+                .read(|engine| (engine.slot_count(), engine.token_count()))
+                .await
+                .ok(),
+            Backend::Postgres(_) => None,
         }
     }
 
@@ -554,7 +605,7 @@ impl Service {
     /// doctor or date; see [`Engine::slots`].
     pub async fn slots(&self, query: &SlotQuery) -> Result<SlotPage, ServiceError> {
         match &self.backend {
-            Backend::Local(local) => Ok(local.read(|engine| engine.slots(query)).await??),
+            Backend::Local(local) => local.slots(query).await,
             Backend::Postgres(postgres) => postgres.slots(query).await,
         }
     }

@@ -14,6 +14,7 @@ pub mod postgres;
 mod sqlite;
 
 pub use events::{Event, EventBus, EventKind, Page};
+pub use sqlite::Scope;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,6 +202,16 @@ enum Job {
         date: jiff::civil::Date,
         reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
     },
+    /// Reads slots of days the engine does not hold into an engine of
+    /// their own, the same way.
+    ReadSlots {
+        scope: Scope,
+        limits: Limits,
+        reply: oneshot::Sender<Result<Option<Engine>, StoreError>>,
+    },
+    /// Records that the days before this date left the engine, after
+    /// every change queued before it is durable.
+    Evict(jiff::civil::Date),
 }
 
 /// A record on its way to the writer.
@@ -218,6 +229,19 @@ struct Queued {
 pub struct Reservation<'a> {
     permit: mpsc::Permit<'a, Job>,
     journal: &'a Journal,
+}
+
+/// A place in the writer's queue for the record that the days before a
+/// date left the engine.
+pub struct Eviction<'a>(mpsc::Permit<'a, Job>);
+
+impl Eviction<'_> {
+    /// Queues the record that the days before `before` left the engine:
+    /// after the changes queued before it are durable, storage indexes
+    /// their tokens' ids for reads by id.
+    pub fn send(self, before: jiff::civil::Date) {
+        self.0.send(Job::Evict(before));
+    }
 }
 
 /// The journal takes no record now: its queue is full, or its writer
@@ -302,6 +326,41 @@ impl Journal {
         }
     }
 
+    /// An engine of its own holding the slots of `scope` with their tokens
+    /// as storage has them, once every change queued before this call is
+    /// durable; `None` when no slot matches. This is how days the engine
+    /// no longer holds are read: the same engine answers as it would have.
+    pub async fn read_slots(
+        &self,
+        scope: Scope,
+        limits: Limits,
+    ) -> Result<Option<Engine>, NotAccepting> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job::ReadSlots {
+                scope,
+                limits,
+                reply,
+            })
+            .map_err(|_| NotAccepting)?;
+        match answer.await {
+            Ok(Ok(engine)) => Ok(engine),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot read the slots of an old day");
+                Err(NotAccepting)
+            }
+            Err(_) => Err(NotAccepting),
+        }
+    }
+
+    /// Takes a place in the queue for the record that days left the
+    /// engine. Send it under the engine's lock as they leave, so that any
+    /// read that finds them gone queues after it.
+    pub fn reserve_eviction(&self) -> Result<Eviction<'_>, NotAccepting> {
+        let permit = self.queue.try_reserve().map_err(|_| NotAccepting)?;
+        Ok(Eviction(permit))
+    }
+
     /// Takes a place in the queue for the next record.
     pub fn reserve(&self) -> Result<Reservation<'_>, NotAccepting> {
         let permit = self.queue.try_reserve().map_err(|_| NotAccepting)?;
@@ -353,7 +412,10 @@ pub struct Loaded {
 }
 
 /// Opens (creating and migrating if needed) the database in `dir`, rebuilds
-/// the engine from it, and starts the writer thread.
+/// the engine from it, and starts the writer thread. The engine gets the
+/// slots dated from `live_from` on, and those of older days that had not
+/// left it when the server last stopped (their closing or day's end may
+/// still be due); older days stay in storage.
 /// `limit_bytes` caps the database's size: a commit that would pass it
 /// fails like a full disk. The files hold patient ids and their history,
 /// so a new directory is private to the server's user and the database
@@ -363,6 +425,7 @@ pub fn open(
     limits: Limits,
     limit_bytes: Option<u64>,
     now: Timestamp,
+    live_from: jiff::civil::Date,
     events: &EventBus,
     metrics: StorageMetrics,
 ) -> Result<Loaded, StoreError> {
@@ -380,22 +443,10 @@ pub fn open(
         other => other,
     })?;
     sqlite::migrate(&mut connection)?;
-    let snapshot = sqlite::load(&connection, now - IDEMPOTENCY_RETENTION)?;
-    let mut engine = Engine::new(limits);
-    for (slot, closed_at) in snapshot.slots {
-        let id = slot.id.clone();
-        engine
-            .create_slot(slot)
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        if let Some(at) = closed_at {
-            engine.restore_closing(&id, at, true)?;
-        }
-    }
-    let tokens = snapshot.tokens.len();
-    for token in snapshot.tokens {
-        engine.restore_token(token)?;
-    }
-    engine.check_invariants()?;
+    let since = sqlite::evicted_before(&connection)?.min(live_from);
+    let snapshot = sqlite::load(&connection, since, now - IDEMPOTENCY_RETENTION)?;
+    let tokens = snapshot.slots.tokens.len();
+    let engine = build_engine(limits, snapshot.slots)?;
 
     let (sender, receiver) = mpsc::channel(QUEUE_MAX);
     let (progress_sender, progress) = watch::channel(Progress::default());
@@ -414,6 +465,39 @@ pub fn open(
         },
         tokens,
     })
+}
+
+/// An engine holding the given slots and tokens, checked whole.
+fn build_engine(limits: Limits, slots: sqlite::Slots) -> Result<Engine, StoreError> {
+    let mut engine = Engine::new(limits);
+    for (slot, closed_at) in slots.slots {
+        let id = slot.id.clone();
+        engine
+            .create_slot(slot)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        if let Some(at) = closed_at {
+            engine.restore_closing(&id, at, true)?;
+        }
+    }
+    for token in slots.tokens {
+        engine.restore_token(token)?;
+    }
+    engine.check_invariants()?;
+    Ok(engine)
+}
+
+/// The slots of `scope` in an engine of their own; `None` when there are
+/// none.
+fn read_slots(
+    connection: &rusqlite::Connection,
+    scope: &Scope,
+    limits: Limits,
+) -> Result<Option<Engine>, StoreError> {
+    let slots = sqlite::load_slots(connection, scope)?;
+    if slots.slots.is_empty() {
+        return Ok(None);
+    }
+    build_engine(limits, slots).map(Some)
 }
 
 /// Creates the data directory with mode 0700, whatever the umask, or warns
@@ -534,6 +618,8 @@ fn write_loop(
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut reads = Vec::new();
     let mut report_reads = Vec::new();
+    let mut slot_reads = Vec::new();
+    let mut evict = None;
     let mut events = Vec::new();
     let mut pruning = sqlite::Pruning::default();
     // Blocks for the first job, then takes whatever else is waiting: the
@@ -549,6 +635,14 @@ fn write_loop(
                     reply,
                 } => reads.push((after, limit, reply)),
                 Job::ReadReport { date, reply } => report_reads.push((date, reply)),
+                Job::ReadSlots {
+                    scope,
+                    limits,
+                    reply,
+                } => slot_reads.push((scope, limits, reply)),
+                // Days leave in date order, so the latest date covers
+                // every earlier one.
+                Job::Evict(before) => evict = evict.max(Some(before)),
             }
             if batch.len() < BATCH_MAX {
                 next = queue.try_recv().ok();
@@ -570,10 +664,21 @@ fn write_loop(
             batch.clear();
             reads.clear();
             report_reads.clear();
+            slot_reads.clear();
             // Nothing more is written: the files and their lock are let go.
             drop(connection);
             refuse_the_rest(queue);
             return;
+        }
+        // After the commit, so that the days' last changes are durable
+        // first, and before the reads, so that a read of a day that left
+        // the engine finds its tokens' ids indexed.
+        if let Some(before) = evict.take() {
+            if let Err(error) = sqlite::evict_before(&mut connection, before) {
+                // The days stay in storage and the next start indexes
+                // them; until then their tokens are not found by id.
+                tracing::error!(%error, %before, "cannot index the tokens of the days that left the engine");
+            }
         }
         // After the commit, so a read sees every change queued before it,
         // and only durable ones.
@@ -582,6 +687,9 @@ fn write_loop(
         }
         for (date, reply) in report_reads.drain(..) {
             let _ = reply.send(sqlite::report_events(&connection, date));
+        }
+        for (scope, limits, reply) in slot_reads.drain(..) {
+            let _ = reply.send(read_slots(&connection, &scope, limits));
         }
     }
 }
@@ -672,6 +780,7 @@ mod tests {
             Limits::default(),
             None,
             Timestamp::UNIX_EPOCH,
+            jiff::civil::Date::MIN,
             &EventBus::default(),
             StorageMetrics::default(),
         )

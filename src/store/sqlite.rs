@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use jiff::civil::Date;
 use jiff::Timestamp;
 use rusqlite::functions::FunctionFlags;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -32,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_events.sql"),
     include_str!("../../migrations/sqlite/0006_closing.sql"),
     include_str!("../../migrations/sqlite/0007_reports.sql"),
+    include_str!("../../migrations/sqlite/0008_retention.sql"),
 ];
 
 /// The columns of an event row, in the order [`event`] reads them; the
@@ -95,24 +98,103 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 }
 
 pub(super) struct Snapshot {
-    /// Each slot with when it closed, if it has.
-    pub(super) slots: Vec<(SlotSpec, Option<Timestamp>)>,
-    /// In arrival order, each with its full history.
-    pub(super) tokens: Vec<TokenRecord>,
+    pub(super) slots: Slots,
     pub(super) idempotency: Vec<StoredIdempotency>,
     /// The newest event's id; 0 when the log is empty.
     pub(super) last_event: u64,
 }
 
-pub(super) fn load(
-    connection: &Connection,
-    idempotency_since: Timestamp,
-) -> Result<Snapshot, StoreError> {
+/// Some slots with their tokens.
+#[derive(Default)]
+pub(super) struct Slots {
+    /// Each slot with when it closed, if it has, by date and start time.
+    pub(super) slots: Vec<(SlotSpec, Option<Timestamp>)>,
+    /// In arrival order, each with its full history.
+    pub(super) tokens: Vec<TokenRecord>,
+}
+
+/// Which slots to read, with their tokens.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Every slot dated on or after this date.
+    Since(Date),
+    /// One slot.
+    Slot(SlotId),
+    /// The slot of a token of a day the engine no longer holds.
+    OldToken(Uuid),
+    /// The slots of one date, of one doctor or of every doctor.
+    Date(Date, Option<DoctorId>),
+    /// A page of the slots dated before `before` in listing order (date,
+    /// start time, id), after `after`'s place, of one doctor or of all.
+    Listing {
+        before: Date,
+        after: Option<(Date, jiff::civil::Time, SlotId)>,
+        doctor: Option<DoctorId>,
+        limit: usize,
+    },
+}
+
+impl Scope {
+    /// The condition on the slot `s` and its parameters.
+    fn condition(&self) -> (&'static str, Vec<Value>) {
+        let text = |text: String| Value::Text(text);
+        let doctor = |doctor: &Option<DoctorId>| {
+            doctor
+                .as_ref()
+                .map_or(Value::Null, |doctor| text(doctor.to_string()))
+        };
+        match self {
+            Scope::Since(date) => ("s.date >= ?1", vec![text(date.to_string())]),
+            Scope::Slot(id) => ("s.slot_id = ?1", vec![text(id.to_string())]),
+            Scope::OldToken(id) => (
+                "s.slot_id = (SELECT t.slot_id FROM old_tokens AS o JOIN tokens AS t ON t.sequence = o.sequence
+                               WHERE o.token_id = ?1)",
+                vec![Value::Blob(id.as_bytes().to_vec())],
+            ),
+            Scope::Date(date, of) => (
+                "s.date = ?1 AND (?2 IS NULL OR s.doctor_id = ?2)",
+                vec![text(date.to_string()), doctor(of)],
+            ),
+            Scope::Listing {
+                before,
+                after,
+                doctor: of,
+                limit,
+            } => {
+                let (date, start, id) = match after {
+                    Some((date, start, id)) => (date.to_string(), clock_time(*start), id.to_string()),
+                    None => (String::new(), String::new(), String::new()),
+                };
+                (
+                    "s.slot_id IN (SELECT slot_id FROM slots
+                                    WHERE date < ?1 AND (?2 IS NULL OR doctor_id = ?2)
+                                      AND (date, start_time, slot_id) > (?3, ?4, ?5)
+                                    ORDER BY date, start_time, slot_id LIMIT ?6)",
+                    vec![
+                        text(before.to_string()),
+                        doctor(of),
+                        text(date),
+                        text(start),
+                        text(id),
+                        Value::Integer(i64::try_from(*limit).unwrap_or(i64::MAX)),
+                    ],
+                )
+            }
+        }
+    }
+}
+
+/// Reads the slots of `scope` with their tokens and their tokens' full
+/// histories, through the indexes of migration 0008: the slots first,
+/// then each one's tokens, so no query scans the tokens of other days.
+pub(super) fn load_slots(connection: &Connection, scope: &Scope) -> Result<Slots, StoreError> {
+    let (condition, values) = scope.condition();
     let mut slots = Vec::new();
-    let mut statement = connection.prepare(
-        "SELECT slot_id, doctor_id, date, start_time, end_time, capacity, closed_at FROM slots ORDER BY date, start_time",
-    )?;
-    let mut rows = statement.query([])?;
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT s.slot_id, s.doctor_id, s.date, s.start_time, s.end_time, s.capacity, s.closed_at
+           FROM slots AS s WHERE {condition} ORDER BY s.date, s.start_time"
+    ))?;
+    let mut rows = statement.query(params_from_iter(values.iter()))?;
     while let Some(row) = rows.next()? {
         let spec = SlotSpec {
             id: parse_id(SlotId::parse, row.get_ref(0)?.as_str()?)?,
@@ -124,6 +206,9 @@ pub(super) fn load(
         };
         let closed_at = row.get::<_, Option<i64>>(6)?.map(timestamp).transpose()?;
         slots.push((spec, closed_at));
+    }
+    if slots.is_empty() {
+        return Ok(Slots::default());
     }
 
     let slot_ids: HashMap<String, SlotId> = slots
@@ -141,11 +226,16 @@ pub(super) fn load(
         }
     };
     let mut tokens = Vec::new();
-    let mut statement = connection.prepare(
-        "SELECT sequence, token_id, token_number, patient_id, slot_id, source, created_at, created_reason, created_by
-         FROM tokens ORDER BY sequence",
-    )?;
-    let mut rows = statement.query([])?;
+    // CROSS JOIN keeps SQLite from scanning every token in sequence order
+    // to spare itself the sort: the slots come first, then each one's
+    // tokens by index, and only those are sorted.
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT t.sequence, t.token_id, t.token_number, t.patient_id, t.slot_id, t.source, t.created_at,
+                t.created_reason, t.created_by
+           FROM slots AS s CROSS JOIN tokens AS t ON t.slot_id = s.slot_id
+          WHERE {condition} ORDER BY t.sequence"
+    ))?;
+    let mut rows = statement.query(params_from_iter(values.iter()))?;
     while let Some(row) = rows.next()? {
         let slot = row.get_ref(4)?.as_str()?;
         let created_at = timestamp(row.get(6)?)?;
@@ -185,10 +275,13 @@ pub(super) fn load(
     // tokens are sorted by sequence, so a binary search finds the owner.
     // Each row moves its token on from the status the previous one left,
     // and the last one gives the token's current status.
-    let mut statement = connection.prepare(
-        "SELECT token_sequence, at, from_status, to_status, reason, actor FROM token_history ORDER BY id",
-    )?;
-    let mut rows = statement.query([])?;
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT h.token_sequence, h.at, h.from_status, h.to_status, h.reason, h.actor
+           FROM slots AS s CROSS JOIN tokens AS t ON t.slot_id = s.slot_id
+                CROSS JOIN token_history AS h ON h.token_sequence = t.sequence
+          WHERE {condition} ORDER BY h.id"
+    ))?;
+    let mut rows = statement.query(params_from_iter(values.iter()))?;
     while let Some(row) = rows.next()? {
         let sequence = row.get::<_, i64>(0)? as u64;
         let owner = tokens
@@ -212,7 +305,59 @@ pub(super) fn load(
         token.updated_at = entry.at;
         token.history.push(entry);
     }
+    Ok(Slots { slots, tokens })
+}
 
+/// The date before which every day has left the engine (see migration
+/// 0008).
+pub(super) fn evicted_before(connection: &Connection) -> Result<Date, StoreError> {
+    let date: String =
+        connection.query_row("SELECT evicted_before FROM retention", [], |row| row.get(0))?;
+    // The migration's first value, before any real date.
+    Ok(date.parse().unwrap_or(Date::MIN))
+}
+
+/// Records that the days before `before` have left the engine: their
+/// tokens' ids are indexed for reads by id, in one transaction. Days
+/// already recorded are not read again.
+pub(super) fn evict_before(connection: &mut Connection, before: Date) -> Result<(), StoreError> {
+    let transaction = connection.transaction()?;
+    let since = evicted_before(&transaction)?;
+    if since < before {
+        transaction.execute(
+            "INSERT OR IGNORE INTO old_tokens (token_id, sequence)
+             SELECT t.token_id, t.sequence
+               FROM slots AS s CROSS JOIN tokens AS t ON t.slot_id = s.slot_id
+              WHERE s.date >= ?1 AND s.date < ?2",
+            params![since.to_string(), before.to_string()],
+        )?;
+        transaction.execute(
+            "UPDATE retention SET evicted_before = ?1",
+            params![before.to_string()],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+/// What a start needs: the slots of the days the engine holds (from
+/// `since`) with their tokens, the idempotency keys stored from
+/// `idempotency_since` on, and the newest event id.
+pub(super) fn load(
+    connection: &Connection,
+    since: Date,
+    idempotency_since: Timestamp,
+) -> Result<Snapshot, StoreError> {
+    let slots = load_slots(connection, &Scope::Since(since))?;
+    let mut actors: HashMap<String, Arc<str>> = HashMap::new();
+    let mut actor = |name: &str| match actors.get(name) {
+        Some(shared) => shared.clone(),
+        None => {
+            let shared: Arc<str> = Arc::from(name);
+            actors.insert(name.to_owned(), shared.clone());
+            shared
+        }
+    };
     let mut idempotency = Vec::new();
     let mut statement = connection.prepare(
         "SELECT caller, key, fingerprint, token_id, response, stored_at FROM idempotency
@@ -237,7 +382,6 @@ pub(super) fn load(
         connection.query_row("SELECT max(id) FROM events", [], |row| row.get(0))?;
     Ok(Snapshot {
         slots,
-        tokens,
         idempotency,
         last_event: last_event.map_or(0, |id| id as u64),
     })
@@ -692,9 +836,14 @@ mod tests {
                (2, 200, NULL, 'ALLOCATED', 'BUMPED_LOWER', 'web'),
                (1, 200, 'ALLOCATED', 'WAITLISTED', 'BUMPED', 'web');",
         );
-        let snapshot = load(&connection, Timestamp::UNIX_EPOCH).unwrap();
+        let snapshot = load(&connection, Date::MIN, Timestamp::UNIX_EPOCH).unwrap();
 
-        let histories: Vec<_> = snapshot.tokens.iter().map(|t| t.history.clone()).collect();
+        let histories: Vec<_> = snapshot
+            .slots
+            .tokens
+            .iter()
+            .map(|t| t.history.clone())
+            .collect();
         assert_eq!(
             histories,
             [
@@ -787,7 +936,7 @@ mod tests {
     /// the latest version and loaded.
     fn load_version_2(sql: &str) -> Result<Snapshot, StoreError> {
         let (_dir, connection) = migrated_from(2, sql);
-        load(&connection, Timestamp::UNIX_EPOCH)
+        load(&connection, Date::MIN, Timestamp::UNIX_EPOCH)
     }
 
     /// P1 is booked into a one-seat slot at 100 and bumped to the
@@ -811,6 +960,7 @@ mod tests {
     fn migration_0003_takes_the_status_from_the_newest_history_row() {
         let snapshot = load_version_2(BUMP_CANCEL_PROMOTE).unwrap();
         let states: Vec<_> = snapshot
+            .slots
             .tokens
             .iter()
             .map(|t| (t.status, nanos(t.updated_at), t.history.len()))
@@ -839,7 +989,7 @@ mod tests {
                    ('k1', '{request}', X'00000000000000000000000000000001', '{{}}', 100);"
             ),
         );
-        let snapshot = load(&connection, Timestamp::UNIX_EPOCH).unwrap();
+        let snapshot = load(&connection, Date::MIN, Timestamp::UNIX_EPOCH).unwrap();
 
         let keys: Vec<_> = snapshot
             .idempotency

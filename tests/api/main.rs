@@ -20,6 +20,7 @@ mod metrics;
 mod opd_day;
 mod opd_flow;
 mod reports;
+mod retention;
 mod slots;
 mod stream;
 mod templates;

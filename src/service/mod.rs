@@ -3,6 +3,7 @@
 //! PostgreSQL database shared by several instances. Both backends decide
 //! with the same engine and make a change durable before acknowledging it.
 
+mod backups;
 mod local;
 mod postgres;
 pub mod report;
@@ -19,9 +20,13 @@ use crate::engine::{
     HistoryEntry, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery, SlotSpec,
     SlotSummary, TokenView,
 };
+pub use crate::store::backup::BackupInfo;
 use crate::store::events::Published;
+use crate::store::BackupMetrics;
 pub use crate::store::Fingerprint;
 use crate::store::{Event, EventBus, Journal, Page, StoredIdempotency};
+use backups::Backups;
+pub use backups::{BackupError, BackupPlan};
 use local::Local;
 pub use postgres::{Postgres, RETRIED_SQLSTATES};
 
@@ -86,6 +91,8 @@ pub struct Service {
     events: EventBus,
     clock: Clock,
     zone: TimeZone,
+    /// Where and when the embedded store is backed up; `None` without one.
+    backups: Option<Backups>,
 }
 
 /// What the embedded backend starts from: an engine and what storage
@@ -139,10 +146,10 @@ impl Service {
             events,
             clock,
             zone,
+            backups: None,
         }
     }
 
-    /// A service on a shared PostgreSQL database.
     /// A service on a shared PostgreSQL database. The instance tells the
     /// events of its own changes on `events`, the bus `postgres` was made
     /// with.
@@ -152,6 +159,31 @@ impl Service {
             events,
             clock,
             zone,
+            backups: None,
+        }
+    }
+
+    /// Backs the embedded store up as `plan` says (on demand always, on
+    /// a schedule when it has one), counting backups in `metrics`.
+    pub fn with_backups(mut self, plan: BackupPlan, metrics: BackupMetrics) -> Service {
+        self.backups = Some(Backups::new(plan, metrics));
+        self
+    }
+
+    /// Takes a backup of the embedded store now: refused while another
+    /// runs, and on backends that keep no file of their own.
+    pub async fn backup(&self) -> Result<BackupInfo, BackupError> {
+        let journal = match &self.backend {
+            Backend::Local(local) => local.journal(),
+            Backend::Postgres(_) => None,
+        };
+        match (journal, &self.backups) {
+            (Some(journal), Some(backups)) => backups.on_demand(journal, self.now()).await,
+            _ => Err(BackupError::Unsupported(match self.storage_name() {
+                "memory" => "in memory only",
+                "postgres" => "in PostgreSQL",
+                _ => "without a backup directory",
+            })),
         }
     }
 
@@ -349,11 +381,21 @@ impl Service {
     /// system. What is due is read from the state, so work that fell due
     /// while the service was down is done by the first tick. Returns how
     /// many slot changes were made.
+    ///
+    /// A scheduled backup that is due is taken too, after the closings,
+    /// and the tick returns once it is done; it is logged and counted
+    /// whatever its outcome, and never fails the tick.
     pub async fn tick(&self) -> Result<usize, ServiceError> {
-        match &self.backend {
+        let ticked = match &self.backend {
             Backend::Local(local) => local.tick().await,
             Backend::Postgres(postgres) => postgres.tick(&self.clock).await,
+        };
+        if let (Backend::Local(local), Some(backups)) = (&self.backend, &self.backups) {
+            if let Some(journal) = local.journal() {
+                backups.when_due(journal, self.now()).await;
+            }
         }
+        ticked
     }
 
     pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {

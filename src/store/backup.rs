@@ -311,7 +311,10 @@ fn check(path: &Path, now: Timestamp) -> Result<(u64, usize), StoreError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     let not_a_backup = |error: rusqlite::Error| {
-        StoreError::Corrupt(format!("{} is not a database: {error}", path.display()))
+        StoreError::Corrupt(format!(
+            "{} is not a sound database: {error}",
+            path.display()
+        ))
     };
     let integrity: String = connection
         .query_row("PRAGMA integrity_check(1)", [], |row| row.get(0))

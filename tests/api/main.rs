@@ -6,6 +6,7 @@ mod common;
 #[macro_use]
 mod helpers;
 
+mod backups;
 mod closing;
 mod concurrency;
 mod docs;

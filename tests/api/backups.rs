@@ -555,3 +555,61 @@ fn set_user_version(file: &Path, version: u32) {
     handle.seek(SeekFrom::Start(60)).unwrap();
     handle.write_all(&version.to_be_bytes()).unwrap();
 }
+
+/// A PostgreSQL deployment is backed up with `pg_dump` (README "Backups"):
+/// a dump of the service's schema, restored as a fresh schema, serves the
+/// same tokens and takes new bookings, its event ids going on.
+#[cfg(feature = "postgres-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_pg_dump_serves() {
+    use std::io::Write;
+
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let token = app.book("P-1", "D1-09", "ONLINE").await["token"]["tokenId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.book("P-2", "D1-09", "WALK_IN").await;
+    let newest = all_events(&app).await.last().unwrap().id;
+    let schema = app.data_dir.as_ref().unwrap().schema();
+    let url = crate::common::database_url();
+    let dump = Command::new("pg_dump")
+        .args([url.as_str(), "--schema", &schema, "--no-owner"])
+        .output()
+        .expect("pg_dump runs");
+    assert!(dump.status.success(), "{dump:?}");
+    let clock = app.clock.clone();
+    let original = app.slot("D1-09").await;
+    drop(app);
+
+    // The dump names its schema; restored under a fresh one's name.
+    let fresh = DataDir::new();
+    let script = String::from_utf8(dump.stdout)
+        .unwrap()
+        .replace(&schema, &fresh.schema());
+    let mut psql = Command::new("psql")
+        .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql runs");
+    psql.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(psql.wait().unwrap().success());
+
+    let restored = TestApp::with(Backend::Postgres)
+        .clock(clock)
+        .data_dir(Some(fresh))
+        .spawn()
+        .await;
+    assert_eq!(restored.slot("D1-09").await, original);
+    assert_eq!(restored.token(&token).await["status"], "ALLOCATED");
+    restored.book("P-3", "D1-09", "ONLINE").await;
+    let page = restored.service.events_after(newest, 10).await.unwrap();
+    assert!(page.events.first().unwrap().id > newest, "{page:?}");
+    let ids: Vec<u64> = all_events(&restored).await.iter().map(|event| event.id).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+}

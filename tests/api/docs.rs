@@ -26,6 +26,7 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
         ("/slots/{slotId}", "get"),
         ("/slots/{slotId}", "patch"),
         ("/healthz", "get"),
+        ("/admin/backups", "post"),
         ("/fhir/metadata", "get"),
         ("/fhir/Schedule", "get"),
         ("/fhir/Schedule/{id}", "get"),

@@ -85,9 +85,10 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         | ("POST", "/doctors/{doctorId}/call-next") => Class::Clinical,
         ("GET", "/doctors/{doctorId}/queue") => Class::ReadOwned,
         ("GET", "/board") | ("GET", "/me") => Class::ReadAny,
-        ("POST", "/slots") | ("PATCH", "/slots/{slotId}") | ("POST", "/slots/{slotId}/close") => {
-            Class::Admin
-        }
+        ("POST", "/slots")
+        | ("PATCH", "/slots/{slotId}")
+        | ("POST", "/slots/{slotId}/close")
+        | ("POST", "/admin/backups") => Class::Admin,
         ("GET", "/metrics") | ("GET", "/reports/day") | ("GET", "/reports/days") => {
             Class::Monitoring
         }
@@ -225,13 +226,18 @@ async fn every_documented_route_answers_every_role_as_specified() {
                 )
                 .await;
             let status = response.status();
+            let text = response.text().await.unwrap_or_default();
             let ok = match expect {
+                // This server runs in memory, where a backup admitted by
+                // the gate is refused for want of a file to copy.
+                Expect::Allowed if route == "/admin/backups" => {
+                    status == StatusCode::CONFLICT && text.contains("BACKUP_UNSUPPORTED")
+                }
                 Expect::Allowed => status.is_success(),
                 Expect::Unauthorized => status == StatusCode::UNAUTHORIZED,
                 Expect::Forbidden => status == StatusCode::FORBIDDEN,
             };
             if !ok {
-                let text = response.text().await.unwrap_or_default();
                 failures.push(format!(
                     "{method} {route} as {who:?}: expected {expect:?}, got {status} {text}"
                 ));

@@ -127,10 +127,12 @@ async fn probe(service: Arc<Service>, doctors: u32, stop: Arc<AtomicBool>) -> Ve
     for prober in 0..PROBERS {
         let (service, stop, latencies) = (service.clone(), stop.clone(), latencies.clone());
         tasks.push(tokio::spawn(async move {
-            let mut n = prober;
+            let mut n = prober as u32;
             while !stop.load(Ordering::Relaxed) {
-                // The data set's last day: its slots are open at `now`.
-                let slot = SlotId::parse(&format!("D{}-{}", n as u32 % doctors, DAYS - 1)).unwrap();
+                // The data set's last 20 days: their slots are open at
+                // `now`, and their waitlists hold what the probers book.
+                let day = DAYS - 20 + (n / doctors) % 20;
+                let slot = SlotId::parse(&format!("D{}-{day}", n % doctors)).unwrap();
                 let request = BookRequest {
                     token: Uuid::new_v4(),
                     patient: PatientId::parse(&format!("Q{}", Uuid::new_v4().simple())).unwrap(),
@@ -143,7 +145,7 @@ async fn probe(service: Arc<Service>, doctors: u32, stop: Arc<AtomicBool>) -> Ve
                     .await
                     .unwrap();
                 latencies.lock().unwrap().push(started.elapsed());
-                n += PROBERS;
+                n += PROBERS as u32;
             }
         }));
     }

@@ -107,6 +107,9 @@ pub(super) fn copy(
     target: &Path,
     mut between: impl FnMut() -> bool,
 ) -> Result<Option<u64>, StoreError> {
+    // The backup holds patient ids: private to the server's user, as the
+    // database is.
+    super::protect_files(target)?;
     let mut copy = Connection::open(target)?;
     copy.pragma_update(None, "synchronous", "OFF")?;
     copy.pragma_update(None, "journal_mode", "OFF")?;

@@ -763,8 +763,10 @@ impl Writer {
         queue: &mut mpsc::Receiver<Job>,
     ) -> bool {
         let mut healthy = true;
+        // One commit between two steps, of everything waiting: under a
+        // steady load there is always more, and the copy must go on too.
         let copied = backup::copy(connection, &job.target, || {
-            while let Ok(first) = queue.try_recv() {
+            if let Ok(first) = queue.try_recv() {
                 self.take(first, queue);
                 if !self.flush(connection) {
                     healthy = false;

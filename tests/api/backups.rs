@@ -94,7 +94,7 @@ async fn book_many(
                     "slotId": slots[n % slots.len()],
                     // Emergencies are rare, so the slots do not overbook
                     // past the cap.
-                    "source": SOURCES[if n % 37 == 0 { 3 } else { n % 3 }],
+                    "source": SOURCES[if n.is_multiple_of(37) { 3 } else { n % 3 }],
                 });
                 sent += 1;
                 let response = client.post(&url).json(&body).send().await.unwrap();
@@ -412,7 +412,14 @@ async fn only_admin_keys_take_backups() {
     assert_eq!(refused.body["code"], "FORBIDDEN");
     assert!(std::fs::read_dir(&backup_dir.0).unwrap().next().is_none());
     let taken = post_backup(&app, Some(ADMIN_KEY)).await.expect_status(201);
-    assert!(PathBuf::from(taken.body["path"].as_str().unwrap()).exists());
+    let path = PathBuf::from(taken.body["path"].as_str().unwrap());
+    // It holds patient ids: the server's user's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
 
     // The subcommand asks the server the same way.
     let refused = run(&["backup", "--url", &app.address, "--api-key", DESK_KEY]);
@@ -610,6 +617,10 @@ async fn a_restored_pg_dump_serves() {
     restored.book("P-3", "D1-09", "ONLINE").await;
     let page = restored.service.events_after(newest, 10).await.unwrap();
     assert!(page.events.first().unwrap().id > newest, "{page:?}");
-    let ids: Vec<u64> = all_events(&restored).await.iter().map(|event| event.id).collect();
+    let ids: Vec<u64> = all_events(&restored)
+        .await
+        .iter()
+        .map(|event| event.id)
+        .collect();
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
 }

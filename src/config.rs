@@ -194,10 +194,75 @@ pub struct Config {
     #[arg(long = "cors-origin", env = "OPD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Where backups of the embedded store are written (`POST
+    /// /admin/backups`, the `backup` subcommand, `--backup-every`); by
+    /// default `<data-dir>/backups`. Copy them to another disk or host:
+    /// a backup on the database's own disk is lost with it.
+    #[arg(long, env = "OPD_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Take a backup this often, such as `6h`, `30m` or `1d` (at least a
+    /// minute): the first a period after the newest backup in the backup
+    /// directory (at start-up when there is none). Off by default.
+    #[arg(long, env = "OPD_BACKUP_EVERY", value_parser = parse_interval)]
+    pub backup_every: Option<jiff::SignedDuration>,
+
+    /// Keep this many backups in the backup directory (at least 1): after
+    /// each backup the oldest beyond are removed. Without it, every
+    /// backup is kept.
+    #[arg(long, env = "OPD_BACKUP_KEEP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub backup_keep: Option<u32>,
+
     /// How log lines are written to standard output: `text` for people,
     /// `json` (one object a line) for a log collector.
     #[arg(long, env = "OPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The command line: serving (no subcommand, with [`Config`]'s flags), or
+/// one of the operator's commands.
+#[derive(Debug, Parser)]
+#[command(
+    name = "opd-token-engine",
+    version,
+    about = "OPD token allocation service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Asks the running server to take a backup now and prints where it
+    /// wrote it (on the server's host, in its backup directory).
+    Backup(BackupArgs),
+    /// Puts a backup in place as the database of a data directory, with
+    /// the server stopped: checks the backup first and keeps the previous
+    /// database beside it. Start the server afterwards as usual.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupArgs {
+    /// The server's address, as clients reach it (http only).
+    #[arg(long, env = "OPD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// An admin key of the server; none for a server without keys.
+    #[arg(long, env = "OPD_ADMIN_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file to restore.
+    pub file: PathBuf,
+    /// The data directory whose database it becomes; no server may be
+    /// running on it.
+    #[arg(long, env = "OPD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
 }
 
 /// The shape of log lines; see [`Config::log_format`].
@@ -254,6 +319,23 @@ impl Config {
         config.max_connections_per_address = config.max_connections;
         config
     }
+}
+
+/// The least interval between scheduled backups.
+const BACKUP_EVERY_MIN: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
+
+/// An interval such as `6h`, `90m`, `1d` or `PT6H`; a day is 24 hours.
+fn parse_interval(text: &str) -> Result<jiff::SignedDuration, String> {
+    let span: jiff::Span = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an interval such as 6h, 30m or 1d"))?;
+    let interval = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|error| format!("{text:?}: {error}"))?;
+    if interval < BACKUP_EVERY_MIN {
+        return Err(format!("{text:?} is shorter than a minute"));
+    }
+    Ok(interval)
 }
 
 /// An absolute `http` or `https` URL without query or fragment; a trailing

@@ -71,6 +71,8 @@ pub enum StartError {
     Security(#[from] http::auth::SecurityError),
     #[error("cannot close the slots that fell due while the service was down: {0}")]
     Tick(service::ServiceError),
+    #[error("backups are taken of the embedded SQLite store only ({0}); drop --backup-dir, --backup-every and --backup-keep")]
+    Backups(&'static str),
 }
 
 /// A built, bound, not yet serving application.
@@ -134,6 +136,17 @@ impl Application {
             total: config.idempotency_max as usize,
         };
         let metrics = Arc::new(http::metrics::Metrics::new());
+        let backup_flags = config.backup_dir.is_some()
+            || config.backup_every.is_some()
+            || config.backup_keep.is_some();
+        if backup_flags && config.database_url.is_some() {
+            return Err(StartError::Backups(
+                "PostgreSQL is backed up with its own tools, see the README",
+            ));
+        }
+        if backup_flags && config.in_memory {
+            return Err(StartError::Backups("in memory nothing is kept"));
+        }
         let service = if let Some(url) = &config.database_url {
             let database = store::postgres::Database::connect(
                 url,
@@ -189,6 +202,22 @@ impl Application {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "rebuilt from storage"
             );
+            let plan = service::BackupPlan {
+                dir: config
+                    .backup_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("backups")),
+                every: config.backup_every,
+                keep: config.backup_keep.map(|keep| keep as usize),
+            };
+            if let Some(every) = plan.every {
+                tracing::info!(
+                    backup_dir = %plan.dir.display(),
+                    every = %format_args!("{every:#}"),
+                    keep = plan.keep,
+                    "backups are scheduled"
+                );
+            }
             Service::local(
                 LocalStart {
                     engine: loaded.engine,
@@ -202,6 +231,7 @@ impl Application {
                 clock,
                 zone,
             )
+            .with_backups(plan, metrics.backups())
         };
         let service = match templates {
             Some(templates) => service.with_templates(templates, config.schedule_days_ahead),

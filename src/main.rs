@@ -1,11 +1,14 @@
 //! Starts the service: reads the configuration, sets up logging, builds the
-//! application and serves until Ctrl-C or SIGTERM.
+//! application and serves until Ctrl-C or SIGTERM. The `backup` and
+//! `restore` subcommands are the operator's: the first asks a running
+//! server for a backup, the second puts one in place with the server
+//! stopped.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use opd::config::LogFormat;
+use opd::config::{BackupArgs, Cli, Command, LogFormat, RestoreArgs};
 use tracing_subscriber::EnvFilter;
 
 /// Every request allocates a little (its body, its answer, the token's
@@ -38,11 +41,75 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve())
+    let cli = Cli::parse();
+    match cli.command {
+        None => runtime.block_on(serve(cli.config)),
+        Some(Command::Backup(args)) => runtime.block_on(backup(args)),
+        Some(Command::Restore(args)) => restore(args),
+    }
 }
 
-async fn serve() -> ExitCode {
-    let config = opd::Config::parse();
+/// Asks the server at `args.url` for a backup and prints where it is.
+async fn backup(args: BackupArgs) -> ExitCode {
+    let url = format!("{}/admin/backups", args.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let mut request = client.post(&url);
+    if let Some(key) = &args.api_key {
+        request = request.bearer_auth(key.expose());
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            eprintln!("opd-token-engine backup: cannot reach {url}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status != reqwest::StatusCode::CREATED {
+        let detail = body["detail"].as_str().unwrap_or("no detail given");
+        eprintln!("opd-token-engine backup: the server answered {status}: {detail}");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{}\n{} bytes, events up to id {}, taken at {} in {} ms",
+        body["path"].as_str().unwrap_or_default(),
+        body["bytes"],
+        body["lastEventId"],
+        body["takenAt"].as_str().unwrap_or_default(),
+        body["durationMs"],
+    );
+    ExitCode::SUCCESS
+}
+
+/// Puts a backup in place as a stopped server's database.
+fn restore(args: RestoreArgs) -> ExitCode {
+    match opd::store::backup::restore(&args.file, &args.data_dir, jiff::Timestamp::now()) {
+        Ok(restored) => {
+            println!(
+                "restored {} into {} ({} tokens, events up to id {})",
+                args.file.display(),
+                restored.database.display(),
+                restored.tokens,
+                restored.last_event,
+            );
+            if let Some(previous) = restored.previous {
+                println!("the previous database is kept as {}", previous.display());
+            }
+            println!("start the server on {} as usual", args.data_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "opd-token-engine restore: {error}; {} is unchanged",
+                args.data_dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: opd::Config) -> ExitCode {
     init_logging(config.log_format);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,

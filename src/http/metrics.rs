@@ -42,7 +42,7 @@ use super::AppState;
 use crate::engine::{Decision, DoctorId, Reason, Status};
 use crate::service::Service;
 use crate::store::events::{Event, EventKind, Published};
-use crate::store::StorageMetrics;
+use crate::store::{BackupMetrics, StorageMetrics};
 
 /// The media type of the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -96,6 +96,10 @@ const ENGINE_SLOTS: &str = "opd_engine_slots";
 const ENGINE_TOKENS: &str = "opd_engine_tokens";
 const QUEUE_WAITING: &str = "opd_queue_waiting";
 const ESTIMATE_ERROR: &str = "opd_wait_estimate_error_seconds";
+const BACKUP_LAST_SUCCESS: &str = "opd_backup_last_success_timestamp_seconds";
+const BACKUP_LAST_DURATION: &str = "opd_backup_last_duration_seconds";
+const BACKUP_LAST_SIZE: &str = "opd_backup_last_size_bytes";
+const BACKUP_FAILURES: &str = "opd_backup_failures_total";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
@@ -148,13 +152,18 @@ impl Metrics {
             (ENGINE_SLOTS, None, "Slots the engine holds in memory: the live days (embedded SQLite: yesterday on, by default) or every day (in memory); older ones are read from storage"),
             (ENGINE_TOKENS, None, "Tokens the engine holds in memory, those of the slots in opd_engine_slots"),
             (ESTIMATE_ERROR, Some(Unit::Seconds), "Actual call time minus the estimatedCallAt the patient's check-in answer gave"),
+            (BACKUP_LAST_SUCCESS, Some(Unit::Seconds), "When the newest successful backup was taken, in seconds since the Unix epoch; 0 until one is"),
+            (BACKUP_LAST_DURATION, Some(Unit::Seconds), "How long the newest successful backup took"),
+            (BACKUP_LAST_SIZE, Some(Unit::Bytes), "The newest successful backup's size"),
+            (BACKUP_FAILURES, None, "Backups that failed (on demand or scheduled)"),
         ];
         for (name, unit, text) in describe {
             let key = metrics::KeyName::from_const_str(name);
             match name {
                 REQUEST_DURATION | COMMIT_DURATION | COMMIT_BATCH | DELIVERY_DELAY
                 | ESTIMATE_ERROR => recorder.describe_histogram(key, unit, text.into()),
-                STORAGE_FAILED | SUBSCRIBERS | QUEUE_WAITING | ENGINE_SLOTS | ENGINE_TOKENS => {
+                STORAGE_FAILED | SUBSCRIBERS | QUEUE_WAITING | ENGINE_SLOTS | ENGINE_TOKENS
+                | BACKUP_LAST_SUCCESS | BACKUP_LAST_DURATION | BACKUP_LAST_SIZE => {
                     recorder.describe_gauge(key, unit, text.into())
                 }
                 _ => recorder.describe_counter(key, unit, text.into()),
@@ -204,6 +213,20 @@ impl Metrics {
                     (*sqlstate, counter)
                 })
                 .collect(),
+        }
+    }
+
+    /// The handles backups are counted with.
+    pub fn backups(&self) -> BackupMetrics {
+        let gauge = |name| {
+            self.recorder
+                .register_gauge(&Key::from_static_name(name), &METADATA)
+        };
+        BackupMetrics {
+            last_success: gauge(BACKUP_LAST_SUCCESS),
+            last_duration: gauge(BACKUP_LAST_DURATION),
+            last_bytes: gauge(BACKUP_LAST_SIZE),
+            failures: self.counter(BACKUP_FAILURES, Vec::new()),
         }
     }
 

@@ -3,6 +3,7 @@
 //! what it returns into DTOs. Nothing below this layer knows JSON.
 
 pub mod auth;
+mod backups;
 pub mod cors;
 mod doctors;
 pub mod dto;

@@ -14,8 +14,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::auth::{Access, AccessRules};
 use super::routes::Routes;
 use super::{
-    doctors, dto, error::FieldError, events, fhir, health, me, metrics, pages, reports, slots,
-    tokens, AppState,
+    backups, doctors, dto, error::FieldError, events, fhir, health, me, metrics, pages, reports,
+    slots, tokens, AppState,
 };
 
 /// An RFC 9457 problem, as every error is answered.
@@ -67,6 +67,7 @@ pub struct Problem {
         fhir::FhirResourceDoc,
         fhir::FhirDateSearchDoc,
         me::MeDto,
+        backups::BackupDto,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -75,7 +76,7 @@ pub struct Problem {
         (name = "slots", description = "Doctors' time slots and their queues"),
         (name = "fhir", description = "A read-only HL7 FHIR R4 view: Schedule (a doctor), Slot, Appointment (a token); see docs/fhir.md. Errors under /fhir are OperationOutcomes"),
         (name = "reports", description = "Day reports for the clinic: waits, outcomes, load per doctor"),
-        (name = "operations", description = "Health, metrics, and who a key is"),
+        (name = "operations", description = "Health, metrics, backups, and who a key is"),
     )
 )]
 pub struct ApiDoc;
@@ -201,6 +202,7 @@ pub fn api(open: bool) -> (Router<AppState>, utoipa::openapi::OpenApi, AccessRul
         .merge(me::router())
         .merge(metrics::router())
         .merge(reports::router())
+        .merge(backups::router())
         // The web pages: public routes that the document does not list,
         // since they are not operations of the API.
         .merge(pages::router())

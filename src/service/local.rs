@@ -225,6 +225,11 @@ impl Local {
     }
 
     /// `false` once storage has failed or an invariant check panicked.
+    /// The journal, when changes are kept on disk.
+    pub(super) fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
     pub(super) fn is_healthy(&self) -> bool {
         self.journal.as_ref().is_none_or(Journal::is_healthy) && !self.state.is_poisoned()
     }

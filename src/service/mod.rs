@@ -3,6 +3,7 @@
 //! PostgreSQL database shared by several instances. Both backends decide
 //! with the same engine and make a change durable before acknowledging it.
 
+mod backups;
 mod local;
 mod postgres;
 pub mod report;
@@ -20,9 +21,13 @@ use crate::engine::{
     EngineError, HistoryEntry, Outcome, SlotDetail, SlotId, SlotOutcome, SlotPage, SlotQuery,
     SlotSpec, SlotSummary, TokenView,
 };
+pub use crate::store::backup::BackupInfo;
 use crate::store::events::Published;
+use crate::store::BackupMetrics;
 pub use crate::store::Fingerprint;
 use crate::store::{Event, EventBus, Journal, Page, Scope, StoredIdempotency};
+use backups::Backups;
+pub use backups::{BackupError, BackupPlan};
 use local::Local;
 pub use postgres::{Postgres, RETRIED_SQLSTATES};
 use weekly::Templates;
@@ -90,6 +95,8 @@ pub struct Service {
     zone: TimeZone,
     /// The weekly templates, when the clinic gave some.
     templates: Option<Expansion>,
+    /// Where and when the embedded store is backed up; `None` without one.
+    backups: Option<Backups>,
 }
 
 /// The weekly templates in force and how far their expansion has come.
@@ -160,10 +167,10 @@ impl Service {
             clock,
             zone,
             templates: None,
+            backups: None,
         }
     }
 
-    /// A service on a shared PostgreSQL database.
     /// A service on a shared PostgreSQL database. The instance tells the
     /// events of its own changes on `events`, the bus `postgres` was made
     /// with.
@@ -174,6 +181,31 @@ impl Service {
             clock,
             zone,
             templates: None,
+            backups: None,
+        }
+    }
+
+    /// Backs the embedded store up as `plan` says (on demand always, on
+    /// a schedule when it has one), counting backups in `metrics`.
+    pub fn with_backups(mut self, plan: BackupPlan, metrics: BackupMetrics) -> Service {
+        self.backups = Some(Backups::new(plan, metrics));
+        self
+    }
+
+    /// Takes a backup of the embedded store now: refused while another
+    /// runs, and on backends that keep no file of their own.
+    pub async fn backup(&self) -> Result<BackupInfo, BackupError> {
+        let journal = match &self.backend {
+            Backend::Local(local) => local.journal(),
+            Backend::Postgres(_) => None,
+        };
+        match (journal, &self.backups) {
+            (Some(journal), Some(backups)) => backups.on_demand(journal, self.now()).await,
+            _ => Err(BackupError::Unsupported(match self.storage_name() {
+                "memory" => "in memory only",
+                "postgres" => "in PostgreSQL",
+                _ => "without a backup directory",
+            })),
         }
     }
 
@@ -520,12 +552,21 @@ impl Service {
     /// of each day also makes the weekly templates' slots for the date that
     /// came into reach. Returns how many slot changes were made, slots
     /// made included.
+    ///
+    /// A scheduled backup that is due is taken too, after the closings,
+    /// and the tick returns once it is done; it is logged and counted
+    /// whatever its outcome, and never fails the tick.
     pub async fn tick(&self) -> Result<usize, ServiceError> {
         let timed = match &self.backend {
             Backend::Local(local) => local.tick().await,
             Backend::Postgres(postgres) => postgres.tick(&self.clock).await,
-        }?;
-        Ok(timed + self.expand(false).await?)
+        };
+        if let (Backend::Local(local), Some(backups)) = (&self.backend, &self.backups) {
+            if let Some(journal) = local.journal() {
+                backups.when_due(journal, self.now()).await;
+            }
+        }
+        Ok(timed? + self.expand(false).await?)
     }
 
     pub async fn token(&self, id: Uuid) -> Result<Option<TokenDetail>, ServiceError> {

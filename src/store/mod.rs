@@ -9,6 +9,7 @@
 //! good: the service then refuses writes, and a restart rebuilds from what
 //! is on disk.
 
+pub mod backup;
 pub mod events;
 pub mod postgres;
 mod sqlite;
@@ -16,7 +17,7 @@ mod sqlite;
 pub use events::{Event, EventBus, EventKind, Page};
 pub use sqlite::Scope;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -153,6 +154,45 @@ impl StorageMetrics {
     }
 }
 
+/// Where backups are counted: handles of the application's metrics, like
+/// [`StorageMetrics`]. The default records nothing.
+#[derive(Clone)]
+pub struct BackupMetrics {
+    /// When the newest backup that succeeded was taken, in seconds since
+    /// the Unix epoch (by the service's clock).
+    pub last_success: metrics::Gauge,
+    /// How long the newest successful backup took, in seconds.
+    pub last_duration: metrics::Gauge,
+    /// The newest successful backup's size, in bytes.
+    pub last_bytes: metrics::Gauge,
+    /// Backups that failed.
+    pub failures: metrics::Counter,
+}
+
+impl Default for BackupMetrics {
+    fn default() -> BackupMetrics {
+        BackupMetrics {
+            last_success: metrics::Gauge::noop(),
+            last_duration: metrics::Gauge::noop(),
+            last_bytes: metrics::Gauge::noop(),
+            failures: metrics::Counter::noop(),
+        }
+    }
+}
+
+impl BackupMetrics {
+    pub fn succeeded(&self, backup: &backup::BackupInfo) {
+        self.last_success
+            .set(backup.taken_at.as_millisecond() as f64 / 1_000.0);
+        self.last_duration.set(backup.duration.as_secs_f64());
+        self.last_bytes.set(backup.bytes as f64);
+    }
+
+    pub fn failed(&self) {
+        self.failures.increment(1);
+    }
+}
+
 /// Stored instants are integer nanoseconds since the Unix epoch, so a
 /// reload renders them exactly as they were first answered.
 pub(crate) fn nanos(at: Timestamp) -> i64 {
@@ -212,6 +252,15 @@ enum Job {
     /// Records that the days before this date left the engine, after
     /// every change queued before it is durable.
     Evict(jiff::civil::Date),
+    /// Copies the database into a file, between commits (see [`backup`]).
+    Backup(BackupJob),
+}
+
+/// A backup the writer is asked to copy: the file to write, and where to
+/// answer with the newest event id the copy holds.
+struct BackupJob {
+    target: PathBuf,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
 }
 
 /// A record on its way to the writer.
@@ -361,6 +410,72 @@ impl Journal {
         Ok(Eviction(permit))
     }
 
+    /// Copies the database into a new backup in `dir`, named after `at`,
+    /// while changes go on being made durable: the writer thread copies a
+    /// bounded number of pages at a time and commits what has queued up in
+    /// between. The copy is flushed to disk and renamed only once
+    /// complete. One backup at a time: the caller keeps them apart.
+    pub async fn backup(
+        &self,
+        dir: &Path,
+        at: Timestamp,
+    ) -> Result<backup::BackupInfo, backup::BackupError> {
+        let started = std::time::Instant::now();
+        let dir = dir.to_path_buf();
+        let target = backup::partial_path(&dir, at);
+        {
+            let (dir, target) = (dir.clone(), target.clone());
+            run_blocking(move || {
+                backup::prepare(&dir)?;
+                // A partial file of this second is a stopped backup's.
+                match std::fs::remove_file(&target) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+                    _ => Ok(()),
+                }
+            })
+            .await?;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job::Backup(BackupJob {
+                target: target.clone(),
+                reply,
+            }))
+            .map_err(|_| backup::BackupError::NotAccepting)?;
+        let copied = match answer.await {
+            Ok(copied) => copied,
+            // The writer stopped (storage failed) before answering.
+            Err(_) => Err(StoreError::Io(std::io::Error::other(
+                "storage failed during the backup",
+            ))),
+        };
+        let last_event = match copied {
+            Ok(last_event) => last_event,
+            Err(error) => {
+                let _ = std::fs::remove_file(&target);
+                return Err(error.into());
+            }
+        };
+        let finished = {
+            let (dir, target) = (dir.clone(), target.clone());
+            run_blocking(move || backup::finish(&target, &dir, at, last_event)).await
+        };
+        let (path, bytes) = match finished {
+            Ok(done) => done,
+            Err(error) => {
+                let _ = std::fs::remove_file(&target);
+                return Err(error.into());
+            }
+        };
+        Ok(backup::BackupInfo {
+            path,
+            bytes,
+            last_event,
+            duration: started.elapsed(),
+            taken_at: at,
+        })
+    }
+
     /// Takes a place in the queue for the next record.
     pub fn reserve(&self) -> Result<Reservation<'_>, NotAccepting> {
         let permit = self.queue.try_reserve().map_err(|_| NotAccepting)?;
@@ -430,18 +545,11 @@ pub fn open(
     metrics: StorageMetrics,
 ) -> Result<Loaded, StoreError> {
     prepare_dir(dir)?;
-    let path = dir.join("opd.sqlite3");
+    let path = dir.join(DATABASE_FILE);
     protect_files(&path)?;
     // One connection, locked for this process from here on, migrates,
     // loads and then writes.
-    let mut connection = sqlite::connect(&path, limit_bytes).map_err(|error| match error {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
-            if failure.code == rusqlite::ErrorCode::DatabaseBusy =>
-        {
-            StoreError::InUse(dir.display().to_string())
-        }
-        other => other,
-    })?;
+    let mut connection = sqlite::connect(&path, limit_bytes).map_err(|error| in_use(error, dir))?;
     sqlite::migrate(&mut connection)?;
     let since = sqlite::evicted_before(&connection)?.min(live_from);
     let snapshot = sqlite::load(&connection, since, now - IDEMPOTENCY_RETENTION)?;
@@ -498,6 +606,31 @@ fn read_slots(
         return Ok(None);
     }
     build_engine(limits, slots).map(Some)
+}
+
+/// The database's file in a data directory.
+pub const DATABASE_FILE: &str = "opd.sqlite3";
+
+/// Says that the data directory is in use when SQLite found the database
+/// locked by another process.
+fn in_use(error: StoreError, dir: &Path) -> StoreError {
+    match error {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+            if failure.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            StoreError::InUse(dir.display().to_string())
+        }
+        other => other,
+    }
+}
+
+/// Runs blocking file work off the async workers.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| std::io::Error::other("the file task stopped"))?
 }
 
 /// Creates the data directory with mode 0700, whatever the umask, or warns
@@ -608,73 +741,129 @@ fn use_batch_scheduling() {
 }
 
 fn write_loop(
-    mut connection: rusqlite::Connection,
+    connection: rusqlite::Connection,
     mut queue: mpsc::Receiver<Job>,
     progress: watch::Sender<Progress>,
     bus: EventBus,
     metrics: StorageMetrics,
 ) {
     use_batch_scheduling();
-    let mut batch = Vec::with_capacity(BATCH_MAX);
-    let mut reads = Vec::new();
-    let mut report_reads = Vec::new();
-    let mut slot_reads = Vec::new();
-    let mut evict = None;
-    let mut events = Vec::new();
-    let mut pruning = sqlite::Pruning::default();
+    let mut writer = Writer {
+        batch: Vec::with_capacity(BATCH_MAX),
+        reads: Vec::new(),
+        report_reads: Vec::new(),
+        slot_reads: Vec::new(),
+        evict: None,
+        backups: Vec::new(),
+        events: Vec::new(),
+        pruning: sqlite::Pruning::default(),
+        progress,
+        bus,
+        metrics,
+    };
     // Blocks for the first job, then takes whatever else is waiting: the
     // longer a commit takes, the more the next one carries.
     while let Some(first) = queue.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Write(queued) => batch.push(queued),
-                Job::ReadEvents {
-                    after,
-                    limit,
-                    reply,
-                } => reads.push((after, limit, reply)),
-                Job::ReadReport { date, reply } => report_reads.push((date, reply)),
-                Job::ReadSlots {
-                    scope,
-                    limits,
-                    reply,
-                } => slot_reads.push((scope, limits, reply)),
-                // Days leave in date order, so the latest date covers
-                // every earlier one.
-                Job::Evict(before) => evict = evict.max(Some(before)),
-            }
-            if batch.len() < BATCH_MAX {
-                next = queue.try_recv().ok();
-            }
+        writer.take(first, &mut queue);
+        let mut healthy = writer.flush(&connection);
+        // Backups run after the commit they were queued behind, and take
+        // their turns with whatever arrives meanwhile.
+        while healthy {
+            let Some(job) = writer.backups.pop() else {
+                break;
+            };
+            healthy = writer.backup(&connection, job, &mut queue);
         }
-        if !batch.is_empty()
-            && !commit_batch(
-                &mut connection,
-                &mut batch,
-                &mut events,
-                &progress,
-                &bus,
-                &mut pruning,
-                &metrics,
-            )
-        {
-            // The failed batch's waiters, and the reads queued with it,
-            // are told now by dropping them.
-            batch.clear();
-            reads.clear();
-            report_reads.clear();
-            slot_reads.clear();
+        if !healthy {
             // Nothing more is written: the files and their lock are let go.
             drop(connection);
             refuse_the_rest(queue);
             return;
         }
+    }
+}
+
+/// Where the writer answers a read.
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The writer thread's jobs taken from the queue and not yet done, and
+/// where it tells what it made durable.
+struct Writer {
+    batch: Vec<Queued>,
+    /// Event log reads: after which id, how many, and where to answer.
+    reads: Vec<(u64, usize, Reply<Page>)>,
+    report_reads: Vec<(jiff::civil::Date, Reply<Vec<Event>>)>,
+    /// Reads of days the engine no longer holds.
+    slot_reads: Vec<(Scope, Limits, Reply<Option<Engine>>)>,
+    /// The latest date before which days left the engine, not yet
+    /// recorded.
+    evict: Option<jiff::civil::Date>,
+    backups: Vec<BackupJob>,
+    events: Vec<Event>,
+    pruning: sqlite::Pruning,
+    progress: watch::Sender<Progress>,
+    bus: EventBus,
+    metrics: StorageMetrics,
+}
+
+impl Writer {
+    /// Takes `first` and whatever else is waiting, up to a batch's bound
+    /// of records.
+    fn take(&mut self, first: Job, queue: &mut mpsc::Receiver<Job>) {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write(queued) => self.batch.push(queued),
+                Job::ReadEvents {
+                    after,
+                    limit,
+                    reply,
+                } => self.reads.push((after, limit, reply)),
+                Job::ReadReport { date, reply } => self.report_reads.push((date, reply)),
+                Job::ReadSlots {
+                    scope,
+                    limits,
+                    reply,
+                } => self.slot_reads.push((scope, limits, reply)),
+                // Days leave in date order, so the latest date covers
+                // every earlier one.
+                Job::Evict(before) => self.evict = self.evict.max(Some(before)),
+                Job::Backup(backup) => self.backups.push(backup),
+            }
+            if self.batch.len() < BATCH_MAX {
+                next = queue.try_recv().ok();
+            }
+        }
+    }
+
+    /// Commits the batch taken, then answers the reads taken with it;
+    /// `false` when the commit failed, after which nothing more is done.
+    fn flush(&mut self, connection: &rusqlite::Connection) -> bool {
+        if !self.batch.is_empty()
+            && !commit_batch(
+                connection,
+                &mut self.batch,
+                &mut self.events,
+                &self.progress,
+                &self.bus,
+                &mut self.pruning,
+                &self.metrics,
+            )
+        {
+            // The failed batch's waiters, and the reads and backups queued
+            // with it, are told now by dropping them.
+            self.batch.clear();
+            self.reads.clear();
+            self.report_reads.clear();
+            self.slot_reads.clear();
+            self.backups.clear();
+            return false;
+        }
         // After the commit, so that the days' last changes are durable
         // first, and before the reads, so that a read of a day that left
         // the engine finds its tokens' ids indexed.
-        if let Some(before) = evict.take() {
-            if let Err(error) = sqlite::evict_before(&mut connection, before) {
+        if let Some(before) = self.evict.take() {
+            if let Err(error) = sqlite::evict_before(connection, before) {
                 // The days stay in storage and the next start indexes
                 // them; until then their tokens are not found by id.
                 tracing::error!(%error, %before, "cannot index the tokens of the days that left the engine");
@@ -682,15 +871,46 @@ fn write_loop(
         }
         // After the commit, so a read sees every change queued before it,
         // and only durable ones.
-        for (after, limit, reply) in reads.drain(..) {
-            let _ = reply.send(sqlite::read_events(&connection, after, limit));
+        for (after, limit, reply) in self.reads.drain(..) {
+            let _ = reply.send(sqlite::read_events(connection, after, limit));
         }
-        for (date, reply) in report_reads.drain(..) {
-            let _ = reply.send(sqlite::report_events(&connection, date));
+        for (date, reply) in self.report_reads.drain(..) {
+            let _ = reply.send(sqlite::report_events(connection, date));
         }
-        for (scope, limits, reply) in slot_reads.drain(..) {
-            let _ = reply.send(read_slots(&connection, &scope, limits));
+        for (scope, limits, reply) in self.slot_reads.drain(..) {
+            let _ = reply.send(read_slots(connection, &scope, limits));
         }
+        true
+    }
+
+    /// Copies the database for `job`, committing whatever arrives between
+    /// two steps of the copy; `false` when a commit failed.
+    fn backup(
+        &mut self,
+        connection: &rusqlite::Connection,
+        job: BackupJob,
+        queue: &mut mpsc::Receiver<Job>,
+    ) -> bool {
+        let mut healthy = true;
+        // One commit between two steps, of everything waiting: under a
+        // steady load there is always more, and the copy must go on too.
+        let copied = backup::copy(connection, &job.target, || {
+            if let Ok(first) = queue.try_recv() {
+                self.take(first, queue);
+                if !self.flush(connection) {
+                    healthy = false;
+                    return false;
+                }
+            }
+            true
+        });
+        if healthy {
+            let answer = copied.and_then(|last_event| {
+                last_event.ok_or_else(|| StoreError::Corrupt("the backup was stopped".into()))
+            });
+            let _ = job.reply.send(answer);
+        }
+        healthy
     }
 }
 
@@ -708,7 +928,7 @@ fn refuse_the_rest(mut queue: mpsc::Receiver<Job>) {
 /// Commits a batch and tells its waiters and the event bus; `false` when
 /// the commit failed (the journal is then failed for good).
 fn commit_batch(
-    connection: &mut rusqlite::Connection,
+    connection: &rusqlite::Connection,
     batch: &mut Vec<Queued>,
     events: &mut Vec<Event>,
     progress: &watch::Sender<Progress>,

@@ -26,7 +26,7 @@ use crate::engine::{
 };
 
 /// Migrations in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../migrations/sqlite/0002_creation_in_token_row.sql"),
     include_str!("../../migrations/sqlite/0003_status_from_history.sql"),
@@ -320,8 +320,10 @@ pub(super) fn evicted_before(connection: &Connection) -> Result<Date, StoreError
 /// Records that the days before `before` have left the engine: their
 /// tokens' ids are indexed for reads by id, in one transaction. Days
 /// already recorded are not read again.
-pub(super) fn evict_before(connection: &mut Connection, before: Date) -> Result<(), StoreError> {
-    let transaction = connection.transaction()?;
+pub(super) fn evict_before(connection: &Connection, before: Date) -> Result<(), StoreError> {
+    // The writer's connection, between its commits: no other transaction
+    // is open on it.
+    let transaction = connection.unchecked_transaction()?;
     let since = evicted_before(&transaction)?;
     if since < before {
         transaction.execute(
@@ -535,12 +537,16 @@ const PRUNE_MAX: i64 = 5_000;
 /// their retention, measured from the newest event's time so the writer
 /// needs no clock of its own.
 pub(super) fn commit(
-    connection: &mut Connection,
+    connection: &Connection,
     records: &[&Record],
     events: &[Event],
     pruning: &mut Pruning,
 ) -> Result<(), StoreError> {
-    let transaction = connection.transaction()?;
+    // The writer's connection is shared with a backup in progress (see
+    // `backup`), so the transaction is begun on a shared reference; the
+    // writer thread is the only one that uses the connection, one
+    // transaction at a time.
+    let transaction = connection.unchecked_transaction()?;
     let mut statements = Statements::prepare(&transaction)?;
     for event in events {
         statements.event(event)?;

@@ -27,6 +27,7 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
         ("/slots/{slotId}", "patch"),
         ("/doctors/{doctorId}/absences", "post"),
         ("/healthz", "get"),
+        ("/admin/backups", "post"),
         ("/fhir/metadata", "get"),
         ("/fhir/Schedule", "get"),
         ("/fhir/Schedule/{id}", "get"),

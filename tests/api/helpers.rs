@@ -108,7 +108,7 @@ impl Backend {
 pub struct DataDir(PathBuf);
 
 impl DataDir {
-    fn new() -> DataDir {
+    pub fn new() -> DataDir {
         let path = std::env::temp_dir()
             .join("opd-api-tests")
             .join(uuid::Uuid::new_v4().simple().to_string());

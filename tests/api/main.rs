@@ -7,6 +7,7 @@ mod common;
 mod helpers;
 
 mod absence;
+mod backups;
 mod closing;
 mod concurrency;
 mod docs;

@@ -89,6 +89,7 @@ fn expected(method: &str, route: &str, who: Who) -> Expect {
         | ("PATCH", "/slots/{slotId}")
         | ("POST", "/slots/{slotId}/close")
         | ("POST", "/doctors/{doctorId}/absences") => Class::Admin,
+        ("POST", "/admin/backups") => Class::Admin,
         ("GET", "/metrics") | ("GET", "/reports/day") | ("GET", "/reports/days") => {
             Class::Monitoring
         }
@@ -234,13 +235,18 @@ async fn every_documented_route_answers_every_role_as_specified() {
                 )
                 .await;
             let status = response.status();
+            let text = response.text().await.unwrap_or_default();
             let ok = match expect {
+                // This server runs in memory, where a backup admitted by
+                // the gate is refused for want of a file to copy.
+                Expect::Allowed if route == "/admin/backups" => {
+                    status == StatusCode::CONFLICT && text.contains("BACKUP_UNSUPPORTED")
+                }
                 Expect::Allowed => status.is_success(),
                 Expect::Unauthorized => status == StatusCode::UNAUTHORIZED,
                 Expect::Forbidden => status == StatusCode::FORBIDDEN,
             };
             if !ok {
-                let text = response.text().await.unwrap_or_default();
                 failures.push(format!(
                     "{method} {route} as {who:?}: expected {expect:?}, got {status} {text}"
                 ));

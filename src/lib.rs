@@ -56,6 +56,8 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--metrics-listen serves metrics, which --metrics off turns off")]
+    MetricsOffButListened,
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -107,7 +109,11 @@ impl Application {
             per_caller: config.idempotency_max_per_caller as usize,
             total: config.idempotency_max as usize,
         };
-        let metrics = Arc::new(http::metrics::Metrics::new());
+        let metrics_on = config.metrics == config::Switch::On;
+        if !metrics_on && config.metrics_listen.is_some() {
+            return Err(StartError::MetricsOffButListened);
+        }
+        let metrics = Arc::new(http::metrics::Metrics::new(metrics_on));
         let service = if let Some(url) = &config.database_url {
             let database = store::postgres::Database::connect(
                 url,

@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 # Chromium, a font with Devanagari for the board in Hindi (the
-# screenshots would show empty boxes without one), and libfaketime, which
-# runs the report screenshot's server on a clock 360 times faster so that
-# a morning's waits take seconds.
+# screenshots would show empty boxes without one), and libfaketime, with
+# which the report's tests set their server's wall clock, so that a day's
+# waits are minutes and known in advance.
 if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -q Devanagari \
   || ! dpkg -s libfaketime >/dev/null 2>&1; then
   apt-get update -qq

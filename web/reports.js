@@ -36,8 +36,8 @@ const OUTCOMES = [
 ];
 
 const DECISIONS = [
-  ["ALLOCATED", "seat"],
-  ["BUMPED_LOWER", "took a seat"],
+  ["ALLOCATED", "given a seat"],
+  ["BUMPED_LOWER", "took a less urgent seat"],
   ["OVERBOOKED", "overbooked"],
   ["WAITLISTED", "waitlisted"],
 ];
@@ -494,21 +494,19 @@ function round(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(1);
 }
 
+const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
 /** "Tue 15 Jan 2030" for a YYYY-MM-DD date (a calendar date: no time zone involved). */
 function longDate(date) {
   const [y, m, d] = date.split("-").map(Number);
-  return new Date(Date.UTC(y, m - 1, d)).toLocaleDateString("en-GB", {
-    weekday: "short",
-    day: "numeric",
-    month: "short",
-    year: "numeric",
-    timeZone: "UTC",
-  });
+  return `${WEEKDAYS[new Date(Date.UTC(y, m - 1, d)).getUTCDay()]} ${d} ${MONTHS[m - 1]} ${y}`;
 }
 
+/** "15 Jan" for a YYYY-MM-DD date. */
 function shortDate(date) {
-  const [y, m, d] = date.split("-").map(Number);
-  return new Date(Date.UTC(y, m - 1, d)).toLocaleDateString("en-GB", { day: "numeric", month: "short", timeZone: "UTC" });
+  const [, m, d] = date.split("-").map(Number);
+  return `${d} ${MONTHS[m - 1]}`;
 }
 
 /** The date `days` after (or before) a YYYY-MM-DD date. */

@@ -9,7 +9,12 @@
 # connection (every thread's instructions counted, start-up and schedule
 # included); the difference of the two totals divided by LARGE - SMALL is
 # the cost of one booking, everything it sets off included (the metrics'
-# event follower too), with start-up cancelled out.
+# event follower too), with start-up cancelled out. One request at a time
+# is the worst case for work done beside the request (each booking wakes
+# the metrics' follower on its own), so a third run measures saturation:
+# wrk with 64 connections for SATURATED seconds (valgrind runs the server
+# some 50 times slower, so 64 connections keep it busy), its instructions
+# less the start-up the first two runs give, divided by wrk's requests.
 #
 #   bash loadtest/callgrind-bookings.sh                     # on, then off
 #   SMALL=500 LARGE=3000 bash loadtest/callgrind-bookings.sh "" "--metrics off"
@@ -18,6 +23,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/opd-token-engine}
 SMALL=${SMALL:-1000}
 LARGE=${LARGE:-6000}
+SATURATED=${SATURATED:-20}
 OUT=${OUT:-target/callgrind-bookings}
 [[ -x $BIN ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
@@ -30,6 +36,7 @@ client() {
   python3 - "$1" "$2" <<'EOF'
 import http.client, json, sys, datetime
 port, count = int(sys.argv[1]), int(sys.argv[2])
+# count < 0: the schedule only, its slot ids printed for wrk.
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 def send(path, body):
     conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -41,14 +48,18 @@ today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 for s in range(20):
     send("/slots", {"slotId": f"CG-{s}", "doctorId": f"CG{s}", "date": today,
                     "startTime": "08:00", "endTime": "16:00", "capacity": 50})
+if count < 0:
+    print(",".join(f"CG-{s}" for s in range(20)))
+    sys.exit(0)
 sources = ["WALK_IN", "ONLINE", "FOLLOW_UP", "PAID", "WALK_IN", "ONLINE", "EMERGENCY"]
 for n in range(count):
     send("/tokens", {"patientId": f"P{n}", "slotId": f"CG-{n % 20}", "source": sources[n % len(sources)]})
 EOF
 }
 
-# Runs the server under callgrind with flags $1 for $2 bookings; prints the
-# instruction total.
+# Runs the server under callgrind with flags $1 for $2 bookings (or, with
+# "wrk", SATURATED seconds of wrk; then prints its request count too);
+# prints the instruction total.
 measure() {
   local flags=$1 count=$2 port file pid
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -61,15 +72,26 @@ measure() {
     curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
     sleep 0.1
   done
-  client "$port" "$count"
+  local requests=""
+  if [[ $count == wrk ]]; then
+    BENCH_SLOTS=$(client "$port" -1) wrk -t1 -c64 -d"${SATURATED}s" -s loadtest/wrk/bookings-only.lua \
+      "http://127.0.0.1:$port" >"$file.wrk" 2>&1
+    requests=$(grep -o 'requests=[0-9]*' "$file.wrk" | head -1 | cut -d= -f2)
+  else
+    client "$port" "$count"
+  fi
   kill -TERM "$pid"
   wait "$pid" || true
-  awk '/^(summary|totals):/ {print $2; exit}' "$file"
+  echo "$(awk '/^(summary|totals):/ {print $2; exit}' "$file") $requests"
 }
 
 for flags in "$@"; do
-  small=$(measure "$flags" "$SMALL")
-  large=$(measure "$flags" "$LARGE")
-  awk -v f="${flags:-(metrics on)}" -v s="$small" -v l="$large" -v n=$((LARGE - SMALL)) \
-    'BEGIN { printf "%-16s %10.0f instructions per booking (%d bookings: %.0f, %d: %.0f)\n", f, (l - s) / n, '"$SMALL"', s, '"$LARGE"', l }'
+  read -r small _ < <(measure "$flags" "$SMALL")
+  read -r large _ < <(measure "$flags" "$LARGE")
+  read -r busy requests < <(measure "$flags" wrk)
+  awk -v f="${flags:-(metrics on)}" -v s="$small" -v l="$large" -v b="$busy" -v r="$requests" \
+    -v small="$SMALL" -v large="$LARGE" 'BEGIN {
+      per = (l - s) / (large - small); startup = s - small * per
+      printf "%-16s one at a time: %6.0f instructions per booking; saturated: %6.0f (%d requests)\n",
+        f, per, (b - startup) / r, r }'
 done

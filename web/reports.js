@@ -35,6 +35,9 @@ const OUTCOMES = [
   ["EXPIRED", "Expired", COLOUR.expired],
 ];
 
+const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
 const DECISIONS = [
   ["ALLOCATED", "given a seat"],
   ["BUMPED_LOWER", "took a less urgent seat"],
@@ -327,7 +330,7 @@ function outcomesChart(doctors) {
   const legend = OUTCOMES.map(([, words, colour]) => [words, colour]);
   const { chart, width, left, upper, rowHeight } = rowsFrame(withTokens, "Outcomes of each doctor's bookings", "outcomes", legend);
   const most = Math.max(...withTokens.map((doctor) => doctor.figures.tokens));
-  const span = width - left - 60;
+  const span = width - left - 100;
   withTokens.forEach((doctor, row) => {
     const y = upper + row * rowHeight;
     chart.append(text(left - 8, y + 21, `Dr ${doctor.doctorId}`, { "text-anchor": "end", "font-weight": 600 }));
@@ -493,9 +496,6 @@ function percent(share) {
 function round(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(1);
 }
-
-const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 /** "Tue 15 Jan 2030" for a YYYY-MM-DD date (a calendar date: no time zone involved). */
 function longDate(date) {

@@ -37,12 +37,13 @@ async function serverOnSetClock(date, time = "08:00") {
   return { server, set };
 }
 
-/** Collects what the browser says the page's policy blocked. */
+/** Collects what the page's policy blocked and the page's script errors. */
 function watchPolicy(page) {
   const blocked = [];
   page.on("console", (message) => {
     if (/Content Security Policy/i.test(message.text())) blocked.push(message.text());
   });
+  page.on("pageerror", (error) => blocked.push(error.message));
   return blocked;
 }
 

@@ -197,6 +197,9 @@ for m in "${MODES[@]}"; do
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       [[ -x $SUBSCRIBERS_BIN ]] || die "missing $SUBSCRIBERS_BIN"
       ;;
+    in-memory+metrics-off | durable+metrics-off)
+      [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
+      ;;
     in-memory@previous | durable@previous)
       [[ -x ${BENCH_PREVIOUS_BIN:-} ]] || die "mode $m needs BENCH_PREVIOUS_BIN, an earlier build of opd-token-engine"
       ;;
@@ -208,7 +211,7 @@ for m in "${MODES[@]}"; do
       [[ -n ${DATABASE_URL:-} ]] || die "postgres mode needs DATABASE_URL"
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       ;;
-    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers, in-memory@previous+subscribers, durable@previous+subscribers)" ;;
+    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers, in-memory@previous+subscribers, durable@previous+subscribers, in-memory+metrics-off, durable+metrics-off)" ;;
   esac
 done
 if [[ " ${MODES[*]} " == *" postgres "* ]] && ! pg_url_is_local "$DATABASE_URL"; then
@@ -282,6 +285,13 @@ start_server() {
     mode=${mode/@previous/}
   fi
   mode=${mode%+subscribers}
+  # MODE+metrics-off runs MODE with --metrics off: the same build without
+  # recording metrics, to measure what recording costs.
+  local extra=()
+  if [[ $mode == *+metrics-off ]]; then
+    extra=(--metrics off)
+    mode=${mode%+metrics-off}
+  fi
   case $mode in
     baseline) cmd=("$BASELINE_BIN" "$addr") ;;
     in-memory) cmd=("$bin" --in-memory --listen "$addr") ;;
@@ -304,9 +314,9 @@ start_server() {
   # and the per-address connection cap up to the connection cap (past its
   # default of 256, further wrk connections would be closed).
   env -u DATABASE_URL -u DATABASE_SCHEMA -u OPD_IN_MEMORY -u OPD_DATA_DIR -u OPD_LISTEN \
-    -u OPD_API_KEYS -u OPD_API_KEYS_FILE -u OPD_STORAGE_LIMIT_MIB \
+    -u OPD_API_KEYS -u OPD_API_KEYS_FILE -u OPD_STORAGE_LIMIT_MIB -u OPD_METRICS \
     OPD_RATE_LIMIT_PER_SECOND=0 OPD_MAX_CONNECTIONS_PER_ADDRESS=4096 \
-    "${PIN_SERVER[@]+"${PIN_SERVER[@]}"}" "${cmd[@]}" >"$log" 2>&1 </dev/null &
+    "${PIN_SERVER[@]+"${PIN_SERVER[@]}"}" "${cmd[@]}" "${extra[@]+"${extra[@]}"}" >"$log" 2>&1 </dev/null &
   SERVER_PID=$!
   local i
   for ((i = 0; i < 300; i++)); do # <= 30 s

@@ -9,12 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-# Chromium, and a font with Devanagari for the board in Hindi (the
-# screenshots would show empty boxes without one).
-if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -q Devanagari; then
+# Chromium, a font with Devanagari for the board in Hindi (the
+# screenshots would show empty boxes without one), and libfaketime, with
+# which the report's tests set their server's wall clock, so that a day's
+# waits are minutes and known in advance.
+if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -q Devanagari \
+  || ! dpkg -s libfaketime >/dev/null 2>&1; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-core >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-core libfaketime >/dev/null
 fi
+faketime_lib=$(dpkg -L libfaketime | grep '/libfaketime\.so\.1$')
 
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
@@ -41,7 +45,7 @@ curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null
 
 cd tests/browser
 status=0
-OPD_URL="http://127.0.0.1:$port" OPD_BINARY="$binary" CHROMIUM="$(command -v chromium)" \
+OPD_URL="http://127.0.0.1:$port" OPD_BINARY="$binary" CHROMIUM="$(command -v chromium)" FAKETIME_LIB="$faketime_lib" \
   SCREENSHOT_DIR="$root/docs/screenshots" npx playwright test || status=$?
 if ((status != 0)); then
   echo "--- server log ---" >&2

@@ -24,6 +24,12 @@ pub struct Config {
     #[arg(long, env = "OPD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// `off` records no metrics and answers `GET /metrics` with 404: for a
+    /// clinic that scrapes nothing, and to measure what counting costs.
+    /// `--metrics-listen` needs them `on`.
+    #[arg(long, env = "OPD_METRICS", value_enum, default_value_t = Switch::On)]
+    pub metrics: Switch,
+
     /// A schedule file (JSON, see schedules/example.json) to load at start-up.
     /// Slots whose id already exists are kept. Without one (and without
     /// weekly templates), the demo schedule is loaded, and only into a
@@ -272,6 +278,13 @@ pub enum LogFormat {
     Text,
     /// One JSON object an event, with its fields under `fields`.
     Json,
+}
+
+/// A feature turned on or off; see [`Config::metrics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Text that holds secrets, e.g. the API key lines of `OPD_API_KEYS`: its

@@ -62,6 +62,8 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--metrics-listen serves metrics, which --metrics off turns off")]
+    MetricsOffButListened,
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -135,7 +137,11 @@ impl Application {
             per_caller: config.idempotency_max_per_caller as usize,
             total: config.idempotency_max as usize,
         };
-        let metrics = Arc::new(http::metrics::Metrics::new());
+        let metrics_on = config.metrics == config::Switch::On;
+        if !metrics_on && config.metrics_listen.is_some() {
+            return Err(StartError::MetricsOffButListened);
+        }
+        let metrics = Arc::new(http::metrics::Metrics::new(metrics_on));
         let backup_flags = config.backup_dir.is_some()
             || config.backup_every.is_some()
             || config.backup_keep.is_some();

@@ -31,6 +31,8 @@ impl FieldError {
 pub enum ApiError {
     #[error("no route matches {0}")]
     RouteNotFound(String),
+    #[error("metrics are turned off on this server (--metrics off)")]
+    MetricsOff,
     #[error("the request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     #[error("{0}")]
@@ -84,6 +86,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::RouteNotFound(_)
+            | ApiError::MetricsOff
             | ApiError::MalformedSlotId(_)
             | ApiError::MalformedDoctorId(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -122,7 +125,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::RouteNotFound(_) => "NOT_FOUND",
+            ApiError::RouteNotFound(_) | ApiError::MetricsOff => "NOT_FOUND",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::Malformed(_) => "MALFORMED_REQUEST",
             ApiError::MalformedSlotId(_) => "SLOT_NOT_FOUND",

@@ -37,6 +37,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::Access;
+use super::error::ApiError;
 use super::routes::Routes;
 use super::AppState;
 use crate::engine::{Decision, DoctorId, Reason, Status};
@@ -107,6 +108,9 @@ static METADATA: Metadata<'static> =
 /// The application's metrics: its registry and the handles kept for the
 /// values read when scraped.
 pub struct Metrics {
+    /// False with `--metrics off`: nothing is recorded and `GET /metrics`
+    /// answers 404.
+    on: bool,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     storage_failed: Gauge,
@@ -121,7 +125,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The application's metrics; `on` is false with `--metrics off`.
+    pub fn new(on: bool) -> Metrics {
         let buckets = [
             (REQUEST_DURATION, REQUEST_SECONDS),
             (COMMIT_DURATION, COMMIT_SECONDS),
@@ -178,6 +183,7 @@ impl Metrics {
         let delivery_delay =
             recorder.register_histogram(&Key::from_static_name(DELIVERY_DELAY), &METADATA);
         Metrics {
+            on,
             recorder,
             handle,
             storage_failed,
@@ -199,9 +205,18 @@ impl Metrics {
             .register_histogram(&Key::from_parts(name, labels), &METADATA)
     }
 
+    /// Whether metrics are recorded and served (`--metrics on`).
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// The handles storage records its commits with; with PostgreSQL, also
-    /// a retry counter for each SQLSTATE the service retries.
+    /// a retry counter for each SQLSTATE the service retries. With metrics
+    /// off, handles that record nothing.
     pub fn storage(&self, retried_sqlstates: &[&'static str]) -> StorageMetrics {
+        if !self.on {
+            return StorageMetrics::default();
+        }
         StorageMetrics {
             commit_duration: self.histogram(COMMIT_DURATION, Vec::new()),
             batch_size: self.histogram(COMMIT_BATCH, Vec::new()),
@@ -230,8 +245,12 @@ impl Metrics {
         }
     }
 
-    /// The delay between a change and its hand-over to the event streams.
+    /// The delay between a change and its hand-over to the event streams
+    /// (a handle that records nothing with metrics off).
     pub fn delivery_delay(&self) -> Histogram {
+        if !self.on {
+            return Histogram::noop();
+        }
         self.delivery_delay.clone()
     }
 
@@ -291,7 +310,7 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        Metrics::new()
+        Metrics::new(true)
     }
 }
 
@@ -315,9 +334,13 @@ pub fn scrape_router(state: AppState) -> axum::Router {
     tag = "operations",
     responses(
         (status = 200, content_type = "text/plain", description = "Prometheus text format (version 0.0.4)", body = String),
+        (status = 404, description = "NOT_FOUND: the server runs with `--metrics off`", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn metrics(State(app): State<AppState>) -> Response {
+    if !app.metrics.is_on() {
+        return ApiError::MetricsOff.into_response();
+    }
     let text = app.metrics.render(&app).await;
     let mut response = text.into_response();
     response
@@ -359,6 +382,8 @@ struct Cell {
 /// and one lock-free sample, with no lock and no allocation.
 pub struct RequestMetrics {
     metrics: std::sync::Arc<Metrics>,
+    /// A copy of [`Metrics::is_on`], read on every request.
+    on: bool,
     /// Route templates by route index; the last label is for paths no
     /// route matches.
     routes: Vec<String>,
@@ -374,6 +399,7 @@ impl RequestMetrics {
             .map(|_| Cell::default())
             .collect();
         RequestMetrics {
+            on: metrics.is_on(),
             metrics,
             routes,
             cells,
@@ -383,6 +409,9 @@ impl RequestMetrics {
     /// Counts one answered request; `route` is the index of the matched
     /// route template, `None` when no route matched.
     pub fn record(&self, route: Option<usize>, method: &Method, status: u16, took: Duration) {
+        if !self.on {
+            return;
+        }
         let route = route
             .filter(|route| *route < self.routes.len() - 1)
             .unwrap_or(self.routes.len() - 1);
@@ -430,8 +459,11 @@ impl RequestMetrics {
 /// Counts what the durable events tell (bookings by decision, token
 /// transitions, and how far each call came from the estimate its check-in
 /// gave) and folds histogram samples into their buckets now and then. Runs
-/// until the service's event bus closes.
+/// until the service's event bus closes; with metrics off, not at all.
 pub async fn follow_events(service: std::sync::Arc<Service>, metrics: std::sync::Arc<Metrics>) {
+    if !metrics.is_on() {
+        return;
+    }
     let mut events = service.subscribe();
     drop(service);
     let mut counts = EventCounts::new(&metrics);

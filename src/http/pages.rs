@@ -1,6 +1,7 @@
 //! The web pages for the people who run an OPD day: the front desk
 //! (`/desk`), the doctor (`/doctor`), the waiting-hall board (`/board`),
-//! the schedule (`/schedule`) and the start page (`/`).
+//! the schedule (`/schedule`), the day report (`/reports`) and the start
+//! page (`/`).
 //!
 //! Every file a page loads is in `web/` and built into the binary here, so
 //! `cargo run --release` alone serves the pages and nothing is fetched from
@@ -28,6 +29,7 @@ pub fn router() -> Routes {
         .page("/desk", get(|| async { file("desk.html") }))
         .page("/doctor", get(|| async { file("doctor.html") }))
         .page("/schedule", get(|| async { file("schedule.html") }))
+        .page("/reports", get(|| async { file("reports.html") }))
         .page(
             "/ui/{file}",
             get(|Path(name): Path<String>| async move { file(&name) }),
@@ -148,6 +150,7 @@ const ASSETS: &[Asset] = &[
     asset!("doctor.html", HTML),
     asset!("board.html", HTML),
     asset!("schedule.html", HTML),
+    asset!("reports.html", HTML),
     asset!("app.css", CSS),
     asset!("board.css", CSS),
     asset!("api.js", JAVASCRIPT),
@@ -158,6 +161,7 @@ const ASSETS: &[Asset] = &[
     asset!("doctor.js", JAVASCRIPT),
     asset!("board.js", JAVASCRIPT),
     asset!("schedule.js", JAVASCRIPT),
+    asset!("reports.js", JAVASCRIPT),
     asset!("icon.svg", SVG),
 ];
 

@@ -77,6 +77,10 @@ pub struct FiguresDto {
     pub outcomes: OutcomesDto,
     /// First check-in to first call.
     pub wait_to_call: SpreadDto,
+    /// The same waits by the hour of the clinic's day the patient checked
+    /// in (its time zone), in hour order; hours without a wait are left
+    /// out. Not in the CSV.
+    pub waits_by_hour: Vec<HourSpreadDto>,
     /// The answered call to the start of the consultation.
     pub wait_to_start: SpreadDto,
     /// Start to completion of consultations the doctor completed.
@@ -140,6 +144,17 @@ pub struct SpreadDto {
     pub p90_seconds: Option<f64>,
 }
 
+/// The waits of the patients who checked in during one hour.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HourSpreadDto {
+    /// 0–23, in the clinic's time zone: 9 is 09:00–09:59.
+    pub hour: i8,
+    pub count: usize,
+    pub median_seconds: Option<f64>,
+    pub p90_seconds: Option<f64>,
+}
+
 /// How far calls came from the estimatedCallAt of the patient's check-in.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -185,7 +200,7 @@ pub async fn day(
     }
     let date = date.expect("a date without errors");
     let events = app.service.report_events(date).await?;
-    let report = report::day_report(date, &events, doctor.as_ref());
+    let report = report::day_report(date, app.service.zone(), &events, doctor.as_ref());
     Ok(if wants_csv(&headers) {
         csv(std::slice::from_ref(&report))
     } else {
@@ -245,7 +260,12 @@ pub async fn days(
     let mut date = from;
     loop {
         let events = app.service.report_events(date).await?;
-        reports.push(report::day_report(date, &events, doctor.as_ref()));
+        reports.push(report::day_report(
+            date,
+            app.service.zone(),
+            &events,
+            doctor.as_ref(),
+        ));
         match date.tomorrow() {
             Ok(next) if next <= to => date = next,
             _ => break,
@@ -435,6 +455,16 @@ impl From<&Figures> for FiguresDto {
                 expired,
             },
             wait_to_call: SpreadDto::from(&figures.wait_to_call),
+            waits_by_hour: figures
+                .waits_by_hour
+                .iter()
+                .map(|(hour, spread)| HourSpreadDto {
+                    hour: *hour,
+                    count: spread.count,
+                    median_seconds: spread.median,
+                    p90_seconds: spread.p90,
+                })
+                .collect(),
             wait_to_start: SpreadDto::from(&figures.wait_to_start),
             consultation: SpreadDto::from(&figures.consultation),
             session_seconds: figures.session_seconds,

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::civil::Date;
+use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use uuid::Uuid;
 
@@ -66,6 +67,10 @@ pub struct Figures {
     pub outcomes: [u32; 4],
     /// From a patient's first check-in to their first call.
     pub wait_to_call: Spread,
+    /// The same waits by the hour of the clinic's day (0–23, in its time
+    /// zone) the patient checked in, in hour order; hours without a wait
+    /// are left out.
+    pub waits_by_hour: Vec<(i8, Spread)>,
     /// From the call a patient answered to the start of the consultation.
     pub wait_to_start: Spread,
     /// From the start of a consultation to its completion by the doctor
@@ -142,8 +147,13 @@ struct TokenFacts {
 
 /// Makes the report of `date` from its events in id order: every doctor's,
 /// or with `doctor`, that doctor's only (the clinic's figures stay the
-/// whole clinic's).
-pub fn day_report(date: Date, events: &[Event], doctor: Option<&DoctorId>) -> DayReport {
+/// whole clinic's). Hours are those of the clinic's time zone, `zone`.
+pub fn day_report(
+    date: Date,
+    zone: &TimeZone,
+    events: &[Event],
+    doctor: Option<&DoctorId>,
+) -> DayReport {
     let mut tokens: HashMap<Uuid, TokenFacts> = HashMap::new();
     // Seconds of session per doctor.
     let mut sessions: BTreeMap<DoctorId, f64> = BTreeMap::new();
@@ -193,20 +203,21 @@ pub fn day_report(date: Date, events: &[Event], doctor: Option<&DoctorId>) -> Da
             .push(facts);
     }
     let all: Vec<&TokenFacts> = tokens.values().collect();
-    let clinic = figures(&all, sessions.values().sum());
+    let clinic = figures(&all, sessions.values().sum(), zone);
     let doctors = match doctor {
         Some(doctor) => vec![(
             doctor.clone(),
             figures(
                 by_doctor.get(doctor).map_or(&[][..], Vec::as_slice),
                 sessions.get(doctor).copied().unwrap_or(0.0),
+                zone,
             ),
         )],
         None => by_doctor
             .iter()
             .map(|(doctor, facts)| {
                 let session = sessions.get(doctor).copied().unwrap_or(0.0);
-                (doctor.clone(), figures(facts, session))
+                (doctor.clone(), figures(facts, session, zone))
             })
             .collect(),
     };
@@ -254,7 +265,7 @@ fn fold(
     }
 }
 
-fn figures(tokens: &[&TokenFacts], session_seconds: f64) -> Figures {
+fn figures(tokens: &[&TokenFacts], session_seconds: f64, zone: &TimeZone) -> Figures {
     let mut figures = Figures {
         tokens: tokens.len() as u32,
         session_seconds,
@@ -262,6 +273,7 @@ fn figures(tokens: &[&TokenFacts], session_seconds: f64) -> Figures {
     };
     let (mut to_call, mut to_start, mut consultations, mut errors) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut to_call_by_hour: BTreeMap<i8, Vec<f64>> = BTreeMap::new();
     let between = |from: Option<Timestamp>, to: Option<Timestamp>| match (from, to) {
         (Some(from), Some(to)) => Some(to.duration_since(from).as_secs_f64()),
         _ => None,
@@ -277,7 +289,14 @@ fn figures(tokens: &[&TokenFacts], session_seconds: f64) -> Figures {
         if let Some(index) = OUTCOMES.iter().position(|s| *s == facts.status) {
             figures.outcomes[index] += 1;
         }
-        to_call.extend(between(facts.checked_in, facts.first_called));
+        if let (Some(checked_in), Some(wait)) = (
+            facts.checked_in,
+            between(facts.checked_in, facts.first_called),
+        ) {
+            to_call.push(wait);
+            let hour = zone.to_datetime(checked_in).hour();
+            to_call_by_hour.entry(hour).or_default().push(wait);
+        }
         if facts.started.is_some() {
             to_start.extend(between(facts.last_called, facts.started));
         }
@@ -290,6 +309,10 @@ fn figures(tokens: &[&TokenFacts], session_seconds: f64) -> Figures {
         (session_seconds > 0.0).then(|| figures.consultation_seconds / session_seconds);
     figures.idle_seconds = (session_seconds - figures.consultation_seconds).max(0.0);
     figures.wait_to_call = Spread::of(to_call);
+    figures.waits_by_hour = to_call_by_hour
+        .into_iter()
+        .map(|(hour, waits)| (hour, Spread::of(waits)))
+        .collect();
     figures.wait_to_start = Spread::of(to_start);
     figures.consultation = Spread::of(consultations);
     let count = errors.len();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 
 use crate::common::EventStream;
-use crate::helpers::{id_of, Backend, TestApp};
+use crate::helpers::{assert_problem, id_of, Backend, TestApp};
 
 backend_tests!(
     bookings_and_transitions_are_counted_from_the_durable_events,
@@ -344,6 +344,29 @@ async fn the_metrics_listener_serves_metrics_without_a_key_and_nothing_else(back
     for key in ["EXAMPLE-admin-key-0001", "EXAMPLE-viewer-key-0002"] {
         assert_eq!(get(app.url("/metrics"), Some(key)).await.status(), 200);
     }
+}
+
+/// `--metrics off`: `/metrics` answers 404 and the service works as ever;
+/// a metrics listener cannot be asked for as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_turned_off() {
+    let app = TestApp::with(Backend::Memory)
+        .settings(|config| config.metrics = opd::config::Switch::Off)
+        .spawn()
+        .await;
+    let slot = app.new_slot(1).await;
+    app.book("P1", &slot.id, "ONLINE").await;
+
+    assert_problem(&app.get("/metrics").await, 404, "NOT_FOUND");
+
+    let mut config = opd::Config::for_tests();
+    config.metrics = opd::config::Switch::Off;
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let refused = opd::Application::build(config).await.err();
+    assert!(
+        matches!(refused, Some(opd::StartError::MetricsOffButListened)),
+        "{refused:?}"
+    );
 }
 
 /// PostgreSQL's deadlock check ends one of two transactions waiting on

@@ -14,6 +14,7 @@ backend_tests!(
     a_scripted_day_gives_every_figure,
     the_report_is_the_same_after_the_day_left_the_event_log,
     a_range_gives_one_report_per_date,
+    waits_by_hour_are_hours_of_the_clinic_s_zone,
     reports_come_as_csv_when_asked,
     invalid_dates_ranges_and_doctors_are_refused,
 );
@@ -108,6 +109,11 @@ fn dr_figures() -> Value {
         "outcomes": {"COMPLETED": 3, "NO_SHOW": 1, "CANCELLED": 1, "EXPIRED": 1},
         // P3 10 min, P1 25 min (to the first call), P6 10 min.
         "waitToCall": {"count": 3, "medianSeconds": 600.0, "p90Seconds": 1500.0},
+        // P3 and P1 checked in at 09:00, P6 at 10:10.
+        "waitsByHour": [
+            {"hour": 9, "count": 2, "medianSeconds": 600.0, "p90Seconds": 1500.0},
+            {"hour": 10, "count": 1, "medianSeconds": 600.0, "p90Seconds": 600.0},
+        ],
         // P3 2 min, P1 1 min (from the call answered), P6 10 min.
         "waitToStart": {"count": 3, "medianSeconds": 120.0, "p90Seconds": 600.0},
         // P3 10 min, P1 20 min; P6's end was the day's, not the doctor's.
@@ -147,6 +153,7 @@ async fn a_scripted_day_gives_every_figure(backend: Backend) {
     assert_eq!(d1["tokens"], 0);
     assert_eq!(d1["sessionSeconds"], 4.0 * 3600.0);
     assert_eq!(d1["utilisation"], 0.0);
+    assert_eq!(d1["waitsByHour"], json!([]));
     assert_eq!(
         d1["waitToCall"],
         json!({"count": 0, "medianSeconds": null, "p90Seconds": null})
@@ -232,6 +239,42 @@ async fn a_range_gives_one_report_per_date(backend: Backend) {
     app.get("/reports/days?from=2030-01-01&to=2030-04-02")
         .await
         .expect_status(200);
+}
+
+async fn waits_by_hour_are_hours_of_the_clinic_s_zone(backend: Backend) {
+    // India is 5 h 30 min ahead of UTC: 03:40Z is 09:10 at the clinic.
+    let app = TestApp::with(backend)
+        .timezone("Asia/Kolkata")
+        .spawn()
+        .await;
+    app.clock.set(&at("02:00"));
+    app.create_slot(&json!({
+        "slotId": "K-09", "doctorId": "DK", "date": TODAY,
+        "startTime": "09:00", "endTime": "11:00", "capacity": 4,
+    }))
+    .await;
+    let first = book(&app, 1, "K-09", "ONLINE").await;
+    let second = book(&app, 2, "K-09", "ONLINE").await;
+    for (time, token, action) in [
+        ("03:40", &first, "check-in"),
+        ("04:25", &second, "check-in"),
+        ("04:31", &first, "call"),
+        ("04:32", &first, "start"),
+        ("04:40", &first, "complete"),
+        ("04:55", &second, "call"),
+    ] {
+        app.clock.set(&at(time));
+        app.act(token, action).await;
+    }
+
+    let report = day_report(&app, &format!("?date={TODAY}&doctorId=DK")).await;
+
+    // The first waited 51 minutes from 09:10, the second 30 from 09:55.
+    assert_eq!(
+        report["doctors"][0]["figures"]["waitsByHour"],
+        json!([{"hour": 9, "count": 2, "medianSeconds": 1800.0, "p90Seconds": 3060.0}])
+    );
+    assert_eq!(report["clinic"]["waitsByHour"][0]["hour"], 9);
 }
 
 async fn reports_come_as_csv_when_asked(backend: Backend) {

@@ -54,6 +54,7 @@ test("no page has a serious accessibility violation", async ({ browser }) => {
     ["/board", KEYS.viewer],
     ["/board?lang=hi", KEYS.viewer],
     ["/schedule", KEYS.admin],
+    ["/reports", KEYS.viewer],
   ];
   for (const [path, key] of pages) {
     // axe is injected as an inline script, which the pages' policy forbids.

@@ -114,18 +114,19 @@ async function freePort() {
 /**
  * A server of the test's own (the release binary, OPD_BINARY) on a free
  * port with its own data directory, which it can stop and start again on
- * the same port and data.
+ * the same port and data. `env` adds to its environment.
  */
 export class OwnServer {
-  static async start() {
-    const server = new OwnServer(await freePort(), mkdtempSync(join(tmpdir(), "opd-browser-")));
+  static async start({ env = {} } = {}) {
+    const server = new OwnServer(await freePort(), mkdtempSync(join(tmpdir(), "opd-browser-")), env);
     await server.start();
     return server;
   }
 
-  constructor(port, dataDir) {
+  constructor(port, dataDir, env = {}) {
     this.port = port;
     this.dataDir = dataDir;
+    this.env = env;
     this.base = `http://127.0.0.1:${port}`;
     this.process = null;
   }
@@ -141,7 +142,7 @@ export class OwnServer {
         "--api-keys-file", KEYS_FILE,
         "--rate-limit-per-second", "0",
       ],
-      { stdio: "ignore" }
+      { stdio: "ignore", env: { ...process.env, ...this.env } }
     );
     const exited = new Promise((resolve) => this.process.once("exit", resolve));
     for (let attempt = 0; attempt < 200; attempt += 1) {

@@ -261,7 +261,14 @@ fn every_access_rule_is_for_a_documented_route() {
     let documented = operations();
     // The web pages and their files are not operations: public, and GET
     // only (they are built into the binary and carry no data).
-    let pages = ["/", "/desk", "/doctor", "/schedule", "/ui/{file}"];
+    let pages = [
+        "/",
+        "/desk",
+        "/doctor",
+        "/schedule",
+        "/reports",
+        "/ui/{file}",
+    ];
     for (method, route, access) in opd::http::openapi::access_rules().rules() {
         if *route == "/openapi.json" || route.starts_with("/docs") {
             continue;

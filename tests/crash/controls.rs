@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::checker::check;
+use crate::contract::is_final;
 use crate::day_checker::check_day;
-use crate::day_load::{run_day, DayPlan, PlannedClose};
+use crate::day_load::{run_day, Acted, DayLoad, DayLog, DayPlan, PlannedClose, TokenAction};
 use crate::day_rounds::{closed_slots, summary};
 use crate::events::read_all;
 use crate::ledger::Ledger;
@@ -17,6 +18,7 @@ use crate::load::run_load;
 use crate::rng::{seed, Rng};
 use crate::schedule::{day_doctors, day_slots, slots_up_to, write_day_schedule, write_schedule};
 use crate::server::{Server, TempDir};
+use crate::wire::ActionReply;
 
 /// A server started with `--in-memory` acknowledges without making
 /// anything durable, so a restart loses every acknowledged booking.
@@ -262,6 +264,8 @@ pub async fn rolled_back_day() {
                     .expect("copy the data");
             }
             server = Server::start(dir.path(), &data, &schedule, false).await;
+            let cancelled = cancel_an_earlier_token(&server, &ledger).await;
+            ledger.record_day(&cancelled);
         }
         // Each round closes every doctor's earliest open slot early, so
         // that closes are acknowledged before the kill.
@@ -355,4 +359,56 @@ pub async fn rolled_back_day() {
         report.lost_of("event") > 0,
         "the checker missed an event log that fell short of what was read before"
     );
+}
+
+/// Cancels one token that was read back before the snapshot and was still
+/// open, so that the rollback certainly takes a transition from a token
+/// that survives it; the random load alone does not always touch one.
+async fn cancel_an_earlier_token(server: &Server, ledger: &Ledger) -> DayLoad {
+    let closed = closed_slots(ledger);
+    let mut open: Vec<_> = ledger
+        .tokens
+        .iter()
+        .filter(|(_, known)| {
+            !closed.contains(&known.slot)
+                && known
+                    .durable_history
+                    .last()
+                    .is_some_and(|entry| !is_final(&entry.to) && entry.to != "IN_CONSULTATION")
+        })
+        .collect();
+    open.sort_by(|a, b| a.0.cmp(b.0));
+    let (token, known) = open
+        .first()
+        .expect("the first round left an open token to cancel");
+    let response = server
+        .http
+        .post(format!("{}/tokens/{token}/cancel", server.base))
+        .send()
+        .await
+        .expect("the cancel is answered");
+    assert_eq!(response.status(), 200, "the cancel of {token} is accepted");
+    let reply: ActionReply = response.json().await.expect("a cancel's answer");
+    let seen = known
+        .durable_history
+        .last()
+        .map(|entry| entry.to.clone())
+        .unwrap_or_default();
+    let log = DayLog {
+        sent: 1,
+        acked: 1,
+        acted: vec![Acted {
+            token: (*token).clone(),
+            slot: known.slot.clone(),
+            patient: known.patient.clone(),
+            action: TokenAction::Cancel,
+            seen,
+            reply: Some(reply),
+        }],
+        ..DayLog::default()
+    };
+    DayLoad {
+        logs: vec![log],
+        killed_after: Duration::ZERO,
+    }
 }

@@ -122,11 +122,11 @@ pub struct Config {
     pub close_after_minutes: Option<u32>,
 
     /// How many past days the engine holds besides today and the days
-    /// ahead (embedded SQLite storage): 1 keeps yesterday. Older days are
-    /// loaded from storage when they are read, so memory and start-up
-    /// follow the live days, not the history. Each day leaves once it is
-    /// over (closed, its day's end done).
-    #[arg(long, env = "OPD_LIVE_DAYS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=3660))]
+    /// ahead (embedded SQLite storage): 0 keeps none, 1 keeps yesterday.
+    /// A past day stays until it is over (closed, its day's end done)
+    /// whatever this says; older days are read from storage when they are
+    /// read, so memory and start-up follow today's work, not the history.
+    #[arg(long, env = "OPD_LIVE_DAYS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=3660))]
     pub live_days: u16,
 
     /// The most slots one page of `GET /slots` holds, and the page size

@@ -144,6 +144,13 @@ async fn run(config: opd::Config) -> Result<(), Box<dyn std::error::Error>> {
     let schema = config.database_schema.clone();
     let templates = config.schedule_templates.clone();
     let application = opd::Application::build(config).await?;
+    // Start-up read every live token with its history from storage, built
+    // the engine from the rows and freed them, on this thread. mimalloc
+    // returns freed pages only as the thread goes on allocating, which an
+    // idle server may not do for hours: hand them back now.
+    // SAFETY: mi_collect takes no pointers and may run at any time; it
+    // only frees pages of this thread's heap that hold no live block.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     let address = application.local_addr();
     let base = format!("http://{address}");
     let storage = application.service().storage_name();

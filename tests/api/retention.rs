@@ -152,14 +152,22 @@ durable_backend_tests!(
 /// The gauges count what this process's engine holds, which an instance
 /// on PostgreSQL does not keep between requests.
 mod the_engine_keeps_todays_tokens_when_days_leave {
+    use super::the_engine_keeps_todays_tokens_when_days_leave as keeps;
+    use crate::helpers::Backend;
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memory() {
-        super::the_engine_keeps_todays_tokens_when_days_leave(crate::helpers::Backend::Memory).await
+        keeps(Backend::Memory, 0).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {
-        super::the_engine_keeps_todays_tokens_when_days_leave(crate::helpers::Backend::Sqlite).await
+        keeps(Backend::Sqlite, 0).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_keeping_yesterday() {
+        keeps(Backend::Sqlite, 1).await
     }
 }
 
@@ -205,10 +213,14 @@ async fn a_day_that_left_the_engine_reads_and_refuses_changes_as_before(backend:
 }
 
 /// On SQLite the engine lets the old day's slots and tokens go and keeps
-/// today's; in memory, where there is nowhere else to read them from, it
-/// keeps every day.
-async fn the_engine_keeps_todays_tokens_when_days_leave(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+/// today's, the day after by default and a day later with `--live-days 1`;
+/// in memory, where there is nowhere else to read them from, it keeps
+/// every day.
+async fn the_engine_keeps_todays_tokens_when_days_leave(backend: Backend, live_days: u16) {
+    let app = TestApp::with(backend)
+        .settings(move |config| config.live_days = live_days)
+        .spawn()
+        .await;
     a_day_of_work(&app).await;
     let old_slots = app.slots(&format!("?date={TODAY}")).await;
     let old_slots = old_slots.as_array().unwrap().len() as f64;
@@ -220,10 +232,12 @@ async fn the_engine_keeps_todays_tokens_when_days_leave(backend: Backend) {
     );
     assert!(tokens >= 5.0, "{tokens} tokens");
 
-    app.clock.advance(SignedDuration::from_hours(24));
-    app.service.tick().await.unwrap();
-    // Yesterday is still live.
-    assert_eq!(gauge(&app, "opd_engine_tokens").await, tokens);
+    for _ in 0..live_days {
+        app.clock.advance(SignedDuration::from_hours(24));
+        app.service.tick().await.unwrap();
+        // Still within the live window.
+        assert_eq!(gauge(&app, "opd_engine_tokens").await, tokens);
+    }
     app.clock.advance(SignedDuration::from_hours(24));
     app.service.tick().await.unwrap();
     let (slots_now, tokens_now) = (

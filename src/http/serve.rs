@@ -146,9 +146,13 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.head_timeout)
                 .max_header_size(HEAD_MAX_BYTES)
-                // Answers are small: one flattened write per answer measured
-                // 5 % more requests/s than a vectored write of head and body.
-                .writev(false);
+                // Vectored writes hand an event stream's shared chunks to the
+                // socket as they are; flattening copied every chunk into each
+                // connection's buffer, once per open stream. With a thousand
+                // streams open this cut the server's CPU per booking by 14 %,
+                // and without streams it cost nothing measurable (23.8 µs
+                // per booking either way, in one run).
+                .writev(true);
             let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
             let connection = builder.serve_connection(io, service);
             let mut connection = std::pin::pin!(connection);

@@ -890,6 +890,8 @@ async fn follow_until_error(
                 }
                 break;
             };
+            // Only events that a failover cannot take back are told.
+            db::wait_for_durable_reads(&mut connection).await?;
             last = newest;
             *told = Some(last);
             if events.has_subscribers() {

@@ -459,6 +459,23 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
     Ok(())
 }
 
+/// Returns once every transaction committed before the call is as durable
+/// as this instance's own commits: on a primary with a synchronous
+/// standby, replicated to it.
+///
+/// PostgreSQL shows a commit to other sessions before the synchronous
+/// standby has confirmed it, so events read from the log may still be lost
+/// in a failover (their bookings were never acknowledged). This statement
+/// takes a transaction id, so its commit writes a record after those of
+/// everything the caller read and waits for the standby to confirm it,
+/// and with it everything before it in the write-ahead log.
+pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<()> {
+    sqlx::query("SELECT txid_current()")
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
 /// The log's events after `after`, at most `limit`, with the oldest id it
 /// keeps.
 pub async fn read_events(

@@ -140,8 +140,12 @@ async function book() {
       el("p", { class: `message decision ${booking.decision.toLowerCase()}` }, decisionText(booking)),
       changesList(booking.changes, booking.token)
     );
-    $("book-patient").value = "";
-    $("book-patient").focus();
+    // Ready for the next patient, unless the desk has already begun typing
+    // them while this answer was on its way.
+    if ($("book-patient").value.trim() === patientId) {
+      $("book-patient").value = "";
+      $("book-patient").focus();
+    }
     state.selected = slotId;
     refresh();
   } catch (error) {

@@ -18,6 +18,7 @@ test("two desks: what one books and cancels shows on the other's screen", async 
 
   const [seated, waiting] = [`${doctor}-P1`, `${doctor}-P2`];
   await bookAtDesk(deskA, seated, slotId, "WALK_IN");
+  await expect(deskA.locator("#book-result")).toContainText(`${seated} (token 1)`);
   await bookAtDesk(deskA, waiting, slotId, "WALK_IN");
   await expect(deskA.locator("#book-result")).toContainText(
     `${waiting} (token 2) is on the waitlist of ${slotId}, position 1`

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::checker::check;
-use crate::contract::is_final;
 use crate::day_checker::check_day;
 use crate::day_load::{run_day, Acted, DayLoad, DayLog, DayPlan, PlannedClose, TokenAction};
 use crate::day_rounds::{closed_slots, summary};
@@ -18,7 +17,7 @@ use crate::load::run_load;
 use crate::rng::{seed, Rng};
 use crate::schedule::{day_doctors, day_slots, slots_up_to, write_day_schedule, write_schedule};
 use crate::server::{Server, TempDir};
-use crate::wire::ActionReply;
+use crate::wire::{ActionReply, BookingReply};
 
 /// A server started with `--in-memory` acknowledges without making
 /// anything durable, so a restart loses every acknowledged booking.
@@ -255,6 +254,11 @@ pub async fn rolled_back_day() {
     let mut ledger = Ledger::default();
     for round in 0..2 {
         if round == 1 {
+            let survivor = book_a_survivor(&server, &ledger).await;
+            ledger.record_day(&one_acknowledged(DayLog {
+                booked: vec![survivor.clone()],
+                ..DayLog::default()
+            }));
             // Killed first, so the files are at rest while copied.
             server.kill();
             std::fs::create_dir_all(&snapshot).expect("snapshot directory");
@@ -264,8 +268,8 @@ pub async fn rolled_back_day() {
                     .expect("copy the data");
             }
             server = Server::start(dir.path(), &data, &schedule, false).await;
-            let cancelled = cancel_an_earlier_token(&server, &ledger).await;
-            ledger.record_day(&cancelled);
+            let cancelled = cancel(&server, &survivor).await;
+            ledger.record_day(&one_acknowledged(cancelled));
         }
         // Each round closes every doctor's earliest open slot early, so
         // that closes are acknowledged before the kill.
@@ -361,54 +365,63 @@ pub async fn rolled_back_day() {
     );
 }
 
-/// Cancels one token that was read back before the snapshot and was still
-/// open, so that the rollback certainly takes a transition from a token
-/// that survives it; the random load alone does not always touch one.
-async fn cancel_an_earlier_token(server: &Server, ledger: &Ledger) -> DayLoad {
+/// Books one token, before the snapshot, into a slot no round closes
+/// before the rollback, so that the rollback certainly takes a transition
+/// (its cancel, below) from a token that survives it; the random load
+/// alone does not always leave one open.
+async fn book_a_survivor(server: &Server, ledger: &Ledger) -> BookingReply {
     let closed = closed_slots(ledger);
-    let mut open: Vec<_> = ledger
-        .tokens
-        .iter()
-        .filter(|(_, known)| {
-            !closed.contains(&known.slot)
-                && known
-                    .durable_history
-                    .last()
-                    .is_some_and(|entry| !is_final(&entry.to) && entry.to != "IN_CONSULTATION")
-        })
-        .collect();
-    open.sort_by(|a, b| a.0.cmp(b.0));
-    let (token, known) = open
-        .first()
-        .expect("the first round left an open token to cancel");
+    for doctor in day_doctors() {
+        let slot = doctor.slots.last().expect("a doctor has slots");
+        if closed.contains(slot) {
+            continue;
+        }
+        let response = server
+            .http
+            .post(format!("{}/tokens", server.base))
+            .json(&serde_json::json!({"patientId": "SURVIVOR", "slotId": slot, "source": "PAID"}))
+            .send()
+            .await
+            .expect("the booking is answered");
+        if response.status() == 201 {
+            return response.json().await.expect("a booking's answer");
+        }
+    }
+    panic!("no slot took the survivor's booking");
+}
+
+/// Cancels the survivor after the snapshot: the change the rollback loses.
+async fn cancel(server: &Server, survivor: &BookingReply) -> DayLog {
+    let token = &survivor.token;
     let response = server
         .http
-        .post(format!("{}/tokens/{token}/cancel", server.base))
+        .post(format!("{}/tokens/{}/cancel", server.base, token.token_id))
         .send()
         .await
         .expect("the cancel is answered");
-    assert_eq!(response.status(), 200, "the cancel of {token} is accepted");
+    assert_eq!(response.status(), 200, "the survivor's cancel is accepted");
     let reply: ActionReply = response.json().await.expect("a cancel's answer");
-    let seen = known
-        .durable_history
-        .last()
-        .map(|entry| entry.to.clone())
-        .unwrap_or_default();
-    let log = DayLog {
-        sent: 1,
-        acked: 1,
+    DayLog {
         acted: vec![Acted {
-            token: (*token).clone(),
-            slot: known.slot.clone(),
-            patient: known.patient.clone(),
+            token: token.token_id.clone(),
+            slot: token.slot_id.clone(),
+            patient: token.patient_id.clone(),
             action: TokenAction::Cancel,
-            seen,
+            seen: token.status.clone(),
             reply: Some(reply),
         }],
         ..DayLog::default()
-    };
+    }
+}
+
+/// A load of one acknowledged request, as the ledger records loads.
+fn one_acknowledged(log: DayLog) -> DayLoad {
     DayLoad {
-        logs: vec![log],
+        logs: vec![DayLog {
+            sent: 1,
+            acked: 1,
+            ..log
+        }],
         killed_after: Duration::ZERO,
     }
 }

@@ -671,14 +671,6 @@ pub(super) fn commit(
     Ok(())
 }
 
-/// The oldest and newest ids of the log. Each in a subquery of its own:
-/// SQLite reads a lone `min(id)` or `max(id)` off the end of the table's
-/// b-tree, but `SELECT min(id), max(id)` scans every row, which made each
-/// new event stream's first read cost the writer a pass over the whole
-/// log (a thousand screens opening at once held every booking for
-/// seconds).
-const LOG_BOUNDS: &str = "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)";
-
 /// The retention cutoff, measured from the newest stored key so the
 /// writer needs no clock of its own.
 fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
@@ -690,6 +682,14 @@ fn oldest_kept(connection: &Connection) -> Result<Option<i64>, StoreError> {
     let retention = IDEMPOTENCY_RETENTION.as_nanos() as i64;
     Ok(newest.map(|newest| newest - retention))
 }
+
+/// The oldest and newest ids of the log. Each in a subquery of its own:
+/// SQLite reads a lone `min(id)` or `max(id)` off the end of the table's
+/// b-tree, but `SELECT min(id), max(id)` scans every row, which made each
+/// new event stream's first read cost the writer a pass over the whole
+/// log (a thousand screens opening at once held every booking for
+/// seconds).
+const LOG_BOUNDS: &str = "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)";
 
 /// The log's events after `after`, at most `limit`, with the oldest id it
 /// keeps.
@@ -898,8 +898,6 @@ mod tests {
         }
     }
 
-    /// A database at schema `version` with `sql` run on it, then opened
-    /// and migrated to the latest version as a server start does.
     /// The bounds of the log, read once per stream opened, look the two
     /// ids up at the ends of the table and never scan the log, whose size
     /// grows with the day's traffic; the one-statement form, which does
@@ -922,6 +920,8 @@ mod tests {
         assert!(scans("SELECT min(id), max(id) FROM events"));
     }
 
+    /// A database at schema `version` with `sql` run on it, then opened
+    /// and migrated to the latest version as a server start does.
     fn migrated_from(version: usize, sql: &str) -> (ScratchDir, Connection) {
         let dir =
             ScratchDir(std::env::temp_dir().join(format!("opd-migration-{}", Uuid::new_v4())));

@@ -71,9 +71,12 @@ async fn backup(args: BackupArgs) -> ExitCode {
         eprintln!("opd-token-engine backup: the server answered {status}: {detail}");
         return ExitCode::FAILURE;
     }
-    println!(
-        "{}\n{} bytes, events up to id {}, taken at {} in {} ms",
-        body["path"].as_str().unwrap_or_default(),
+    // Scripts read the path from stdout (`file=$(opd-token-engine backup …)`),
+    // so it is stdout's only line; the summary is for the person at the
+    // terminal and goes to stderr.
+    println!("{}", body["path"].as_str().unwrap_or_default());
+    eprintln!(
+        "{} bytes, events up to id {}, taken at {} in {} ms",
         body["bytes"],
         body["lastEventId"],
         body["takenAt"].as_str().unwrap_or_default(),

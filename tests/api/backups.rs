@@ -430,10 +430,15 @@ async fn only_admin_keys_take_backups() {
     );
     let asked = run(&["backup", "--url", &app.address, "--api-key", ADMIN_KEY]);
     assert!(asked.status.success(), "{asked:?}");
+    // Stdout holds the path alone, so `file=$(opd-token-engine backup …)`
+    // works and a reader that stops after one line breaks nothing.
     let said = String::from_utf8_lossy(&asked.stdout);
-    let path = PathBuf::from(said.lines().next().unwrap());
+    assert_eq!(said.lines().count(), 1, "{said}");
+    let path = PathBuf::from(said.trim_end());
     assert!(path.starts_with(&backup_dir.0), "{said}");
     assert!(path.exists(), "{said}");
+    let summary = String::from_utf8_lossy(&asked.stderr);
+    assert!(summary.contains("bytes, events up to id"), "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,10 @@ fn message(buffer: &[u8], untyped: bool) -> Option<(u8, &[u8], usize)> {
     Some((if untyped { 0 } else { buffer[0] }, body, length))
 }
 
+/// What a statement prepared in a round trip is recorded with, before
+/// its SQL.
+const PREPARE: &str = "PREPARE ";
+
 fn record_client(wire: &mut Wire, kind: u8, body: &[u8]) {
     let strings: Vec<String> = body
         .split(|&byte| byte == 0)
@@ -174,7 +178,7 @@ fn record_client(wire: &mut Wire, kind: u8, body: &[u8]) {
         // runs it).
         b'P' => {
             wire.prepared.insert(strings[0].clone(), strings[1].clone());
-            wire.pending.push(strings[1].clone());
+            wire.pending.push(format!("{PREPARE}{}", strings[1]));
         }
         // Bind: a portal and the statement it runs.
         b'B' => {
@@ -218,28 +222,27 @@ async fn book(client: &reqwest::Client, base: &str, patient: &str) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_booking_takes_no_ping_before_its_transaction_and_one_after() {
+async fn a_booking_is_one_call_and_the_pool_s_ping_on_return() {
     // Arrange
     let relay = Relay::start().await;
     let schema = format!("trips_{}", uuid::Uuid::new_v4().simple());
     let (base, stop) = start(&relay, &schema).await;
     let client = reqwest::Client::new();
 
-    // Act: bookings one after another.
+    // Act: bookings one after another into one slot.
     for patient in 0..20 {
         assert_eq!(book(&client, &base, &format!("RT{patient}")).await, 201);
     }
-    // The pings after the last commits are sent once the answers are out.
+    // The pings after the last calls are sent once the answers are out.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
-    // Assert: each booking is BEGIN … COMMIT, followed by the pool's one
-    // ping when its connection is returned, and no ping before the next
-    // use of the connection.
-    let mut bookings = Vec::new();
-    let mut later_uses = Vec::new();
+    // Assert: each booking is one round trip, the call, outside any
+    // transaction of the client's, followed by the pool's one ping when its
+    // connection is returned; the slot is read once, by the first booking,
+    // and never again while this instance's copy of it is current.
+    let mut calls = 0;
+    let mut slot_reads = 0;
     for trips in relay.trips() {
-        let mut begun = None;
-        let mut uses = 0;
         for (index, trip) in trips.iter().enumerate() {
             let Trip::Statements(statements) = trip else {
                 // The first is the end of the connection's start-up.
@@ -249,47 +252,30 @@ async fn a_booking_takes_no_ping_before_its_transaction_and_one_after() {
                 );
                 continue;
             };
-            if statements == &["BEGIN"] {
-                begun = Some(index);
+            slot_reads += statements
+                .iter()
+                .filter(|s| !s.starts_with(PREPARE) && s.contains("FROM tokens WHERE slot_id"))
+                .count();
+            let is_call = |s: &String| !s.starts_with(PREPARE) && s.contains("FROM opd_book(");
+            if !statements.iter().any(is_call) {
+                continue;
             }
-            if statements == &["COMMIT"] {
-                let first = begun.take().expect("a COMMIT after its BEGIN");
-                let transaction = &trips[first..=index];
-                let books = transaction.iter().any(|trip| {
-                    matches!(trip, Trip::Statements(s) if s.iter().any(|s| s.contains("INSERT INTO tokens")))
-                });
-                if books {
-                    assert_eq!(
-                        trips.get(index + 1),
-                        Some(&Trip::Sync),
-                        "the pool pings a connection once it is returned"
-                    );
-                    bookings.push(transaction.len());
-                    // A connection's first booking prepares its statements.
-                    if uses > 0 {
-                        later_uses.push(transaction.len());
-                    }
-                    uses += 1;
-                }
-            }
+            assert_eq!(statements.len(), 1, "the call alone: {statements:?}");
+            assert_ne!(
+                trips.get(index.wrapping_sub(1)),
+                Some(&Trip::Statements(vec!["BEGIN".into()])),
+                "no transaction around the call"
+            );
+            assert_eq!(
+                trips.get(index + 1),
+                Some(&Trip::Sync),
+                "the pool pings a connection once it is returned"
+            );
+            calls += 1;
         }
     }
-    assert_eq!(bookings.len(), 20, "every booking was seen on the wire");
-    // A connection's first use of a statement prepares it, one round trip
-    // more; after that every booking on that connection takes the same.
-    // The pool may hand a booking a second connection, whose first booking
-    // prepares again, so the count is taken from each connection's later
-    // bookings.
-    let statements = *bookings.iter().min().unwrap();
-    assert!(later_uses.len() >= 10, "{bookings:?}");
-    assert!(
-        later_uses.iter().all(|&trips| trips == statements),
-        "{bookings:?}"
-    );
-    eprintln!(
-        "a booking: {statements} round trips from BEGIN to COMMIT, and the ping on return: {} in all",
-        statements + 1
-    );
+    assert_eq!(calls, 20, "every booking was one call on the wire");
+    assert_eq!(slot_reads, 1, "the slot was read once");
 
     let _ = stop.send(());
     drop_schema(&schema);

@@ -7,6 +7,7 @@ mod backups;
 mod local;
 mod postgres;
 pub mod report;
+mod slot_copies;
 pub mod weekly;
 
 use std::sync::Arc;

@@ -28,6 +28,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use uuid::Uuid;
 
+use super::slot_copies::SlotCopies;
 use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
 };
@@ -66,6 +67,9 @@ pub struct Postgres {
     follower: tokio::task::JoinHandle<()>,
     /// Commit durations and retries, for the metrics.
     metrics: StorageMetrics,
+    /// The slots bookings are decided on without reading them first
+    /// (boxed: two locked maps).
+    copies: Box<SlotCopies>,
 }
 
 impl Drop for Postgres {
@@ -103,6 +107,74 @@ impl From<EngineError> for Failure {
 
 type Attempt<T> = Result<T, Failure>;
 
+/// How many times a booking is decided on a copy that turns out stale
+/// before it is decided under the slot's lock instead.
+const STALE_TRIES: usize = 3;
+
+/// What a try of a booking on a copy of its slot came to.
+enum OnCopy {
+    Booked(Booking),
+    /// The copy was stale; it is dropped, and the next try reads the slot.
+    Stale,
+    /// The copy refused the booking, or has no such slot: the lock-first
+    /// path decides, as a copy may be stale.
+    Refused,
+}
+
+/// The answer of a booking's try whose call was lost with its connection,
+/// so that it may or may not have been written. Every try of a request
+/// books the same token id, so a later try that finds the token knows
+/// that call was written and answers as it would have. A second lost call
+/// leaves the outcome unknown (either may have been written), and is
+/// answered like a lost COMMIT.
+#[derive(Default)]
+struct LostCall(std::sync::Mutex<Option<Arc<str>>>);
+
+impl LostCall {
+    /// Records the answer of a call lost with `error`: the first such call
+    /// is tried once more on a new connection.
+    fn record(&self, body: Arc<str>, error: sqlx::Error) -> Failure {
+        let mut lost = self.0.lock().expect("never poisoned");
+        if lost.is_some() {
+            return Failure::CommitUnknown(error);
+        }
+        *lost = Some(body);
+        Failure::Store(PgError::Database(error))
+    }
+
+    /// The answer of the lost call, known to have been written.
+    fn body(&self) -> Attempt<Arc<str>> {
+        self.0
+            .lock()
+            .expect("never poisoned")
+            .clone()
+            .ok_or_else(|| {
+                Failure::Store(PgError::Corrupt(
+                    "a booked token that no try of its request wrote".into(),
+                ))
+            })
+    }
+
+    /// The booking, when a lost call wrote it: `engine` holds the slot as
+    /// stored now.
+    fn found(
+        &self,
+        engine: &Engine,
+        request: &BookRequest,
+        clock: &Clock,
+    ) -> Attempt<Option<Booking>> {
+        if self.0.lock().expect("never poisoned").is_none()
+            || engine.token(request.token, clock()).is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Booking::Created(Rendered {
+            token: request.token,
+            body: self.body()?,
+        })))
+    }
+}
+
 impl Postgres {
     /// The backend on `database`; its events, every instance's, are told on
     /// `events`. Must be called within the runtime, which runs the log's
@@ -122,6 +194,7 @@ impl Postgres {
             idempotency_limits,
             follower,
             metrics: StorageMetrics::default(),
+            copies: Box::new(SlotCopies::new()),
         }
     }
 
@@ -286,6 +359,7 @@ impl Postgres {
                 Ok(value) => return Ok(value),
                 Err(Failure::Refused(error)) => return Err(error),
                 Err(Failure::CommitUnknown(error)) => {
+                    self.copies.clear();
                     self.database.lost(began, &error);
                     tracing::error!(
                         %error,
@@ -300,6 +374,7 @@ impl Postgres {
                 // new connection: a pooled connection that died while idle
                 // (a restarted server) costs no answer.
                 Err(Failure::Store(PgError::Database(error))) if db::is_connection_lost(&error) => {
+                    self.copies.clear();
                     self.database.lost(began, &error);
                     if reconnected || !db::may_reconnect(&error) || remaining == 0 {
                         tracing::error!(%error, "the database is unreachable; nothing was changed");
@@ -338,10 +413,140 @@ impl Postgres {
         clock: &Clock,
         render: &(dyn Fn(&Outcome) -> String + Sync),
     ) -> Result<Booking, ServiceError> {
-        self.retry(|| self.try_book(&request, key.as_ref(), &actor, clock, render))
+        let lost = LostCall::default();
+        for _ in 0..STALE_TRIES {
+            let tried = self
+                .retry(|| {
+                    self.try_book_on_copy(&request, key.as_ref(), &actor, clock, render, &lost)
+                })
+                .await?;
+            match tried {
+                OnCopy::Booked(booking) => return Ok(booking),
+                OnCopy::Stale => {}
+                OnCopy::Refused => break,
+            }
+        }
+        self.retry(|| self.try_book(&request, key.as_ref(), &actor, clock, render, &lost))
             .await
     }
 
+    /// Decides a booking on this instance's copy of the slot (read first
+    /// if it has none) and writes it in one call, which writes only if the
+    /// copy is current. A refusal is not given from a copy, which may be
+    /// stale: the lock-first path gives it.
+    async fn try_book_on_copy(
+        &self,
+        request: &BookRequest,
+        key: Option<&IdempotencyKey>,
+        actor: &Actor,
+        clock: &Clock,
+        render: &(dyn Fn(&Outcome) -> String + Sync),
+        lost: &LostCall,
+    ) -> Attempt<OnCopy> {
+        let entry = self.copies.slot(&request.slot);
+        let mut held = entry.lock().await;
+        if held.is_none() {
+            let mut tx = self.database.snapshot().await?;
+            let copy = db::read_slot_copy(&mut tx, &request.slot, self.engine()).await?;
+            tx.commit().await?;
+            let Some(copy) = copy else {
+                return Ok(OnCopy::Refused);
+            };
+            *held = Some(copy);
+        }
+        let copy = held.as_mut().expect("read above");
+        if let Some(booking) = lost.found(&copy.engine, request, clock)? {
+            return Ok(OnCopy::Booked(booking));
+        }
+        let summary = copy
+            .engine
+            .slot_summary(&request.slot)
+            .expect("the copy holds its slot");
+        let day = self
+            .copies
+            .day(&summary.doctor, summary.date, copy.numbers_issued);
+        let mut issued = day.lock().await;
+        *issued = (*issued).max(copy.numbers_issued);
+        copy.engine.resume_counters(&request.slot, 0, *issued)?;
+        let ctx = self.context(actor, clock);
+        let Ok(outcome) = copy.engine.book(request.clone(), &ctx) else {
+            return Ok(OnCopy::Refused);
+        };
+        let body: Arc<str> = Arc::from(render(&outcome));
+        let call = db::OneCall {
+            slot: &outcome.slot,
+            version: copy.version,
+            number: outcome.token.number,
+            changes: outcome.token_changes().collect(),
+            ctx: &ctx,
+            key: key.map(|key| db::KeyedCall {
+                key: &key.key,
+                fingerprint: key.fingerprint,
+                response: &body,
+                since: ctx.at - IDEMPOTENCY_RETENTION,
+                per_caller: self.idempotency_limits.per_caller,
+                total: self.idempotency_limits.total,
+            }),
+        };
+        let started = std::time::Instant::now();
+        // From here the copy holds the decision, written or not: it is
+        // dropped unless the call answers that it was written.
+        let copy = held.take().expect("read above");
+        let answer = async {
+            let mut connection = self.database.connection().await?;
+            db::book_in_one_call(&mut connection, &call).await
+        }
+        .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(PgError::Database(error)) if db::is_connection_lost(&error) => {
+                return Err(lost.record(body, error));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let created = |body| {
+            Ok(OnCopy::Booked(Booking::Created(Rendered {
+                token: outcome.token.id,
+                body,
+            })))
+        };
+        match answer {
+            db::CallAnswer::Booked { version } => {
+                self.metrics.commit(1, started.elapsed());
+                *issued = outcome.token.number;
+                *held = Some(db::SlotCopy {
+                    version,
+                    numbers_issued: outcome.token.number,
+                    ..copy
+                });
+                created(body)
+            }
+            db::CallAnswer::Written => created(lost.body()?),
+            db::CallAnswer::Stale { numbers_issued } => {
+                if let Some(numbers_issued) = numbers_issued {
+                    *issued = numbers_issued;
+                }
+                Ok(OnCopy::Stale)
+            }
+            db::CallAnswer::Stored {
+                fingerprint,
+                token,
+                response,
+            } => {
+                let key = key.expect("only a keyed call finds a stored key");
+                if fingerprint != key.fingerprint {
+                    return Err(Failure::Refused(ServiceError::IdempotencyKeyReused));
+                }
+                Ok(OnCopy::Booked(Booking::Replayed(Rendered {
+                    token,
+                    body: response,
+                })))
+            }
+            db::CallAnswer::KeysFull(counts) => Err(self.keys_full(counts, ctx.at)),
+        }
+    }
+
+    /// Decides a booking over the slot as it is stored, under its lock.
     async fn try_book(
         &self,
         request: &BookRequest,
@@ -349,6 +554,7 @@ impl Postgres {
         actor: &Actor,
         clock: &Clock,
         render: &(dyn Fn(&Outcome) -> String + Sync),
+        lost: &LostCall,
     ) -> Attempt<Booking> {
         let mut tx = self.database.begin().await?;
         if let Some(key) = key {
@@ -374,6 +580,9 @@ impl Postgres {
         let mut engine = db::load_slot(&mut tx, &request.slot, Lock::ForUpdate, self.engine())
             .await?
             .ok_or_else(|| EngineError::SlotNotFound(request.slot.clone()))?;
+        if let Some(booking) = lost.found(&engine, request, clock)? {
+            return Ok(booking);
+        }
         let summary = engine
             .slot_summary(&request.slot)
             .expect("the loaded slot is in the engine");
@@ -420,17 +629,26 @@ impl Postgres {
         now: Timestamp,
     ) -> Attempt<()> {
         let counts = db::count_idempotency(tx, actor, now - IDEMPOTENCY_RETENTION).await?;
+        if counts.caller >= self.idempotency_limits.per_caller
+            || counts.total >= self.idempotency_limits.total
+        {
+            return Err(self.keys_full(counts, now));
+        }
+        Ok(())
+    }
+
+    /// The refusal of a new key when the caller, or the database, has as
+    /// many stored as it may: retry once the oldest that counts expires.
+    fn keys_full(&self, counts: db::KeyCounts, now: Timestamp) -> Failure {
         let oldest = if counts.caller >= self.idempotency_limits.per_caller {
             counts.caller_oldest
-        } else if counts.total >= self.idempotency_limits.total {
-            counts.total_oldest
         } else {
-            return Ok(());
+            counts.total_oldest
         };
         let oldest = oldest.unwrap_or(now);
-        Err(Failure::Refused(ServiceError::IdempotencyLimit {
+        Failure::Refused(ServiceError::IdempotencyLimit {
             retry_after: (oldest + IDEMPOTENCY_RETENTION).duration_since(now),
-        }))
+        })
     }
 
     pub async fn act(

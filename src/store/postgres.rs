@@ -1009,6 +1009,207 @@ pub async fn write_numbers_issued(
     Ok(())
 }
 
+/// A copy of one slot, with its active and seated tokens, to decide
+/// bookings on without reading it first: the version of the slot's row it
+/// was read at, and the numbers its doctor's day had issued then.
+pub struct SlotCopy {
+    pub engine: Engine,
+    pub version: i64,
+    pub numbers_issued: u32,
+}
+
+/// Reads a copy of a slot from the snapshot of `tx` (see
+/// [`Database::snapshot`]); `None` when the slot does not exist.
+pub async fn read_slot_copy(
+    tx: &mut PgConnection,
+    id: &SlotId,
+    engine: Engine,
+) -> PgResult<Option<SlotCopy>> {
+    let row = sqlx::query(
+        "SELECT s.version, d.numbers_issued FROM slots s
+           JOIN doctor_days d ON d.doctor_id = s.doctor_id AND d.date = s.date
+          WHERE s.slot_id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let Some(engine) = load_slot(tx, id, Lock::None, engine).await? else {
+        return Ok(None);
+    };
+    Ok(Some(SlotCopy {
+        engine,
+        version: row.try_get(0)?,
+        numbers_issued: u32::try_from(row.try_get::<i32, _>(1)?)
+            .map_err(|_| PgError::Corrupt("a negative count of numbers issued".into()))?,
+    }))
+}
+
+/// A booking decided on a [`SlotCopy`], for [`book_in_one_call`].
+pub struct OneCall<'a> {
+    /// The slot after the booking.
+    pub slot: &'a SlotSummary,
+    /// The version of the slot's row the copy was read at.
+    pub version: i64,
+    /// The booked token's number.
+    pub number: u32,
+    pub changes: Vec<TokenChange<'a>>,
+    pub ctx: &'a Context,
+    pub key: Option<KeyedCall<'a>>,
+}
+
+/// The idempotency record a keyed booking stores, and the limits on the
+/// keys remembered.
+pub struct KeyedCall<'a> {
+    pub key: &'a str,
+    pub fingerprint: [u8; 32],
+    pub response: &'a str,
+    /// Keys stored before this are past their retention.
+    pub since: Timestamp,
+    pub per_caller: usize,
+    pub total: usize,
+}
+
+/// What [`book_in_one_call`] did.
+#[derive(Debug)]
+pub enum CallAnswer {
+    /// Written; the slot's row is now at `version`.
+    Booked { version: i64 },
+    /// The slot's row, or the day's numbers, moved on from the copy; the
+    /// day had issued `numbers_issued` when it was the numbers. Nothing was
+    /// written.
+    Stale { numbers_issued: Option<u32> },
+    /// The booked token exists already: an earlier try of the same call
+    /// committed.
+    Written,
+    /// The caller's key is stored, with this answer.
+    Stored {
+        fingerprint: [u8; 32],
+        token: Uuid,
+        response: Arc<str>,
+    },
+    /// Storing the key would pass a limit.
+    KeysFull(KeyCounts),
+}
+
+/// Writes a booking decided on a copy of its slot in one statement (the
+/// function `opd_book`, migration 0008), which is one transaction and one
+/// round trip: it locks what the transaction of [`load_slot`] and its
+/// writes lock, in the same order, and writes only if the slot's row is
+/// still at the copy's version and the day has issued the numbers before
+/// the booked one.
+pub async fn book_in_one_call(
+    connection: &mut PgConnection,
+    call: &OneCall<'_>,
+) -> PgResult<CallAnswer> {
+    let (slot, ctx) = (call.slot, call.ctx);
+    let changes = &call.changes;
+    let column = |f: &dyn Fn(&TokenChange<'_>) -> Option<&'static str>| {
+        changes.iter().map(f).collect::<Vec<_>>()
+    };
+    let key = call.key.as_ref();
+    let limit = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let row = sqlx::query(
+        "SELECT * FROM opd_book($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                                $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
+                                $29)",
+    )
+    .bind(slot.id.as_str())
+    .bind(call.version)
+    .bind(slot.doctor.as_str())
+    .bind(slot.date.to_string())
+    .bind(call.number as i32)
+    .bind(slot.allocated as i32)
+    .bind(slot.waitlisted as i32)
+    .bind(nanos(ctx.at))
+    .bind(&*ctx.actor)
+    .bind(EVENTS_CHANNEL)
+    .bind(changes.iter().map(|c| c.token).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.number as i32).collect::<Vec<_>>())
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.patient.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(&|c| Some(c.source.as_str())))
+    .bind(
+        changes
+            .iter()
+            .map(|c| i16::from(c.source.priority().get()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(&|c| c.from.map(Status::as_str)))
+    .bind(column(&|c| Some(c.to.as_str())))
+    .bind(column(&|c| Some(c.reason.as_str())))
+    .bind(changes.iter().map(|c| c.to.is_active()).collect::<Vec<_>>())
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.to.holds_seat())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.checked_in_at.map(nanos))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changes
+            .iter()
+            .map(|c| i16::from(c.skips))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.estimated_call_at.map(nanos))
+            .collect::<Vec<_>>(),
+    )
+    .bind(key.map(|k| k.key))
+    .bind(key.map(|k| &k.fingerprint[..]))
+    .bind(key.map(|k| k.response))
+    .bind(key.map(|k| nanos(k.since)))
+    .bind(key.map(|k| limit(k.per_caller)))
+    .bind(key.map(|k| limit(k.total)))
+    .fetch_one(connection)
+    .await?;
+    let count = |index: usize| -> PgResult<usize> {
+        Ok(usize::try_from(row.try_get::<Option<i64>, _>(index)?.unwrap_or(0)).unwrap_or(0))
+    };
+    let oldest = |index: usize| -> PgResult<Option<Timestamp>> {
+        Ok(row.try_get::<Option<i64>, _>(index)?.and_then(from_nanos))
+    };
+    Ok(match row.try_get::<&str, _>(0)? {
+        "BOOKED" => CallAnswer::Booked {
+            version: row.try_get(1)?,
+        },
+        "STALE" => CallAnswer::Stale {
+            numbers_issued: row
+                .try_get::<Option<i32>, _>(2)?
+                .map(|issued| issued as u32),
+        },
+        "WRITTEN" => CallAnswer::Written,
+        "ALREADY" => CallAnswer::Stored {
+            fingerprint: row.try_get::<&[u8], _>(3)?.try_into().map_err(|_| {
+                PgError::Corrupt("an idempotency fingerprint that is not 32 bytes".into())
+            })?,
+            token: row.try_get(4)?,
+            response: Arc::from(row.try_get::<&str, _>(5)?),
+        },
+        "LIMIT" => CallAnswer::KeysFull(KeyCounts {
+            caller: count(6)?,
+            caller_oldest: oldest(7)?,
+            total: count(8)?,
+            total_oldest: oldest(9)?,
+        }),
+        other => return Err(PgError::Corrupt(format!("opd_book answered {other}"))),
+    })
+}
+
 /// Draws the next arrival sequence number.
 pub async fn next_sequence(connection: &mut PgConnection) -> PgResult<u64> {
     let next: i64 = sqlx::query_scalar("SELECT nextval('token_sequence')")

@@ -73,6 +73,13 @@ pub struct Config {
     #[arg(long, env = "DATABASE_CONNECTIONS", default_value_t = 16)]
     pub database_connections: u32,
 
+    /// Book on PostgreSQL in one call, decided on this instance's copy of
+    /// the slot (README, "Bookings in one call"); off by default until
+    /// the failover test passes with it every time. Without PostgreSQL it
+    /// changes nothing.
+    #[arg(long, env = "OPD_ONE_CALL_BOOKINGS")]
+    pub one_call_bookings: bool,
+
     /// Keep everything in memory: nothing survives a restart. For demos and
     /// benchmarks.
     #[arg(long, env = "OPD_IN_MEMORY", conflicts_with = "database_url")]

@@ -170,7 +170,8 @@ impl Application {
                 clock.clone(),
             )
             .with_zone(zone.clone())
-            .with_metrics(metrics.storage(&service::RETRIED_SQLSTATES));
+            .with_metrics(metrics.storage(&service::RETRIED_SQLSTATES))
+            .with_one_call_bookings(config.one_call_bookings);
             Service::postgres(postgres, events, clock, zone)
         } else if config.in_memory {
             tracing::warn!("running in memory: nothing survives a restart");

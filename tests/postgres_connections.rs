@@ -199,6 +199,7 @@ async fn start(relay: &Relay, schema: &str) -> (String, tokio::sync::oneshot::Se
     config.database_url = Some(format!("{url}{separator}sslmode=disable"));
     config.database_schema = Some(schema.to_owned());
     config.database_connections = 2;
+    config.one_call_bookings = true;
     let application = opd::Application::build(config)
         .await
         .expect("the app starts");

@@ -24,7 +24,8 @@ CREATE TRIGGER slots_new_version BEFORE UPDATE ON slots
 -- head). `c_*` are the token changes in the order of the answer (the
 -- booked token, `c_from` NULL, is inserted; the others are updated);
 -- `k_*` is the idempotency record, all NULL without a key. Answers:
---   WRITTEN  the booked token exists: an earlier try of this call committed;
+--   WRITTEN  the booked token exists: an earlier try of this call, lost
+--            with its connection, committed;
 --   ALREADY  the key is stored (its fingerprint, token and response);
 --   LIMIT    the key would pass a limit (the counts of stored keys);
 --   STALE    the slot or the day's token numbers moved on (the numbers
@@ -68,6 +69,11 @@ BEGIN
         SELECT i.fingerprint, i.token_id, i.response INTO stored FROM idempotency i
          WHERE i.caller = p_actor AND i.key = k_key AND i.stored_at >= k_since;
         IF FOUND THEN
+            -- A stored answer read here may be committed and not yet on
+            -- the synchronous standby. With a transaction id, this call's
+            -- commit waits for the standby to confirm everything before
+            -- it, so the answer is given once durable.
+            PERFORM txid_current();
             RETURN QUERY SELECT 'ALREADY', NULL::BIGINT, NULL::INTEGER, stored.fingerprint,
                                 stored.token_id, stored.response, NULL::BIGINT, NULL::BIGINT,
                                 NULL::BIGINT, NULL::BIGINT;

@@ -70,6 +70,8 @@ pub struct Postgres {
     /// The slots bookings are decided on without reading them first
     /// (boxed: two locked maps).
     copies: Box<SlotCopies>,
+    /// Whether bookings are decided on copies and written in one call.
+    one_call_bookings: bool,
 }
 
 impl Drop for Postgres {
@@ -121,57 +123,45 @@ enum OnCopy {
     Refused,
 }
 
-/// The answer of a booking's try whose call was lost with its connection,
-/// so that it may or may not have been written. Every try of a request
-/// books the same token id, so a later try that finds the token knows
-/// that call was written and answers as it would have. A second lost call
-/// leaves the outcome unknown (either may have been written), and is
+/// Whether a try of a booking lost its call with its connection, so that
+/// the call may or may not have been written. Every try of a request
+/// books the same token id, so the next try tells: it books as usual when
+/// the token is not there (a connection that had died while idle, the
+/// usual case after a database restart, costs no answer), and answers
+/// 503 like a lost COMMIT when it is. A token found is not acknowledged:
+/// it may be visible on a primary that will lose it (a restarted primary
+/// that pg_auto_failover then demotes releases the commits that waited
+/// for the standby), and the client's retry with its `Idempotency-Key`
+/// gets the stored answer once it is durable. A second lost call is also
 /// answered like a lost COMMIT.
 #[derive(Default)]
-struct LostCall(std::sync::Mutex<Option<Arc<str>>>);
+struct LostCall(std::sync::atomic::AtomicBool);
 
 impl LostCall {
-    /// Records the answer of a call lost with `error`: the first such call
-    /// is tried once more on a new connection.
-    fn record(&self, body: Arc<str>, error: sqlx::Error) -> Failure {
-        let mut lost = self.0.lock().expect("never poisoned");
-        if lost.is_some() {
+    /// Records a call lost with `error`: the first is tried once more on
+    /// a new connection.
+    fn record(&self, error: sqlx::Error) -> Failure {
+        if self.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return Failure::CommitUnknown(error);
         }
-        *lost = Some(body);
         Failure::Store(PgError::Database(error))
     }
 
-    /// The answer of the lost call, known to have been written.
-    fn body(&self) -> Attempt<Arc<str>> {
-        self.0
-            .lock()
-            .expect("never poisoned")
-            .clone()
-            .ok_or_else(|| {
-                Failure::Store(PgError::Corrupt(
-                    "a booked token that no try of its request wrote".into(),
-                ))
-            })
-    }
-
-    /// The booking, when a lost call wrote it: `engine` holds the slot as
-    /// stored now.
-    fn found(
-        &self,
-        engine: &Engine,
-        request: &BookRequest,
-        clock: &Clock,
-    ) -> Attempt<Option<Booking>> {
-        if self.0.lock().expect("never poisoned").is_none()
-            || engine.token(request.token, clock()).is_none()
-        {
-            return Ok(None);
+    /// Refuses to go on when a lost call wrote the booking: `engine`
+    /// holds the slot as stored now (`None` when the caller's call found
+    /// the token).
+    fn check(&self, engine: Option<&Engine>, request: &BookRequest, clock: &Clock) -> Attempt<()> {
+        if !self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
         }
-        Ok(Some(Booking::Created(Rendered {
-            token: request.token,
-            body: self.body()?,
-        })))
+        if engine.is_some_and(|engine| engine.token(request.token, clock()).is_none()) {
+            return Ok(());
+        }
+        tracing::error!(
+            token = %request.token,
+            "a booking whose call was lost with its connection was written; answering 503, as for a lost COMMIT"
+        );
+        Err(Failure::Refused(ServiceError::Unavailable))
     }
 }
 
@@ -195,7 +185,15 @@ impl Postgres {
             follower,
             metrics: StorageMetrics::default(),
             copies: Box::new(SlotCopies::new()),
+            one_call_bookings: false,
         }
+    }
+
+    /// Decides bookings on copies of their slots and writes each in one
+    /// call.
+    pub fn with_one_call_bookings(mut self, on: bool) -> Postgres {
+        self.one_call_bookings = on;
+        self
     }
 
     /// Records commits and retries with `metrics`.
@@ -414,7 +412,12 @@ impl Postgres {
         render: &(dyn Fn(&Outcome) -> String + Sync),
     ) -> Result<Booking, ServiceError> {
         let lost = LostCall::default();
-        for _ in 0..STALE_TRIES {
+        let tries = if self.one_call_bookings {
+            STALE_TRIES
+        } else {
+            0
+        };
+        for _ in 0..tries {
             let tried = self
                 .retry(|| {
                     self.try_book_on_copy(&request, key.as_ref(), &actor, clock, render, &lost)
@@ -455,9 +458,7 @@ impl Postgres {
             *held = Some(copy);
         }
         let copy = held.as_mut().expect("read above");
-        if let Some(booking) = lost.found(&copy.engine, request, clock)? {
-            return Ok(OnCopy::Booked(booking));
-        }
+        lost.check(Some(&copy.engine), request, clock)?;
         let summary = copy
             .engine
             .slot_summary(&request.slot)
@@ -500,7 +501,7 @@ impl Postgres {
         let answer = match answer {
             Ok(answer) => answer,
             Err(PgError::Database(error)) if db::is_connection_lost(&error) => {
-                return Err(lost.record(body, error));
+                return Err(lost.record(error));
             }
             Err(error) => return Err(error.into()),
         };
@@ -521,7 +522,14 @@ impl Postgres {
                 });
                 created(body)
             }
-            db::CallAnswer::Written => created(lost.body()?),
+            db::CallAnswer::Written => {
+                lost.check(None, request, clock)?;
+                // Only a lost call writes the token before its request's
+                // call does.
+                Err(Failure::Store(PgError::Corrupt(
+                    "a new token's id is stored already".into(),
+                )))
+            }
             db::CallAnswer::Stale { numbers_issued } => {
                 if let Some(numbers_issued) = numbers_issued {
                     *issued = numbers_issued;
@@ -570,6 +578,9 @@ impl Postgres {
                 if stored.fingerprint != key.fingerprint {
                     return Err(Failure::Refused(ServiceError::IdempotencyKeyReused));
                 }
+                // The stored answer is given once its commit is durable.
+                db::wait_for_durable_reads(&mut tx).await?;
+                tx.commit().await?;
                 return Ok(Booking::Replayed(Rendered {
                     token: stored.token,
                     body: stored.response,
@@ -580,9 +591,7 @@ impl Postgres {
         let mut engine = db::load_slot(&mut tx, &request.slot, Lock::ForUpdate, self.engine())
             .await?
             .ok_or_else(|| EngineError::SlotNotFound(request.slot.clone()))?;
-        if let Some(booking) = lost.found(&engine, request, clock)? {
-            return Ok(booking);
-        }
+        lost.check(Some(&engine), request, clock)?;
         let summary = engine
             .slot_summary(&request.slot)
             .expect("the loaded slot is in the engine");
@@ -1059,8 +1068,17 @@ const PRUNE_MAX: i64 = 5_000;
 async fn follow_events(database: Database, events: EventBus, clock: Clock) {
     let mut told = None;
     let mut pruned = None;
+    let mut server = None;
     loop {
-        match follow_until_error(&database, &events, &mut told, &clock, &mut pruned).await {
+        let followed = follow_until_error(
+            &database,
+            &events,
+            &mut told,
+            &clock,
+            &mut pruned,
+            &mut server,
+        );
+        match followed.await {
             Ok(never) => match never {},
             Err(error) => {
                 tracing::warn!(%error, "reading the event log failed; trying again");
@@ -1076,8 +1094,22 @@ async fn follow_until_error(
     told: &mut Option<u64>,
     clock: &Clock,
     pruned: &mut Option<Timestamp>,
+    server: &mut Option<db::Incarnation>,
 ) -> Result<std::convert::Infallible, PgError> {
     let mut listener = database.listen_for_events().await?;
+    // A primary that crashed and restarted shows, after its recovery,
+    // commits that were waiting for the standby when it died; until it is
+    // demoted, pg_auto_failover turns its synchronous replication off
+    // while draining it, which releases the wait of any commit. Until a
+    // synchronous standby has confirmed a commit made after the restart,
+    // nothing read from it is told. A standby promoted in its place is
+    // another server, and its log is told as usual.
+    let now = db::incarnation(&mut *database.connection().await?).await?;
+    let mut restarted = database.has_standbys()
+        && server.as_ref().is_some_and(|before| {
+            before.server == now.server && before.started_micros != now.started_micros
+        });
+    *server = Some(now);
     // The first time, the stream starts with what comes next: readers
     // catching up read the log themselves.
     let mut last = match *told {
@@ -1110,6 +1142,15 @@ async fn follow_until_error(
             };
             // Only events that a failover cannot take back are told.
             db::wait_for_durable_reads(&mut connection).await?;
+            while restarted {
+                if db::has_synchronous_standby(&mut connection).await? {
+                    db::wait_for_durable_reads(&mut connection).await?;
+                    restarted = !db::has_synchronous_standby(&mut connection).await?;
+                }
+                if restarted {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                }
+            }
             last = newest;
             *told = Some(last);
             if events.has_subscribers() {

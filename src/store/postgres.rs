@@ -391,6 +391,11 @@ impl Database {
         Ok(tx)
     }
 
+    /// Whether the URL listed several hosts: a primary and its standbys.
+    pub fn has_standbys(&self) -> bool {
+        self.shared.hosts.several()
+    }
+
     /// A connection for reads that need no transaction of their own.
     pub async fn connection(&self) -> PgResult<PoolConnection<sqlx::Postgres>> {
         Ok(self.shared.pool.acquire().await?)
@@ -466,14 +471,49 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
 /// PostgreSQL shows a commit to other sessions before the synchronous
 /// standby has confirmed it, so events read from the log may still be lost
 /// in a failover (their bookings were never acknowledged). This statement
-/// takes a transaction id, so its commit writes a record after those of
-/// everything the caller read and waits for the standby to confirm it,
-/// and with it everything before it in the write-ahead log.
+/// takes a transaction id, so its commit (its own, or that of the
+/// transaction it runs in) writes a record after those of everything the
+/// caller read and waits for the standby to confirm it, and with it
+/// everything before it in the write-ahead log. A stored idempotent
+/// answer is given after the same wait.
 pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<()> {
     sqlx::query("SELECT txid_current()")
         .execute(connection)
         .await?;
     Ok(())
+}
+
+/// The server a connection reached, and which run of it: its address and
+/// port, and when its postmaster started. A primary that crashed and
+/// restarted is the same server in a new run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incarnation {
+    pub server: String,
+    pub started_micros: i64,
+}
+
+pub async fn incarnation(connection: &mut PgConnection) -> PgResult<Incarnation> {
+    let row = sqlx::query(
+        "SELECT coalesce(host(inet_server_addr()), 'local') || ':' || coalesce(inet_server_port(), 0),
+                (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint",
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok(Incarnation {
+        server: row.try_get(0)?,
+        started_micros: row.try_get(1)?,
+    })
+}
+
+/// Whether the server waits for a synchronous standby to confirm commits
+/// (pg_auto_failover turns this off while the standby is unhealthy, and
+/// on a primary it is draining).
+pub async fn has_synchronous_standby(connection: &mut PgConnection) -> PgResult<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT current_setting('synchronous_standby_names') <> ''")
+            .fetch_one(connection)
+            .await?,
+    )
 }
 
 /// The log's events after `after`, at most `limit`, with the oldest id it

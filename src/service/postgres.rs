@@ -1098,11 +1098,13 @@ async fn follow_until_error(
 ) -> Result<std::convert::Infallible, PgError> {
     let mut listener = database.listen_for_events().await?;
     // A primary that crashed and restarted shows, after its recovery,
-    // commits that were waiting for the standby when it died; until it is
-    // demoted, pg_auto_failover turns its synchronous replication off
-    // while draining it, which releases the wait of any commit. Until a
-    // synchronous standby has confirmed a commit made after the restart,
-    // nothing read from it is told. A standby promoted in its place is
+    // commits that were waiting for the standby when it died, and its
+    // commits do not wait for the standby at first (PostgreSQL learns that
+    // a synchronous standby is configured only once its checkpointer has
+    // read the settings), nor while pg_auto_failover drains it before the
+    // demotion. So, read from a restarted primary, events are told only
+    // once pg_stat_replication shows a synchronous standby that has
+    // flushed the log past them. A standby promoted in its place is
     // another server, and its log is told as usual.
     let now = db::incarnation(&mut *database.connection().await?).await?;
     let mut restarted = database.has_standbys()
@@ -1143,9 +1145,15 @@ async fn follow_until_error(
             // Only events that a failover cannot take back are told.
             db::wait_for_durable_reads(&mut connection).await?;
             while restarted {
-                if db::has_synchronous_standby(&mut connection).await? {
-                    db::wait_for_durable_reads(&mut connection).await?;
-                    restarted = !db::has_synchronous_standby(&mut connection).await?;
+                match db::confirmed_by_synchronous_standby(&mut connection).await? {
+                    Some(confirmed) => restarted = !confirmed,
+                    None => {
+                        tracing::warn!(
+                            "the database role cannot see its standbys (grant it pg_monitor); \
+                             telling events read from a restarted primary unconfirmed"
+                        );
+                        restarted = false;
+                    }
                 }
                 if restarted {
                     tokio::time::sleep(FOLLOW_POLL).await;

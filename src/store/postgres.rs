@@ -505,15 +505,26 @@ pub async fn incarnation(connection: &mut PgConnection) -> PgResult<Incarnation>
     })
 }
 
-/// Whether the server waits for a synchronous standby to confirm commits
-/// (pg_auto_failover turns this off while the standby is unhealthy, and
-/// on a primary it is draining).
-pub async fn has_synchronous_standby(connection: &mut PgConnection) -> PgResult<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT current_setting('synchronous_standby_names') <> ''")
-            .fetch_one(connection)
-            .await?,
+/// Whether a synchronous standby has flushed everything this server had
+/// written when the call began: `None` when the connection's role may not
+/// see the standbys' positions (it needs `pg_monitor`).
+pub async fn confirmed_by_synchronous_standby(
+    connection: &mut PgConnection,
+) -> PgResult<Option<bool>> {
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut *connection)
+        .await?;
+    let row = sqlx::query(
+        "SELECT coalesce(bool_or(flush_lsn >= $1::pg_lsn)
+                         FILTER (WHERE sync_state IN ('sync', 'quorum')), FALSE),
+                count(*) > 0 AND bool_and(flush_lsn IS NULL)
+           FROM pg_stat_replication",
     )
+    .bind(written)
+    .fetch_one(connection)
+    .await?;
+    let hidden: bool = row.try_get(1)?;
+    Ok((!hidden).then_some(row.try_get(0)?))
 }
 
 /// The log's events after `after`, at most `limit`, with the oldest id it

@@ -4,7 +4,9 @@
 # One command, one run: installs wrk if missing, builds the bare axum baseline
 # (loadtest/baseline) and the project in release mode, then for each mode
 #   baseline | in-memory | durable (--data-dir, fresh temp dir) | postgres
-#   (only when DATABASE_URL is set and points at this machine)
+#   | postgres+one-call (--one-call-bookings)
+#   (the postgres modes only when DATABASE_URL is set and points at this
+#   machine)
 # starts the server on a free 127.0.0.1 port, waits for /healthz, creates a
 # schedule (BENCH_GROUPS groups of BENCH_DOCTORS doctors x 8 hourly slots
 # 08:00-16:00, capacity BENCH_CAPACITY, all on BENCH_DATE), warms up, and runs wrk
@@ -207,17 +209,17 @@ for m in "${MODES[@]}"; do
       [[ -x ${BENCH_PREVIOUS_BIN:-} ]] || die "mode $m needs BENCH_PREVIOUS_BIN, an earlier build of opd-token-engine"
       [[ -x $SUBSCRIBERS_BIN ]] || die "missing $SUBSCRIBERS_BIN"
       ;;
-    postgres)
+    postgres | postgres+one-call)
       [[ -n ${DATABASE_URL:-} ]] || die "postgres mode needs DATABASE_URL"
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       ;;
-    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers, in-memory@previous+subscribers, durable@previous+subscribers, in-memory+metrics-off, durable+metrics-off)" ;;
+    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, postgres+one-call, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers, in-memory@previous+subscribers, durable@previous+subscribers, in-memory+metrics-off, durable+metrics-off)" ;;
   esac
 done
-if [[ " ${MODES[*]} " == *" postgres "* ]] && ! pg_url_is_local "$DATABASE_URL"; then
-  echo "http.sh: DATABASE_URL does not point at this machine: skipping the postgres mode" >&2
+if [[ " ${MODES[*]} " == *" postgres"* ]] && ! pg_url_is_local "$DATABASE_URL"; then
+  echo "http.sh: DATABASE_URL does not point at this machine: skipping the postgres modes" >&2
   NEW=()
-  for m in "${MODES[@]}"; do [[ $m == postgres ]] || NEW+=("$m"); done
+  for m in "${MODES[@]}"; do [[ $m == postgres* ]] || NEW+=("$m"); done
   MODES=("${NEW[@]}")
 fi
 
@@ -301,11 +303,12 @@ start_server() {
       TMP_DIRS+=("$dir")
       cmd=("$bin" --data-dir "$dir" --listen "$addr")
       ;;
-    postgres)
+    postgres | postgres+one-call)
       # A fresh schema per server start (created by the server), dropped on exit.
       local schema=opd_bench_${RUN_TAG}_${#PG_SCHEMAS[@]}
       PG_SCHEMAS+=("$schema")
       cmd=("$PROJECT_BIN" --database-url "$DATABASE_URL" --database-schema "$schema" --listen "$addr")
+      if [[ $mode == postgres+one-call ]]; then cmd+=(--one-call-bookings); fi
       ;;
   esac
   # The project reads its settings from the environment too: clear those that

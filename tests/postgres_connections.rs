@@ -282,6 +282,119 @@ async fn a_booking_is_one_call_and_the_pool_s_ping_on_return() {
     drop_schema(&schema);
 }
 
+/// The round trips of the transaction `act` runs whose statements include
+/// `marker`, from BEGIN to its end, once its connection has prepared them
+/// (a statement's first use on a connection takes one round trip more,
+/// which is left out): `act` runs twice and only the second run's
+/// transaction is counted.
+async fn round_trips_of<F, Fut>(relay: &Relay, marker: &str, mut act: F) -> usize
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    act(0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before: Vec<usize> = relay.trips().iter().map(Vec::len).collect();
+    act(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut counted = Vec::new();
+    for (connection, trips) in relay.trips().iter().enumerate() {
+        let mut block: Vec<&Vec<String>> = Vec::new();
+        for trip in &trips[before.get(connection).copied().unwrap_or(0)..] {
+            let Trip::Statements(statements) = trip else {
+                continue;
+            };
+            if statements == &["BEGIN"] {
+                block.clear();
+            }
+            if !statements.iter().any(|s| s.starts_with(PREPARE)) {
+                block.push(statements);
+            }
+            if statements == &["COMMIT"] || statements == &["ROLLBACK"] {
+                if block
+                    .iter()
+                    .flat_map(|s| s.iter())
+                    .any(|s| s.contains(marker))
+                {
+                    counted.push(block.len());
+                }
+                block.clear();
+            }
+        }
+    }
+    assert_eq!(
+        counted.len(),
+        1,
+        "one transaction with {marker}: {counted:?}"
+    );
+    counted[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_and_reads_are_counted_on_the_wire() {
+    // Arrange: an instance whose database connections are relayed; the
+    // event follower's reads are counted too, so they are what a change
+    // costs the instance in all.
+    let relay = Relay::start().await;
+    let schema = format!("reads_{}", uuid::Uuid::new_v4().simple());
+    let (base, stop) = start(&relay, &schema).await;
+    let client = reqwest::Client::new();
+    let token = |round: usize| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client
+                .post(format!("{base}/tokens"))
+                .json(&json!({"patientId": format!("C{round}"), "slotId": "D1-09", "source": "ONLINE"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["token"]["tokenId"].as_str().unwrap().to_owned()
+        }
+    };
+    let tokens = [token(0).await, token(1).await];
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // Act
+    let get = |path: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    };
+    let cancel = round_trips_of(&relay, "INSERT INTO token_history", |round| {
+        let (client, base, token) = (client.clone(), base.clone(), tokens[round].clone());
+        async move {
+            let response = client
+                .post(format!("{base}/tokens/{token}/cancel"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    })
+    .await;
+    let token_read = round_trips_of(&relay, "FROM token_history", |round| {
+        get(format!("/tokens/{}", tokens[round]))
+    })
+    .await;
+    let slot_read = round_trips_of(&relay, "FROM slots", |_| get("/slots/D1-09".to_owned())).await;
+
+    // Assert: the counts the README reports, from BEGIN to COMMIT (the
+    // pool's ping on return comes after the answer).
+    eprintln!(
+        "round trips: a cancel {cancel}, GET /tokens/{{id}} {token_read}, GET /slots/{{id}} {slot_read}"
+    );
+    assert_eq!(cancel, 13, "a cancel's round trips");
+    assert_eq!(token_read, 5, "a token read's round trips");
+    assert_eq!(slot_read, 7, "a slot read's round trips");
+
+    let _ = stop.send(());
+    drop_schema(&schema);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_database_costs_no_answer() {
     // Arrange: an instance with pooled connections.

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Bookings per second on PostgreSQL by slot size and booking path.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/test python3 loadtest/pg-slot-size.py
+
+Builds nothing: run `cargo build --release` first. For each slot size in
+SIZES (default "10 5000") and each mode below, it fills slots (one doctor
+each, capacity 10) on a fresh schema with that many active tokens through
+a server booking in one call, then measures bookings into those slots for
+SECONDS (default 10) with CLIENTS keep-alive connections (default 16).
+The measured bookings make the slots grow, so sizes up to 100 use
+SLOTS_SMALL slots (default 400) and larger sizes SLOTS_LARGE (default 16);
+the mean size during the run is printed. The modes:
+
+  lock-first      one instance without --one-call-bookings
+  lock-first x2   two such instances on the same schema, half the
+                  connections each
+  one-call        one instance with it
+  one-call x2     two such instances
+
+Every booking must answer 201 (each is waitlisted: the slots are full, so
+every path makes the same decision); anything else stops the run. The
+modes of one size run back to back, so their ratios come from one run of
+the machine. PostgreSQL shares this machine's cores with the servers and
+the clients, as it does in the figures of the README.
+"""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "opd-token-engine")
+URL = os.environ.get("DATABASE_URL", "")
+SIZES = [int(s) for s in os.environ.get("SIZES", "10 5000").split()]
+SLOTS_SMALL = int(os.environ.get("SLOTS_SMALL", "400"))
+SLOTS_LARGE = int(os.environ.get("SLOTS_LARGE", "16"))
+SECONDS = float(os.environ.get("SECONDS", "10"))
+CLIENTS = int(os.environ.get("CLIENTS", "16"))
+TODAY = time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def die(message):
+    print(f"pg-slot-size: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One instance on `schema`, stopped on exit."""
+
+    def __init__(self, schema, one_call):
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("OPD_") and not k.startswith("DATABASE_")}
+        env.update(OPD_RATE_LIMIT_PER_SECOND="0", OPD_WAITLIST_MAX="100000",
+                   OPD_MAX_CONNECTIONS_PER_ADDRESS="4096", RUST_LOG="warn")
+        args = [BIN, "--database-url", URL, "--database-schema", schema,
+                "--listen", f"127.0.0.1:{self.port}"]
+        if one_call:
+            args.append("--one-call-bookings")
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                if request(self.port, "GET", "/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        die(f"the server on {schema} did not start")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def request(port, method, path, body=None, connection=None):
+    own = connection is None
+    connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Host": "127.0.0.1", "Content-Type": "application/json"}
+    connection.request(method, path, body=json.dumps(body) if body else None, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    if own:
+        connection.close()
+    return response.status, data
+
+
+def slot_ids(size):
+    count = SLOTS_SMALL if size <= 100 else SLOTS_LARGE
+    return [f"PS{doctor:03}-09" for doctor in range(1, count + 1)]
+
+
+def book_all(ports, slots, count, patients, deadline=None):
+    """Books `count` tokens (or until `deadline`) over CLIENTS connections
+    spread over `ports` into `slots` in turn; returns how many were booked."""
+    booked = [0] * CLIENTS
+    failures = []
+    next_index = iter(range(count if count else 10**12))
+    lock = threading.Lock()
+
+    def client(index):
+        port = ports[index % len(ports)]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while not failures:
+            if deadline and time.monotonic() >= deadline:
+                return
+            with lock:
+                n = next(next_index, None)
+            if n is None:
+                return
+            body = {"patientId": f"{patients}{n}", "slotId": slots[n % len(slots)],
+                    "source": "WALK_IN"}
+            status, data = request(port, "POST", "/tokens", body, connection)
+            if status != 201:
+                failures.append(f"{status} {data[:200]!r}")
+                return
+            booked[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        die(f"a booking answered {failures[0]}")
+    return sum(booked)
+
+
+def psql(sql):
+    env = dict(os.environ, PGOPTIONS="-c client_min_messages=warning")
+    subprocess.run(["psql", URL, "-qc", sql], check=True, stdout=subprocess.DEVNULL, env=env)
+
+
+def filled_schema(size, name):
+    """A fresh schema whose slots hold `size` active tokens each."""
+    schema = f"opd_slot_size_{size}_{''.join(c for c in name if c.isalnum())}_{os.getpid()}"
+    psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    server = Server(schema, one_call=True)
+    slots = slot_ids(size)
+    for slot in slots:
+        status, data = request(server.port, "POST", "/slots", {
+            "slotId": slot, "doctorId": slot[:5], "date": TODAY,
+            "startTime": "09:00", "endTime": "10:00", "capacity": 10})
+        if status != 201:
+            die(f"creating {slot}: {status} {data[:200]!r}")
+    book_all([server.port], slots, size * len(slots), "FILL")
+    server.stop()
+    return schema
+
+
+def measure(schema, size, one_call, instances):
+    """Bookings per second, and the slots' mean size during the run."""
+    slots = slot_ids(size)
+    servers = [Server(schema, one_call) for _ in range(instances)]
+    ports = [server.port for server in servers]
+    warmed = book_all(ports, slots, 0, "WARM", deadline=time.monotonic() + 2)
+    started = time.monotonic()
+    booked = book_all(ports, slots, 0, "RUN", deadline=started + SECONDS)
+    rate = booked / (time.monotonic() - started)
+    for server in servers:
+        server.stop()
+    return rate, size + (warmed + booked / 2) / len(slots)
+
+
+def main():
+    if not URL:
+        die("set DATABASE_URL to a PostgreSQL on this machine")
+    host = urllib.parse.urlparse(URL.split(",")[0]).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        die("DATABASE_URL must point at this machine")
+    if not os.access(BIN, os.X_OK):
+        die(f"build first: {BIN} is missing")
+    modes = [("lock-first", False, 1), ("lock-first x2", False, 2), ("one-call", True, 1),
+             ("one-call x2", True, 2)]
+    results = {}
+    for size in SIZES:
+        for name, one_call, instances in modes:
+            schema = filled_schema(size, name)
+            rate, mean = measure(schema, size, one_call, instances)
+            results[(size, name)] = rate
+            psql(f"DROP SCHEMA {schema} CASCADE")
+            print(f"{size:>6} tokens per slot (mean {mean:6.0f} during the run)  "
+                  f"{name:<13} {rate:8.0f} bookings/s", flush=True)
+    print()
+    print(f"{CLIENTS} connections, {SECONDS:.0f} s per mode; bookings/s by tokens per slot "
+          f"({' '.join(str(size) for size in SIZES)})")
+    for name, _, _ in modes:
+        line = "  ".join(f"{results[(size, name)]:8.0f}" for size in SIZES)
+        print(f"{name:<13} {line}")
+    if len(SIZES) == 2:
+        small, large = SIZES
+        for name, _, _ in modes:
+            print(f"{name:<13} {large} / {small}: "
+                  f"{results[(large, name)] / results[(small, name)]:.2f}x")
+    for size in SIZES:
+        base = results[(size, "lock-first")]
+        print(f"{size:>6} tokens: one-call {results[(size, 'one-call')] / base:.2f}x lock-first; "
+              f"two instances {results[(size, 'lock-first x2')] / base:.2f}x one lock-first, "
+              f"{results[(size, 'one-call x2')] / results[(size, 'one-call')]:.2f}x one one-call")
+
+
+if __name__ == "__main__":
+    main()

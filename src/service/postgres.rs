@@ -123,6 +123,39 @@ enum OnCopy {
     Refused,
 }
 
+/// What every try of one booking request works from.
+struct BookingTries<'a> {
+    request: &'a BookRequest,
+    key: Option<&'a IdempotencyKey>,
+    actor: &'a Actor,
+    clock: &'a Clock,
+    render: &'a (dyn Fn(&Outcome) -> String + Sync),
+    lost: LostCall,
+}
+
+/// The parts of [`BookingTries`], as a try uses them.
+type BookingParts<'b, 'a> = (
+    &'a BookRequest,
+    Option<&'a IdempotencyKey>,
+    &'a Actor,
+    &'a Clock,
+    &'a (dyn Fn(&Outcome) -> String + Sync),
+    &'b LostCall,
+);
+
+impl<'a> BookingTries<'a> {
+    fn parts(&self) -> BookingParts<'_, 'a> {
+        (
+            self.request,
+            self.key,
+            self.actor,
+            self.clock,
+            self.render,
+            &self.lost,
+        )
+    }
+}
+
 /// Whether a try of a booking lost its call with its connection, so that
 /// the call may or may not have been written. Every try of a request
 /// books the same token id, so the next try tells: it books as usual when
@@ -411,41 +444,36 @@ impl Postgres {
         clock: &Clock,
         render: &(dyn Fn(&Outcome) -> String + Sync),
     ) -> Result<Booking, ServiceError> {
-        let lost = LostCall::default();
+        let booking = BookingTries {
+            request: &request,
+            key: key.as_ref(),
+            actor: &actor,
+            clock,
+            render,
+            lost: LostCall::default(),
+        };
         let tries = if self.one_call_bookings {
             STALE_TRIES
         } else {
             0
         };
         for _ in 0..tries {
-            let tried = self
-                .retry(|| {
-                    self.try_book_on_copy(&request, key.as_ref(), &actor, clock, render, &lost)
-                })
-                .await?;
+            let tried = self.retry(|| self.try_book_on_copy(&booking)).await?;
             match tried {
                 OnCopy::Booked(booking) => return Ok(booking),
                 OnCopy::Stale => {}
                 OnCopy::Refused => break,
             }
         }
-        self.retry(|| self.try_book(&request, key.as_ref(), &actor, clock, render, &lost))
-            .await
+        self.retry(|| self.try_book(&booking)).await
     }
 
     /// Decides a booking on this instance's copy of the slot (read first
     /// if it has none) and writes it in one call, which writes only if the
     /// copy is current. A refusal is not given from a copy, which may be
     /// stale: the lock-first path gives it.
-    async fn try_book_on_copy(
-        &self,
-        request: &BookRequest,
-        key: Option<&IdempotencyKey>,
-        actor: &Actor,
-        clock: &Clock,
-        render: &(dyn Fn(&Outcome) -> String + Sync),
-        lost: &LostCall,
-    ) -> Attempt<OnCopy> {
+    async fn try_book_on_copy(&self, booking: &BookingTries<'_>) -> Attempt<OnCopy> {
+        let (request, key, actor, clock, render, lost) = booking.parts();
         let entry = self.copies.slot(&request.slot);
         let mut held = entry.lock().await;
         if held.is_none() {
@@ -555,15 +583,8 @@ impl Postgres {
     }
 
     /// Decides a booking over the slot as it is stored, under its lock.
-    async fn try_book(
-        &self,
-        request: &BookRequest,
-        key: Option<&IdempotencyKey>,
-        actor: &Actor,
-        clock: &Clock,
-        render: &(dyn Fn(&Outcome) -> String + Sync),
-        lost: &LostCall,
-    ) -> Attempt<Booking> {
+    async fn try_book(&self, booking: &BookingTries<'_>) -> Attempt<Booking> {
+        let (request, key, actor, clock, render, lost) = booking.parts();
         let mut tx = self.database.begin().await?;
         if let Some(key) = key {
             let now = clock();

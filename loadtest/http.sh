@@ -195,7 +195,7 @@ for m in "${MODES[@]}"; do
   case $m in
     baseline) ;;
     in-memory | durable) [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN" ;;
-    in-memory+subscribers | durable+subscribers)
+    in-memory+subscribers | durable+subscribers | in-memory+metrics-off+subscribers | durable+metrics-off+subscribers)
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       [[ -x $SUBSCRIBERS_BIN ]] || die "missing $SUBSCRIBERS_BIN"
       ;;
@@ -213,7 +213,7 @@ for m in "${MODES[@]}"; do
       [[ -n ${DATABASE_URL:-} ]] || die "postgres mode needs DATABASE_URL"
       [[ -x $PROJECT_BIN ]] || die "missing $PROJECT_BIN"
       ;;
-    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, postgres+one-call, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers, in-memory@previous+subscribers, durable@previous+subscribers, in-memory+metrics-off, durable+metrics-off)" ;;
+    *) die "unknown mode '$m' (baseline, in-memory, durable, postgres, postgres+one-call, in-memory@previous, durable@previous, in-memory+subscribers, durable+subscribers, in-memory@previous+subscribers, durable@previous+subscribers, in-memory+metrics-off, durable+metrics-off, in-memory+metrics-off+subscribers, durable+metrics-off+subscribers)" ;;
   esac
 done
 if [[ " ${MODES[*]} " == *" postgres"* ]] && ! pg_url_is_local "$DATABASE_URL"; then

@@ -475,12 +475,27 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
 /// transaction it runs in) writes a record after those of everything the
 /// caller read and waits for the standby to confirm it, and with it
 /// everything before it in the write-ahead log. A stored idempotent
-/// answer is given after the same wait.
-pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<()> {
-    sqlx::query("SELECT txid_current()")
-        .execute(connection)
-        .await?;
-    Ok(())
+/// answer is given after the same wait. Returns whether the server had a
+/// synchronous standby to wait for when the wait began (see
+/// [`has_synchronous_standby`]).
+pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT current_setting('synchronous_standby_names') <> '' FROM txid_current()",
+    )
+    .fetch_one(connection)
+    .await?)
+}
+
+/// Whether the server waits for a synchronous standby to confirm commits.
+/// pg_auto_failover turns that off when the standby is unhealthy, and on
+/// a primary it drains before demoting it, which releases every commit
+/// waiting for the standby.
+pub async fn has_synchronous_standby(connection: &mut PgConnection) -> PgResult<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT current_setting('synchronous_standby_names') <> ''")
+            .fetch_one(connection)
+            .await?,
+    )
 }
 
 /// The server a connection reached, and which run of it: its address and

@@ -1173,8 +1173,7 @@ async fn follow_until_error(
                 // replication proves nothing: pg_auto_failover turns it
                 // off on a primary it drains before the demotion (and
                 // when the standby is unhealthy).
-                let synchronous =
-                    waited && db::has_synchronous_standby(&mut connection).await?;
+                let synchronous = waited && db::has_synchronous_standby(&mut connection).await?;
                 if synchronous && !restarted {
                     unconfirmed_since = None;
                 } else {

@@ -61,7 +61,7 @@ impl Formation {
                 .expect("chown runs");
             assert!(owned.success(), "the postgres user owns {}", dir.display());
         }
-        let ports = [free_port(), free_port(), free_port()];
+        let ports = free_ports::<3>();
         let mut formation = Formation {
             dir,
             bin,
@@ -311,12 +311,25 @@ fn postgres_bin() -> PathBuf {
         .expect("PostgreSQL's binaries under /usr/lib/postgresql")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` ports that are free now, below Linux's range of ephemeral ports
+/// (32768 and up). A port the kernel hands out for `:0` is in that range,
+/// so between this check and a node's start any outgoing connection on
+/// the machine could take it (a node once failed to start on "Address
+/// already in use" so); below the range, only a listener could.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let first = std::process::id() % 10_000;
+    let mut held = Vec::with_capacity(N);
+    for offset in 0..10_000 {
+        // Steps of 7 visit every port of the range once.
+        let port = 20_000 + ((first + offset * 7) % 10_000) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, listener));
+            if held.len() == N {
+                return std::array::from_fn(|index| held[index].0);
+            }
+        }
+    }
+    panic!("{N} free ports between 20000 and 30000");
 }
 
 /// One booking as the client saw it.

@@ -1089,17 +1089,8 @@ const PRUNE_MAX: i64 = 5_000;
 async fn follow_events(database: Database, events: EventBus, clock: Clock) {
     let mut told = None;
     let mut pruned = None;
-    let mut server = None;
     loop {
-        let followed = follow_until_error(
-            &database,
-            &events,
-            &mut told,
-            &clock,
-            &mut pruned,
-            &mut server,
-        );
-        match followed.await {
+        match follow_until_error(&database, &events, &mut told, &clock, &mut pruned).await {
             Ok(never) => match never {},
             Err(error) => {
                 tracing::warn!(%error, "reading the event log failed; trying again");
@@ -1115,27 +1106,8 @@ async fn follow_until_error(
     told: &mut Option<u64>,
     clock: &Clock,
     pruned: &mut Option<Timestamp>,
-    server: &mut Option<db::Incarnation>,
 ) -> Result<std::convert::Infallible, PgError> {
     let mut listener = database.listen_for_events().await?;
-    // A primary that crashed and restarted shows, after its recovery,
-    // commits that were waiting for the standby when it died, and its
-    // commits do not wait for the standby at first (PostgreSQL learns that
-    // a synchronous standby is configured only once its checkpointer has
-    // read the settings). So, read from a restarted primary, events are
-    // told only once pg_stat_replication shows a synchronous standby that
-    // has flushed the log past them (or after a bounded pause). A standby
-    // promoted in its place is another server, and its log is told as
-    // usual.
-    let now = db::incarnation(&mut *database.connection().await?).await?;
-    let mut restarted = database.has_standbys()
-        && server.as_ref().is_some_and(|before| {
-            before.server == now.server && before.started_micros != now.started_micros
-        });
-    *server = Some(now);
-    // Since when the events read have had no synchronous standby's
-    // confirmation; from the start when the primary restarted.
-    let mut unconfirmed_since = restarted.then(std::time::Instant::now);
     // The first time, the stream starts with what comes next: readers
     // catching up read the log themselves.
     let mut last = match *told {
@@ -1167,21 +1139,7 @@ async fn follow_until_error(
                 break;
             };
             // Only events that a failover cannot take back are told.
-            let waited = db::wait_for_durable_reads(&mut connection).await?;
-            if database.has_standbys() {
-                // A wait that began, or ended, without synchronous
-                // replication proves nothing: pg_auto_failover turns it
-                // off on a primary it drains before the demotion (and
-                // when the standby is unhealthy).
-                let synchronous = waited && db::has_synchronous_standby(&mut connection).await?;
-                if synchronous && !restarted {
-                    unconfirmed_since = None;
-                } else {
-                    let since = *unconfirmed_since.get_or_insert_with(std::time::Instant::now);
-                    hold_until_confirmed(&mut connection, since).await?;
-                    restarted = false;
-                }
-            }
+            db::wait_for_durable_reads(&mut connection).await?;
             last = newest;
             *told = Some(last);
             if events.has_subscribers() {
@@ -1197,38 +1155,6 @@ async fn follow_until_error(
         tokio::select! {
             notification = listener.recv() => { notification?; }
             () = tokio::time::sleep(FOLLOW_POLL) => {}
-        }
-    }
-}
-
-/// How long the follower holds events that no synchronous standby has
-/// confirmed: pg_auto_failover's default `primary_demote_timeout`, by
-/// which a primary being drained has been stopped. On a primary that goes
-/// on without synchronous replication (its standby is unhealthy, and then
-/// no failover can happen), the events are told after this pause, and
-/// later ones at once until synchronous replication is back.
-const HOLD_UNCONFIRMED: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Waits until `pg_stat_replication` shows a synchronous standby that has
-/// flushed everything written so far, or until [`HOLD_UNCONFIRMED`] has
-/// passed since `since`. An error (the primary stopped) ends the wait,
-/// and with it the events read are not told.
-async fn hold_until_confirmed(
-    connection: &mut sqlx::PgConnection,
-    since: std::time::Instant,
-) -> Result<(), PgError> {
-    loop {
-        match db::confirmed_by_synchronous_standby(connection).await? {
-            Some(true) => return Ok(()),
-            None => {
-                tracing::warn!(
-                    "the database role cannot see its standbys (grant it pg_monitor); \
-                     telling events that no standby has confirmed"
-                );
-                return Ok(());
-            }
-            Some(false) if since.elapsed() >= HOLD_UNCONFIRMED => return Ok(()),
-            Some(false) => tokio::time::sleep(FOLLOW_POLL).await,
         }
     }
 }

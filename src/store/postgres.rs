@@ -391,11 +391,6 @@ impl Database {
         Ok(tx)
     }
 
-    /// Whether the URL listed several hosts: a primary and its standbys.
-    pub fn has_standbys(&self) -> bool {
-        self.shared.hosts.several()
-    }
-
     /// A connection for reads that need no transaction of their own.
     pub async fn connection(&self) -> PgResult<PoolConnection<sqlx::Postgres>> {
         Ok(self.shared.pool.acquire().await?)
@@ -475,71 +470,12 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
 /// transaction it runs in) writes a record after those of everything the
 /// caller read and waits for the standby to confirm it, and with it
 /// everything before it in the write-ahead log. A stored idempotent
-/// answer is given after the same wait. Returns whether the server had a
-/// synchronous standby to wait for when the wait began (see
-/// [`has_synchronous_standby`]).
-pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT current_setting('synchronous_standby_names') <> '' FROM txid_current()",
-    )
-    .fetch_one(connection)
-    .await?)
-}
-
-/// Whether the server waits for a synchronous standby to confirm commits.
-/// pg_auto_failover turns that off when the standby is unhealthy, and on
-/// a primary it drains before demoting it, which releases every commit
-/// waiting for the standby.
-pub async fn has_synchronous_standby(connection: &mut PgConnection) -> PgResult<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT current_setting('synchronous_standby_names') <> ''")
-            .fetch_one(connection)
-            .await?,
-    )
-}
-
-/// The server a connection reached, and which run of it: its address and
-/// port, and when its postmaster started. A primary that crashed and
-/// restarted is the same server in a new run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incarnation {
-    pub server: String,
-    pub started_micros: i64,
-}
-
-pub async fn incarnation(connection: &mut PgConnection) -> PgResult<Incarnation> {
-    let row = sqlx::query(
-        "SELECT coalesce(host(inet_server_addr()), 'local') || ':' || coalesce(inet_server_port(), 0),
-                (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint",
-    )
-    .fetch_one(connection)
-    .await?;
-    Ok(Incarnation {
-        server: row.try_get(0)?,
-        started_micros: row.try_get(1)?,
-    })
-}
-
-/// Whether a synchronous standby has flushed everything this server had
-/// written when the call began: `None` when the connection's role may not
-/// see the standbys' positions (it needs `pg_monitor`).
-pub async fn confirmed_by_synchronous_standby(
-    connection: &mut PgConnection,
-) -> PgResult<Option<bool>> {
-    let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&mut *connection)
+/// answer is given after the same wait.
+pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<()> {
+    sqlx::query("SELECT txid_current()")
+        .execute(connection)
         .await?;
-    let row = sqlx::query(
-        "SELECT coalesce(bool_or(flush_lsn >= $1::pg_lsn)
-                         FILTER (WHERE sync_state IN ('sync', 'quorum')), FALSE),
-                count(*) > 0 AND bool_and(flush_lsn IS NULL)
-           FROM pg_stat_replication",
-    )
-    .bind(written)
-    .fetch_one(connection)
-    .await?;
-    let hidden: bool = row.try_get(1)?;
-    Ok((!hidden).then_some(row.try_get(0)?))
+    Ok(())
 }
 
 /// The log's events after `after`, at most `limit`, with the oldest id it

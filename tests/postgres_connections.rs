@@ -211,15 +211,24 @@ async fn start(relay: &Relay, schema: &str) -> (String, tokio::sync::oneshot::Se
     (base, stop)
 }
 
-async fn book(client: &reqwest::Client, base: &str, patient: &str) -> u16 {
-    client
+/// Books `patient` into D1-09: the answer's status and body.
+async fn post_booking(
+    client: &reqwest::Client,
+    base: &str,
+    patient: &str,
+) -> (u16, serde_json::Value) {
+    let response = client
         .post(format!("{base}/tokens"))
         .json(&json!({"patientId": patient, "slotId": "D1-09", "source": "ONLINE"}))
         .send()
         .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+async fn book(client: &reqwest::Client, base: &str, patient: &str) -> u16 {
+    post_booking(client, base, patient).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,14 +351,8 @@ async fn cancels_and_reads_are_counted_on_the_wire() {
     let token = |round: usize| {
         let (client, base) = (client.clone(), base.clone());
         async move {
-            let response = client
-                .post(format!("{base}/tokens"))
-                .json(&json!({"patientId": format!("C{round}"), "slotId": "D1-09", "source": "ONLINE"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 201);
-            let body: serde_json::Value = response.json().await.unwrap();
+            let (status, body) = post_booking(&client, &base, &format!("C{round}")).await;
+            assert_eq!(status, 201);
             body["token"]["tokenId"].as_str().unwrap().to_owned()
         }
     };

@@ -782,13 +782,18 @@ pub async fn find_idempotency(
     Ok(Some(StoredIdempotency {
         caller: caller.clone(),
         key: key.to_owned(),
-        fingerprint: row.try_get::<&[u8], _>(0)?.try_into().map_err(|_| {
-            PgError::Corrupt("an idempotency fingerprint that is not 32 bytes".into())
-        })?,
+        fingerprint: fingerprint(row.try_get(0)?)?,
         token: row.try_get(1)?,
         response: Arc::from(row.try_get::<&str, _>(2)?),
         stored_at: timestamp(row.try_get(3)?)?,
     }))
+}
+
+/// A stored idempotency fingerprint.
+fn fingerprint(stored: &[u8]) -> PgResult<[u8; 32]> {
+    stored
+        .try_into()
+        .map_err(|_| PgError::Corrupt("an idempotency fingerprint that is not 32 bytes".into()))
 }
 
 /// How many idempotency keys stored at or after some instant are
@@ -1107,10 +1112,11 @@ pub async fn book_in_one_call(
     call: &OneCall<'_>,
 ) -> PgResult<CallAnswer> {
     let (slot, ctx) = (call.slot, call.ctx);
-    let changes = &call.changes;
-    let column = |f: &dyn Fn(&TokenChange<'_>) -> Option<&'static str>| {
-        changes.iter().map(f).collect::<Vec<_>>()
-    };
+    // One array per column of the token changes, in their order.
+    fn each<'c, T>(changes: &'c [TokenChange<'c>], f: impl Fn(&'c TokenChange<'c>) -> T) -> Vec<T> {
+        changes.iter().map(f).collect()
+    }
+    let changes = call.changes.as_slice();
     let key = call.key.as_ref();
     let limit = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let row = sqlx::query(
@@ -1128,49 +1134,19 @@ pub async fn book_in_one_call(
     .bind(nanos(ctx.at))
     .bind(&*ctx.actor)
     .bind(EVENTS_CHANNEL)
-    .bind(changes.iter().map(|c| c.token).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.number as i32).collect::<Vec<_>>())
-    .bind(
-        changes
-            .iter()
-            .map(|c| c.patient.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(column(&|c| Some(c.source.as_str())))
-    .bind(
-        changes
-            .iter()
-            .map(|c| i16::from(c.source.priority().get()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(column(&|c| c.from.map(Status::as_str)))
-    .bind(column(&|c| Some(c.to.as_str())))
-    .bind(column(&|c| Some(c.reason.as_str())))
-    .bind(changes.iter().map(|c| c.to.is_active()).collect::<Vec<_>>())
-    .bind(
-        changes
-            .iter()
-            .map(|c| c.to.holds_seat())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        changes
-            .iter()
-            .map(|c| c.checked_in_at.map(nanos))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        changes
-            .iter()
-            .map(|c| i16::from(c.skips))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        changes
-            .iter()
-            .map(|c| c.estimated_call_at.map(nanos))
-            .collect::<Vec<_>>(),
-    )
+    .bind(each(changes, |c| c.token))
+    .bind(each(changes, |c| c.number as i32))
+    .bind(each(changes, |c| c.patient.as_str()))
+    .bind(each(changes, |c| c.source.as_str()))
+    .bind(each(changes, |c| i16::from(c.source.priority().get())))
+    .bind(each(changes, |c| c.from.map(Status::as_str)))
+    .bind(each(changes, |c| c.to.as_str()))
+    .bind(each(changes, |c| c.reason.as_str()))
+    .bind(each(changes, |c| c.to.is_active()))
+    .bind(each(changes, |c| c.to.holds_seat()))
+    .bind(each(changes, |c| c.checked_in_at.map(nanos)))
+    .bind(each(changes, |c| i16::from(c.skips)))
+    .bind(each(changes, |c| c.estimated_call_at.map(nanos)))
     .bind(key.map(|k| k.key))
     .bind(key.map(|k| &k.fingerprint[..]))
     .bind(key.map(|k| k.response))
@@ -1196,9 +1172,7 @@ pub async fn book_in_one_call(
         },
         "WRITTEN" => CallAnswer::Written,
         "ALREADY" => CallAnswer::Stored {
-            fingerprint: row.try_get::<&[u8], _>(3)?.try_into().map_err(|_| {
-                PgError::Corrupt("an idempotency fingerprint that is not 32 bytes".into())
-            })?,
+            fingerprint: fingerprint(row.try_get(3)?)?,
             token: row.try_get(4)?,
             response: Arc::from(row.try_get::<&str, _>(5)?),
         },

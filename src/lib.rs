@@ -276,12 +276,8 @@ impl Application {
             None => None,
         };
         let (shutting_down, shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(http::metrics::follow_events(
-            service.clone(),
-            metrics.clone(),
-        ));
-        let fanout =
-            http::events::Fanout::start(&service, metrics.delivery_delay(), shutdown.clone());
+        tokio::spawn(http::metrics::upkeep(metrics.clone()));
+        let fanout = http::events::Fanout::start(&service, &metrics, shutdown.clone());
         let state = http::AppState {
             service: service.clone(),
             body_limit_bytes: config.body_limit_bytes,

@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 use super::auth::{Access, DoctorScope};
 use super::dto::{self, SlotSummaryDto};
 use super::error::{ApiError, FieldError, Result};
+use super::metrics::{EventCounts, Metrics};
 use super::routes::Routes;
 use super::AppState;
 use crate::engine::{DoctorId, SlotId};
@@ -514,23 +515,24 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Starts handing on `service`'s events, recording how long each
-    /// took to reach the streams in `delivery_delay`; runs until the
-    /// runtime ends. When `shutdown` turns true every stream is woken, so
-    /// that it sees the signal and ends.
+    /// Starts handing on `service`'s events, counting them in `metrics`
+    /// and recording there how long each took to reach the streams; runs
+    /// until the runtime ends. When `shutdown` turns true every stream is
+    /// woken, so that it sees the signal and ends.
     pub fn start(
         service: &Service,
-        delivery_delay: metrics::Histogram,
+        metrics: &Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Fanout> {
         let fanout = Arc::new(Fanout {
             all: std::sync::Mutex::new(broadcast::channel(PUBLISHED_BACKLOG).0),
             by_doctor: std::sync::Mutex::new(HashMap::new()),
-            delivery_delay,
+            delivery_delay: metrics.delivery_delay(),
             clock: service.clock(),
         });
         let events = service.subscribe();
-        tokio::spawn(Arc::clone(&fanout).run(events, shutdown));
+        let counts = EventCounts::new(Arc::clone(metrics));
+        tokio::spawn(Arc::clone(&fanout).run(events, counts, shutdown));
         fanout
     }
 
@@ -572,11 +574,19 @@ impl Fanout {
     /// while events keep coming they are gathered until one interval after
     /// the last hand-on. A busy day thus wakes each stream at most once per
     /// interval instead of once per change, and a quiet one adds no delay.
+    /// Every event received is counted in `counts` (`None` with metrics
+    /// off) at once, whether or not a stream is open.
     async fn run(
         self: Arc<Fanout>,
         mut events: broadcast::Receiver<Published>,
+        mut counts: Option<EventCounts>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut count = |published: &Published| {
+            if let Some(counts) = counts.as_mut() {
+                counts.count(published);
+            }
+        };
         let mut pending: Vec<Published> = Vec::new();
         let mut due: Option<Instant> = None;
         let mut last_hand_on: Option<Instant> = None;
@@ -585,6 +595,7 @@ impl Fanout {
             tokio::select! {
                 received = events.recv() => match received {
                     Ok(published) => {
+                        count(&published);
                         pending.push(published);
                         if due.is_none() {
                             let now = Instant::now();
@@ -593,6 +604,7 @@ impl Fanout {
                                 // Quiet until now: at once, with whatever
                                 // else has come meanwhile.
                                 while let Ok(more) = events.try_recv() {
+                                    count(&more);
                                     pending.push(more);
                                 }
                                 self.hand_on(&pending);
@@ -606,8 +618,8 @@ impl Fanout {
                     // This task fell behind and lost events: every stream
                     // ends (its channel is replaced), and clients resume
                     // from the log.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        tracing::warn!("event streams fell behind; they reconnect and resume");
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event streams and metrics fell behind; streams reconnect and resume, counts go on from here");
                         pending.clear();
                         due = None;
                         self.doctors().clear();

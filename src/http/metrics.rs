@@ -13,8 +13,9 @@
 //!   the edge ([`RequestMetrics`]), with handles found in a table indexed by
 //!   the route the access check matched;
 //! - bookings by decision, token transitions, and how far the call
-//!   estimate was off: from the durable events ([`follow_events`]), so they
-//!   count what was made durable and nothing else;
+//!   estimate was off: from the durable events, counted by the event
+//!   fan-out as it receives them ([`EventCounts`]), so they count what was
+//!   made durable and nothing else;
 //! - commits (their duration and size) and PostgreSQL retries: by the store
 //!   and the service, through handles handed to them at start-up;
 //! - health, open event streams and each doctor's waiting patients: read
@@ -32,7 +33,6 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use tokio::sync::broadcast;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
@@ -41,7 +41,6 @@ use super::error::ApiError;
 use super::routes::Routes;
 use super::AppState;
 use crate::engine::{Decision, DoctorId, Reason, Status};
-use crate::service::Service;
 use crate::store::events::{Event, EventKind, Published};
 use crate::store::{BackupMetrics, StorageMetrics};
 
@@ -72,7 +71,7 @@ const BATCH_SIZES: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
 ];
 /// From a durable change to the moment the fan-out hands it to the open
-/// streams, in seconds; the fan-out gathers for 10 ms.
+/// streams, in seconds; the fan-out gathers for up to 25 ms.
 const DELIVERY_SECONDS: &[f64] = &[
     0.001, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
@@ -456,39 +455,28 @@ impl RequestMetrics {
     }
 }
 
-/// Counts what the durable events tell (bookings by decision, token
-/// transitions, and how far each call came from the estimate its check-in
-/// gave) and folds histogram samples into their buckets now and then. Runs
-/// until the service's event bus closes; with metrics off, not at all.
-pub async fn follow_events(service: std::sync::Arc<Service>, metrics: std::sync::Arc<Metrics>) {
+/// Folds histogram samples into their buckets now and then, so that the
+/// samples waiting for a scrape that does not come stay few. With metrics
+/// off, returns at once.
+pub async fn upkeep(metrics: std::sync::Arc<Metrics>) {
     if !metrics.is_on() {
         return;
     }
-    let mut events = service.subscribe();
-    drop(service);
-    let mut counts = EventCounts::new(&metrics);
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            received = events.recv() => match received {
-                Ok(published) => counts.count(&published),
-                // Counting fell behind the log and missed events: the
-                // counts go on from here (they only ever grow).
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "metrics missed events while falling behind");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = upkeep.tick() => metrics.upkeep(),
-        }
+        upkeep.tick().await;
+        metrics.upkeep();
     }
 }
 
-/// The counts kept from events, with their handles; owned by the one task
-/// that follows the events, so they need no lock.
-struct EventCounts<'a> {
-    metrics: &'a Metrics,
+/// What the durable events tell: bookings by decision, token transitions,
+/// and how far each call came from the estimate its check-in gave. The
+/// event fan-out counts each batch of events as it receives it, so that
+/// counting costs no wake of a task of its own per change; owned by that
+/// one task, the counts need no lock.
+pub struct EventCounts {
+    metrics: std::sync::Arc<Metrics>,
     bookings: Vec<(Decision, Counter)>,
     /// By status and reason (indexed as `Status::ALL` and `Reason::ALL`),
     /// each registered when it first occurs.
@@ -499,8 +487,12 @@ struct EventCounts<'a> {
     estimates: HashMap<Uuid, Timestamp>,
 }
 
-impl<'a> EventCounts<'a> {
-    fn new(metrics: &'a Metrics) -> EventCounts<'a> {
+impl EventCounts {
+    /// The counts, or `None` with metrics off.
+    pub fn new(metrics: std::sync::Arc<Metrics>) -> Option<EventCounts> {
+        if !metrics.is_on() {
+            return None;
+        }
         let bookings = [
             Decision::Allocated,
             Decision::BumpedLower,
@@ -513,16 +505,16 @@ impl<'a> EventCounts<'a> {
             (decision, metrics.counter(BOOKINGS, vec![label]))
         })
         .collect();
-        EventCounts {
+        Some(EventCounts {
+            estimate_error: metrics.histogram(ESTIMATE_ERROR, Vec::new()),
             metrics,
             bookings,
             transitions: vec![None; Status::ALL.len() * Reason::ALL.len()],
-            estimate_error: metrics.histogram(ESTIMATE_ERROR, Vec::new()),
             estimates: HashMap::new(),
-        }
+        })
     }
 
-    fn count(&mut self, published: &Published) {
+    pub fn count(&mut self, published: &Published) {
         for event in published.iter() {
             self.count_one(event);
         }
@@ -552,7 +544,7 @@ impl<'a> EventCounts<'a> {
         let (Some(status), Some(why)) = (status, why) else {
             unreachable!("every status and reason is listed");
         };
-        let metrics = self.metrics;
+        let metrics = &self.metrics;
         self.transitions[status * Reason::ALL.len() + why]
             .get_or_insert_with(|| {
                 metrics.counter(

@@ -39,7 +39,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start(schema: &str, schedule: &std::path::Path) -> Instance {
+/// An instance on `schema`, booking in one call when `one_call` is set
+/// and under each slot's lock otherwise.
+async fn start(schema: &str, schedule: &std::path::Path, one_call: bool) -> Instance {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_opd-token-engine"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -53,6 +55,7 @@ async fn start(schema: &str, schedule: &std::path::Path) -> Instance {
         .arg(schedule)
         .args(["--rate-limit-per-second", "0"])
         .env("RUST_LOG", "warn")
+        .env("OPD_ONE_CALL_BOOKINGS", one_call.to_string())
         .stdout(Stdio::null())
         .spawn()
         .expect("the server binary starts");
@@ -81,6 +84,18 @@ const SOURCES: [&str; 5] = ["EMERGENCY", "PAID", "FOLLOW_UP", "ONLINE", "WALK_IN
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_sharing_postgres_keep_every_invariant_under_concurrent_load() {
+    keep_every_invariant_under_concurrent_load(false).await;
+}
+
+/// The same with bookings decided on each instance's copies of the slots
+/// and written in one call, in groups: the copies go stale at almost every
+/// booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_booking_in_one_call_keep_every_invariant_under_concurrent_load() {
+    keep_every_invariant_under_concurrent_load(true).await;
+}
+
+async fn keep_every_invariant_under_concurrent_load(one_call: bool) {
     // Arrange: a fresh schema and two instances on it.
     let schema = format!("multi_{}", uuid::Uuid::new_v4().simple());
     let dir = std::env::temp_dir().join(&schema);
@@ -96,9 +111,9 @@ async fn instances_sharing_postgres_keep_every_invariant_under_concurrent_load()
         })
         .collect();
     std::fs::write(&schedule, json!({ "slots": slots }).to_string()).unwrap();
-    let first = start(&schema, &schedule).await;
+    let first = start(&schema, &schedule, one_call).await;
     // The second instance loads the same schedule: existing slots are kept.
-    let second = start(&schema, &schedule).await;
+    let second = start(&schema, &schedule, one_call).await;
     let bases = [first.base.clone(), second.base.clone()];
 
     // Act: 24 clients, alternating instances, book and then cancel or

@@ -165,6 +165,9 @@ fn message(buffer: &[u8], untyped: bool) -> Option<(u8, &[u8], usize)> {
 /// its SQL.
 const PREPARE: &str = "PREPARE ";
 
+/// What the statement that writes bookings in one call contains.
+const CALL: &str = "FROM opd_book_group(";
+
 fn record_client(wire: &mut Wire, kind: u8, body: &[u8]) {
     let strings: Vec<String> = body
         .split(|&byte| byte == 0)
@@ -266,7 +269,7 @@ async fn a_booking_is_one_call_and_the_pool_s_ping_on_return() {
                 .iter()
                 .filter(|s| !s.starts_with(PREPARE) && s.contains("FROM tokens WHERE slot_id"))
                 .count();
-            let is_call = |s: &String| !s.starts_with(PREPARE) && s.contains("FROM opd_book(");
+            let is_call = |s: &String| !s.starts_with(PREPARE) && s.contains(CALL);
             if !statements.iter().any(is_call) {
                 continue;
             }
@@ -337,6 +340,89 @@ where
         "one transaction with {marker}: {counted:?}"
     );
     counted[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bookings_into_different_slots_share_calls() {
+    // Arrange: 16 doctors' slots, each booked once so that the instance
+    // holds a copy of each.
+    const SLOTS: usize = 16;
+    let relay = Relay::start().await;
+    let schema = format!("groups_{}", uuid::Uuid::new_v4().simple());
+    let (base, stop) = start(&relay, &schema).await;
+    let client = reqwest::Client::new();
+    let slot = |n: usize| format!("G{n:02}-09");
+    for n in 0..SLOTS {
+        let response = client
+            .post(format!("{base}/slots"))
+            .json(&json!({"slotId": slot(n), "doctorId": format!("G{n:02}"),
+                          "startTime": "09:00", "endTime": "10:00", "capacity": 50}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let booked = client
+            .post(format!("{base}/tokens"))
+            .json(&json!({"patientId": "FIRST", "slotId": slot(n), "source": "ONLINE"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(booked.status(), 201);
+    }
+    let calls_before = calls(&relay);
+
+    // Act: four bookings into each slot, all at once.
+    let bookings = (0..4 * SLOTS).map(|n| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .post(format!("{base}/tokens"))
+                .json(&json!({"patientId": format!("P{n}"), "slotId": slot(n % SLOTS), "source": "ONLINE"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(bookings).await;
+
+    // Assert: every booking was made, and the instance's two connections
+    // carried them in fewer calls than bookings.
+    assert!(statuses.iter().all(|status| *status == 201), "{statuses:?}");
+    let calls = calls(&relay) - calls_before;
+    eprintln!("{} bookings in {calls} calls", 4 * SLOTS);
+    assert!(
+        calls < 4 * SLOTS,
+        "{calls} calls for {} bookings",
+        4 * SLOTS
+    );
+    for n in 0..SLOTS {
+        let detail: serde_json::Value = client
+            .get(format!("{base}/slots/{}", slot(n)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(detail["allocatedCount"], 5, "{detail}");
+    }
+
+    let _ = stop.send(());
+    drop_schema(&schema);
+}
+
+/// The calls that wrote bookings, on every connection so far.
+fn calls(relay: &Relay) -> usize {
+    relay
+        .trips()
+        .iter()
+        .flatten()
+        .filter(|trip| {
+            matches!(trip, Trip::Statements(statements)
+                if statements.iter().any(|s| !s.starts_with(PREPARE) && s.contains(CALL)))
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

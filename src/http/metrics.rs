@@ -90,6 +90,7 @@ const COMMIT_DURATION: &str = "opd_storage_commit_duration_seconds";
 const COMMIT_BATCH: &str = "opd_storage_commit_batch_size";
 const STORAGE_FAILED: &str = "opd_storage_failed";
 const POSTGRES_RETRIES: &str = "opd_postgres_retries_total";
+const STALE_COPIES: &str = "opd_postgres_stale_copies_total";
 const SUBSCRIBERS: &str = "opd_event_subscribers";
 const DELIVERY_DELAY: &str = "opd_event_delivery_delay_seconds";
 const ENGINE_SLOTS: &str = "opd_engine_slots";
@@ -150,6 +151,7 @@ impl Metrics {
             (COMMIT_BATCH, None, "Changes made durable by one commit"),
             (STORAGE_FAILED, None, "1 when storage cannot make changes durable (a failed SQLite commit, or PostgreSQL unreachable), else 0"),
             (POSTGRES_RETRIES, None, "PostgreSQL transactions tried again after losing a race, by SQLSTATE"),
+            (STALE_COPIES, None, "Bookings in one call decided on a copy of their slot that another change had made stale: nothing was written and the booking was decided again"),
             (SUBSCRIBERS, None, "Open event streams (GET /events)"),
             (DELIVERY_DELAY, Some(Unit::Seconds), "Time from a change to the moment its event is handed to the open event streams"),
             (QUEUE_WAITING, None, "Patients checked in and waiting to be called today, by doctor"),
@@ -227,6 +229,7 @@ impl Metrics {
                     (*sqlstate, counter)
                 })
                 .collect(),
+            stale_copies: self.counter(STALE_COPIES, Vec::new()),
         }
     }
 

@@ -4,6 +4,7 @@
 //! with the same engine and make a change durable before acknowledging it.
 
 mod backups;
+mod group_commit;
 mod local;
 mod postgres;
 pub mod report;

@@ -28,6 +28,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use uuid::Uuid;
 
+use super::group_commit::{self, GroupCommit, GroupFailure};
 use super::slot_copies::SlotCopies;
 use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
@@ -70,8 +71,9 @@ pub struct Postgres {
     /// The slots bookings are decided on without reading them first
     /// (boxed: two locked maps).
     copies: Box<SlotCopies>,
-    /// Whether bookings are decided on copies and written in one call.
-    one_call_bookings: bool,
+    /// With one-call bookings, the writers that write them in groups;
+    /// `None` without.
+    groups: Option<GroupCommit>,
 }
 
 impl Drop for Postgres {
@@ -218,14 +220,15 @@ impl Postgres {
             follower,
             metrics: StorageMetrics::default(),
             copies: Box::new(SlotCopies::new()),
-            one_call_bookings: false,
+            groups: None,
         }
     }
 
-    /// Decides bookings on copies of their slots and writes each in one
-    /// call.
+    /// Decides bookings on copies of their slots and writes them in one
+    /// call, concurrent ones in groups; their commits are recorded in the
+    /// metrics given before (see [`Postgres::with_metrics`]).
     pub fn with_one_call_bookings(mut self, on: bool) -> Postgres {
-        self.one_call_bookings = on;
+        self.groups = on.then(|| GroupCommit::start(&self.database, &self.metrics));
         self
     }
 
@@ -452,13 +455,18 @@ impl Postgres {
             render,
             lost: LostCall::default(),
         };
-        let tries = if self.one_call_bookings {
+        let tries = if self.groups.is_some() {
             STALE_TRIES
         } else {
             0
         };
-        for _ in 0..tries {
-            let tried = self.retry(|| self.try_book_on_copy(&booking)).await?;
+        for tried_before in 0..tries {
+            // A booking whose copy was stale is written alone from then on,
+            // so that it does not wait for a group again.
+            let alone = tried_before > 0;
+            let tried = self
+                .retry(|| self.try_book_on_copy(&booking, alone))
+                .await?;
             match tried {
                 OnCopy::Booked(booking) => return Ok(booking),
                 OnCopy::Stale => {}
@@ -471,8 +479,9 @@ impl Postgres {
     /// Decides a booking on this instance's copy of the slot (read first
     /// if it has none) and writes it in one call, which writes only if the
     /// copy is current. A refusal is not given from a copy, which may be
-    /// stale: the lock-first path gives it.
-    async fn try_book_on_copy(&self, booking: &BookingTries<'_>) -> Attempt<OnCopy> {
+    /// stale: the lock-first path gives it. The call is written in the next
+    /// group, or `alone`.
+    async fn try_book_on_copy(&self, booking: &BookingTries<'_>, alone: bool) -> Attempt<OnCopy> {
         let (request, key, actor, clock, render, lost) = booking.parts();
         let entry = self.copies.slot(&request.slot);
         let mut held = entry.lock().await;
@@ -502,30 +511,41 @@ impl Postgres {
             return Ok(OnCopy::Refused);
         };
         let body: Arc<str> = Arc::from(render(&outcome));
-        let call = db::OneCall {
-            slot: &outcome.slot,
-            version: copy.version,
-            number: outcome.token.number,
-            changes: outcome.token_changes().collect(),
-            ctx: &ctx,
-            key: key.map(|key| db::KeyedCall {
-                key: &key.key,
+        let call = Arc::new(db::OneCall::new(
+            &outcome.slot,
+            copy.version,
+            outcome.token.number,
+            outcome.token_changes(),
+            &ctx,
+            key.map(|key| db::KeyedCall {
+                key: key.key.clone(),
                 fingerprint: key.fingerprint,
-                response: &body,
+                response: body.clone(),
                 since: ctx.at - IDEMPOTENCY_RETENTION,
                 per_caller: self.idempotency_limits.per_caller,
                 total: self.idempotency_limits.total,
             }),
-        };
-        let started = std::time::Instant::now();
+        ));
         // From here the copy holds the decision, written or not: it is
         // dropped unless the call answers that it was written.
         let copy = held.take().expect("read above");
-        let answer = async {
-            let mut connection = self.database.connection().await?;
-            db::book_in_one_call(&mut connection, &call).await
-        }
-        .await;
+        let answer = match self.groups.as_ref().filter(|_| !alone) {
+            Some(groups) => match groups.write(Arc::clone(&call)).await {
+                Ok(answer) => Ok(answer),
+                Err(GroupFailure::Lost { may_reconnect }) => {
+                    return Err(lost.record(if may_reconnect {
+                        sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the connection of the booking's group was lost",
+                        ))
+                    } else {
+                        sqlx::Error::PoolTimedOut
+                    }));
+                }
+                Err(GroupFailure::Failed) => self.write_alone(&call).await,
+            },
+            None => self.write_alone(&call).await,
+        };
         let answer = match answer {
             Ok(answer) => answer,
             Err(PgError::Database(error)) if db::is_connection_lost(&error) => {
@@ -541,7 +561,6 @@ impl Postgres {
         };
         match answer {
             db::CallAnswer::Booked { version } => {
-                self.metrics.commit(1, started.elapsed());
                 *issued = outcome.token.number;
                 *held = Some(db::SlotCopy {
                     version,
@@ -559,6 +578,7 @@ impl Postgres {
                 )))
             }
             db::CallAnswer::Stale { numbers_issued } => {
+                self.metrics.stale_copies.increment(1);
                 if let Some(numbers_issued) = numbers_issued {
                     *issued = numbers_issued;
                 }
@@ -580,6 +600,19 @@ impl Postgres {
             }
             db::CallAnswer::KeysFull(counts) => Err(self.keys_full(counts, ctx.at)),
         }
+    }
+
+    /// Writes one call as a group of its own, on a connection of its own.
+    async fn write_alone(&self, call: &db::OneCall) -> Result<db::CallAnswer, PgError> {
+        let started = std::time::Instant::now();
+        let answer = group_commit::write(&self.database, &[call])
+            .await?
+            .pop()
+            .ok_or_else(|| PgError::Corrupt("a call of one was not answered".into()))?;
+        if matches!(answer, db::CallAnswer::Booked { .. }) {
+            self.metrics.commit(1, started.elapsed());
+        }
+        Ok(answer)
     }
 
     /// Decides a booking over the slot as it is stored, under its lock.

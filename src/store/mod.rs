@@ -127,6 +127,9 @@ pub struct StorageMetrics {
     /// PostgreSQL transactions tried again after losing a race, by the
     /// SQLSTATE they lost with.
     pub retries: Vec<(&'static str, metrics::Counter)>,
+    /// PostgreSQL bookings decided on an instance's copy of a slot that
+    /// another change had made stale, so written nothing and decided again.
+    pub stale_copies: metrics::Counter,
 }
 
 impl Default for StorageMetrics {
@@ -135,6 +138,7 @@ impl Default for StorageMetrics {
             commit_duration: metrics::Histogram::noop(),
             batch_size: metrics::Histogram::noop(),
             retries: Vec::new(),
+            stale_copies: metrics::Counter::noop(),
         }
     }
 }

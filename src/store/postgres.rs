@@ -1054,32 +1054,98 @@ pub async fn read_slot_copy(
     }))
 }
 
-/// A booking decided on a [`SlotCopy`], for [`book_in_one_call`].
-pub struct OneCall<'a> {
-    /// The slot after the booking.
-    pub slot: &'a SlotSummary,
+/// A booking decided on a [`SlotCopy`], as [`book_in_group`] writes it:
+/// owned, so that a group's writer can take it from another task.
+pub struct OneCall {
+    slot: SlotId,
+    doctor: DoctorId,
+    date: String,
     /// The version of the slot's row the copy was read at.
-    pub version: i64,
+    version: i64,
     /// The booked token's number.
-    pub number: u32,
-    pub changes: Vec<TokenChange<'a>>,
-    pub ctx: &'a Context,
-    pub key: Option<KeyedCall<'a>>,
+    number: i32,
+    allocated: i32,
+    waitlisted: i32,
+    at: i64,
+    actor: Actor,
+    changes: Vec<CallChange>,
+    key: Option<KeyedCall>,
+}
+
+/// One token change of a [`OneCall`], in the columns it is written as.
+struct CallChange {
+    token: Uuid,
+    number: i32,
+    patient: String,
+    source: &'static str,
+    priority: i16,
+    from: Option<&'static str>,
+    to: &'static str,
+    reason: &'static str,
+    active: bool,
+    seated: bool,
+    checked_in: Option<i64>,
+    skips: i16,
+    estimate: Option<i64>,
 }
 
 /// The idempotency record a keyed booking stores, and the limits on the
 /// keys remembered.
-pub struct KeyedCall<'a> {
-    pub key: &'a str,
+pub struct KeyedCall {
+    pub key: String,
     pub fingerprint: [u8; 32],
-    pub response: &'a str,
+    pub response: Arc<str>,
     /// Keys stored before this are past their retention.
     pub since: Timestamp,
     pub per_caller: usize,
     pub total: usize,
 }
 
-/// What [`book_in_one_call`] did.
+impl OneCall {
+    /// The booking that left `slot` as it is, with `changes`, decided on a
+    /// copy read at `version`.
+    pub fn new<'a>(
+        slot: &SlotSummary,
+        version: i64,
+        number: u32,
+        changes: impl Iterator<Item = TokenChange<'a>>,
+        ctx: &Context,
+        key: Option<KeyedCall>,
+    ) -> OneCall {
+        let changes = changes
+            .map(|c| CallChange {
+                token: c.token,
+                number: c.number as i32,
+                patient: c.patient.as_str().to_owned(),
+                source: c.source.as_str(),
+                priority: i16::from(c.source.priority().get()),
+                from: c.from.map(Status::as_str),
+                to: c.to.as_str(),
+                reason: c.reason.as_str(),
+                active: c.to.is_active(),
+                seated: c.to.holds_seat(),
+                checked_in: c.checked_in_at.map(nanos),
+                skips: i16::from(c.skips),
+                estimate: c.estimated_call_at.map(nanos),
+            })
+            .collect();
+        OneCall {
+            slot: slot.id.clone(),
+            doctor: slot.doctor.clone(),
+            date: slot.date.to_string(),
+            version,
+            number: number as i32,
+            allocated: slot.allocated as i32,
+            waitlisted: slot.waitlisted as i32,
+            at: nanos(ctx.at),
+            actor: ctx.actor.clone(),
+            changes,
+            key,
+        }
+    }
+}
+
+/// What [`book_in_group`] did with one call.
 #[derive(Debug)]
 pub enum CallAnswer {
     /// Written; the slot's row is now at `version`.
@@ -1101,89 +1167,123 @@ pub enum CallAnswer {
     KeysFull(KeyCounts),
 }
 
-/// Writes a booking decided on a copy of its slot in one statement (the
-/// function `opd_book`, migration 0008), which is one transaction and one
-/// round trip: it locks what the transaction of [`load_slot`] and its
-/// writes lock, in the same order, and writes only if the slot's row is
-/// still at the copy's version and the day has issued the numbers before
-/// the booked one.
-pub async fn book_in_one_call(
+/// Writes bookings decided on copies of their slots in one statement (the
+/// function `opd_book_group`, migration 0009), which is one transaction,
+/// one commit and one round trip however many calls it carries. Each call
+/// is written only if its slot's row is still at its copy's version and
+/// its day has issued the numbers before the booked one; the answers are
+/// in the order of `calls`. The function takes its locks in an order no
+/// other transaction crosses (the migration says why).
+pub async fn book_in_group(
     connection: &mut PgConnection,
-    call: &OneCall<'_>,
-) -> PgResult<CallAnswer> {
-    let (slot, ctx) = (call.slot, call.ctx);
-    // One array per column of the token changes, in their order.
-    fn each<'c, T>(changes: &'c [TokenChange<'c>], f: impl Fn(&'c TokenChange<'c>) -> T) -> Vec<T> {
-        changes.iter().map(f).collect()
+    calls: &[&OneCall],
+) -> PgResult<Vec<CallAnswer>> {
+    // One array per column, calls and their changes in order.
+    fn each<T>(calls: &[&OneCall], f: impl Fn(&OneCall) -> T) -> Vec<T> {
+        calls.iter().map(|call| f(call)).collect()
     }
-    let changes = call.changes.as_slice();
-    let key = call.key.as_ref();
+    fn every<'c, T>(calls: &[&'c OneCall], f: impl Fn(&'c CallChange) -> T) -> Vec<T> {
+        calls
+            .iter()
+            .flat_map(|call| call.changes.iter())
+            .map(f)
+            .collect()
+    }
+    let (mut first, mut last, mut call_of) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, call) in calls.iter().enumerate() {
+        let before = call_of.len() as i32;
+        call_of.extend(std::iter::repeat_n(index as i32 + 1, call.changes.len()));
+        first.push(before + 1);
+        last.push(call_of.len() as i32);
+    }
     let limit = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let row = sqlx::query(
-        "SELECT * FROM opd_book($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                                $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
-                                $29)",
+    let rows = sqlx::query(
+        "SELECT * FROM opd_book_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                      $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
+                                      $25, $26, $27, $28, $29, $30, $31, $32)",
     )
-    .bind(slot.id.as_str())
-    .bind(call.version)
-    .bind(slot.doctor.as_str())
-    .bind(slot.date.to_string())
-    .bind(call.number as i32)
-    .bind(slot.allocated as i32)
-    .bind(slot.waitlisted as i32)
-    .bind(nanos(ctx.at))
-    .bind(&*ctx.actor)
     .bind(EVENTS_CHANNEL)
-    .bind(each(changes, |c| c.token))
-    .bind(each(changes, |c| c.number as i32))
-    .bind(each(changes, |c| c.patient.as_str()))
-    .bind(each(changes, |c| c.source.as_str()))
-    .bind(each(changes, |c| i16::from(c.source.priority().get())))
-    .bind(each(changes, |c| c.from.map(Status::as_str)))
-    .bind(each(changes, |c| c.to.as_str()))
-    .bind(each(changes, |c| c.reason.as_str()))
-    .bind(each(changes, |c| c.to.is_active()))
-    .bind(each(changes, |c| c.to.holds_seat()))
-    .bind(each(changes, |c| c.checked_in_at.map(nanos)))
-    .bind(each(changes, |c| i16::from(c.skips)))
-    .bind(each(changes, |c| c.estimated_call_at.map(nanos)))
-    .bind(key.map(|k| k.key))
-    .bind(key.map(|k| &k.fingerprint[..]))
-    .bind(key.map(|k| k.response))
-    .bind(key.map(|k| nanos(k.since)))
-    .bind(key.map(|k| limit(k.per_caller)))
-    .bind(key.map(|k| limit(k.total)))
-    .fetch_one(connection)
+    .bind(each(calls, |c| c.slot.as_str().to_owned()))
+    .bind(each(calls, |c| c.version))
+    .bind(each(calls, |c| c.doctor.as_str().to_owned()))
+    .bind(each(calls, |c| c.date.clone()))
+    .bind(each(calls, |c| c.number))
+    .bind(each(calls, |c| c.allocated))
+    .bind(each(calls, |c| c.waitlisted))
+    .bind(each(calls, |c| c.at))
+    .bind(each(calls, |c| c.actor.to_string()))
+    .bind(first)
+    .bind(last)
+    .bind(call_of)
+    .bind(every(calls, |c| c.token))
+    .bind(every(calls, |c| c.number))
+    .bind(every(calls, |c| c.patient.as_str()))
+    .bind(every(calls, |c| c.source))
+    .bind(every(calls, |c| c.priority))
+    .bind(every(calls, |c| c.from))
+    .bind(every(calls, |c| c.to))
+    .bind(every(calls, |c| c.reason))
+    .bind(every(calls, |c| c.active))
+    .bind(every(calls, |c| c.seated))
+    .bind(every(calls, |c| c.checked_in))
+    .bind(every(calls, |c| c.skips))
+    .bind(every(calls, |c| c.estimate))
+    .bind(each(calls, |c| c.key.as_ref().map(|k| k.key.clone())))
+    .bind(each(calls, |c| {
+        c.key.as_ref().map(|k| k.fingerprint.to_vec())
+    }))
+    .bind(each(calls, |c| {
+        c.key.as_ref().map(|k| k.response.to_string())
+    }))
+    .bind(each(calls, |c| c.key.as_ref().map(|k| nanos(k.since))))
+    .bind(each(calls, |c| c.key.as_ref().map(|k| limit(k.per_caller))))
+    .bind(each(calls, |c| c.key.as_ref().map(|k| limit(k.total))))
+    .fetch_all(connection)
     .await?;
-    let count = |index: usize| -> PgResult<usize> {
-        Ok(usize::try_from(row.try_get::<Option<i64>, _>(index)?.unwrap_or(0)).unwrap_or(0))
-    };
-    let oldest = |index: usize| -> PgResult<Option<Timestamp>> {
-        Ok(row.try_get::<Option<i64>, _>(index)?.and_then(from_nanos))
-    };
-    Ok(match row.try_get::<&str, _>(0)? {
-        "BOOKED" => CallAnswer::Booked {
-            version: row.try_get(1)?,
-        },
-        "STALE" => CallAnswer::Stale {
-            numbers_issued: row
-                .try_get::<Option<i32>, _>(2)?
-                .map(|issued| issued as u32),
-        },
-        "WRITTEN" => CallAnswer::Written,
-        "ALREADY" => CallAnswer::Stored {
-            fingerprint: fingerprint(row.try_get(3)?)?,
-            token: row.try_get(4)?,
-            response: Arc::from(row.try_get::<&str, _>(5)?),
-        },
-        "LIMIT" => CallAnswer::KeysFull(KeyCounts {
-            caller: count(6)?,
-            caller_oldest: oldest(7)?,
-            total: count(8)?,
-            total_oldest: oldest(9)?,
-        }),
-        other => return Err(PgError::Corrupt(format!("opd_book answered {other}"))),
-    })
+    let mut answers: Vec<Option<CallAnswer>> = calls.iter().map(|_| None).collect();
+    for row in &rows {
+        let count = |index: usize| -> PgResult<usize> {
+            Ok(usize::try_from(row.try_get::<Option<i64>, _>(index)?.unwrap_or(0)).unwrap_or(0))
+        };
+        let oldest = |index: usize| -> PgResult<Option<Timestamp>> {
+            Ok(row.try_get::<Option<i64>, _>(index)?.and_then(from_nanos))
+        };
+        let answer = match row.try_get::<&str, _>(1)? {
+            "BOOKED" => CallAnswer::Booked {
+                version: row.try_get(2)?,
+            },
+            "STALE" => CallAnswer::Stale {
+                numbers_issued: row
+                    .try_get::<Option<i32>, _>(3)?
+                    .map(|issued| issued as u32),
+            },
+            "WRITTEN" => CallAnswer::Written,
+            "ALREADY" => CallAnswer::Stored {
+                fingerprint: fingerprint(row.try_get(4)?)?,
+                token: row.try_get(5)?,
+                response: Arc::from(row.try_get::<&str, _>(6)?),
+            },
+            "LIMIT" => CallAnswer::KeysFull(KeyCounts {
+                caller: count(7)?,
+                caller_oldest: oldest(8)?,
+                total: count(9)?,
+                total_oldest: oldest(10)?,
+            }),
+            other => return Err(PgError::Corrupt(format!("opd_book_group answered {other}"))),
+        };
+        let call = row.try_get::<i32, _>(0)?;
+        let slot = usize::try_from(call - 1)
+            .ok()
+            .and_then(|index| answers.get_mut(index))
+            .ok_or_else(|| PgError::Corrupt(format!("opd_book_group answered call {call}")))?;
+        *slot = Some(answer);
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.ok_or_else(|| PgError::Corrupt("opd_book_group left a call unanswered".into()))
+        })
+        .collect()
 }
 
 /// Draws the next arrival sequence number.

@@ -18,6 +18,7 @@ mod fhir;
 mod idempotency;
 mod limits;
 mod metrics;
+mod one_call;
 mod opd_day;
 mod opd_flow;
 mod reports;

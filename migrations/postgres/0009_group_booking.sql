@@ -1,0 +1,189 @@
+-- Bookings in groups: several bookings, each decided on a copy of its own
+-- slot, written by one call in one transaction with one commit.
+--
+-- `opd_book` (0008) stays: an instance of the version before this one,
+-- still serving during a rolling upgrade, calls it.
+--
+-- The locks are taken in an order no other transaction can cross: every
+-- idempotency key first (by hash), then every slot (by id), then every
+-- doctor's day (by doctor and date), the log's head last. A single
+-- booking takes one key, its slot, its day and the head in that order,
+-- and a day-wide change takes one doctor's slots and then the day, so a
+-- group never waits for a lock while holding one that the lock's holder
+-- waits for; two groups take theirs in the same order. An instance puts
+-- at most one booking of a doctor's day in a group (it holds the day's
+-- numbers while the call runs), so a group holds one slot of a day.
+--
+-- The calls are `p_*` (one element per booking) and `k_*` (its
+-- idempotency record, NULL elements without a key); the token changes of
+-- call i are elements p_first[i]..p_last[i] of the `c_*` arrays, in the
+-- order of its answer, and c_call holds each change's call. Each call is
+-- answered as `opd_book` answers it, in a row with its index (r_call); a
+-- call that does not write leaves the others unaffected.
+CREATE FUNCTION opd_book_group(
+    p_channel TEXT,
+    p_slot TEXT[], p_version BIGINT[], p_doctor TEXT[], p_date TEXT[], p_number INTEGER[],
+    p_allocated INTEGER[], p_waitlisted INTEGER[], p_at BIGINT[], p_actor TEXT[],
+    p_first INTEGER[], p_last INTEGER[],
+    c_call INTEGER[], c_token UUID[], c_number INTEGER[], c_patient TEXT[], c_source TEXT[],
+    c_priority SMALLINT[], c_from TEXT[], c_to TEXT[], c_reason TEXT[],
+    c_active BOOLEAN[], c_seated BOOLEAN[], c_checked_in BIGINT[], c_skips SMALLINT[],
+    c_estimate BIGINT[],
+    k_key TEXT[], k_fingerprint BYTEA[], k_response TEXT[], k_since BIGINT[],
+    k_per_caller BIGINT[], k_total BIGINT[])
+RETURNS TABLE (r_call INTEGER, r_outcome TEXT, r_version BIGINT, r_issued INTEGER,
+               r_fingerprint BYTEA, r_token UUID, r_response TEXT, r_caller_keys BIGINT,
+               r_caller_oldest BIGINT, r_total_keys BIGINT, r_total_oldest BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    calls INTEGER := cardinality(p_slot);
+    i INTEGER;
+    f INTEGER;
+    l INTEGER;
+    key_hash BIGINT;
+    booked UUID;
+    stored RECORD;
+    counts RECORD;
+    current_version BIGINT;
+    issued INTEGER;
+    new_version BIGINT;
+    -- The change positions of the calls that wrote, for their events.
+    written INTEGER[] := '{}';
+    head BIGINT;
+    changes INTEGER;
+BEGIN
+    FOR key_hash IN
+        SELECT DISTINCT hashtextextended(a.actor || E'\n' || a.key, 0)
+          FROM unnest(p_actor, k_key) AS a(actor, key)
+         WHERE a.key IS NOT NULL
+         ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock(key_hash);
+    END LOOP;
+    -- Rows are locked as the sort hands them on, so in this order.
+    PERFORM 1 FROM slots s WHERE s.slot_id = ANY (p_slot) ORDER BY s.slot_id FOR UPDATE;
+    PERFORM 1 FROM doctor_days d
+      JOIN unnest(p_doctor, p_date) AS w(doctor, date)
+        ON d.doctor_id = w.doctor AND d.date = w.date
+     ORDER BY d.doctor_id, d.date
+       FOR UPDATE OF d;
+
+    FOR i IN 1 .. calls LOOP
+        f := p_first[i];
+        l := p_last[i];
+        SELECT c.token INTO booked FROM unnest(c_token[f:l], c_from[f:l]) AS c(token, from_status)
+         WHERE c.from_status IS NULL;
+        -- A token id is drawn for each request, so only an earlier try of
+        -- this same call can have written it.
+        IF EXISTS (SELECT 1 FROM tokens t WHERE t.token_id = booked) THEN
+            RETURN QUERY SELECT i, 'WRITTEN', NULL::BIGINT, NULL::INTEGER, NULL::BYTEA,
+                                NULL::UUID, NULL::TEXT, NULL::BIGINT, NULL::BIGINT,
+                                NULL::BIGINT, NULL::BIGINT;
+            CONTINUE;
+        END IF;
+
+        IF k_key[i] IS NOT NULL THEN
+            SELECT s.fingerprint, s.token_id, s.response INTO stored FROM idempotency s
+             WHERE s.caller = p_actor[i] AND s.key = k_key[i] AND s.stored_at >= k_since[i];
+            IF FOUND THEN
+                -- A stored answer read here may be committed and not yet on
+                -- the synchronous standby. With a transaction id, this
+                -- call's commit waits for the standby to confirm everything
+                -- before it, so the answer is given once durable.
+                PERFORM txid_current();
+                RETURN QUERY SELECT i, 'ALREADY', NULL::BIGINT, NULL::INTEGER, stored.fingerprint,
+                                    stored.token_id, stored.response, NULL::BIGINT,
+                                    NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
+                CONTINUE;
+            END IF;
+            SELECT count(*) FILTER (WHERE s.caller = p_actor[i]) AS caller_keys,
+                   min(s.stored_at) FILTER (WHERE s.caller = p_actor[i]) AS caller_oldest,
+                   count(*) AS total_keys, min(s.stored_at) AS total_oldest
+              INTO counts FROM idempotency s WHERE s.stored_at >= k_since[i];
+            IF counts.caller_keys >= k_per_caller[i] OR counts.total_keys >= k_total[i] THEN
+                RETURN QUERY SELECT i, 'LIMIT', NULL::BIGINT, NULL::INTEGER, NULL::BYTEA,
+                                    NULL::UUID, NULL::TEXT, counts.caller_keys,
+                                    counts.caller_oldest, counts.total_keys, counts.total_oldest;
+                CONTINUE;
+            END IF;
+        END IF;
+
+        -- Read after the calls before this one wrote, so two calls on one
+        -- slot or one day (possible only after an instance dropped its
+        -- copies) find the second stale.
+        SELECT s.version INTO current_version FROM slots s WHERE s.slot_id = p_slot[i];
+        IF current_version IS DISTINCT FROM p_version[i] THEN
+            RETURN QUERY SELECT i, 'STALE', NULL::BIGINT, NULL::INTEGER, NULL::BYTEA,
+                                NULL::UUID, NULL::TEXT, NULL::BIGINT, NULL::BIGINT,
+                                NULL::BIGINT, NULL::BIGINT;
+            CONTINUE;
+        END IF;
+        SELECT d.numbers_issued INTO issued FROM doctor_days d
+         WHERE d.doctor_id = p_doctor[i] AND d.date = p_date[i];
+        IF issued IS DISTINCT FROM p_number[i] - 1 THEN
+            RETURN QUERY SELECT i, 'STALE', NULL::BIGINT, issued, NULL::BYTEA, NULL::UUID,
+                                NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
+                                NULL::BIGINT;
+            CONTINUE;
+        END IF;
+
+        -- The arrival sequence is drawn under the slot's lock, so within a
+        -- slot arrival order is commit order.
+        INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id,
+                            source, priority, status, active, seated, created_at, updated_at)
+        SELECT c.token, nextval('token_sequence'), c.number, c.patient, p_slot[i], p_doctor[i],
+               c.source, c.priority, c.to_status, c.active, c.seated, p_at[i], p_at[i]
+          FROM unnest(c_token[f:l], c_number[f:l], c_patient[f:l], c_source[f:l],
+                      c_priority[f:l], c_from[f:l], c_to[f:l], c_active[f:l], c_seated[f:l])
+               AS c(token, number, patient, source, priority, from_status, to_status, active,
+                    seated)
+         WHERE c.from_status IS NULL;
+        UPDATE tokens t
+           SET status = c.to_status, active = c.active, seated = c.seated,
+               checked_in_at = c.checked_in, skips = c.skips, updated_at = p_at[i]
+          FROM unnest(c_token[f:l], c_from[f:l], c_to[f:l], c_active[f:l], c_seated[f:l],
+                      c_checked_in[f:l], c_skips[f:l])
+               AS c(token, from_status, to_status, active, seated, checked_in, skips)
+         WHERE c.from_status IS NOT NULL AND t.token_id = c.token;
+        INSERT INTO token_history (token_id, doctor_id, at, from_status, to_status, reason, actor)
+        SELECT c.token, p_doctor[i], p_at[i], c.from_status, c.to_status, c.reason, p_actor[i]
+          FROM unnest(c_token[f:l], c_from[f:l], c_to[f:l], c_reason[f:l]) WITH ORDINALITY
+               AS c(token, from_status, to_status, reason, ord)
+         ORDER BY c.ord;
+        UPDATE slots s SET allocated_count = p_allocated[i], waitlist_count = p_waitlisted[i]
+         WHERE s.slot_id = p_slot[i]
+        RETURNING s.version INTO new_version;
+        UPDATE doctor_days d SET numbers_issued = p_number[i]
+         WHERE d.doctor_id = p_doctor[i] AND d.date = p_date[i];
+
+        IF k_key[i] IS NOT NULL THEN
+            INSERT INTO idempotency (caller, key, fingerprint, token_id, response, stored_at)
+            VALUES (p_actor[i], k_key[i], k_fingerprint[i], booked, k_response[i], p_at[i])
+            ON CONFLICT (caller, key) DO UPDATE SET
+                fingerprint = excluded.fingerprint, token_id = excluded.token_id,
+                response = excluded.response, stored_at = excluded.stored_at;
+            DELETE FROM idempotency s WHERE s.stored_at < k_since[i];
+        END IF;
+
+        written := written || ARRAY(SELECT generate_series(f, l));
+        RETURN QUERY SELECT i, 'BOOKED', new_version, p_number[i], NULL::BYTEA, NULL::UUID,
+                            NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
+    END LOOP;
+
+    changes := cardinality(written);
+    IF changes = 0 THEN
+        RETURN;
+    END IF;
+    -- The log's head is locked last, until the commit (see take_event_ids),
+    -- once for the whole group.
+    UPDATE event_log_head h SET last_id = h.last_id + changes RETURNING h.last_id INTO head;
+    INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason, token_id,
+                        token_number, source, from_status, to_status, estimated_call_at)
+    SELECT head - changes + w.ord, p_at[c_call[w.pos]], p_actor[c_call[w.pos]], 'TOKEN',
+           p_slot[c_call[w.pos]], p_doctor[c_call[w.pos]], p_date[c_call[w.pos]],
+           c_reason[w.pos], c_token[w.pos], c_number[w.pos], c_source[w.pos], c_from[w.pos],
+           c_to[w.pos], c_estimate[w.pos]
+      FROM unnest(written) WITH ORDINALITY AS w(pos, ord);
+    PERFORM pg_notify(p_channel, '');
+END
+$$;

@@ -1,0 +1,153 @@
+//! Group commit of bookings in one call: concurrent bookings into
+//! different slots share one call to PostgreSQL and one commit.
+//!
+//! A booking decided on its copy of a slot hands its call to a queue. A
+//! few writers each take what is waiting (up to [`GROUP_MAX`] calls) and
+//! write it with one `opd_book_group`, so while one group commits the next
+//! gathers, without any timer: at one booking at a time a group is one
+//! call, and under load a commit, and the log head's lock held until it,
+//! serve many bookings. A group cannot hold two calls on one doctor's day
+//! from one instance: the booking holds the day's numbers while its call
+//! is queued and written.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex};
+
+use crate::store::postgres::{self as db, CallAnswer, Database, OneCall, PgError};
+use crate::store::StorageMetrics;
+
+/// The most calls one group carries.
+pub const GROUP_MAX: usize = 16;
+
+/// Groups written at the same time, each on a connection of its own: one
+/// gathers while another commits.
+const WRITERS: usize = 4;
+
+/// Calls waiting for a writer; a booking waits for room past it.
+const QUEUED: usize = 4 * GROUP_MAX * WRITERS;
+
+/// Why a group wrote nothing for a call.
+#[derive(Clone, Copy, Debug)]
+pub enum GroupFailure {
+    /// The group's connection was lost; its commit may or may not have
+    /// been made. `may_reconnect` is false when the pool could not give a
+    /// connection at all.
+    Lost { may_reconnect: bool },
+    /// Anything else (a lost race, an error of one call): each call is
+    /// written again alone, so that it gets its own answer.
+    Failed,
+}
+
+struct Queued {
+    call: Arc<OneCall>,
+    answer: oneshot::Sender<Result<CallAnswer, GroupFailure>>,
+}
+
+/// The queue and its writers; stopping them is dropping this.
+pub struct GroupCommit {
+    queue: mpsc::Sender<Queued>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        for writer in &self.writers {
+            writer.abort();
+        }
+    }
+}
+
+impl GroupCommit {
+    /// Starts the writers on `database`; each commit is recorded in
+    /// `metrics`. Must be called within the runtime.
+    pub fn start(database: &Database, metrics: &StorageMetrics) -> GroupCommit {
+        let (queue, waiting) = mpsc::channel(QUEUED);
+        let waiting = Arc::new(AsyncMutex::new(waiting));
+        let writers = (0..WRITERS)
+            .map(|_| {
+                tokio::spawn(write_groups(
+                    database.clone(),
+                    metrics.clone(),
+                    Arc::clone(&waiting),
+                ))
+            })
+            .collect();
+        GroupCommit { queue, writers }
+    }
+
+    /// Writes `call` in the next group.
+    pub async fn write(&self, call: Arc<OneCall>) -> Result<CallAnswer, GroupFailure> {
+        let (answer, answered) = oneshot::channel();
+        if self.queue.send(Queued { call, answer }).await.is_err() {
+            return Err(GroupFailure::Failed);
+        }
+        answered.await.unwrap_or(Err(GroupFailure::Failed))
+    }
+}
+
+/// One writer: takes what waits, writes it as one group, answers each.
+async fn write_groups(
+    database: Database,
+    metrics: StorageMetrics,
+    waiting: Arc<AsyncMutex<mpsc::Receiver<Queued>>>,
+) {
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    loop {
+        {
+            let mut waiting = waiting.lock().await;
+            let Some(first) = waiting.recv().await else {
+                return;
+            };
+            group.push(first);
+            while group.len() < GROUP_MAX {
+                let Ok(next) = waiting.try_recv() else {
+                    break;
+                };
+                group.push(next);
+            }
+        }
+        let started = Instant::now();
+        let written = {
+            let calls: Vec<&OneCall> = group.iter().map(|queued| &*queued.call).collect();
+            write(&database, &calls).await
+        };
+        match written {
+            Ok(answers) => {
+                let booked = answers
+                    .iter()
+                    .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))
+                    .count();
+                if booked > 0 {
+                    metrics.commit(booked, started.elapsed());
+                }
+                for (queued, answer) in group.drain(..).zip(answers) {
+                    // A booking no longer waiting was dropped with its
+                    // request; its call is answered by the stored state.
+                    let _ = queued.answer.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                let failure = match &error {
+                    PgError::Database(error) if db::is_connection_lost(error) => {
+                        GroupFailure::Lost {
+                            may_reconnect: db::may_reconnect(error),
+                        }
+                    }
+                    _ => GroupFailure::Failed,
+                };
+                tracing::warn!(%error, calls = group.len(), "a group of bookings was not written; each is tried again");
+                for queued in group.drain(..) {
+                    let _ = queued.answer.send(Err(failure));
+                }
+            }
+        }
+    }
+}
+
+/// Writes `calls` as one group on a connection of the pool.
+pub async fn write(database: &Database, calls: &[&OneCall]) -> Result<Vec<CallAnswer>, PgError> {
+    let mut connection = database.connection().await?;
+    db::book_in_group(&mut connection, calls).await
+}

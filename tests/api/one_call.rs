@@ -1,0 +1,208 @@
+//! Bookings in one call (`--one-call-bookings`) on PostgreSQL: two
+//! instances booking into one hot slot make each other's copies stale at
+//! almost every booking, and every answer must still be what the engine's
+//! rules give for the changes in the order they were made.
+#![cfg(feature = "postgres-tests")]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::Barrier;
+
+use crate::helpers::{Backend, TestApp, T0};
+use opd::engine::{
+    Action, BookRequest, Capacity, Context, DoctorId, Engine, Limits, PatientId, Reason, SlotId,
+    SlotSpec, Source,
+};
+use opd::store::EventKind;
+
+const SOURCES: [&str; 5] = ["EMERGENCY", "PAID", "FOLLOW_UP", "ONLINE", "WALK_IN"];
+const WORKERS: usize = 8;
+const BOOKINGS_EACH: usize = 8;
+
+/// One series' value in `GET /metrics`.
+async fn counted(app: &TestApp, series: &str) -> f64 {
+    let text = app.get("/metrics").await.expect_status(200).text;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The changes an answer lists: (token, from, to, reason).
+fn changes(answer: &Value) -> Vec<(String, String, String, String)> {
+    answer["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|change| {
+            let text = |field: &str| change[field].as_str().unwrap_or("").to_owned();
+            (text("tokenId"), text("from"), text("to"), text("reason"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_hot_slot_answer_every_booking_by_the_rules() {
+    // Arrange: two instances booking in one call, one slot of 3 seats.
+    let first = TestApp::with(Backend::Postgres)
+        .settings(|config| config.one_call_bookings = true)
+        .spawn()
+        .await;
+    let slot = first.new_slot(3).await;
+    let second = first.another_instance().await;
+    let instances = Arc::new([first, second]);
+
+    // Act: 8 clients at once, each alternating between the instances,
+    // every source in turn; every third step cancels the client's token
+    // before, through the other instance (a change to the slot that issues
+    // no number).
+    let start = Arc::new(Barrier::new(WORKERS));
+    let mut clients = Vec::new();
+    for worker in 0..WORKERS {
+        let (instances, start, slot) = (instances.clone(), start.clone(), slot.id.clone());
+        clients.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut answers = Vec::new();
+            let mut booked: Vec<String> = Vec::new();
+            for step in 0..BOOKINGS_EACH {
+                let app = &instances[(worker + step) % 2];
+                let source = SOURCES[(worker * 3 + step) % SOURCES.len()];
+                let patient = format!("H{worker}-{step}");
+                let reply = app.try_book(&patient, &slot, source).await;
+                assert_eq!(reply.status, 201, "{}", reply.text);
+                let token = reply.body["token"]["tokenId"].as_str().unwrap().to_owned();
+                answers.push((token.clone(), Some((patient, source)), reply.body));
+                booked.push(token);
+                if step % 3 == 2 {
+                    let token = booked[booked.len() - 2].clone();
+                    let other = &instances[(worker + step + 1) % 2];
+                    let reply = other.try_cancel(&token).await;
+                    // A token bumped out and cancelled meanwhile is the
+                    // only refusal the rules allow here; none happens, as
+                    // each client cancels only its own.
+                    assert_eq!(reply.status, 200, "{}", reply.text);
+                    answers.push((token, None, reply.body));
+                }
+            }
+            answers
+        }));
+    }
+    let mut answers: HashMap<(String, bool), Value> = HashMap::new();
+    let mut booked: HashMap<String, (String, &str)> = HashMap::new();
+    for client in clients {
+        for (token, booking, answer) in client.await.unwrap() {
+            let is_booking = booking.is_some();
+            if let Some(booking) = booking {
+                booked.insert(token.clone(), booking);
+            }
+            answers.insert((token, is_booking), answer);
+        }
+    }
+
+    // Assert: the instances did decide on stale copies...
+    let [first, second] = &*instances;
+    let stale = counted(first, "opd_postgres_stale_copies_total").await
+        + counted(second, "opd_postgres_stale_copies_total").await;
+    assert!(stale > 0.0, "no booking was decided on a stale copy");
+    // ...and each answer is the engine's, replayed in the order the
+    // changes were made: the order of the event log.
+    let mut engine = Engine::new(Limits::default());
+    let slot_id = SlotId::parse(&slot.id).unwrap();
+    engine
+        .create_slot(SlotSpec {
+            id: slot_id.clone(),
+            doctor: DoctorId::parse(&slot.doctor).unwrap(),
+            date: slot.date.parse().unwrap(),
+            start: slot.start.parse().unwrap(),
+            end: slot.end.parse().unwrap(),
+            capacity: Capacity::new(3).unwrap(),
+        })
+        .unwrap();
+    let ctx = Context {
+        at: T0.parse().unwrap(),
+        actor: "anonymous".into(),
+        today: slot.date.parse().unwrap(),
+    };
+    let log = second.service.events_after(0, 10_000).await.unwrap();
+    let mut replayed = 0;
+    for event in &log.events {
+        let EventKind::Token {
+            token,
+            slot: of,
+            from,
+            reason,
+            ..
+        } = &event.kind
+        else {
+            continue;
+        };
+        if *of != slot_id {
+            continue;
+        }
+        let id = token.to_string();
+        let (outcome, answer) = match (from, reason) {
+            (None, _) => {
+                let (patient, source) = &booked[&id];
+                let request = BookRequest {
+                    token: *token,
+                    patient: PatientId::parse(patient).unwrap(),
+                    slot: slot_id.clone(),
+                    source: Source::parse(source).unwrap(),
+                };
+                let answer = &answers[&(id, true)];
+                let outcome = engine.book(request, &ctx).unwrap();
+                assert_eq!(
+                    answer["decision"],
+                    outcome.transition.reason.as_str(),
+                    "{answer}"
+                );
+                (outcome, answer)
+            }
+            (Some(_), Reason::Cancelled) => {
+                let outcome = engine.act(*token, Action::Cancel, &ctx).unwrap();
+                (outcome, &answers[&(id, false)])
+            }
+            // The other tokens' changes that a booking or cancel made.
+            _ => continue,
+        };
+        replayed += 1;
+        assert_eq!(
+            answer["token"]["status"],
+            outcome.token.status.as_str(),
+            "{answer}"
+        );
+        let expected: Vec<_> = outcome
+            .changes
+            .iter()
+            .map(|change| {
+                (
+                    change.token.to_string(),
+                    change.from.as_str().to_owned(),
+                    change.to.as_str().to_owned(),
+                    change.reason.as_str().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(changes(answer), expected, "{answer}");
+        assert_eq!(answer["slot"]["allocatedCount"], outcome.slot.allocated);
+        assert_eq!(answer["slot"]["waitlistCount"], outcome.slot.waitlisted);
+    }
+    assert_eq!(replayed, answers.len(), "every answer was replayed");
+    // Both instances read the slot as the replay left it.
+    let mut seen = Vec::new();
+    for app in [first, second] {
+        let detail = app.slot(&slot.id).await;
+        let allocated: Vec<Value> = detail["allocated"].as_array().unwrap().to_vec();
+        let waitlist: Vec<Value> = detail["waitlist"].as_array().unwrap().to_vec();
+        seen.push((allocated.len(), waitlist.len()));
+    }
+    let replayed = engine.slot_summary(&slot_id).unwrap();
+    for (allocated, waitlisted) in seen {
+        assert_eq!(allocated as u32, replayed.allocated);
+        assert_eq!(waitlisted as u32, replayed.waitlisted);
+    }
+    let [first, second] = Arc::into_inner(instances).expect("the clients are done");
+    second.stop().await;
+    first.stop().await;
+}

@@ -17,6 +17,11 @@ the mean size during the run is printed. The modes:
                   connections each
   one-call        one instance with it
   one-call x2     two such instances
+  pgbench 1/call  the reference without the service: pgbench calls
+                  opd_book_group with one booking (loadtest/pgbench), each
+                  client into slots of its own
+  pgbench G/call  the same with GROUP bookings per call (default 16), when
+                  each client has GROUP slots of its own
 
 Every booking must answer 201 (each is waitlisted: the slots are full, so
 every path makes the same decision); anything else stops the run. The
@@ -28,6 +33,8 @@ the clients, as it does in the figures of the README.
 import http.client
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +50,8 @@ SLOTS_SMALL = int(os.environ.get("SLOTS_SMALL", "400"))
 SLOTS_LARGE = int(os.environ.get("SLOTS_LARGE", "16"))
 SECONDS = float(os.environ.get("SECONDS", "10"))
 CLIENTS = int(os.environ.get("CLIENTS", "16"))
+GROUP = int(os.environ.get("GROUP", "16"))
+PGBENCH_DIR = os.path.join(ROOT, "loadtest", "pgbench")
 TODAY = time.strftime("%Y-%m-%d", time.gmtime())
 
 
@@ -143,6 +152,35 @@ def psql(sql):
     subprocess.run(["psql", URL, "-qc", sql], check=True, stdout=subprocess.DEVNULL, env=env)
 
 
+def pgbench(schema, size, group):
+    """Bookings per second of pgbench calling opd_book_group with `group`
+    bookings per call, or None when the clients cannot each have `group`
+    slots of their own."""
+    per = len(slot_ids(size)) // CLIENTS
+    if per < group:
+        return None
+    env = dict(os.environ, PGOPTIONS=f"-c search_path={schema} -c client_min_messages=warning")
+    subprocess.run(["psql", URL, "-v", "ON_ERROR_STOP=1", "-qf",
+                    os.path.join(PGBENCH_DIR, "bench_book.sql")],
+                   check=True, stdout=subprocess.DEVNULL, env=env)
+    script = os.path.join(PGBENCH_DIR, "one.pgb" if group == 1 else "group.pgb")
+    rate = None
+    for seconds in (2, SECONDS):
+        out = subprocess.run(
+            ["pgbench", "-n", "-M", "prepared", "-c", str(CLIENTS), "-j", "2",
+             "-T", str(max(1, round(seconds))), "-D", f"per={per}", "-D", f"group={group}",
+             "-f", script, URL],
+            capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            die(f"pgbench failed: {out.stderr[:800]}")
+        out = out.stdout
+        found = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+        if not found:
+            die(f"pgbench printed no rate: {out[-500:]}")
+        rate = float(found.group(1)) * group
+    return rate
+
+
 def filled_schema(size, name):
     """A fresh schema whose slots hold `size` active tokens each."""
     schema = f"opd_slot_size_{size}_{''.join(c for c in name if c.isalnum())}_{os.getpid()}"
@@ -160,18 +198,42 @@ def filled_schema(size, name):
     return schema
 
 
+def busy_ticks(pid=None):
+    """CPU time in clock ticks: of process `pid` (user and system), or of
+    the whole machine (every state but idle and iowait)."""
+    if pid is not None:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
 def measure(schema, size, one_call, instances):
-    """Bookings per second, and the slots' mean size during the run."""
+    """Bookings per second, the slots' mean size during the run, and the
+    share of the machine's CPU the servers, this client and the rest
+    (PostgreSQL) took."""
     slots = slot_ids(size)
     servers = [Server(schema, one_call) for _ in range(instances)]
     ports = [server.port for server in servers]
     warmed = book_all(ports, slots, 0, "WARM", deadline=time.monotonic() + 2)
     started = time.monotonic()
+    before = (busy_ticks(), sum(busy_ticks(s.process.pid) for s in servers), os.times())
     booked = book_all(ports, slots, 0, "RUN", deadline=started + SECONDS)
-    rate = booked / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    after = (busy_ticks(), sum(busy_ticks(s.process.pid) for s in servers), os.times())
+    rate = booked / elapsed
     for server in servers:
         server.stop()
-    return rate, size + (warmed + booked / 2) / len(slots)
+    tick = os.sysconf("SC_CLK_TCK")
+    available = elapsed * (os.cpu_count() or 1)
+    machine = (after[0] - before[0]) / tick
+    server_cpu = (after[1] - before[1]) / tick
+    client_cpu = (after[2].user + after[2].system) - (before[2].user + before[2].system)
+    shares = (server_cpu / available, client_cpu / available,
+              (machine - server_cpu - client_cpu) / available)
+    return rate, size + (warmed + booked / 2) / len(slots), shares
 
 
 def main():
@@ -182,23 +244,36 @@ def main():
         die("DATABASE_URL must point at this machine")
     if not os.access(BIN, os.X_OK):
         die(f"build first: {BIN} is missing")
+    if not shutil.which("pgbench"):
+        die("pgbench is missing (Debian: apt-get install postgresql-15)")
     modes = [("lock-first", False, 1), ("lock-first x2", False, 2), ("one-call", True, 1),
              ("one-call x2", True, 2)]
+    references = [("pgbench 1/call", 1), (f"pgbench {GROUP}/call", GROUP)]
     results = {}
     for size in SIZES:
         for name, one_call, instances in modes:
             schema = filled_schema(size, name)
-            rate, mean = measure(schema, size, one_call, instances)
+            rate, mean, (server, client, rest) = measure(schema, size, one_call, instances)
             results[(size, name)] = rate
             psql(f"DROP SCHEMA {schema} CASCADE")
             print(f"{size:>6} tokens per slot (mean {mean:6.0f} during the run)  "
-                  f"{name:<13} {rate:8.0f} bookings/s", flush=True)
+                  f"{name:<13} {rate:8.0f} bookings/s  CPU: servers {server:4.0%}, "
+                  f"client {client:4.0%}, rest {rest:4.0%}", flush=True)
+        for name, group in references:
+            schema = filled_schema(size, name)
+            rate = pgbench(schema, size, group)
+            results[(size, name)] = rate
+            psql(f"DROP SCHEMA {schema} CASCADE")
+            shown = "-" if rate is None else f"{rate:8.0f} bookings/s"
+            print(f"{size:>6} tokens per slot                          {name:<13} {shown}",
+                  flush=True)
     print()
     print(f"{CLIENTS} connections, {SECONDS:.0f} s per mode; bookings/s by tokens per slot "
           f"({' '.join(str(size) for size in SIZES)})")
-    for name, _, _ in modes:
-        line = "  ".join(f"{results[(size, name)]:8.0f}" for size in SIZES)
-        print(f"{name:<13} {line}")
+    shown = lambda rate: "       -" if rate is None else f"{rate:8.0f}"
+    for name in [mode[0] for mode in modes] + [reference[0] for reference in references]:
+        line = "  ".join(shown(results[(size, name)]) for size in SIZES)
+        print(f"{name:<14} {line}")
     if len(SIZES) == 2:
         small, large = SIZES
         for name, _, _ in modes:
@@ -209,6 +284,14 @@ def main():
         print(f"{size:>6} tokens: one-call {results[(size, 'one-call')] / base:.2f}x lock-first; "
               f"two instances {results[(size, 'lock-first x2')] / base:.2f}x one lock-first, "
               f"{results[(size, 'one-call x2')] / results[(size, 'one-call')]:.2f}x one one-call")
+        one = results[(size, "pgbench 1/call")]
+        if one:
+            print(f"{size:>6} tokens: one-call {results[(size, 'one-call')] / one:.2f}x "
+                  f"pgbench 1/call; lock-first {base / one:.2f}x")
+        grouped = results[(size, f"pgbench {GROUP}/call")]
+        if grouped:
+            print(f"{size:>6} tokens: pgbench {GROUP}/call {grouped / base:.2f}x lock-first, "
+                  f"{grouped / one:.2f}x pgbench 1/call")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,11 @@ use crate::store::StorageMetrics;
 pub const GROUP_MAX: usize = 16;
 
 /// Groups written at the same time, each on a connection of its own: one
-/// gathers while another commits.
-const WRITERS: usize = 4;
+/// gathers while another commits, and one group waiting for a row lock
+/// does not hold every booking up. More writers make smaller groups: with
+/// 16 clients, 4 writers gave 2,190 bookings/s, 2 gave 2,534 and 1 gave
+/// 2,643 (`loadtest/pg-slot-size.py`).
+const WRITERS: usize = 2;
 
 /// Calls waiting for a writer; a booking waits for room past it.
 const QUEUED: usize = 4 * GROUP_MAX * WRITERS;

@@ -486,9 +486,9 @@ impl Postgres {
         let entry = self.copies.slot(&request.slot);
         let mut held = entry.lock().await;
         if held.is_none() {
-            let mut tx = self.database.snapshot().await?;
-            let copy = db::read_slot_copy(&mut tx, &request.slot, self.engine()).await?;
-            tx.commit().await?;
+            let mut connection = self.database.connection().await?;
+            let copy = db::read_slot_copy(&mut connection, &request.slot, self.engine()).await?;
+            drop(connection);
             let Some(copy) = copy else {
                 return Ok(OnCopy::Refused);
             };

@@ -17,8 +17,11 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::engine::{DoctorId, SlotId};
 use crate::store::postgres::SlotCopy;
 
-/// How many slots, and doctors' days, an instance keeps copies of.
-pub const COPIES: usize = 256;
+/// How many slots, and doctors' days, an instance keeps copies of: a large
+/// hospital's day (500 doctors' 8 slots) without dropping one that is
+/// booked again. A copy holds its slot's active and seated tokens, some
+/// 240 bytes each, so at 50 a slot the copies take about 50 MB.
+pub const COPIES: usize = 4096;
 
 /// One slot's copy, `None` until it is read and after it is dropped. Held
 /// for the whole of a booking, so an instance's bookings on one slot take

@@ -682,24 +682,7 @@ async fn fill_engine(
 ) -> PgResult<Engine> {
     let mut ids = Vec::with_capacity(rows.len());
     for row in rows {
-        let id = parse(SlotId::parse, row.try_get(0)?)?;
-        engine
-            .create_slot(SlotSpec {
-                id: id.clone(),
-                doctor: parse(DoctorId::parse, row.try_get(1)?)?,
-                date: parse(|raw| raw.parse().ok(), row.try_get(2)?)?,
-                start: parse(|raw| raw.parse().ok(), row.try_get(3)?)?,
-                end: parse(|raw| raw.parse().ok(), row.try_get(4)?)?,
-                capacity: u32::try_from(row.try_get::<i32, _>(5)?)
-                    .ok()
-                    .and_then(Capacity::new)
-                    .ok_or_else(|| PgError::Corrupt("capacity out of range".into()))?,
-            })
-            .map_err(|error| PgError::Corrupt(error.to_string()))?;
-        engine
-            .restore_closing(&id, timestamp(row.try_get(6)?)?, row.try_get(7)?)
-            .map_err(|error| PgError::Corrupt(error.to_string()))?;
-        ids.push(id);
+        ids.push(create_slot_from(&mut engine, row, 0)?);
     }
     let names: Vec<&str> = ids.iter().map(SlotId::as_str).collect();
     let tokens = sqlx::query(
@@ -717,32 +700,62 @@ async fn fill_engine(
             .find(|id| id.as_str() == slot)
             .cloned()
             .ok_or_else(|| PgError::Corrupt("a token of a slot not loaded".into()))?;
-        engine
-            .restore_token(TokenRecord {
-                id: row.try_get(0)?,
-                sequence: row.try_get::<i64, _>(1)? as u64,
-                number: row.try_get::<i32, _>(2)? as u32,
-                patient: parse(PatientId::parse, row.try_get(3)?)?,
-                slot,
-                source: parse(Source::parse, row.try_get(4)?)?,
-                status: parse(Status::parse, row.try_get(5)?)?,
-                created_at: timestamp(row.try_get(6)?)?,
-                updated_at: timestamp(row.try_get(7)?)?,
-                checked_in_at: row
-                    .try_get::<Option<i64>, _>(8)?
-                    .map(timestamp)
-                    .transpose()?,
-                skips: u8::try_from(row.try_get::<i16, _>(9)?)
-                    .map_err(|_| PgError::Corrupt("a skip count out of range".into()))?,
-                // History is not needed to decide, only to show.
-                history: Vec::new(),
-            })
-            .map_err(|error| PgError::Corrupt(error.to_string()))?;
+        restore_token_from(&mut engine, row, 0, slot)?;
     }
     engine
         .check_invariants()
         .map_err(|error| PgError::Corrupt(error.to_string()))?;
     Ok(engine)
+}
+
+/// Creates in `engine` the slot whose row's columns start at `at`: id,
+/// doctor, date, start, end, capacity, closing time and whether closed.
+fn create_slot_from(engine: &mut Engine, row: &PgRow, at: usize) -> PgResult<SlotId> {
+    let id = parse(SlotId::parse, row.try_get(at)?)?;
+    engine
+        .create_slot(SlotSpec {
+            id: id.clone(),
+            doctor: parse(DoctorId::parse, row.try_get(at + 1)?)?,
+            date: parse(|raw| raw.parse().ok(), row.try_get(at + 2)?)?,
+            start: parse(|raw| raw.parse().ok(), row.try_get(at + 3)?)?,
+            end: parse(|raw| raw.parse().ok(), row.try_get(at + 4)?)?,
+            capacity: u32::try_from(row.try_get::<i32, _>(at + 5)?)
+                .ok()
+                .and_then(Capacity::new)
+                .ok_or_else(|| PgError::Corrupt("capacity out of range".into()))?,
+        })
+        .map_err(|error| PgError::Corrupt(error.to_string()))?;
+    engine
+        .restore_closing(&id, timestamp(row.try_get(at + 6)?)?, row.try_get(at + 7)?)
+        .map_err(|error| PgError::Corrupt(error.to_string()))?;
+    Ok(id)
+}
+
+/// Restores in `engine` the token of `slot` whose row's columns start at
+/// `at`: id, sequence, number, patient, source, status, created, updated,
+/// first check-in and skips.
+fn restore_token_from(engine: &mut Engine, row: &PgRow, at: usize, slot: SlotId) -> PgResult<()> {
+    engine
+        .restore_token(TokenRecord {
+            id: row.try_get(at)?,
+            sequence: row.try_get::<i64, _>(at + 1)? as u64,
+            number: row.try_get::<i32, _>(at + 2)? as u32,
+            patient: parse(PatientId::parse, row.try_get(at + 3)?)?,
+            slot,
+            source: parse(Source::parse, row.try_get(at + 4)?)?,
+            status: parse(Status::parse, row.try_get(at + 5)?)?,
+            created_at: timestamp(row.try_get(at + 6)?)?,
+            updated_at: timestamp(row.try_get(at + 7)?)?,
+            checked_in_at: row
+                .try_get::<Option<i64>, _>(at + 8)?
+                .map(timestamp)
+                .transpose()?,
+            skips: u8::try_from(row.try_get::<i16, _>(at + 9)?)
+                .map_err(|_| PgError::Corrupt("a skip count out of range".into()))?,
+            // History is not needed to decide, only to show.
+            history: Vec::new(),
+        })
+        .map_err(|error| PgError::Corrupt(error.to_string()))
 }
 
 /// Takes the lock of one caller's idempotency key until the transaction
@@ -1025,31 +1038,45 @@ pub struct SlotCopy {
     pub numbers_issued: u32,
 }
 
-/// Reads a copy of a slot from the snapshot of `tx` (see
-/// [`Database::snapshot`]); `None` when the slot does not exist.
+/// Reads a copy of a slot in one statement, so from one snapshot and in
+/// one round trip; `None` when the slot does not exist.
 pub async fn read_slot_copy(
-    tx: &mut PgConnection,
+    connection: &mut PgConnection,
     id: &SlotId,
-    engine: Engine,
+    mut engine: Engine,
 ) -> PgResult<Option<SlotCopy>> {
-    let row = sqlx::query(
-        "SELECT s.version, d.numbers_issued FROM slots s
+    let rows = sqlx::query(
+        "SELECT s.version, d.numbers_issued,
+                s.slot_id, s.doctor_id, s.date, s.start_time, s.end_time, s.capacity,
+                coalesce(s.closed_at, s.closes_at), s.closed_at IS NOT NULL,
+                t.token_id, t.sequence, t.token_number, t.patient_id, t.source, t.status,
+                t.created_at, t.updated_at, t.checked_in_at, t.skips
+           FROM slots s
            JOIN doctor_days d ON d.doctor_id = s.doctor_id AND d.date = s.date
-          WHERE s.slot_id = $1",
+           LEFT JOIN tokens t ON t.slot_id = s.slot_id AND (t.active OR t.seated)
+          WHERE s.slot_id = $1
+          ORDER BY t.sequence",
     )
     .bind(id.as_str())
-    .fetch_optional(&mut *tx)
+    .fetch_all(&mut *connection)
     .await?;
-    let Some(row) = row else {
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let Some(engine) = load_slot(tx, id, Lock::None, engine).await? else {
-        return Ok(None);
-    };
+    let slot = create_slot_from(&mut engine, first, 2)?;
+    for row in &rows {
+        // A slot without tokens is one row without a token.
+        if row.try_get::<Option<Uuid>, _>(10)?.is_some() {
+            restore_token_from(&mut engine, row, 10, slot.clone())?;
+        }
+    }
+    engine
+        .check_invariants()
+        .map_err(|error| PgError::Corrupt(error.to_string()))?;
     Ok(Some(SlotCopy {
         engine,
-        version: row.try_get(0)?,
-        numbers_issued: u32::try_from(row.try_get::<i32, _>(1)?)
+        version: first.try_get(0)?,
+        numbers_issued: u32::try_from(first.try_get::<i32, _>(1)?)
             .map_err(|_| PgError::Corrupt("a negative count of numbers issued".into()))?,
     }))
 }

@@ -46,9 +46,13 @@ DECLARE
     counts RECORD;
     current_version BIGINT;
     issued INTEGER;
-    new_version BIGINT;
-    -- The change positions of the calls that wrote, for their events.
-    written INTEGER[] := '{}';
+    -- The calls that write, the token each books, and what they take.
+    passed INTEGER[] := '{}';
+    booked_tokens UUID[] := '{}';
+    taken_slots TEXT[] := '{}';
+    taken_days TEXT[] := '{}';
+    taken_keys TEXT[] := '{}';
+    keyed_actors TEXT[] := '{}';
     head BIGINT;
     changes INTEGER;
 BEGIN
@@ -68,6 +72,8 @@ BEGIN
      ORDER BY d.doctor_id, d.date
        FOR UPDATE OF d;
 
+    -- First each call is checked, one by one; then the calls that passed
+    -- are written together, a statement for all of them per table.
     FOR i IN 1 .. calls LOOP
         f := p_first[i];
         l := p_last[i];
@@ -77,6 +83,19 @@ BEGIN
         -- this same call can have written it.
         IF EXISTS (SELECT 1 FROM tokens t WHERE t.token_id = booked) THEN
             RETURN QUERY SELECT i, 'WRITTEN', NULL::BIGINT, NULL::INTEGER, NULL::BYTEA,
+                                NULL::UUID, NULL::TEXT, NULL::BIGINT, NULL::BIGINT,
+                                NULL::BIGINT, NULL::BIGINT;
+            CONTINUE;
+        END IF;
+        -- A second call on a slot, a doctor's day or a key that a call
+        -- before it in the group takes is stale: it was decided without
+        -- that call's change. An instance sends such calls together only
+        -- after dropping its copies, or when one caller's key is used for
+        -- two requests at once.
+        IF p_slot[i] = ANY (taken_slots)
+           OR p_doctor[i] || E'\n' || p_date[i] = ANY (taken_days)
+           OR (k_key[i] IS NOT NULL AND p_actor[i] || E'\n' || k_key[i] = ANY (taken_keys)) THEN
+            RETURN QUERY SELECT i, 'STALE', NULL::BIGINT, NULL::INTEGER, NULL::BYTEA,
                                 NULL::UUID, NULL::TEXT, NULL::BIGINT, NULL::BIGINT,
                                 NULL::BIGINT, NULL::BIGINT;
             CONTINUE;
@@ -96,9 +115,13 @@ BEGIN
                                     NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
                 CONTINUE;
             END IF;
-            SELECT count(*) FILTER (WHERE s.caller = p_actor[i]) AS caller_keys,
+            -- The keys of the calls before it that passed are stored with
+            -- them, after this loop, and counted here.
+            SELECT count(*) FILTER (WHERE s.caller = p_actor[i])
+                       + cardinality(array_positions(keyed_actors, p_actor[i])) AS caller_keys,
                    min(s.stored_at) FILTER (WHERE s.caller = p_actor[i]) AS caller_oldest,
-                   count(*) AS total_keys, min(s.stored_at) AS total_oldest
+                   count(*) + cardinality(keyed_actors) AS total_keys,
+                   min(s.stored_at) AS total_oldest
               INTO counts FROM idempotency s WHERE s.stored_at >= k_since[i];
             IF counts.caller_keys >= k_per_caller[i] OR counts.total_keys >= k_total[i] THEN
                 RETURN QUERY SELECT i, 'LIMIT', NULL::BIGINT, NULL::INTEGER, NULL::BYTEA,
@@ -108,9 +131,6 @@ BEGIN
             END IF;
         END IF;
 
-        -- Read after the calls before this one wrote, so two calls on one
-        -- slot or one day (possible only after an instance dropped its
-        -- copies) find the second stale.
         SELECT s.version INTO current_version FROM slots s WHERE s.slot_id = p_slot[i];
         IF current_version IS DISTINCT FROM p_version[i] THEN
             RETURN QUERY SELECT i, 'STALE', NULL::BIGINT, NULL::INTEGER, NULL::BYTEA,
@@ -127,63 +147,82 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- The arrival sequence is drawn under the slot's lock, so within a
-        -- slot arrival order is commit order.
-        INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id,
-                            source, priority, status, active, seated, created_at, updated_at)
-        SELECT c.token, nextval('token_sequence'), c.number, c.patient, p_slot[i], p_doctor[i],
-               c.source, c.priority, c.to_status, c.active, c.seated, p_at[i], p_at[i]
-          FROM unnest(c_token[f:l], c_number[f:l], c_patient[f:l], c_source[f:l],
-                      c_priority[f:l], c_from[f:l], c_to[f:l], c_active[f:l], c_seated[f:l])
-               AS c(token, number, patient, source, priority, from_status, to_status, active,
-                    seated)
-         WHERE c.from_status IS NULL;
-        UPDATE tokens t
-           SET status = c.to_status, active = c.active, seated = c.seated,
-               checked_in_at = c.checked_in, skips = c.skips, updated_at = p_at[i]
-          FROM unnest(c_token[f:l], c_from[f:l], c_to[f:l], c_active[f:l], c_seated[f:l],
-                      c_checked_in[f:l], c_skips[f:l])
-               AS c(token, from_status, to_status, active, seated, checked_in, skips)
-         WHERE c.from_status IS NOT NULL AND t.token_id = c.token;
-        INSERT INTO token_history (token_id, doctor_id, at, from_status, to_status, reason, actor)
-        SELECT c.token, p_doctor[i], p_at[i], c.from_status, c.to_status, c.reason, p_actor[i]
-          FROM unnest(c_token[f:l], c_from[f:l], c_to[f:l], c_reason[f:l]) WITH ORDINALITY
-               AS c(token, from_status, to_status, reason, ord)
-         ORDER BY c.ord;
-        UPDATE slots s SET allocated_count = p_allocated[i], waitlist_count = p_waitlisted[i]
-         WHERE s.slot_id = p_slot[i]
-        RETURNING s.version INTO new_version;
-        UPDATE doctor_days d SET numbers_issued = p_number[i]
-         WHERE d.doctor_id = p_doctor[i] AND d.date = p_date[i];
-
+        passed := passed || i;
+        booked_tokens[i] := booked;
+        taken_slots := taken_slots || p_slot[i];
+        taken_days := taken_days || (p_doctor[i] || E'\n' || p_date[i]);
         IF k_key[i] IS NOT NULL THEN
-            INSERT INTO idempotency (caller, key, fingerprint, token_id, response, stored_at)
-            VALUES (p_actor[i], k_key[i], k_fingerprint[i], booked, k_response[i], p_at[i])
-            ON CONFLICT (caller, key) DO UPDATE SET
-                fingerprint = excluded.fingerprint, token_id = excluded.token_id,
-                response = excluded.response, stored_at = excluded.stored_at;
-            DELETE FROM idempotency s WHERE s.stored_at < k_since[i];
+            taken_keys := taken_keys || (p_actor[i] || E'\n' || k_key[i]);
+            keyed_actors := keyed_actors || p_actor[i];
         END IF;
-
-        written := written || ARRAY(SELECT generate_series(f, l));
-        RETURN QUERY SELECT i, 'BOOKED', new_version, p_number[i], NULL::BYTEA, NULL::UUID,
-                            NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
     END LOOP;
-
-    changes := cardinality(written);
-    IF changes = 0 THEN
+    IF cardinality(passed) = 0 THEN
         RETURN;
     END IF;
+
+    -- The arrival sequence is drawn under the slots' locks, so within a
+    -- slot arrival order is commit order.
+    INSERT INTO tokens (token_id, sequence, token_number, patient_id, slot_id, doctor_id,
+                        source, priority, status, active, seated, created_at, updated_at)
+    SELECT c.token, nextval('token_sequence'), c.number, c.patient, p_slot[c.call],
+           p_doctor[c.call], c.source, c.priority, c.to_status, c.active, c.seated,
+           p_at[c.call], p_at[c.call]
+      FROM unnest(c_call, c_token, c_number, c_patient, c_source, c_priority, c_from, c_to,
+                  c_active, c_seated)
+           AS c(call, token, number, patient, source, priority, from_status, to_status, active,
+                seated)
+     WHERE c.from_status IS NULL AND c.call = ANY (passed);
+    UPDATE tokens t
+       SET status = c.to_status, active = c.active, seated = c.seated,
+           checked_in_at = c.checked_in, skips = c.skips, updated_at = p_at[c.call]
+      FROM unnest(c_call, c_token, c_from, c_to, c_active, c_seated, c_checked_in, c_skips)
+           AS c(call, token, from_status, to_status, active, seated, checked_in, skips)
+     WHERE c.from_status IS NOT NULL AND c.call = ANY (passed) AND t.token_id = c.token;
+    INSERT INTO token_history (token_id, doctor_id, at, from_status, to_status, reason, actor)
+    SELECT c.token, p_doctor[c.call], p_at[c.call], c.from_status, c.to_status, c.reason,
+           p_actor[c.call]
+      FROM unnest(c_call, c_token, c_from, c_to, c_reason) WITH ORDINALITY
+           AS c(call, token, from_status, to_status, reason, ord)
+     WHERE c.call = ANY (passed)
+     ORDER BY c.ord;
+    UPDATE doctor_days d SET numbers_issued = p_number[w.call]
+      FROM unnest(passed) AS w(call)
+     WHERE d.doctor_id = p_doctor[w.call] AND d.date = p_date[w.call];
+    INSERT INTO idempotency (caller, key, fingerprint, token_id, response, stored_at)
+    SELECT p_actor[w.call], k_key[w.call], k_fingerprint[w.call], booked_tokens[w.call],
+           k_response[w.call], p_at[w.call]
+      FROM unnest(passed) AS w(call)
+     WHERE k_key[w.call] IS NOT NULL
+    ON CONFLICT (caller, key) DO UPDATE SET
+        fingerprint = excluded.fingerprint, token_id = excluded.token_id,
+        response = excluded.response, stored_at = excluded.stored_at;
+    IF cardinality(keyed_actors) > 0 THEN
+        DELETE FROM idempotency s
+         WHERE s.stored_at < (SELECT min(k_since[w.call]) FROM unnest(passed) AS w(call)
+                               WHERE k_key[w.call] IS NOT NULL);
+    END IF;
+
     -- The log's head is locked last, until the commit (see take_event_ids),
     -- once for the whole group.
+    changes := (SELECT count(*) FROM unnest(c_call) AS c(call) WHERE c.call = ANY (passed));
     UPDATE event_log_head h SET last_id = h.last_id + changes RETURNING h.last_id INTO head;
     INSERT INTO events (id, at, actor, kind, slot_id, doctor_id, date, reason, token_id,
                         token_number, source, from_status, to_status, estimated_call_at)
-    SELECT head - changes + w.ord, p_at[c_call[w.pos]], p_actor[c_call[w.pos]], 'TOKEN',
-           p_slot[c_call[w.pos]], p_doctor[c_call[w.pos]], p_date[c_call[w.pos]],
-           c_reason[w.pos], c_token[w.pos], c_number[w.pos], c_source[w.pos], c_from[w.pos],
-           c_to[w.pos], c_estimate[w.pos]
-      FROM unnest(written) WITH ORDINALITY AS w(pos, ord);
+    SELECT head - changes + row_number() OVER (ORDER BY c.ord), p_at[c.call], p_actor[c.call],
+           'TOKEN', p_slot[c.call], p_doctor[c.call], p_date[c.call], c.reason, c.token,
+           c.number, c.source, c.from_status, c.to_status, c.estimate
+      FROM unnest(c_call, c_token, c_number, c_source, c_from, c_to, c_reason, c_estimate)
+           WITH ORDINALITY
+           AS c(call, token, number, source, from_status, to_status, reason, estimate, ord)
+     WHERE c.call = ANY (passed);
     PERFORM pg_notify(p_channel, '');
+
+    -- The slots' counters last: their new versions are the answers.
+    RETURN QUERY
+    UPDATE slots s SET allocated_count = p_allocated[w.call], waitlist_count = p_waitlisted[w.call]
+      FROM unnest(passed) AS w(call)
+     WHERE s.slot_id = p_slot[w.call]
+    RETURNING w.call, 'BOOKED'::TEXT, s.version, p_number[w.call], NULL::BYTEA, NULL::UUID,
+              NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
 END
 $$;

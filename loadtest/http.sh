@@ -413,9 +413,27 @@ declare -A DELIVERY=()
 # time to the server itself.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Busy and total ticks of each CPU ("cpuN busy total ..."), and the busy
+# share of each between two such readings: whether the server's core or
+# the load generator's was the one that ran out during a paced run.
+core_ticks() {
+  awk '/^cpu[0-9]/ { busy = $2 + $3 + $4 + $7 + $8 + $9; total = busy + $5 + $6
+                     printf "%s %d %d ", $1, busy, total }' /proc/stat
+}
+core_shares() { # core_shares BEFORE AFTER
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " ")
+    for (i = 1; i <= n; i += 3) {
+      total = y[i + 2] - x[i + 2]
+      share = 0
+      if (total > 0) share = 100 * (y[i + 1] - x[i + 1]) / total
+      printf "%s%s %d%%", (i > 1 ? ", " : ""), x[i], share
+    }
+  }'
+}
 declare -A LAT_TARGET LAT_RPS LAT_P50 LAT_P99 LAT_NON2XX LAT_STATUS
 # For a +subscribers mode paced at its plain mode's rate: that mode.
-declare -A LAT_BASE=()
+declare -A LAT_BASE=() LAT_CORES=()
 record() { # record KEY FILE
   RPS[$1]=$(field "$2" rps)
   P50[$1]=$(field "$2" p50_ms)
@@ -570,7 +588,9 @@ for mode in "${MODES[@]}"; do
   fi
   f=$OUT/$mode-latency.txt
   start_subscribers "$mode" $((BENCH_SECONDS + 3)) "$OUT/$mode-latency.subscribers.txt"
+  cores_before=$(core_ticks)
   if run_wrk "$f" loadtest/wrk/bookings.lua "$BENCH_LAT_CONNECTIONS" "$BENCH_SECONDS" "$rate"; then
+    LAT_CORES[$mode]=$(core_shares "$cores_before" "$(core_ticks)")
     LAT_RPS[$mode]=$(field "$f" rps)
     LAT_P50[$mode]=$(field "$f" p50_ms)
     LAT_P99[$mode]=$(field "$f" p99_ms)
@@ -616,17 +636,20 @@ ratio() { # ratio VALUE BASE
   echo
   echo "Latency at ~half of each mode's mixed peak (bookings.lua), ${BENCH_SECONDS}s, $BENCH_LAT_CONNECTIONS connections"
   echo "tool: $LAT_TOOL"
-  printf '%-10s %12s %10s %9s %9s %8s %14s\n' mode "target req/s" "req/s" "p50 ms" "p99 ms" "non-2xx" "p99 vs base"
+  printf '%-10s %12s %10s %9s %9s %8s %14s  %s\n' mode "target req/s" "req/s" "p50 ms" "p99 ms" "non-2xx" "p99 vs base" "busy CPUs"
   for mode in "${MODES[@]}"; do
     [[ -n ${LAT_TARGET[$mode]:-} ]] || continue
     if [[ ${LAT_STATUS[$mode]} != ok ]]; then
       printf '%-10s %12s %10s\n' "$mode" "${LAT_TARGET[$mode]}" FAILED
       continue
     fi
-    printf '%-10s %12s %10.0f %9s %9s %8s %14s\n' "$mode" "${LAT_TARGET[$mode]}" "${LAT_RPS[$mode]}" \
+    printf '%-10s %12s %10.0f %9s %9s %8s %14s  %s\n' "$mode" "${LAT_TARGET[$mode]}" "${LAT_RPS[$mode]}" \
       "${LAT_P50[$mode]}" "${LAT_P99[$mode]}" "${LAT_NON2XX[$mode]}" \
-      "$(ratio "${LAT_P99[$mode]}" "${LAT_P99[baseline]:-}")"
+      "$(ratio "${LAT_P99[$mode]}" "${LAT_P99[baseline]:-}")" "${LAT_CORES[$mode]:-}"
   done
+  echo "busy CPUs: each CPU's busy share during the paced run (with BENCH_PIN=1, cpu0 is the"
+  echo "server's, cpu1 wrk's and the stream reader's): a mode below its target rate with its"
+  echo "server's CPU to spare was held back by the load generator."
   for mode in "${!LAT_BASE[@]}"; do
     base=${LAT_BASE[$mode]}
     [[ ${LAT_STATUS[$mode]:-} == ok && ${LAT_STATUS[$base]:-} == ok ]] || continue

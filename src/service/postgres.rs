@@ -1123,10 +1123,9 @@ const PRUNE_MAX: i64 = 5_000;
 /// events hold the log's head until they are visible, so reading the ids
 /// after the last one told never skips one that is yet to commit.
 async fn follow_events(database: Database, events: EventBus, clock: Clock) {
-    let mut told = None;
-    let mut pruned = None;
+    let mut state = Following::default();
     loop {
-        match follow_until_error(&database, &events, &mut told, &clock, &mut pruned).await {
+        match follow_until_error(&database, &events, &mut state, &clock).await {
             Ok(never) => match never {},
             Err(error) => {
                 tracing::warn!(%error, "reading the event log failed; trying again");
@@ -1136,21 +1135,40 @@ async fn follow_events(database: Database, events: EventBus, clock: Clock) {
     }
 }
 
+/// What the follower keeps across its reconnections.
+#[derive(Default)]
+struct Following {
+    /// The last event id told.
+    told: Option<u64>,
+    /// When events were last pruned.
+    pruned: Option<Timestamp>,
+    /// The server the last read reached.
+    server: Option<db::ServerRun>,
+    /// Since when events read from a restarted server have been held.
+    holding_since: Option<std::time::Instant>,
+}
+
+/// How long events read from a server that restarted are held when no
+/// synchronous standby confirms them: longer than a failover takes, after
+/// which the restarted server is demoted and the follower reads from the
+/// new primary. A server without a standby (or one that comes back without
+/// a failover) is then trusted again.
+const RESTARTED_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn follow_until_error(
     database: &Database,
     events: &EventBus,
-    told: &mut Option<u64>,
+    state: &mut Following,
     clock: &Clock,
-    pruned: &mut Option<Timestamp>,
 ) -> Result<std::convert::Infallible, PgError> {
     let mut listener = database.listen_for_events().await?;
     // The first time, the stream starts with what comes next: readers
     // catching up read the log themselves.
-    let mut last = match *told {
+    let mut last = match state.told {
         Some(last) => last,
         None => db::newest_event_id(&mut *database.connection().await?).await?,
     };
-    *told = Some(last);
+    state.told = Some(last);
     loop {
         // A pooled connection only while reading: between reads the pool
         // serves requests with it.
@@ -1175,16 +1193,19 @@ async fn follow_until_error(
                 break;
             };
             // Only events that a failover cannot take back are told.
-            db::wait_for_durable_reads(&mut connection).await?;
+            let server = db::wait_for_durable_reads(&mut connection).await?;
+            if !trusts(state, server, &mut connection).await? {
+                break;
+            }
             last = newest;
-            *told = Some(last);
+            state.told = Some(last);
             if events.has_subscribers() {
                 events.publish(page.events);
             }
         }
         let now = clock();
-        if pruned.is_none_or(|last| now - PRUNE_EVERY >= last) {
-            *pruned = Some(now);
+        if state.pruned.is_none_or(|last| now - PRUNE_EVERY >= last) {
+            state.pruned = Some(now);
             db::prune_events(&mut connection, now - EVENT_RETENTION, PRUNE_MAX).await?;
         }
         drop(connection);
@@ -1193,6 +1214,38 @@ async fn follow_until_error(
             () = tokio::time::sleep(FOLLOW_POLL) => {}
         }
     }
+}
+
+/// Whether the events just read from `server` may be told. A primary that
+/// crashed and restarted shows the commits that were waiting for its
+/// synchronous standby when it died: never acknowledged, and lost if the
+/// standby is promoted. Events read from it are held until a synchronous
+/// standby has everything it wrote, or until it has served for
+/// [`RESTARTED_HOLD`] without being demoted.
+async fn trusts(
+    state: &mut Following,
+    server: db::ServerRun,
+    connection: &mut sqlx::PgConnection,
+) -> Result<bool, PgError> {
+    if let Some(before) = &state.server {
+        if server.restarted_since(before) {
+            tracing::warn!("the database server restarted; its events are held until a standby has them or it has served for a while");
+            state.holding_since = Some(std::time::Instant::now());
+        } else if !server.is_same_server(before) {
+            // Another server: the standby promoted, whose log is what
+            // survives.
+            state.holding_since = None;
+        }
+    }
+    state.server = Some(server);
+    let Some(since) = state.holding_since else {
+        return Ok(true);
+    };
+    if since.elapsed() < RESTARTED_HOLD && !db::standby_has_all(connection).await? {
+        return Ok(false);
+    }
+    state.holding_since = None;
+    Ok(true)
 }
 
 fn is_retryable(error: &sqlx::Error) -> bool {

@@ -470,12 +470,56 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
 /// transaction it runs in) writes a record after those of everything the
 /// caller read and waits for the standby to confirm it, and with it
 /// everything before it in the write-ahead log. A stored idempotent
-/// answer is given after the same wait.
-pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<()> {
-    sqlx::query("SELECT txid_current()")
-        .execute(connection)
-        .await?;
-    Ok(())
+/// answer is given after the same wait. Answers which server run the
+/// connection reached.
+pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<ServerRun> {
+    // The transaction id is not needed, only taken.
+    let (_, address, port, started): (i64, String, i32, i64) = sqlx::query_as(
+        "SELECT txid_current(), coalesce(host(inet_server_addr()), ''),
+                coalesce(inet_server_port(), 0),
+                (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint",
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok(ServerRun {
+        address,
+        port,
+        started,
+    })
+}
+
+/// Which server a connection reached, and since when that server has run:
+/// the same address and port with another start time is a server that
+/// restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRun {
+    address: String,
+    port: i32,
+    started: i64,
+}
+
+impl ServerRun {
+    /// Whether `self` is the server `before` reached, at any run.
+    pub fn is_same_server(&self, before: &ServerRun) -> bool {
+        self.address == before.address && self.port == before.port
+    }
+
+    /// Whether `self` is the server of `before`, restarted since.
+    pub fn restarted_since(&self, before: &ServerRun) -> bool {
+        self.is_same_server(before) && self.started != before.started
+    }
+}
+
+/// Whether a synchronous standby has confirmed everything this server has
+/// written.
+pub async fn standby_has_all(connection: &mut PgConnection) -> PgResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication
+                         WHERE sync_state IN ('sync', 'quorum')
+                           AND flush_lsn >= pg_current_wal_flush_lsn())",
+    )
+    .fetch_one(connection)
+    .await?)
 }
 
 /// The log's events after `after`, at most `limit`, with the oldest id it

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 mod common;
-use common::{database_address, database_url_via, drop_schema};
+use common::{database_address, database_url_via, drop_schema, get_json};
 
 /// One round trip: what the client sent, up to the server's
 /// ReadyForQuery. A bare Sync (sqlx's ping) sends no statement.
@@ -406,14 +406,7 @@ async fn concurrent_bookings_into_different_slots_share_calls() {
         4 * SLOTS
     );
     for n in 0..SLOTS {
-        let detail: serde_json::Value = client
-            .get(format!("{base}/slots/{}", slot(n)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let detail = get_json(&client, &format!("{base}/slots/{}", slot(n))).await;
         assert_eq!(detail["allocatedCount"], 5, "{detail}");
     }
 
@@ -511,14 +504,7 @@ async fn a_restarted_database_costs_no_answer() {
     // booking was made on a new one.
     assert_eq!(after, 201);
     assert_eq!(health.status(), 200);
-    let slot: serde_json::Value = client
-        .get(format!("{base}/slots/D1-09"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slot = get_json(&client, &format!("{base}/slots/D1-09")).await;
     let patients: Vec<&str> = slot["allocated"]
         .as_array()
         .unwrap()

@@ -19,7 +19,7 @@ use crate::store::postgres::{self as db, CallAnswer, Database, OneCall, PgError}
 use crate::store::StorageMetrics;
 
 /// The most calls one group carries.
-pub const GROUP_MAX: usize = 16;
+const GROUP_MAX: usize = 16;
 
 /// Groups written at the same time, each on a connection of its own: one
 /// gathers while another commits, and one group waiting for a row lock
@@ -111,20 +111,12 @@ async fn write_groups(
                 group.push(next);
             }
         }
-        let started = Instant::now();
         let written = {
             let calls: Vec<&OneCall> = group.iter().map(|queued| &*queued.call).collect();
-            write(&database, &calls).await
+            write(&database, &metrics, &calls).await
         };
         match written {
             Ok(answers) => {
-                let booked = answers
-                    .iter()
-                    .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))
-                    .count();
-                if booked > 0 {
-                    metrics.commit(booked, started.elapsed());
-                }
                 for (queued, answer) in group.drain(..).zip(answers) {
                     // A booking no longer waiting was dropped with its
                     // request; its call is answered by the stored state.
@@ -149,8 +141,22 @@ async fn write_groups(
     }
 }
 
-/// Writes `calls` as one group on a connection of the pool.
-pub async fn write(database: &Database, calls: &[&OneCall]) -> Result<Vec<CallAnswer>, PgError> {
+/// Writes `calls` as one group on a connection of the pool, and records
+/// the commit of the bookings it made in `metrics`.
+pub async fn write(
+    database: &Database,
+    metrics: &StorageMetrics,
+    calls: &[&OneCall],
+) -> Result<Vec<CallAnswer>, PgError> {
+    let started = Instant::now();
     let mut connection = database.connection().await?;
-    db::book_in_group(&mut connection, calls).await
+    let answers = db::book_in_group(&mut connection, calls).await?;
+    let booked = answers
+        .iter()
+        .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))
+        .count();
+    if booked > 0 {
+        metrics.commit(booked, started.elapsed());
+    }
+    Ok(answers)
 }

@@ -607,15 +607,10 @@ impl Postgres {
 
     /// Writes one call as a group of its own, on a connection of its own.
     async fn write_alone(&self, call: &db::OneCall) -> Result<db::CallAnswer, PgError> {
-        let started = std::time::Instant::now();
-        let answer = group_commit::write(&self.database, &[call])
+        group_commit::write(&self.database, &self.metrics, &[call])
             .await?
             .pop()
-            .ok_or_else(|| PgError::Corrupt("a call of one was not answered".into()))?;
-        if matches!(answer, db::CallAnswer::Booked { .. }) {
-            self.metrics.commit(1, started.elapsed());
-        }
-        Ok(answer)
+            .ok_or_else(|| PgError::Corrupt("a call of one was not answered".into()))
     }
 
     /// Decides a booking over the slot as it is stored, under its lock.
@@ -1148,6 +1143,40 @@ struct Following {
     holding_since: Option<std::time::Instant>,
 }
 
+impl Following {
+    /// Whether the events just read from `server` may be told. A primary that
+    /// crashed and restarted shows the commits that were waiting for its
+    /// synchronous standby when it died: never acknowledged, and lost if the
+    /// standby is promoted. Events read from it are held until a synchronous
+    /// standby has everything it wrote, or until it has served for
+    /// [`RESTARTED_HOLD`] without being demoted.
+    async fn trusts(
+        &mut self,
+        server: db::ServerRun,
+        connection: &mut sqlx::PgConnection,
+    ) -> Result<bool, PgError> {
+        if let Some(before) = &self.server {
+            if server.restarted_since(before) {
+                tracing::warn!("the database server restarted; its events are held until a standby has them or it has served for a while");
+                self.holding_since = Some(std::time::Instant::now());
+            } else if !server.is_same_server(before) {
+                // Another server: the standby promoted, whose log is what
+                // survives.
+                self.holding_since = None;
+            }
+        }
+        self.server = Some(server);
+        let Some(since) = self.holding_since else {
+            return Ok(true);
+        };
+        if since.elapsed() < RESTARTED_HOLD && !db::standby_has_all(connection).await? {
+            return Ok(false);
+        }
+        self.holding_since = None;
+        Ok(true)
+    }
+}
+
 /// How long events read from a server that restarted are held when no
 /// synchronous standby confirms them: longer than a failover takes, after
 /// which the restarted server is demoted and the follower reads from the
@@ -1194,7 +1223,7 @@ async fn follow_until_error(
             };
             // Only events that a failover cannot take back are told.
             let server = db::wait_for_durable_reads(&mut connection).await?;
-            if !trusts(state, server, &mut connection).await? {
+            if !state.trusts(server, &mut connection).await? {
                 break;
             }
             last = newest;
@@ -1214,38 +1243,6 @@ async fn follow_until_error(
             () = tokio::time::sleep(FOLLOW_POLL) => {}
         }
     }
-}
-
-/// Whether the events just read from `server` may be told. A primary that
-/// crashed and restarted shows the commits that were waiting for its
-/// synchronous standby when it died: never acknowledged, and lost if the
-/// standby is promoted. Events read from it are held until a synchronous
-/// standby has everything it wrote, or until it has served for
-/// [`RESTARTED_HOLD`] without being demoted.
-async fn trusts(
-    state: &mut Following,
-    server: db::ServerRun,
-    connection: &mut sqlx::PgConnection,
-) -> Result<bool, PgError> {
-    if let Some(before) = &state.server {
-        if server.restarted_since(before) {
-            tracing::warn!("the database server restarted; its events are held until a standby has them or it has served for a while");
-            state.holding_since = Some(std::time::Instant::now());
-        } else if !server.is_same_server(before) {
-            // Another server: the standby promoted, whose log is what
-            // survives.
-            state.holding_since = None;
-        }
-    }
-    state.server = Some(server);
-    let Some(since) = state.holding_since else {
-        return Ok(true);
-    };
-    if since.elapsed() < RESTARTED_HOLD && !db::standby_has_all(connection).await? {
-        return Ok(false);
-    }
-    state.holding_since = None;
-    Ok(true)
 }
 
 fn is_retryable(error: &sqlx::Error) -> bool {

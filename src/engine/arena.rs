@@ -55,6 +55,17 @@ impl<T> Arena<T> {
         key
     }
 
+    /// Removes the element pushed last.
+    pub(super) fn pop(&mut self) -> Option<T> {
+        let chunk = self.chunks.last_mut()?;
+        let value = chunk.pop()?;
+        if chunk.is_empty() {
+            self.chunks.pop();
+        }
+        self.len -= 1;
+        Some(value)
+    }
+
     /// Every element with its key, in insertion order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (TokenKey, &T)> {
         self.chunks
@@ -188,6 +199,12 @@ impl IdIndex {
     ) -> Option<TokenKey> {
         let (hash, shard) = self.locate(id);
         self.shards[shard].find(hash, id, id_of)
+    }
+
+    /// Removes `key`, indexed under `id`; false if it was absent.
+    pub(super) fn remove(&mut self, id: &Uuid, key: TokenKey) -> bool {
+        let (hash, shard) = self.locate(id);
+        self.shards[shard].remove(hash, key)
     }
 
     /// Indexes `key` under its id; if the id is indexed already, returns

@@ -25,6 +25,17 @@ impl Fenwick {
         u32::try_from(index - 1).expect("a slot never sees 2^32 arrivals of one priority")
     }
 
+    /// Removes the last element, if it is `index` (0-based) and zero:
+    /// what the earlier nodes hold never includes it.
+    pub(super) fn pop_zero(&mut self, index: u32) -> bool {
+        let count = self.tree.len();
+        if count != index as usize + 1 || self.prefix(count) != self.prefix(count - 1) {
+            return false;
+        }
+        self.tree.pop();
+        true
+    }
+
     /// Adds one to the element at `index` (0-based), or takes one away.
     /// An index past the end grows the tree with zero elements first.
     pub(super) fn set(&mut self, index: u32, present: bool) {

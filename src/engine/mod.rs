@@ -891,6 +891,11 @@ impl Engine {
         Some(self.view(key, at))
     }
 
+    /// A token's status, without building its view.
+    pub fn token_status(&self, id: Uuid) -> Option<Status> {
+        self.find_token(&id).map(|key| self.tokens[key].status)
+    }
+
     /// A token's history, oldest first.
     pub fn history(&self, id: Uuid) -> Option<Vec<HistoryEntry>> {
         let key = self.find_token(&id)?;
@@ -1301,6 +1306,123 @@ impl Engine {
             self.activate(key);
         }
         self.enter_status(key);
+        Ok(())
+    }
+
+    /// Brings a token to its stored state, in an engine that holds part of
+    /// the stored state (one slot's active and seated tokens, say) and
+    /// has fallen behind it. A token the engine holds takes the record's
+    /// status, times, first check-in and skips, keeping its place in its
+    /// queues; one it does not hold is restored as by
+    /// [`Engine::restore_token`], after every token it holds, unless it
+    /// has ended without a seat, as such an engine holds no such token.
+    ///
+    /// Records of one slot's changes go in this order: those that release
+    /// something (a patient's active token, the doctor's current patient)
+    /// before those that take it, and new tokens in sequence order. A
+    /// record the engine cannot take is refused and leaves it as it was:
+    /// the caller then reads the slot whole. Call
+    /// [`Engine::check_invariants`] in tests when all are in.
+    pub fn refresh_token(&mut self, record: TokenRecord) -> Result<(), RestoreError> {
+        let Some(key) = self.find_token(&record.id) else {
+            if !record.status.is_active() && !record.status.holds_seat() {
+                return Ok(());
+            }
+            return self.restore_token(record);
+        };
+        let fail = |what: &str| Err(RestoreError(format!("token {}: {what}", record.id)));
+        let token = &self.tokens[key];
+        let Some(updated_at) = Nanos::try_of(record.updated_at) else {
+            return fail("a time outside 1678-2261");
+        };
+        let checked_in_at = match record.checked_in_at.map(Nanos::try_of) {
+            None => None,
+            Some(Some(at)) => Some(at),
+            Some(None) => return fail("a time outside 1678-2261"),
+        };
+        if token.status == record.status
+            && token.skips == record.skips
+            && token.checked_in_at == checked_in_at
+        {
+            return Ok(());
+        }
+        if token.status.is_final() {
+            return fail("an ended token changed");
+        }
+        if self.slot_keys.get(&record.slot) != Some(&token.slot) {
+            return fail("moved to another slot");
+        }
+        let slot = &self.slots[token.slot as usize];
+        let (was_active, active) = (token.status.is_active(), record.status.is_active());
+        if active
+            && !was_active
+            && slot
+                .active_token_of(&token.patient, |k| &self.tokens[k].patient)
+                .is_some()
+        {
+            return fail("patient holds two active tokens in the slot");
+        }
+        let current = self.days[slot.doctor_day as usize].current;
+        if record.status.is_with_doctor() && current.is_some_and(|current| current != key) {
+            return fail("a second token with the doctor");
+        }
+        self.leave_status(key);
+        let token = &mut self.tokens[key];
+        let slot = &mut self.slots[token.slot as usize];
+        if was_active && !active {
+            slot.deactivate(&token.patient, key);
+        }
+        token.status = record.status;
+        token.updated_at = updated_at;
+        token.checked_in_at = checked_in_at;
+        token.skips = record.skips;
+        if active && !was_active {
+            self.activate(key);
+        }
+        self.enter_status(key);
+        Ok(())
+    }
+
+    /// Takes back the booking of token `id`, which this engine made last
+    /// and storage never wrote (a copy's decision that turned out stale):
+    /// the token goes as if it had never been made, so that its request
+    /// can be decided again with the same id. The tokens the booking moved
+    /// (a bumped one) stay as it left them: the caller brings them back to
+    /// their stored state with [`Engine::refresh_token`]. Refused, leaving
+    /// the engine as it was, for any token but an unchanged latest one.
+    pub fn take_back(&mut self, id: Uuid) -> Result<(), RestoreError> {
+        let fail = |what: &str| Err(RestoreError(format!("token {id}: {what}")));
+        let Some(key) = self.find_token(&id) else {
+            return fail("unknown");
+        };
+        if key as usize + 1 != self.tokens.len() {
+            return fail("not the latest token made");
+        }
+        let token = &self.tokens[key];
+        if !token.history.is_empty() || !token.status.is_active() {
+            return fail("changed since it was made");
+        }
+        let (sequence, number, priority, arrival) = (
+            token.sequence,
+            token.number,
+            token.source.priority(),
+            token.arrival,
+        );
+        self.leave_status(key);
+        let token = &self.tokens[key];
+        let slot = &mut self.slots[token.slot as usize];
+        slot.deactivate(&token.patient, key);
+        assert!(
+            slot.give_back_arrival(priority, arrival),
+            "the latest token holds the latest arrival of its priority"
+        );
+        let day = &mut self.days[slot.doctor_day as usize];
+        if day.numbers_issued == number {
+            day.numbers_issued = number - 1;
+        }
+        assert!(self.token_keys.remove(&id, key), "the token is indexed");
+        self.tokens.pop();
+        self.next_sequence = sequence;
         Ok(())
     }
 

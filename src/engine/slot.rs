@@ -188,6 +188,13 @@ impl Slot {
         self.waitlist_ranks[priority.bucket()].push()
     }
 
+    /// Gives back the arrival index reserved last for `priority`, once
+    /// its token waits no more; false, giving nothing back, if `arrival`
+    /// is not that one.
+    pub(super) fn give_back_arrival(&mut self, priority: Priority, arrival: u32) -> bool {
+        self.waitlist_ranks[priority.bucket()].pop_zero(arrival)
+    }
+
     pub(super) fn active_token_of<'a>(
         &self,
         patient: &PatientId,

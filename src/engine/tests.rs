@@ -840,3 +840,212 @@ fn a_creation_reason_names_its_decision_and_no_other_reason_does() {
         "only the four booking decisions create tokens"
     );
 }
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+/// A copy of slot `S` as storage loads one into an engine of its own: the
+/// slot's active and seated tokens, without history, in sequence order.
+fn copy_of(engine: &Engine) -> Engine {
+    let summary = engine.slot_summary(&slot_id("S")).unwrap();
+    let mut copy = Engine::new(Limits::default());
+    copy.create_slot(SlotSpec {
+        id: summary.id,
+        doctor: summary.doctor,
+        date: summary.date,
+        start: summary.start,
+        end: summary.end,
+        capacity: Capacity::new(summary.capacity).unwrap(),
+    })
+    .unwrap();
+    for (_, token) in engine.tokens.iter() {
+        if token.status.is_active() || token.status.holds_seat() {
+            copy.restore_token(stored(engine, token)).unwrap();
+        }
+    }
+    copy.check_invariants().unwrap();
+    copy
+}
+
+/// A token as storage holds it: its row, without history.
+fn stored(engine: &Engine, token: &Token) -> TokenRecord {
+    TokenRecord {
+        id: token.id,
+        sequence: token.sequence,
+        number: token.number,
+        patient: token.patient.clone(),
+        slot: engine.slots[token.slot as usize].id.clone(),
+        source: token.source,
+        status: token.status,
+        created_at: token.created_at.timestamp(),
+        updated_at: token.updated_at.timestamp(),
+        checked_in_at: token.checked_in_at.map(Nanos::timestamp),
+        skips: token.skips,
+        history: Vec::new(),
+    }
+}
+
+/// Patients and their statuses, in queue order.
+type Queue = Vec<(String, Status)>;
+
+/// What a copy decides on, token by token: the allocated and the
+/// waitlisted.
+fn decided_on(engine: &Engine) -> (Queue, Queue) {
+    let detail = engine.slot(&slot_id("S"), Timestamp::UNIX_EPOCH).unwrap();
+    let of = |tokens: &[TokenView]| {
+        tokens
+            .iter()
+            .map(|t| (t.patient.to_string(), t.status))
+            .collect()
+    };
+    (of(&detail.allocated), of(&detail.waitlist))
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Book { patient: u8, source: usize },
+    Act { pick: usize, action: usize },
+    CallNext,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..10, 0usize..5).prop_map(|(patient, source)| Step::Book { patient, source }),
+        3 => (any::<usize>(), 0usize..Action::ALL.len())
+            .prop_map(|(pick, action)| Step::Act { pick, action }),
+        1 => Just(Step::CallNext),
+    ]
+}
+
+fn take(f: &mut Fixture, step: &Step) {
+    match step {
+        Step::Book { patient, source } => {
+            let _ = f.try_book_in("S", &format!("P{patient}"), Source::ALL[*source]);
+        }
+        Step::Act { pick, action } => {
+            let ids: Vec<Uuid> = f.engine.tokens.iter().map(|(_, t)| t.id).collect();
+            if !ids.is_empty() {
+                let _ = f.act(ids[pick % ids.len()], Action::ALL[*action]);
+            }
+        }
+        Step::CallNext => {
+            let ctx = f.ctx();
+            let _ = f.engine.call_next(&DoctorId::parse("D").unwrap(), &ctx);
+        }
+    }
+}
+
+proptest! {
+    /// A copy taken at any point and brought up by the tokens changed
+    /// since, in the order storage gives them, decides as a copy read
+    /// afresh does.
+    #[test]
+    fn a_copy_brought_up_by_its_changes_is_the_copy_read_afresh(
+        capacity in 1u32..4,
+        before in proptest::collection::vec(step(), 0..20),
+        after in proptest::collection::vec(step(), 0..20),
+    ) {
+        let mut f = Fixture::with_slot(capacity);
+        for step in &before {
+            take(&mut f, step);
+        }
+        let mut copy = copy_of(&f.engine);
+        // Storage gives every token written since: its stamp moved.
+        let then: HashMap<Uuid, Nanos> = f
+            .engine
+            .tokens
+            .iter()
+            .map(|(_, t)| (t.id, t.updated_at))
+            .collect();
+        for step in &after {
+            take(&mut f, step);
+        }
+
+        let mut changed: Vec<TokenRecord> = f
+            .engine
+            .tokens
+            .iter()
+            .filter(|(_, t)| then.get(&t.id) != Some(&t.updated_at))
+            .map(|(_, t)| stored(&f.engine, t))
+            .collect();
+        changed.sort_by_key(|record| {
+            (record.status.is_active() || record.status.is_with_doctor(), record.sequence)
+        });
+        for record in changed {
+            prop_assert!(copy.refresh_token(record).is_ok());
+        }
+
+        prop_assert!(copy.check_invariants().is_ok());
+        let mut afresh = copy_of(&f.engine);
+        prop_assert_eq!(decided_on(&copy), decided_on(&afresh));
+        prop_assert_eq!(
+            copy.slot_summary(&slot_id("S")),
+            afresh.slot_summary(&slot_id("S"))
+        );
+        // The next booking is decided alike.
+        let request = BookRequest {
+            token: Uuid::from_u128(u128::MAX),
+            patient: patient("NEXT"),
+            slot: slot_id("S"),
+            source: Source::Paid,
+        };
+        let ctx = f.ctx();
+        let decided = |engine: &mut Engine| {
+            engine
+                .book(request.clone(), &ctx)
+                .map(|o| (o.transition.reason, o.token.status, reasons(&o.changes)))
+                .ok()
+        };
+        prop_assert_eq!(decided(&mut copy), decided(&mut afresh));
+    }
+}
+
+proptest! {
+    /// A booking taken back, with the tokens it moved brought back to
+    /// their stored state, leaves the slot as it was, and the same request
+    /// is decided again alike.
+    #[test]
+    fn a_booking_taken_back_leaves_the_slot_as_it_was(
+        capacity in 1u32..4,
+        before in proptest::collection::vec(step(), 0..24),
+        source in 0usize..5,
+    ) {
+        let mut f = Fixture::with_slot(capacity);
+        for step in &before {
+            take(&mut f, step);
+        }
+        let mut copy = copy_of(&f.engine);
+        let then = decided_on(&copy);
+        let summary = copy.slot_summary(&slot_id("S"));
+        let records: HashMap<Uuid, TokenRecord> = copy
+            .tokens
+            .iter()
+            .map(|(_, t)| (t.id, stored(&copy, t)))
+            .collect();
+        let request = BookRequest {
+            token: Uuid::from_u128(u128::MAX),
+            patient: patient("AGAIN"),
+            slot: slot_id("S"),
+            source: Source::ALL[source],
+        };
+        let ctx = f.ctx();
+        let Ok(first) = copy.book(request.clone(), &ctx) else {
+            return Ok(());
+        };
+
+        prop_assert!(copy.take_back(request.token).is_ok());
+        for change in &first.changes {
+            prop_assert!(copy.refresh_token(records[&change.token].clone()).is_ok());
+        }
+
+        prop_assert!(copy.check_invariants().is_ok());
+        prop_assert_eq!(decided_on(&copy), then);
+        prop_assert_eq!(copy.slot_summary(&slot_id("S")), summary);
+        let again = copy.book(request, &ctx).unwrap();
+        prop_assert_eq!(
+            (again.transition.reason, again.token.number, reasons(&again.changes)),
+            (first.transition.reason, first.token.number, reasons(&first.changes))
+        );
+    }
+}

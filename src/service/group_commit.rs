@@ -21,12 +21,13 @@ use crate::store::StorageMetrics;
 /// The most calls one group carries.
 const GROUP_MAX: usize = 16;
 
-/// Groups written at the same time, each on a connection of its own: one
-/// gathers while another commits, and one group waiting for a row lock
-/// does not hold every booking up. More writers make smaller groups: with
-/// 16 clients, 4 writers gave 2,190 bookings/s, 2 gave 2,534 and 1 gave
-/// 2,643 (`loadtest/pg-slot-size.py`).
-const WRITERS: usize = 2;
+/// Groups written at the same time, each on a connection of its own. One:
+/// while it writes a group the next gathers, and more writers make smaller
+/// groups, each a commit of its own (with 16 clients, one writer gave
+/// 5,686 bookings/s and two 4,053, `loadtest/pg-slot-size.py`). A group
+/// that waits for a row lock (a slot a lock-first change holds) holds the
+/// instance's bookings up for as long.
+const WRITERS: usize = 1;
 
 /// Calls waiting for a writer; a booking waits for room past it.
 const QUEUED: usize = 4 * GROUP_MAX * WRITERS;
@@ -96,6 +97,7 @@ async fn write_groups(
     metrics: StorageMetrics,
     waiting: Arc<AsyncMutex<mpsc::Receiver<Queued>>>,
 ) {
+    let mut connection = None;
     let mut group = Vec::with_capacity(GROUP_MAX);
     loop {
         {
@@ -113,7 +115,7 @@ async fn write_groups(
         }
         let written = {
             let calls: Vec<&OneCall> = group.iter().map(|queued| &*queued.call).collect();
-            write(&database, &metrics, &calls).await
+            write_unflushed(&database, &metrics, &mut connection, &calls).await
         };
         match written {
             Ok(answers) => {
@@ -141,6 +143,58 @@ async fn write_groups(
     }
 }
 
+/// Writes `calls` as one group on the writer's own `connection` (opened
+/// if there is none, closed on any error), and records the commit of the
+/// bookings it made in `metrics`.
+///
+/// The group commits without waiting for its WAL to be flushed, and then
+/// waits for the flush before answering. Every group takes the event
+/// log's head and holds it until its commit ends, so a commit that waited
+/// for the flush held every other instance's group for as long: groups
+/// went one flush at a time, and two instances, each gathering half as
+/// many bookings per group, booked half as much as one. Committed this
+/// way the head is held for microseconds, and the flushes that groups
+/// wait for afterwards overlap. A group's changes are visible to other
+/// transactions from its commit, before its flush: anything decided on
+/// them commits with a later WAL record, so it is not durable, and not
+/// acknowledged, before they are.
+async fn write_unflushed(
+    database: &Database,
+    metrics: &StorageMetrics,
+    connection: &mut Option<sqlx::PgConnection>,
+    calls: &[&OneCall],
+) -> Result<Vec<CallAnswer>, PgError> {
+    let started = Instant::now();
+    if connection.is_none() {
+        *connection = Some(database.unflushed_connection().await?);
+    }
+    let open = connection.as_mut().expect("opened above");
+    let written = match db::book_in_group(open, calls).await {
+        Ok(answers) => db::wait_until_durable(open).await.map(|()| answers),
+        Err(error) => Err(error),
+    };
+    let answers = match written {
+        Ok(answers) => answers,
+        Err(error) => {
+            *connection = None;
+            return Err(error);
+        }
+    };
+    record(metrics, &answers, started);
+    Ok(answers)
+}
+
+/// Records the commit of the bookings `answers` made, begun at `started`.
+fn record(metrics: &StorageMetrics, answers: &[CallAnswer], started: Instant) {
+    let booked = answers
+        .iter()
+        .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))
+        .count();
+    if booked > 0 {
+        metrics.commit(booked, started.elapsed());
+    }
+}
+
 /// Writes `calls` as one group on a connection of the pool, and records
 /// the commit of the bookings it made in `metrics`.
 pub async fn write(
@@ -151,12 +205,6 @@ pub async fn write(
     let started = Instant::now();
     let mut connection = database.connection().await?;
     let answers = db::book_in_group(&mut connection, calls).await?;
-    let booked = answers
-        .iter()
-        .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))
-        .count();
-    if booked > 0 {
-        metrics.commit(booked, started.elapsed());
-    }
+    record(metrics, &answers, started);
     Ok(answers)
 }

@@ -140,10 +140,10 @@ impl LocalStart {
     }
 }
 
+/// Both boxed: each is much larger than the pointer the other would need.
 enum Backend {
-    /// Boxed because it is much larger than a connection pool handle.
     Local(Box<Local>),
-    Postgres(Postgres),
+    Postgres(Box<Postgres>),
 }
 
 impl Service {
@@ -178,7 +178,7 @@ impl Service {
     /// with.
     pub fn postgres(postgres: Postgres, events: EventBus, clock: Clock, zone: TimeZone) -> Service {
         Service {
-            backend: Backend::Postgres(postgres),
+            backend: Backend::Postgres(Box::new(postgres)),
             events,
             clock,
             zone,

@@ -70,7 +70,7 @@ pub struct Postgres {
     metrics: StorageMetrics,
     /// The slots bookings are decided on without reading them first
     /// (boxed: two locked maps).
-    copies: Box<SlotCopies>,
+    copies: Arc<SlotCopies>,
     /// With one-call bookings, the writers that write them in groups;
     /// `None` without.
     groups: Option<GroupCommit>,
@@ -211,7 +211,13 @@ impl Postgres {
         events: EventBus,
         clock: Clock,
     ) -> Postgres {
-        let follower = tokio::spawn(follow_events(database.clone(), events, clock));
+        let copies = Arc::new(SlotCopies::new());
+        let follower = tokio::spawn(follow_events(
+            database.clone(),
+            events,
+            Arc::clone(&copies),
+            clock,
+        ));
         Postgres {
             database,
             limits,
@@ -219,7 +225,7 @@ impl Postgres {
             idempotency_limits,
             follower,
             metrics: StorageMetrics::default(),
-            copies: Box::new(SlotCopies::new()),
+            copies,
             groups: None,
         }
     }
@@ -487,8 +493,19 @@ impl Postgres {
     async fn try_book_on_copy(&self, booking: &BookingTries<'_>, alone: bool) -> Attempt<OnCopy> {
         let (request, key, actor, clock, render, lost) = booking.parts();
         let entry = self.copies.slot(&request.slot);
-        let mut held = entry.lock().await;
+        let mut held = entry.copy.lock().await;
+        if let Some(copy) = held
+            .as_mut()
+            .filter(|copy| entry.lacks_noted(&request.slot, copy))
+        {
+            self.metrics.copy_refreshes.increment(1);
+            let mut connection = self.database.connection().await?;
+            if !db::refresh_slot_copy(&mut connection, &request.slot, copy, &[]).await? {
+                *held = None;
+            }
+        }
         if held.is_none() {
+            self.metrics.copy_reads.increment(1);
             let mut connection = self.database.connection().await?;
             let copy = db::read_slot_copy(&mut connection, &request.slot, self.engine()).await?;
             drop(connection);
@@ -506,8 +523,8 @@ impl Postgres {
         let day = self
             .copies
             .day(&summary.doctor, summary.date, copy.numbers_issued);
-        let mut issued = day.lock().await;
-        *issued = (*issued).max(copy.numbers_issued);
+        let mut issued = day.issued.lock().await;
+        *issued = (*issued).max(copy.numbers_issued).max(day.seen());
         copy.engine.resume_counters(&request.slot, 0, *issued)?;
         let ctx = self.context(actor, clock);
         let Ok(outcome) = copy.engine.book(request.clone(), &ctx) else {
@@ -584,6 +601,20 @@ impl Postgres {
                 self.metrics.stale_copies.increment(1);
                 if let Some(numbers_issued) = numbers_issued {
                     *issued = numbers_issued;
+                }
+                // The copy is kept, without the decision and brought up
+                // to the slot as stored: reading a large slot whole at
+                // each stale copy is what made two instances slow.
+                let mut copy = copy;
+                if copy.engine.take_back(outcome.token.id).is_ok() {
+                    let moved: Vec<Uuid> = outcome.changes.iter().map(|c| c.token).collect();
+                    self.metrics.copy_refreshes.increment(1);
+                    let mut connection = self.database.connection().await?;
+                    if db::refresh_slot_copy(&mut connection, &request.slot, &mut copy, &moved)
+                        .await?
+                    {
+                        *held = Some(copy);
+                    }
                 }
                 Ok(OnCopy::Stale)
             }
@@ -1108,6 +1139,14 @@ impl Postgres {
 /// waits after an error before it tries again.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The least time between two reads of the log. Every instance's follower
+/// reads every instance's events, and each commit wakes each follower:
+/// reading at most every 5 ms, a busy follower reads many commits' events
+/// at once (one instance booking in one call went from 5,400 to 6,500
+/// bookings/s, `loadtest/pg-slot-size.py`), and an event reaches the
+/// streams up to 5 ms later.
+const FOLLOW_GAP: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// How often (in the service's time) the follower prunes events past their
 /// retention, and how many at most each time.
 const PRUNE_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_mins(1);
@@ -1117,10 +1156,15 @@ const PRUNE_MAX: i64 = 5_000;
 /// and in id order: one reader of the log for all of them. Commits that log
 /// events hold the log's head until they are visible, so reading the ids
 /// after the last one told never skips one that is yet to commit.
-async fn follow_events(database: Database, events: EventBus, clock: Clock) {
+async fn follow_events(
+    database: Database,
+    events: EventBus,
+    copies: Arc<SlotCopies>,
+    clock: Clock,
+) {
     let mut state = Following::default();
     loop {
-        match follow_until_error(&database, &events, &mut state, &clock).await {
+        match follow_until_error(&database, &events, &copies, &mut state, &clock).await {
             Ok(never) => match never {},
             Err(error) => {
                 tracing::warn!(%error, "reading the event log failed; trying again");
@@ -1187,6 +1231,7 @@ const RESTARTED_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 async fn follow_until_error(
     database: &Database,
     events: &EventBus,
+    copies: &SlotCopies,
     state: &mut Following,
     clock: &Clock,
 ) -> Result<std::convert::Infallible, PgError> {
@@ -1228,6 +1273,7 @@ async fn follow_until_error(
             }
             last = newest;
             state.told = Some(last);
+            copies.note(&page.events);
             if events.has_subscribers() {
                 events.publish(page.events);
             }
@@ -1238,6 +1284,7 @@ async fn follow_until_error(
             db::prune_events(&mut connection, now - EVENT_RETENTION, PRUNE_MAX).await?;
         }
         drop(connection);
+        tokio::time::sleep(FOLLOW_GAP).await;
         tokio::select! {
             notification = listener.recv() => { notification?; }
             () = tokio::time::sleep(FOLLOW_POLL) => {}

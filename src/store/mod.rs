@@ -130,6 +130,11 @@ pub struct StorageMetrics {
     /// PostgreSQL bookings decided on an instance's copy of a slot that
     /// another change had made stale, so written nothing and decided again.
     pub stale_copies: metrics::Counter,
+    /// PostgreSQL slots read whole for an instance's copy: read first, or
+    /// again when the copy could not be brought up by its changes.
+    pub copy_reads: metrics::Counter,
+    /// PostgreSQL copies brought up to date by reading what changed.
+    pub copy_refreshes: metrics::Counter,
 }
 
 impl Default for StorageMetrics {
@@ -139,6 +144,8 @@ impl Default for StorageMetrics {
             batch_size: metrics::Histogram::noop(),
             retries: Vec::new(),
             stale_copies: metrics::Counter::noop(),
+            copy_reads: metrics::Counter::noop(),
+            copy_refreshes: metrics::Counter::noop(),
         }
     }
 }

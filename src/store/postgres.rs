@@ -396,6 +396,16 @@ impl Database {
         Ok(self.shared.pool.acquire().await?)
     }
 
+    /// A connection of its own, outside the pool, whose transactions
+    /// commit without waiting for their WAL to be flushed (to disk and to
+    /// a synchronous standby): nothing written on it may be acknowledged
+    /// before [`wait_until_durable`] returns on it. Dropping it closes it.
+    pub async fn unflushed_connection(&self) -> PgResult<PgConnection> {
+        let mut connection = self.connection().await?.detach();
+        connection.execute("SET synchronous_commit TO off").await?;
+        Ok(connection)
+    }
+
     /// A connection of its own that is woken when any instance commits
     /// events (see [`notify_events`]).
     pub async fn listen_for_events(&self) -> PgResult<sqlx::postgres::PgListener> {
@@ -486,6 +496,17 @@ pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<S
         port,
         started,
     })
+}
+
+/// Returns once everything committed on `connection` is as durable as a
+/// synchronous commit makes it: flushed to disk and, with a synchronous
+/// standby, to the standby. A transaction that takes an id commits with a
+/// WAL record after every commit before it, and waits for its flush.
+pub async fn wait_until_durable(connection: &mut PgConnection) -> PgResult<()> {
+    connection
+        .execute("BEGIN; SET LOCAL synchronous_commit TO on; SELECT txid_current(); COMMIT")
+        .await?;
+    Ok(())
 }
 
 /// Which server a connection reached, and since when that server has run:
@@ -776,30 +797,36 @@ fn create_slot_from(engine: &mut Engine, row: &PgRow, at: usize) -> PgResult<Slo
 }
 
 /// Restores in `engine` the token of `slot` whose row's columns start at
-/// `at`: id, sequence, number, patient, source, status, created, updated,
-/// first check-in and skips.
+/// `at` (see [`token_record_from`]).
 fn restore_token_from(engine: &mut Engine, row: &PgRow, at: usize, slot: SlotId) -> PgResult<()> {
     engine
-        .restore_token(TokenRecord {
-            id: row.try_get(at)?,
-            sequence: row.try_get::<i64, _>(at + 1)? as u64,
-            number: row.try_get::<i32, _>(at + 2)? as u32,
-            patient: parse(PatientId::parse, row.try_get(at + 3)?)?,
-            slot,
-            source: parse(Source::parse, row.try_get(at + 4)?)?,
-            status: parse(Status::parse, row.try_get(at + 5)?)?,
-            created_at: timestamp(row.try_get(at + 6)?)?,
-            updated_at: timestamp(row.try_get(at + 7)?)?,
-            checked_in_at: row
-                .try_get::<Option<i64>, _>(at + 8)?
-                .map(timestamp)
-                .transpose()?,
-            skips: u8::try_from(row.try_get::<i16, _>(at + 9)?)
-                .map_err(|_| PgError::Corrupt("a skip count out of range".into()))?,
-            // History is not needed to decide, only to show.
-            history: Vec::new(),
-        })
+        .restore_token(token_record_from(row, at, slot)?)
         .map_err(|error| PgError::Corrupt(error.to_string()))
+}
+
+/// The token of `slot` whose row's columns start at `at`: id, sequence,
+/// number, patient, source, status, created, updated, first check-in and
+/// skips, without its history.
+fn token_record_from(row: &PgRow, at: usize, slot: SlotId) -> PgResult<TokenRecord> {
+    Ok(TokenRecord {
+        id: row.try_get(at)?,
+        sequence: row.try_get::<i64, _>(at + 1)? as u64,
+        number: row.try_get::<i32, _>(at + 2)? as u32,
+        patient: parse(PatientId::parse, row.try_get(at + 3)?)?,
+        slot,
+        source: parse(Source::parse, row.try_get(at + 4)?)?,
+        status: parse(Status::parse, row.try_get(at + 5)?)?,
+        created_at: timestamp(row.try_get(at + 6)?)?,
+        updated_at: timestamp(row.try_get(at + 7)?)?,
+        checked_in_at: row
+            .try_get::<Option<i64>, _>(at + 8)?
+            .map(timestamp)
+            .transpose()?,
+        skips: u8::try_from(row.try_get::<i16, _>(at + 9)?)
+            .map_err(|_| PgError::Corrupt("a skip count out of range".into()))?,
+        // History is not needed to decide, only to show.
+        history: Vec::new(),
+    })
 }
 
 /// Takes the lock of one caller's idempotency key until the transaction
@@ -1123,6 +1150,82 @@ pub async fn read_slot_copy(
         numbers_issued: u32::try_from(first.try_get::<i32, _>(1)?)
             .map_err(|_| PgError::Corrupt("a negative count of numbers issued".into()))?,
     }))
+}
+
+/// Brings `copy` of slot `id` up to the slot as stored, in one statement:
+/// the slot's row and the tokens changed since the copy's version (see
+/// migration 0010), and the tokens `also` whatever their stamps (those a
+/// decision taken back had moved in the copy). Returns false, with `copy`
+/// to be dropped, when it cannot be brought up that way: the slot's
+/// capacity or closing changed, or what the changes make of the copy does
+/// not add up to the slot's stored counts.
+pub async fn refresh_slot_copy(
+    connection: &mut PgConnection,
+    id: &SlotId,
+    copy: &mut SlotCopy,
+    also: &[Uuid],
+) -> PgResult<bool> {
+    let rows = sqlx::query(
+        "SELECT s.version, d.numbers_issued, s.capacity,
+                coalesce(s.closed_at, s.closes_at), s.closed_at IS NOT NULL,
+                s.allocated_count, s.waitlist_count,
+                t.token_id, t.sequence, t.token_number, t.patient_id, t.source, t.status,
+                t.created_at, t.updated_at, t.checked_in_at, t.skips
+           FROM slots s
+           JOIN doctor_days d ON d.doctor_id = s.doctor_id AND d.date = s.date
+           LEFT JOIN tokens t ON t.slot_id = s.slot_id
+                              AND (t.changed > $2 OR t.token_id = ANY ($3))
+          WHERE s.slot_id = $1
+          ORDER BY t.sequence",
+    )
+    .bind(id.as_str())
+    .bind(copy.version)
+    .bind(also)
+    .fetch_all(&mut *connection)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(false);
+    };
+    let Some(held) = copy.engine.slot_summary(id) else {
+        return Ok(false);
+    };
+    if i64::from(held.capacity) != i64::from(first.try_get::<i32, _>(2)?)
+        || held.closes_at != timestamp(first.try_get(3)?)?
+        || held.closed != first.try_get::<bool, _>(4)?
+    {
+        return Ok(false);
+    }
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<Uuid>, _>(7)?.is_some() {
+            records.push(token_record_from(row, 7, id.clone())?);
+        }
+    }
+    // What a change releases (a patient's active token, the doctor's
+    // current patient) goes in before what another change takes; the sort
+    // keeps sequence order otherwise.
+    records.sort_by_key(|record| record.status.is_active() || record.status.is_with_doctor());
+    for record in records {
+        if copy.engine.refresh_token(record).is_err() {
+            return Ok(false);
+        }
+    }
+    let now = copy.engine.slot_summary(id).expect("held above");
+    if i64::from(now.allocated) != i64::from(first.try_get::<i32, _>(5)?)
+        || i64::from(now.waitlisted) != i64::from(first.try_get::<i32, _>(6)?)
+    {
+        tracing::warn!(slot = %id, "a copy brought up by its changes does not match the slot's counts; reading it whole");
+        return Ok(false);
+    }
+    if cfg!(debug_assertions) {
+        copy.engine
+            .check_invariants()
+            .map_err(|error| PgError::Corrupt(error.to_string()))?;
+    }
+    copy.version = first.try_get(0)?;
+    copy.numbers_issued = u32::try_from(first.try_get::<i32, _>(1)?)
+        .map_err(|_| PgError::Corrupt("a negative count of numbers issued".into()))?;
+    Ok(true)
 }
 
 /// A booking decided on a [`SlotCopy`], as [`book_in_group`] writes it:

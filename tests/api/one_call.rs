@@ -1,6 +1,7 @@
 //! Bookings in one call (`--one-call-bookings`) on PostgreSQL: two
 //! instances booking into one hot slot make each other's copies stale at
-//! almost every booking, and every answer must still be what the engine's
+//! almost every booking (found stale by the call, or brought up by their
+//! changes before it), and every answer must still be what the engine's
 //! rules give for the changes in the order they were made.
 #![cfg(feature = "postgres-tests")]
 
@@ -104,6 +105,11 @@ async fn two_instances_on_one_hot_slot_answer_every_booking_by_the_rules() {
     let stale = counted(first, "opd_postgres_stale_copies_total").await
         + counted(second, "opd_postgres_stale_copies_total").await;
     assert!(stale > 0.0, "no booking was decided on a stale copy");
+    // ...and brought their copies up by reading what changed, after the
+    // event log showed them a change they lacked...
+    let refreshed = counted(first, "opd_postgres_copy_refreshes_total").await
+        + counted(second, "opd_postgres_copy_refreshes_total").await;
+    assert!(refreshed > 0.0, "no copy was brought up by its changes");
     // ...and each answer is the engine's, replayed in the order the
     // changes were made: the order of the event log.
     let mut engine = Engine::new(Limits::default());
@@ -202,6 +208,95 @@ async fn two_instances_on_one_hot_slot_answer_every_booking_by_the_rules() {
         assert_eq!(waitlisted as u32, replayed.waitlisted);
     }
     let [first, second] = Arc::into_inner(instances).expect("the clients are done");
+    second.stop().await;
+    first.stop().await;
+}
+
+/// The sum of a metric's series over their labels, in `GET /metrics`.
+async fn summed(app: &TestApp, metric: &str) -> f64 {
+    let text = app.get("/metrics").await.expect_status(200).text;
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_brought_up_by_the_changes_another_instance_made() {
+    // Arrange: two instances booking in one call; the first holds a copy
+    // of a 2-seat slot with one walk-in in it.
+    let first = TestApp::with(Backend::Postgres)
+        .settings(|config| config.one_call_bookings = true)
+        .spawn()
+        .await;
+    let slot = first.new_slot(2).await;
+    let second = first.another_instance().await;
+    let reply = first.try_book("UP-1", &slot.id, "WALK_IN").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let walk_in = reply.body["token"]["tokenId"].as_str().unwrap().to_owned();
+
+    // The second instance fills the slot, an online patient bumps its
+    // walk-in, and it cancels the first walk-in, which promotes its own
+    // walk-in again.
+    let reply = second.try_book("UP-2", &slot.id, "WALK_IN").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let bumped = reply.body["token"]["tokenId"].as_str().unwrap().to_owned();
+    let reply = second.try_book("UP-3", &slot.id, "ONLINE").await;
+    assert_eq!(reply.body["decision"], "BUMPED_LOWER", "{}", reply.text);
+    let reply = second.try_cancel(&walk_in).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(changes(&reply.body)[0].3, "PROMOTED", "{}", reply.text);
+    // The first instance counts every instance's changes once its event
+    // follower has passed them on, after noting them on its copies: three
+    // creations, the bump, the cancel and the promotion.
+    let mut waited = 0;
+    while summed(&first, "opd_token_transitions_total").await < 6.0 {
+        waited += 1;
+        assert!(waited < 500, "the first instance never saw the changes");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let reads = counted(&first, "opd_postgres_copy_reads_total").await;
+
+    // Act: a paid patient books through the first instance.
+    let reply = first.try_book("UP-4", &slot.id, "PAID").await;
+
+    // Assert: the slot as stored holds the online patient and the second
+    // walk-in, so the paid patient takes the walk-in's seat; a copy that
+    // still held only the first walk-in would have found a seat free.
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.body["token"]["status"], "ALLOCATED", "{}", reply.text);
+    let bumps: Vec<_> = changes(&reply.body)
+        .into_iter()
+        .filter(|(_, _, _, reason)| reason == "BUMPED")
+        .collect();
+    assert_eq!(
+        bumps,
+        [(
+            bumped,
+            "ALLOCATED".into(),
+            "WAITLISTED".into(),
+            "BUMPED".into()
+        )],
+        "{}",
+        reply.text
+    );
+    // The copy was brought up by the changes, neither read whole again
+    // nor found stale by the call.
+    assert_eq!(
+        counted(&first, "opd_postgres_copy_refreshes_total").await,
+        1.0
+    );
+    assert_eq!(
+        counted(&first, "opd_postgres_copy_reads_total").await,
+        reads
+    );
+    assert_eq!(
+        counted(&first, "opd_postgres_stale_copies_total").await,
+        0.0
+    );
     second.stop().await;
     first.stop().await;
 }

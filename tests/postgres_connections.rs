@@ -169,7 +169,7 @@ const PREPARE: &str = "PREPARE ";
 const CALL: &str = "FROM opd_book_group(";
 
 /// What the statement that waits for a group's flush contains.
-const DURABLE: &str = "SET LOCAL synchronous_commit TO on; SELECT txid_current()";
+const DURABLE: &str = "pg_logical_emit_message(true, 'opd', 'durable')";
 
 fn record_client(wire: &mut Wire, kind: u8, body: &[u8]) {
     let strings: Vec<String> = body

@@ -205,6 +205,8 @@ pub async fn write(
     let started = Instant::now();
     let mut connection = database.connection().await?;
     let answers = db::book_in_group(&mut connection, calls).await?;
+    // A stored answer found by the call is given once durable.
+    db::wait_until_durable(&mut connection).await?;
     record(metrics, &answers, started);
     Ok(answers)
 }

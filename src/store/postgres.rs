@@ -476,16 +476,17 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
 /// PostgreSQL shows a commit to other sessions before the synchronous
 /// standby has confirmed it, so events read from the log may still be lost
 /// in a failover (their bookings were never acknowledged). This statement
-/// takes a transaction id, so its commit (its own, or that of the
-/// transaction it runs in) writes a record after those of everything the
-/// caller read and waits for the standby to confirm it, and with it
-/// everything before it in the write-ahead log. A stored idempotent
+/// writes a mark to the write-ahead log (see [`wait_until_durable`]), so its
+/// commit (its own, or that of the transaction it runs in) comes after
+/// everything the caller read and waits for the standby to confirm it,
+/// and with it everything before it in the log. A stored idempotent
 /// answer is given after the same wait. Answers which server run the
 /// connection reached.
 pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<ServerRun> {
-    // The transaction id is not needed, only taken.
-    let (_, address, port, started): (i64, String, i32, i64) = sqlx::query_as(
-        "SELECT txid_current(), coalesce(host(inet_server_addr()), ''),
+    // The mark's position in the log is not needed, only the mark.
+    let (_, address, port, started): (String, String, i32, i64) = sqlx::query_as(
+        "SELECT pg_logical_emit_message(true, 'opd', 'durable')::text,
+                coalesce(host(inet_server_addr()), ''),
                 coalesce(inet_server_port(), 0),
                 (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint",
     )
@@ -500,11 +501,18 @@ pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<S
 
 /// Returns once everything committed on `connection` is as durable as a
 /// synchronous commit makes it: flushed to disk and, with a synchronous
-/// standby, to the standby. A transaction that takes an id commits with a
-/// WAL record after every commit before it, and waits for its flush.
+/// standby, to the standby. The transaction writes a mark to the log after
+/// every commit before it (a transactional message, which logical
+/// decoding would show and nothing else reads), and its commit waits for
+/// the mark's flush. A commit waits only if its transaction wrote to the
+/// log: a transaction id alone (`txid_current()`) writes nothing, and
+/// waiting that way, the failover test lost acknowledged bookings.
 pub async fn wait_until_durable(connection: &mut PgConnection) -> PgResult<()> {
     connection
-        .execute("BEGIN; SET LOCAL synchronous_commit TO on; SELECT txid_current(); COMMIT")
+        .execute(
+            "BEGIN; SET LOCAL synchronous_commit TO on;
+             SELECT pg_logical_emit_message(true, 'opd', 'durable'); COMMIT",
+        )
         .await?;
     Ok(())
 }

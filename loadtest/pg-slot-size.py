@@ -10,7 +10,9 @@ a server booking in one call, then measures bookings into those slots for
 SECONDS (default 10) with CLIENTS keep-alive connections (default 16).
 The measured bookings make the slots grow, so sizes up to 100 use
 SLOTS_SMALL slots (default 400) and larger sizes SLOTS_LARGE (default 16);
-the mean size during the run is printed. The modes:
+the mean size during the run is printed, with each mode's stale copies and
+commits per booking (from the servers' metrics). MODES (a comma-separated
+list of the names below) runs only some. The modes:
 
   lock-first      one instance without --one-call-bookings
   lock-first x2   two such instances on the same schema, half the
@@ -224,7 +226,9 @@ def measure(schema, size, one_call, instances):
     elapsed = time.monotonic() - started
     after = (busy_ticks(), sum(busy_ticks(s.process.pid) for s in servers), os.times())
     rate = booked / elapsed
+    counts = [0.0, 0.0, 0.0, 0.0]
     for server in servers:
+        counts = [a + b for a, b in zip(counts, scraped(server.port))]
         server.stop()
     tick = os.sysconf("SC_CLK_TCK")
     available = elapsed * (os.cpu_count() or 1)
@@ -233,7 +237,19 @@ def measure(schema, size, one_call, instances):
     client_cpu = (after[2].user + after[2].system) - (before[2].user + before[2].system)
     shares = (server_cpu / available, client_cpu / available,
               (machine - server_cpu - client_cpu) / available)
-    return rate, size + (warmed + booked / 2) / len(slots), shares
+    per_booking = [count / (warmed + booked) for count in counts]
+    return rate, size + (warmed + booked / 2) / len(slots), shares, per_booking
+
+
+def scraped(port):
+    """The server's stale copies, commits, copies read whole and copies
+    brought up by their changes so far, from its metrics."""
+    text = request(port, "GET", "/metrics")[1].decode()
+    def value(name):
+        found = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+    return (value("opd_postgres_stale_copies_total"), value("opd_storage_commit_batch_size_count"),
+            value("opd_postgres_copy_reads_total"), value("opd_postgres_copy_refreshes_total"))
 
 
 def main():
@@ -249,16 +265,26 @@ def main():
     modes = [("lock-first", False, 1), ("lock-first x2", False, 2), ("one-call", True, 1),
              ("one-call x2", True, 2)]
     references = [("pgbench 1/call", 1), (f"pgbench {GROUP}/call", GROUP)]
+    chosen = [name.strip() for name in os.environ.get("MODES", "").split(",") if name.strip()]
+    if chosen:
+        known = [mode[0] for mode in modes] + [reference[0] for reference in references]
+        unknown = [name for name in chosen if name not in known]
+        if unknown:
+            die(f"unknown modes {unknown}; known: {known}")
+        modes = [mode for mode in modes if mode[0] in chosen]
+        references = [reference for reference in references if reference[0] in chosen]
     results = {}
     for size in SIZES:
         for name, one_call, instances in modes:
             schema = filled_schema(size, name)
-            rate, mean, (server, client, rest) = measure(schema, size, one_call, instances)
+            rate, mean, (server, client, rest), (stale, commits, reads, refreshes) = measure(
+                schema, size, one_call, instances)
             results[(size, name)] = rate
             psql(f"DROP SCHEMA {schema} CASCADE")
             print(f"{size:>6} tokens per slot (mean {mean:6.0f} during the run)  "
                   f"{name:<13} {rate:8.0f} bookings/s  CPU: servers {server:4.0%}, "
-                  f"client {client:4.0%}, rest {rest:4.0%}", flush=True)
+                  f"client {client:4.0%}, rest {rest:4.0%}; per booking: {stale:.2f} stale, "
+                  f"{reads:.2f} copy reads, {refreshes:.2f} refreshes, {commits:.2f} commits", flush=True)
         for name, group in references:
             schema = filled_schema(size, name)
             rate = pgbench(schema, size, group)
@@ -274,24 +300,21 @@ def main():
     for name in [mode[0] for mode in modes] + [reference[0] for reference in references]:
         line = "  ".join(shown(results[(size, name)]) for size in SIZES)
         print(f"{name:<14} {line}")
+    ratio = lambda a, b: "-" if not a or not b else f"{a / b:.2f}x"
     if len(SIZES) == 2:
         small, large = SIZES
         for name, _, _ in modes:
             print(f"{name:<13} {large} / {small}: "
-                  f"{results[(large, name)] / results[(small, name)]:.2f}x")
+                  f"{ratio(results[(large, name)], results[(small, name)])}")
     for size in SIZES:
-        base = results[(size, "lock-first")]
-        print(f"{size:>6} tokens: one-call {results[(size, 'one-call')] / base:.2f}x lock-first; "
-              f"two instances {results[(size, 'lock-first x2')] / base:.2f}x one lock-first, "
-              f"{results[(size, 'one-call x2')] / results[(size, 'one-call')]:.2f}x one one-call")
-        one = results[(size, "pgbench 1/call")]
-        if one:
-            print(f"{size:>6} tokens: one-call {results[(size, 'one-call')] / one:.2f}x "
-                  f"pgbench 1/call; lock-first {base / one:.2f}x")
-        grouped = results[(size, f"pgbench {GROUP}/call")]
-        if grouped:
-            print(f"{size:>6} tokens: pgbench {GROUP}/call {grouped / base:.2f}x lock-first, "
-                  f"{grouped / one:.2f}x pgbench 1/call")
+        get = lambda name: results.get((size, name))
+        print(f"{size:>6} tokens: one-call {ratio(get('one-call'), get('lock-first'))} "
+              f"lock-first; two instances {ratio(get('lock-first x2'), get('lock-first'))} "
+              f"one lock-first, {ratio(get('one-call x2'), get('one-call'))} one one-call")
+        print(f"{size:>6} tokens: one-call {ratio(get('one-call'), get('pgbench 1/call'))} "
+              f"pgbench 1/call; lock-first {ratio(get('lock-first'), get('pgbench 1/call'))}; "
+              f"pgbench {GROUP}/call {ratio(get(f'pgbench {GROUP}/call'), get('lock-first'))} "
+              f"lock-first")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ pub struct Postgres {
     follower: tokio::task::JoinHandle<()>,
     /// Commit durations and retries, for the metrics.
     metrics: StorageMetrics,
-    /// The slots bookings are decided on without reading them first
-    /// (boxed: two locked maps).
+    /// The slots bookings are decided on without reading them first,
+    /// shared with the event follower, which notes every change on them.
     copies: Arc<SlotCopies>,
     /// With one-call bookings, the writers that write them in groups;
     /// `None` without.

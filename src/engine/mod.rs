@@ -1177,20 +1177,7 @@ impl Engine {
             if !keep[token.slot as usize] {
                 continue;
             }
-            kept.restore_token(TokenRecord {
-                id: token.id,
-                sequence: token.sequence,
-                number: token.number,
-                patient: token.patient.clone(),
-                slot: self.slots[token.slot as usize].id.clone(),
-                source: token.source,
-                status: token.status,
-                created_at: token.created_at.timestamp(),
-                updated_at: token.updated_at.timestamp(),
-                checked_in_at: token.checked_in_at.map(Nanos::timestamp),
-                skips: token.skips,
-                history: token.full_history(),
-            })?;
+            kept.restore_token(self.record_of(token, token.full_history()))?;
         }
         kept.next_sequence = kept.next_sequence.max(self.next_sequence);
         // Token numbers are never reused: a kept day goes on counting from
@@ -1205,6 +1192,24 @@ impl Engine {
         kept.check_invariants()?;
         *self = kept;
         Ok(evicted)
+    }
+
+    /// `token` as a record to restore, with `history`.
+    fn record_of(&self, token: &Token, history: Vec<HistoryEntry>) -> TokenRecord {
+        TokenRecord {
+            id: token.id,
+            sequence: token.sequence,
+            number: token.number,
+            patient: token.patient.clone(),
+            slot: self.slots[token.slot as usize].id.clone(),
+            source: token.source,
+            status: token.status,
+            created_at: token.created_at.timestamp(),
+            updated_at: token.updated_at.timestamp(),
+            checked_in_at: token.checked_in_at.map(Nanos::timestamp),
+            skips: token.skips,
+            history,
+        }
     }
 
     /// Puts a stored token back. Tokens must come in ascending sequence

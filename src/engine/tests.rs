@@ -870,20 +870,7 @@ fn copy_of(engine: &Engine) -> Engine {
 
 /// A token as storage holds it: its row, without history.
 fn stored(engine: &Engine, token: &Token) -> TokenRecord {
-    TokenRecord {
-        id: token.id,
-        sequence: token.sequence,
-        number: token.number,
-        patient: token.patient.clone(),
-        slot: engine.slots[token.slot as usize].id.clone(),
-        source: token.source,
-        status: token.status,
-        created_at: token.created_at.timestamp(),
-        updated_at: token.updated_at.timestamp(),
-        checked_in_at: token.checked_in_at.map(Nanos::timestamp),
-        skips: token.skips,
-        history: Vec::new(),
-    }
+    engine.record_of(token, Vec::new())
 }
 
 /// Patients and their statuses, in queue order.

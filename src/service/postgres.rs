@@ -500,8 +500,11 @@ impl Postgres {
         {
             self.metrics.copy_refreshes.increment(1);
             let mut connection = self.database.connection().await?;
-            if !db::refresh_slot_copy(&mut connection, &request.slot, copy, &[]).await? {
+            let refreshed = db::refresh_slot_copy(&mut connection, &request.slot, copy, &[]).await;
+            if !matches!(refreshed, Ok(true)) {
+                // Dropped whatever went wrong: it may be half brought up.
                 *held = None;
+                refreshed?;
             }
         }
         if held.is_none() {

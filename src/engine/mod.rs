@@ -1314,21 +1314,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Brings a token to its stored state, in an engine that holds part of
-    /// the stored state (one slot's active and seated tokens, say) and
-    /// has fallen behind it. A token the engine holds takes the record's
-    /// status, times, first check-in and skips, keeping its place in its
-    /// queues; one it does not hold is restored as by
-    /// [`Engine::restore_token`], after every token it holds, unless it
-    /// has ended without a seat, as such an engine holds no such token.
-    ///
-    /// Records of one slot's changes go in this order: those that release
-    /// something (a patient's active token, the doctor's current patient)
-    /// before those that take it, and new tokens in sequence order. A
-    /// record the engine cannot take is refused and leaves it as it was:
-    /// the caller then reads the slot whole. Call
-    /// [`Engine::check_invariants`] in tests when all are in.
-    pub fn refresh_token(&mut self, record: TokenRecord) -> Result<(), RestoreError> {
+    /// Brings tokens to their stored state, in an engine that holds part
+    /// of the stored state (one slot's active and seated tokens, say) and
+    /// has fallen behind it: `records` are the tokens that changed, in any
+    /// order. A token the engine holds takes the record's status, times,
+    /// first check-in and skips, keeping its place in its queues; one it
+    /// does not hold is restored as by [`Engine::restore_token`], after
+    /// every token it holds, unless it has ended without a seat, as such
+    /// an engine holds no such token. On an error the engine may be half
+    /// brought up, and is to be dropped. Call [`Engine::check_invariants`]
+    /// in tests when all are in.
+    pub fn refresh_tokens(&mut self, mut records: Vec<TokenRecord>) -> Result<(), RestoreError> {
+        // What a change releases (a patient's active token, the doctor's
+        // current patient) goes in before what another change takes; new
+        // tokens go in sequence order.
+        records.sort_by_key(|record| {
+            (
+                record.status.is_active() || record.status.is_with_doctor(),
+                record.sequence,
+            )
+        });
+        records
+            .into_iter()
+            .try_for_each(|record| self.refresh_token(record))
+    }
+
+    /// One record of [`Engine::refresh_tokens`]; one the engine cannot take
+    /// is refused and leaves it as it was.
+    fn refresh_token(&mut self, record: TokenRecord) -> Result<(), RestoreError> {
         let Some(key) = self.find_token(&record.id) else {
             if !record.status.is_active() && !record.status.holds_seat() {
                 return Ok(());
@@ -1393,7 +1406,7 @@ impl Engine {
     /// the token goes as if it had never been made, so that its request
     /// can be decided again with the same id. The tokens the booking moved
     /// (a bumped one) stay as it left them: the caller brings them back to
-    /// their stored state with [`Engine::refresh_token`]. Refused, leaving
+    /// their stored state with [`Engine::refresh_tokens`]. Refused, leaving
     /// the engine as it was, for any token but an unchanged latest one.
     pub fn take_back(&mut self, id: Uuid) -> Result<(), RestoreError> {
         let fail = |what: &str| Err(RestoreError(format!("token {id}: {what}")));

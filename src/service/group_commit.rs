@@ -19,8 +19,10 @@ use crate::store::postgres::{self as db, CallAnswer, Database, OneCall, PgError}
 use crate::store::StorageMetrics;
 
 /// The most calls one group carries: as many as the connections of a
-/// busy front end (64 in `loadtest/http.sh`, where 16 made bookings wait
-/// for four groups: 3,735 bookings/s, and 5,305 with 64).
+/// busy front end, so that none waits for a second group. With 64 clients
+/// (`CLIENTS=64 loadtest/pg-slot-size.py`, runs taking turns), groups of
+/// up to 16 gave 7,712–7,892 bookings/s and groups of up to 64
+/// 9,121–9,230.
 const GROUP_MAX: usize = 64;
 
 /// Groups written at the same time, each on a connection of its own. One:
@@ -166,35 +168,14 @@ async fn write_unflushed(
     connection: &mut Option<sqlx::PgConnection>,
     calls: &[&OneCall],
 ) -> Result<Vec<CallAnswer>, PgError> {
-    let started = Instant::now();
     if connection.is_none() {
         *connection = Some(database.unflushed_connection().await?);
     }
-    let open = connection.as_mut().expect("opened above");
-    let written = match db::book_in_group(open, calls).await {
-        Ok(answers) => db::wait_until_durable(open).await.map(|()| answers),
-        Err(error) => Err(error),
-    };
-    let answers = match written {
-        Ok(answers) => answers,
-        Err(error) => {
-            *connection = None;
-            return Err(error);
-        }
-    };
-    record(metrics, &answers, started);
-    Ok(answers)
-}
-
-/// Records the commit of the bookings `answers` made, begun at `started`.
-fn record(metrics: &StorageMetrics, answers: &[CallAnswer], started: Instant) {
-    let booked = answers
-        .iter()
-        .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))
-        .count();
-    if booked > 0 {
-        metrics.commit(booked, started.elapsed());
+    let written = write_on(connection.as_mut().expect("opened above"), metrics, calls).await;
+    if written.is_err() {
+        *connection = None;
     }
+    written
 }
 
 /// Writes `calls` as one group on a connection of the pool, and records
@@ -204,11 +185,26 @@ pub async fn write(
     metrics: &StorageMetrics,
     calls: &[&OneCall],
 ) -> Result<Vec<CallAnswer>, PgError> {
+    write_on(&mut *database.connection().await?, metrics, calls).await
+}
+
+/// Writes `calls` as one group on `connection`, waits until what it wrote,
+/// and any stored answer it found, is durable, and records the commit of
+/// the bookings it made in `metrics`.
+async fn write_on(
+    connection: &mut sqlx::PgConnection,
+    metrics: &StorageMetrics,
+    calls: &[&OneCall],
+) -> Result<Vec<CallAnswer>, PgError> {
     let started = Instant::now();
-    let mut connection = database.connection().await?;
-    let answers = db::book_in_group(&mut connection, calls).await?;
-    // A stored answer found by the call is given once durable.
-    db::wait_until_durable(&mut connection).await?;
-    record(metrics, &answers, started);
+    let answers = db::book_in_group(connection, calls).await?;
+    db::wait_until_durable(connection).await?;
+    let booked = answers
+        .iter()
+        .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))
+        .count();
+    if booked > 0 {
+        metrics.commit(booked, started.elapsed());
+    }
     Ok(answers)
 }

@@ -498,9 +498,7 @@ impl Postgres {
             .as_mut()
             .filter(|copy| entry.lacks_noted(&request.slot, copy))
         {
-            self.metrics.copy_refreshes.increment(1);
-            let mut connection = self.database.connection().await?;
-            let refreshed = db::refresh_slot_copy(&mut connection, &request.slot, copy, &[]).await;
+            let refreshed = self.refresh_copy(&request.slot, copy, &[]).await;
             if !matches!(refreshed, Ok(true)) {
                 // Dropped whatever went wrong: it may be half brought up.
                 *held = None;
@@ -611,11 +609,7 @@ impl Postgres {
                 let mut copy = copy;
                 if copy.engine.take_back(outcome.token.id).is_ok() {
                     let moved: Vec<Uuid> = outcome.changes.iter().map(|c| c.token).collect();
-                    self.metrics.copy_refreshes.increment(1);
-                    let mut connection = self.database.connection().await?;
-                    if db::refresh_slot_copy(&mut connection, &request.slot, &mut copy, &moved)
-                        .await?
-                    {
+                    if self.refresh_copy(&request.slot, &mut copy, &moved).await? {
                         *held = Some(copy);
                     }
                 }
@@ -637,6 +631,19 @@ impl Postgres {
             }
             db::CallAnswer::KeysFull(counts) => Err(self.keys_full(counts, ctx.at)),
         }
+    }
+
+    /// Brings `copy` of `slot` up to the slot as stored (see
+    /// [`db::refresh_slot_copy`]); false when it is to be read whole.
+    async fn refresh_copy(
+        &self,
+        slot: &SlotId,
+        copy: &mut db::SlotCopy,
+        also: &[Uuid],
+    ) -> Result<bool, PgError> {
+        self.metrics.copy_refreshes.increment(1);
+        let mut connection = self.database.connection().await?;
+        db::refresh_slot_copy(&mut connection, slot, copy, also).await
     }
 
     /// Writes one call as a group of its own, on a connection of its own.

@@ -81,11 +81,12 @@ impl SlotEntry {
     /// moved too.
     pub fn lacks_noted(&self, slot: &SlotId, copy: &SlotCopy) -> bool {
         let noted = std::mem::take(&mut *self.noted.lock().expect("never poisoned"));
-        let held = copy.engine.slot_summary(slot);
         noted.overflowed
-            || noted
-                .slot
-                .is_some_and(|state| held.is_none_or(|held| slot_state(&held) != state))
+            || noted.slot.is_some_and(|state| {
+                copy.engine
+                    .slot_summary(slot)
+                    .is_none_or(|held| slot_state(&held) != state)
+            })
             || noted
                 .tokens
                 .iter()
@@ -185,13 +186,7 @@ impl SlotCopies {
                     to,
                     ..
                 } => {
-                    let entry = self
-                        .slots
-                        .lock()
-                        .expect("never poisoned")
-                        .peek(slot)
-                        .cloned();
-                    if let Some(entry) = entry {
+                    if let Some(entry) = self.noted_slot(slot) {
                         entry.note_token(*token, *to);
                     }
                     if from.is_none() {
@@ -202,18 +197,18 @@ impl SlotCopies {
                     }
                 }
                 EventKind::Slot { slot, .. } => {
-                    let entry = self
-                        .slots
-                        .lock()
-                        .expect("never poisoned")
-                        .peek(&slot.id)
-                        .cloned();
-                    if let Some(entry) = entry {
+                    if let Some(entry) = self.noted_slot(&slot.id) {
                         entry.note_slot(slot);
                     }
                 }
             }
         }
+    }
+
+    /// The entry of slot `id` if there is one, without moving it in the
+    /// order of use: noting a change is not a use.
+    fn noted_slot(&self, id: &SlotId) -> Option<Arc<SlotEntry>> {
+        self.slots.lock().expect("never poisoned").peek(id).cloned()
     }
 
     /// Drops every copy. Bookings holding an entry finish on it, and their

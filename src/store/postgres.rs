@@ -1155,9 +1155,14 @@ pub async fn read_slot_copy(
     Ok(Some(SlotCopy {
         engine,
         version: first.try_get(0)?,
-        numbers_issued: u32::try_from(first.try_get::<i32, _>(1)?)
-            .map_err(|_| PgError::Corrupt("a negative count of numbers issued".into()))?,
+        numbers_issued: numbers_issued_from(first, 1)?,
     }))
+}
+
+/// The numbers a doctor's day has issued, in column `at` of `row`.
+fn numbers_issued_from(row: &PgRow, at: usize) -> PgResult<u32> {
+    u32::try_from(row.try_get::<i32, _>(at)?)
+        .map_err(|_| PgError::Corrupt("a negative count of numbers issued".into()))
 }
 
 /// Brings `copy` of slot `id` up to the slot as stored, in one statement:
@@ -1209,14 +1214,8 @@ pub async fn refresh_slot_copy(
             records.push(token_record_from(row, 7, id.clone())?);
         }
     }
-    // What a change releases (a patient's active token, the doctor's
-    // current patient) goes in before what another change takes; the sort
-    // keeps sequence order otherwise.
-    records.sort_by_key(|record| record.status.is_active() || record.status.is_with_doctor());
-    for record in records {
-        if copy.engine.refresh_token(record).is_err() {
-            return Ok(false);
-        }
+    if copy.engine.refresh_tokens(records).is_err() {
+        return Ok(false);
     }
     let now = copy.engine.slot_summary(id).expect("held above");
     if i64::from(now.allocated) != i64::from(first.try_get::<i32, _>(5)?)
@@ -1231,8 +1230,7 @@ pub async fn refresh_slot_copy(
             .map_err(|error| PgError::Corrupt(error.to_string()))?;
     }
     copy.version = first.try_get(0)?;
-    copy.numbers_issued = u32::try_from(first.try_get::<i32, _>(1)?)
-        .map_err(|_| PgError::Corrupt("a negative count of numbers issued".into()))?;
+    copy.numbers_issued = numbers_issued_from(first, 1)?;
     Ok(true)
 }
 

@@ -154,6 +154,16 @@ def psql(sql):
     subprocess.run(["psql", URL, "-qc", sql], check=True, stdout=subprocess.DEVNULL, env=env)
 
 
+def database_counts():
+    """The database's committed transactions and the write-ahead log's
+    syncs to disk so far (PostgreSQL's statistics, for every database)."""
+    out = subprocess.run(
+        ["psql", URL, "-Atc", "SELECT (SELECT sum(xact_commit) FROM pg_stat_database), "
+         "(SELECT wal_sync FROM pg_stat_wal)"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    return [float(value) for value in out.split("|")]
+
+
 def pgbench(schema, size, group):
     """Bookings per second of pgbench calling opd_book_group with `group`
     bookings per call, or None when the clients cannot each have `group`
@@ -212,6 +222,23 @@ def busy_ticks(pid=None):
     return sum(fields) - fields[3] - fields[4]
 
 
+def database_ticks():
+    """CPU time in clock ticks of every PostgreSQL process, by pid."""
+    ticks = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                name, rest = stat.read().split("(", 1)[1].rsplit(")", 1)
+        except OSError:
+            continue
+        if name == "postgres":
+            fields = rest.split()
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
 def measure(schema, size, one_call, instances):
     """Bookings per second, the slots' mean size during the run, and the
     share of the machine's CPU the servers, this client and the rest
@@ -222,9 +249,13 @@ def measure(schema, size, one_call, instances):
     warmed = book_all(ports, slots, 0, "WARM", deadline=time.monotonic() + 2)
     started = time.monotonic()
     before = (busy_ticks(), sum(busy_ticks(s.process.pid) for s in servers), os.times())
+    counted = database_counts()
+    database_before = database_ticks()
     booked = book_all(ports, slots, 0, "RUN", deadline=started + SECONDS)
     elapsed = time.monotonic() - started
     after = (busy_ticks(), sum(busy_ticks(s.process.pid) for s in servers), os.times())
+    database_after = database_ticks()
+    transactions, syncs = [b - a for a, b in zip(counted, database_counts())]
     rate = booked / elapsed
     counts = [0.0, 0.0, 0.0, 0.0]
     for server in servers:
@@ -238,6 +269,10 @@ def measure(schema, size, one_call, instances):
     shares = (server_cpu / available, client_cpu / available,
               (machine - server_cpu - client_cpu) / available)
     per_booking = [count / (warmed + booked) for count in counts]
+    database_cpu = sum(ticks - database_before.get(pid, 0)
+                       for pid, ticks in database_after.items()) / tick
+    per_booking += [transactions / booked, syncs / booked, database_cpu / booked * 1e6,
+                    server_cpu / booked * 1e6]
     return rate, size + (warmed + booked / 2) / len(slots), shares, per_booking
 
 
@@ -277,14 +312,17 @@ def main():
     for size in SIZES:
         for name, one_call, instances in modes:
             schema = filled_schema(size, name)
-            rate, mean, (server, client, rest), (stale, commits, reads, refreshes) = measure(
+            rate, mean, (server, client, rest), (stale, commits, reads, refreshes, transactions, syncs, database_us,
+             server_us) = measure(
                 schema, size, one_call, instances)
             results[(size, name)] = rate
             psql(f"DROP SCHEMA {schema} CASCADE")
             print(f"{size:>6} tokens per slot (mean {mean:6.0f} during the run)  "
                   f"{name:<13} {rate:8.0f} bookings/s  CPU: servers {server:4.0%}, "
                   f"client {client:4.0%}, rest {rest:4.0%}; per booking: {stale:.2f} stale, "
-                  f"{reads:.2f} copy reads, {refreshes:.2f} refreshes, {commits:.2f} commits", flush=True)
+                  f"{reads:.2f} copy reads, {refreshes:.2f} refreshes, {commits:.2f} commits; database: "
+                  f"{transactions:.2f} transactions, {syncs:.2f} log syncs; CPU µs per booking: "
+                  f"database {database_us:.0f}, servers {server_us:.0f}", flush=True)
         for name, group in references:
             schema = filled_schema(size, name)
             rate = pgbench(schema, size, group)

@@ -171,7 +171,13 @@ async fn write_unflushed(
     if connection.is_none() {
         *connection = Some(database.unflushed_connection().await?);
     }
-    let written = write_on(connection.as_mut().expect("opened above"), metrics, calls).await;
+    let written = write_on(
+        database,
+        connection.as_mut().expect("opened above"),
+        metrics,
+        calls,
+    )
+    .await;
     if written.is_err() {
         *connection = None;
     }
@@ -185,20 +191,22 @@ pub async fn write(
     metrics: &StorageMetrics,
     calls: &[&OneCall],
 ) -> Result<Vec<CallAnswer>, PgError> {
-    write_on(&mut *database.connection().await?, metrics, calls).await
+    write_on(database, &mut *database.connection().await?, metrics, calls).await
 }
 
 /// Writes `calls` as one group on `connection`, waits until what it wrote,
-/// and any stored answer it found, is durable, and records the commit of
-/// the bookings it made in `metrics`.
+/// and any stored answer it found, is durable (and notes so on
+/// `database`, for the event follower), and records the commit of the
+/// bookings it made in `metrics`.
 async fn write_on(
+    database: &Database,
     connection: &mut sqlx::PgConnection,
     metrics: &StorageMetrics,
     calls: &[&OneCall],
 ) -> Result<Vec<CallAnswer>, PgError> {
     let started = Instant::now();
     let answers = db::book_in_group(connection, calls).await?;
-    db::wait_until_durable(connection).await?;
+    database.note_durable(db::wait_until_durable(connection).await?);
     let booked = answers
         .iter()
         .filter(|answer| matches!(answer, CallAnswer::Booked { .. }))

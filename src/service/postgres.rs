@@ -375,7 +375,7 @@ impl Postgres {
     pub async fn events_after(&self, after: u64, limit: usize) -> Result<Page, ServiceError> {
         self.retry(|| async {
             let mut connection = self.database.connection().await?;
-            Ok(db::read_events(&mut connection, after, limit).await?)
+            Ok(db::read_events(&mut connection, after, limit).await?.0)
         })
         .await
     }
@@ -1238,6 +1238,12 @@ impl Following {
 /// a failover) is then trusted again.
 const RESTARTED_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long the follower waits for another wait for durability to cover
+/// what it read before making its own: about the time between a group's
+/// commit and the end of its wait for the flush. Events read while no
+/// booking is written wait this long more before they are told.
+const RIDE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 async fn follow_until_error(
     database: &Database,
     events: &EventBus,
@@ -1258,7 +1264,7 @@ async fn follow_until_error(
         // serves requests with it.
         let mut connection = database.connection().await?;
         loop {
-            let page = db::read_events(&mut connection, last, PAGE_MAX).await?;
+            let (page, read) = db::read_events(&mut connection, last, PAGE_MAX).await?;
             let Some(newest) = page.events.last().map(|event| event.id) else {
                 if page.newest.is_some_and(|newest| newest < last) {
                     // The log ends before events this instance has told:
@@ -1276,8 +1282,17 @@ async fn follow_until_error(
                 }
                 break;
             };
-            // Only events that a failover cannot take back are told.
-            let server = db::wait_for_durable_reads(&mut connection).await?;
+            // Only events that a failover cannot take back are told. Under
+            // load a group's writer is about to wait for durability past
+            // them anyway; waiting with it spares a commit and a flush of
+            // the follower's own (one per read, on every instance).
+            let server = if database.durable_covers(&read, RIDE_WAIT).await {
+                read.server
+            } else {
+                let durable = db::wait_for_durable_reads(&mut connection).await?;
+                database.note_durable(durable.clone());
+                durable.server
+            };
             if !state.trusts(server, &mut connection).await? {
                 break;
             }

@@ -54,6 +54,9 @@ struct Shared {
     freshness: Arc<Freshness>,
     /// Set while a task looks for the host that accepts writes.
     probing: AtomicBool,
+    /// The furthest point of a server's log that a wait of this instance
+    /// found durable (see [`Database::durable_covers`]).
+    durable: tokio::sync::watch::Sender<Option<LogPoint>>,
 }
 
 /// The hosts a `--database-url` lists, in its order, each with the same
@@ -336,6 +339,7 @@ impl Database {
                 hosts,
                 freshness,
                 probing: AtomicBool::new(false),
+                durable: tokio::sync::watch::Sender::new(None),
             }),
         })
     }
@@ -406,6 +410,37 @@ impl Database {
         Ok(connection)
     }
 
+    /// Records that everything up to `point` is durable, as a wait for
+    /// durability on any of this instance's connections found it.
+    pub fn note_durable(&self, point: LogPoint) {
+        self.shared.durable.send_if_modified(|durable| {
+            let further = match durable {
+                Some(known) => known.server != point.server || known.lsn < point.lsn,
+                None => true,
+            };
+            if further {
+                *durable = Some(point);
+            }
+            further
+        });
+    }
+
+    /// Whether everything up to `read` is durable, or becomes so `within`
+    /// this time by a wait that another task of this instance makes
+    /// anyway (a group's writer waits after each commit): then a reader of
+    /// what was committed by `read` needs no wait of its own.
+    pub async fn durable_covers(&self, read: &LogPoint, within: Duration) -> bool {
+        let mut durable = self.shared.durable.subscribe();
+        let covers = |known: &Option<LogPoint>| {
+            known
+                .as_ref()
+                .is_some_and(|known| known.server == read.server && known.lsn >= read.lsn)
+        };
+        tokio::time::timeout(within, durable.wait_for(covers))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
+    }
+
     /// A connection of its own that is woken when any instance commits
     /// events (see [`notify_events`]).
     pub async fn listen_for_events(&self) -> PgResult<sqlx::postgres::PgListener> {
@@ -452,6 +487,9 @@ const EVENT_COLUMNS: &str = "id, at, actor, kind, slot_id, doctor_id, date, reas
      token_number, source, from_status, to_status, start_time, end_time, capacity, allocated, \
      waitlisted, closes_at, closed, estimated_call_at";
 
+/// How many columns [`EVENT_COLUMNS`] names.
+const EVENT_FIELDS: usize = 21;
+
 /// Which rows of the log day reports are made of: token events and slot
 /// creations.
 const REPORTED: &str = "(kind = 'TOKEN' OR reason = 'CREATED')";
@@ -469,9 +507,18 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
     Ok(())
 }
 
+/// The columns after a log position that say which server run answered,
+/// as [`log_point_from`] reads them.
+macro_rules! server_run {
+    () => {
+        "coalesce(host(inet_server_addr()), ''), coalesce(inet_server_port(), 0),
+         (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint"
+    };
+}
+
 /// Returns once every transaction committed before the call is as durable
 /// as this instance's own commits: on a primary with a synchronous
-/// standby, replicated to it.
+/// standby, replicated to it. Answers the point of the log it covers.
 ///
 /// PostgreSQL shows a commit to other sessions before the synchronous
 /// standby has confirmed it, so events read from the log may still be lost
@@ -480,41 +527,62 @@ pub async fn notify_events(connection: &mut PgConnection) -> PgResult<()> {
 /// commit (its own, or that of the transaction it runs in) comes after
 /// everything the caller read and waits for the standby to confirm it,
 /// and with it everything before it in the log. A stored idempotent
-/// answer is given after the same wait. Answers which server run the
-/// connection reached.
-pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<ServerRun> {
-    // The mark's position in the log is not needed, only the mark.
-    let (_, address, port, started): (String, String, i32, i64) = sqlx::query_as(
-        "SELECT pg_logical_emit_message(true, 'opd', 'durable')::text,
-                coalesce(host(inet_server_addr()), ''),
-                coalesce(inet_server_port(), 0),
-                (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint",
-    )
+/// answer is given after the same wait.
+pub async fn wait_for_durable_reads(connection: &mut PgConnection) -> PgResult<LogPoint> {
+    let row = sqlx::query(concat!(
+        "SELECT (pg_logical_emit_message(true, 'opd', 'durable') - '0/0')::bigint, ",
+        server_run!()
+    ))
     .fetch_one(connection)
     .await?;
-    Ok(ServerRun {
-        address,
-        port,
-        started,
-    })
+    log_point_from(&row, 0)
 }
 
 /// Returns once everything committed on `connection` is as durable as a
 /// synchronous commit makes it: flushed to disk and, with a synchronous
-/// standby, to the standby. The transaction writes a mark to the log after
-/// every commit before it (a transactional message, which logical
-/// decoding would show and nothing else reads), and its commit waits for
-/// the mark's flush. A commit waits only if its transaction wrote to the
-/// log: a transaction id alone (`txid_current()`) writes nothing, and
-/// waiting that way, the failover test lost acknowledged bookings.
-pub async fn wait_until_durable(connection: &mut PgConnection) -> PgResult<()> {
-    connection
-        .execute(
+/// standby, to the standby; answers the point of the log it covers. The
+/// transaction writes a mark to the log after every commit before it (a
+/// transactional message, which logical decoding would show and nothing
+/// else reads), and its commit waits for the mark's flush. A commit waits
+/// only if its transaction wrote to the log: a transaction id alone
+/// (`txid_current()`) writes nothing, and waiting that way, the failover
+/// test lost acknowledged bookings.
+pub async fn wait_until_durable(connection: &mut PgConnection) -> PgResult<LogPoint> {
+    // Several statements in one round trip: the simple query protocol.
+    let rows = connection
+        .fetch_all(concat!(
             "BEGIN; SET LOCAL synchronous_commit TO on;
-             SELECT pg_logical_emit_message(true, 'opd', 'durable'); COMMIT",
-        )
+             SELECT (pg_logical_emit_message(true, 'opd', 'durable') - '0/0')::bigint, ",
+            server_run!(),
+            "; COMMIT"
+        ))
         .await?;
-    Ok(())
+    let row = rows
+        .first()
+        .ok_or_else(|| PgError::Corrupt("a wait for durability answered no row".into()))?;
+    log_point_from(row, 0)
+}
+
+/// The log position and server run in columns `at`.. of `row`.
+fn log_point_from(row: &PgRow, at: usize) -> PgResult<LogPoint> {
+    Ok(LogPoint {
+        lsn: u64::try_from(row.try_get::<i64, _>(at)?)
+            .map_err(|_| PgError::Corrupt("a negative log position".into()))?,
+        server: ServerRun {
+            address: row.try_get(at + 1)?,
+            port: row.try_get(at + 2)?,
+            started: row.try_get(at + 3)?,
+        },
+    })
+}
+
+/// A position in one server run's write-ahead log. Positions of different
+/// runs are not compared: a restarted primary, or a promoted standby,
+/// may reach a position again with other commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPoint {
+    pub server: ServerRun,
+    lsn: u64,
 }
 
 /// Which server a connection reached, and since when that server has run:
@@ -552,29 +620,48 @@ pub async fn standby_has_all(connection: &mut PgConnection) -> PgResult<bool> {
 }
 
 /// The log's events after `after`, at most `limit`, with the oldest id it
-/// keeps.
+/// keeps, and the point the server's log had reached when they were read:
+/// one statement, so one round trip and one snapshot. The point is taken
+/// after the statement's snapshot, so every commit it shows lies before it.
 pub async fn read_events(
     connection: &mut PgConnection,
     after: u64,
     limit: usize,
-) -> PgResult<Page> {
+) -> PgResult<(Page, LogPoint)> {
+    // A log without events after `after` is one row without an event.
     let rows = sqlx::query(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2"
+        "SELECT e.*, m.*
+           FROM (SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint, {}, min(id), max(id)
+                   FROM events) m
+           LEFT JOIN LATERAL
+                (SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2) e
+             ON true
+          ORDER BY e.id",
+        server_run!()
     ))
     .bind(after as i64)
     .bind(limit as i64)
     .fetch_all(&mut *connection)
     .await?;
-    let events = rows.iter().map(event).collect::<PgResult<Vec<_>>>()?;
-    let (oldest, newest): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT min(id), max(id) FROM events")
-            .fetch_one(&mut *connection)
-            .await?;
-    Ok(Page {
+    let first = rows
+        .first()
+        .ok_or_else(|| PgError::Corrupt("a read of the log answered no row".into()))?;
+    let (oldest, newest): (Option<i64>, Option<i64>) = (
+        first.try_get(EVENT_FIELDS + 4)?,
+        first.try_get(EVENT_FIELDS + 5)?,
+    );
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<i64>, _>(0)?.is_some() {
+            events.push(event(row)?);
+        }
+    }
+    let page = Page {
         events,
         oldest: oldest.map(|id| id as u64),
         newest: newest.map(|id| id as u64),
-    })
+    };
+    Ok((page, log_point_from(first, EVENT_FIELDS)?))
 }
 
 /// The newest id in the log; 0 when it is empty.
@@ -2022,7 +2109,12 @@ fn time(time: jiff::civil::Time) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Hosts;
+    use super::{Hosts, EVENT_COLUMNS, EVENT_FIELDS};
+
+    #[test]
+    fn the_count_of_event_columns_is_the_count_named() {
+        assert_eq!(EVENT_COLUMNS.split(',').count(), EVENT_FIELDS);
+    }
 
     fn hosts(url: &str) -> Vec<(String, u16, Option<String>, Option<String>)> {
         Hosts::parse(url)

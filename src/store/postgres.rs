@@ -57,6 +57,9 @@ struct Shared {
     /// The furthest point of a server's log that a wait of this instance
     /// found durable (see [`Database::durable_covers`]).
     durable: tokio::sync::watch::Sender<Option<LogPoint>>,
+    /// Set once a connection that commits without waiting for the flush
+    /// is opened: only then do waits for durability follow commits.
+    unflushed: AtomicBool,
 }
 
 /// The hosts a `--database-url` lists, in its order, each with the same
@@ -340,6 +343,7 @@ impl Database {
                 freshness,
                 probing: AtomicBool::new(false),
                 durable: tokio::sync::watch::Sender::new(None),
+                unflushed: AtomicBool::new(false),
             }),
         })
     }
@@ -407,6 +411,7 @@ impl Database {
     pub async fn unflushed_connection(&self) -> PgResult<PgConnection> {
         let mut connection = self.connection().await?.detach();
         connection.execute("SET synchronous_commit TO off").await?;
+        self.shared.unflushed.store(true, Ordering::Release);
         Ok(connection)
     }
 
@@ -428,8 +433,14 @@ impl Database {
     /// Whether everything up to `read` is durable, or becomes so `within`
     /// this time by a wait that another task of this instance makes
     /// anyway (a group's writer waits after each commit): then a reader of
-    /// what was committed by `read` needs no wait of its own.
+    /// what was committed by `read` needs no wait of its own. Without an
+    /// unflushed connection no such wait comes, and none is waited for.
     pub async fn durable_covers(&self, read: &LogPoint, within: Duration) -> bool {
+        let within = if self.shared.unflushed.load(Ordering::Acquire) {
+            within
+        } else {
+            Duration::ZERO
+        };
         let mut durable = self.shared.durable.subscribe();
         let covers = |known: &Option<LogPoint>| {
             known

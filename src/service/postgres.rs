@@ -1240,8 +1240,9 @@ const RESTARTED_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long the follower waits for another wait for durability to cover
 /// what it read before making its own: about the time between a group's
-/// commit and the end of its wait for the flush. Events read while no
-/// booking is written wait this long more before they are told.
+/// commit and the end of its wait for the flush. On an instance with
+/// group writers, events read while none writes wait this long more
+/// before they are told.
 const RIDE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 async fn follow_until_error(

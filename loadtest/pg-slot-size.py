@@ -257,7 +257,7 @@ def measure(schema, size, one_call, instances):
     database_after = database_ticks()
     transactions, syncs = [b - a for a, b in zip(counted, database_counts())]
     rate = booked / elapsed
-    counts = [0.0, 0.0, 0.0, 0.0]
+    counts = [0.0] * 5
     for server in servers:
         counts = [a + b for a, b in zip(counts, scraped(server.port))]
         server.stop()
@@ -277,14 +277,16 @@ def measure(schema, size, one_call, instances):
 
 
 def scraped(port):
-    """The server's stale copies, commits, copies read whole and copies
-    brought up by their changes so far, from its metrics."""
+    """The server's stale copies, commits, copies read whole, and copies
+    brought up by their changes (by bookings, and by its event follower)
+    so far, from its metrics."""
     text = request(port, "GET", "/metrics")[1].decode()
     def value(name):
         found = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
         return float(found.group(1)) if found else 0.0
     return (value("opd_postgres_stale_copies_total"), value("opd_storage_commit_batch_size_count"),
-            value("opd_postgres_copy_reads_total"), value("opd_postgres_copy_refreshes_total"))
+            value("opd_postgres_copy_reads_total"), value("opd_postgres_copy_refreshes_total"),
+            value("opd_postgres_follower_copy_refreshes_total"))
 
 
 def main():
@@ -312,15 +314,16 @@ def main():
     for size in SIZES:
         for name, one_call, instances in modes:
             schema = filled_schema(size, name)
-            rate, mean, (server, client, rest), (stale, commits, reads, refreshes, transactions, syncs, database_us,
-             server_us) = measure(
+            rate, mean, (server, client, rest), (stale, commits, reads, refreshes, followed, transactions, syncs,
+             database_us, server_us) = measure(
                 schema, size, one_call, instances)
             results[(size, name)] = rate
             psql(f"DROP SCHEMA {schema} CASCADE")
             print(f"{size:>6} tokens per slot (mean {mean:6.0f} during the run)  "
                   f"{name:<13} {rate:8.0f} bookings/s  CPU: servers {server:4.0%}, "
                   f"client {client:4.0%}, rest {rest:4.0%}; per booking: {stale:.2f} stale, "
-                  f"{reads:.2f} copy reads, {refreshes:.2f} refreshes, {commits:.2f} commits; database: "
+                  f"{reads:.2f} copy reads, {refreshes:.2f} refreshes ({followed:.2f} by the follower), "
+                  f"{commits:.2f} commits; database: "
                   f"{transactions:.2f} transactions, {syncs:.2f} log syncs; CPU µs per booking: "
                   f"database {database_us:.0f}, servers {server_us:.0f}", flush=True)
         for name, group in references:

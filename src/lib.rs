@@ -168,9 +168,9 @@ impl Application {
                 idempotency_limits,
                 events.clone(),
                 clock.clone(),
+                metrics.storage(&service::RETRIED_SQLSTATES),
             )
             .with_zone(zone.clone())
-            .with_metrics(metrics.storage(&service::RETRIED_SQLSTATES))
             .with_one_call_bookings(config.one_call_bookings);
             Service::postgres(postgres, events, clock, zone)
         } else if config.in_memory {

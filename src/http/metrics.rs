@@ -93,6 +93,7 @@ const POSTGRES_RETRIES: &str = "opd_postgres_retries_total";
 const STALE_COPIES: &str = "opd_postgres_stale_copies_total";
 const COPY_READS: &str = "opd_postgres_copy_reads_total";
 const COPY_REFRESHES: &str = "opd_postgres_copy_refreshes_total";
+const FOLLOWER_COPY_REFRESHES: &str = "opd_postgres_follower_copy_refreshes_total";
 const SUBSCRIBERS: &str = "opd_event_subscribers";
 const DELIVERY_DELAY: &str = "opd_event_delivery_delay_seconds";
 const ENGINE_SLOTS: &str = "opd_engine_slots";
@@ -155,7 +156,8 @@ impl Metrics {
             (POSTGRES_RETRIES, None, "PostgreSQL transactions tried again after losing a race, by SQLSTATE"),
             (STALE_COPIES, None, "Bookings in one call decided on a copy of their slot that another change had made stale: nothing was written and the booking was decided again"),
             (COPY_READS, None, "Slots read whole for an instance's copy to decide bookings in one call on: read first, or again when the copy could not be brought up by its changes"),
-            (COPY_REFRESHES, None, "Copies of slots brought up to date by reading the tokens changed since, after the event log showed a change the copy lacked"),
+            (COPY_REFRESHES, None, "Copies of slots brought up to date by a booking, reading the tokens changed since, after the event log showed a change the copy lacked or the call found it stale"),
+            (FOLLOWER_COPY_REFRESHES, None, "Copies of slots brought up to date by the event follower, in one read for all the slots a read of the log showed changed"),
             (SUBSCRIBERS, None, "Open event streams (GET /events)"),
             (DELIVERY_DELAY, Some(Unit::Seconds), "Time from a change to the moment its event is handed to the open event streams"),
             (QUEUE_WAITING, None, "Patients checked in and waiting to be called today, by doctor"),
@@ -236,6 +238,7 @@ impl Metrics {
             stale_copies: self.counter(STALE_COPIES, Vec::new()),
             copy_reads: self.counter(COPY_READS, Vec::new()),
             copy_refreshes: self.counter(COPY_REFRESHES, Vec::new()),
+            follower_copy_refreshes: self.counter(FOLLOWER_COPY_REFRESHES, Vec::new()),
         }
     }
 

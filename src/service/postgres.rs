@@ -20,6 +20,7 @@
 //!
 //! The rows themselves are read and written by [`crate::store::postgres`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use super::group_commit::{self, GroupCommit, GroupFailure};
-use super::slot_copies::SlotCopies;
+use super::slot_copies::{SlotCopies, SlotEntry};
 use super::{
     Booking, Clock, IdempotencyKey, IdempotencyLimits, Rendered, ServiceError, TokenDetail,
 };
@@ -202,14 +203,15 @@ impl LostCall {
 
 impl Postgres {
     /// The backend on `database`; its events, every instance's, are told on
-    /// `events`. Must be called within the runtime, which runs the log's
-    /// follower.
+    /// `events`. Commits, retries and copies are recorded in `metrics`.
+    /// Must be called within the runtime, which runs the log's follower.
     pub fn new(
         database: Database,
         limits: Limits,
         idempotency_limits: IdempotencyLimits,
         events: EventBus,
         clock: Clock,
+        metrics: StorageMetrics,
     ) -> Postgres {
         let copies = Arc::new(SlotCopies::new());
         let follower = tokio::spawn(follow_events(
@@ -217,6 +219,7 @@ impl Postgres {
             events,
             Arc::clone(&copies),
             clock,
+            metrics.clone(),
         ));
         Postgres {
             database,
@@ -224,23 +227,16 @@ impl Postgres {
             zone: TimeZone::UTC,
             idempotency_limits,
             follower,
-            metrics: StorageMetrics::default(),
+            metrics,
             copies,
             groups: None,
         }
     }
 
     /// Decides bookings on copies of their slots and writes them in one
-    /// call, concurrent ones in groups; their commits are recorded in the
-    /// metrics given before (see [`Postgres::with_metrics`]).
+    /// call, concurrent ones in groups.
     pub fn with_one_call_bookings(mut self, on: bool) -> Postgres {
         self.groups = on.then(|| GroupCommit::start(&self.database, &self.metrics));
-        self
-    }
-
-    /// Records commits and retries with `metrics`.
-    pub fn with_metrics(mut self, metrics: StorageMetrics) -> Postgres {
-        self.metrics = metrics;
         self
     }
 
@@ -1171,10 +1167,11 @@ async fn follow_events(
     events: EventBus,
     copies: Arc<SlotCopies>,
     clock: Clock,
+    metrics: StorageMetrics,
 ) {
     let mut state = Following::default();
     loop {
-        match follow_until_error(&database, &events, &copies, &mut state, &clock).await {
+        match follow_until_error(&database, &events, &copies, &mut state, &clock, &metrics).await {
             Ok(never) => match never {},
             Err(error) => {
                 tracing::warn!(%error, "reading the event log failed; trying again");
@@ -1251,6 +1248,7 @@ async fn follow_until_error(
     copies: &SlotCopies,
     state: &mut Following,
     clock: &Clock,
+    metrics: &StorageMetrics,
 ) -> Result<std::convert::Infallible, PgError> {
     let mut listener = database.listen_for_events().await?;
     // The first time, the stream starts with what comes next: readers
@@ -1299,10 +1297,11 @@ async fn follow_until_error(
             }
             last = newest;
             state.told = Some(last);
-            copies.note(&page.events);
+            let noted = copies.note(&page.events);
             if events.has_subscribers() {
                 events.publish(page.events);
             }
+            bring_up_noted(&mut connection, &noted, metrics).await?;
         }
         let now = clock();
         if state.pruned.is_none_or(|last| now - PRUNE_EVERY >= last) {
@@ -1316,6 +1315,51 @@ async fn follow_until_error(
             () = tokio::time::sleep(FOLLOW_POLL) => {}
         }
     }
+}
+
+/// Brings up, in one read, the copies of the slots in `noted` that lack a
+/// change the follower has just noted on them. With two instances booking
+/// into the same slots, most bookings found their copy behind and read its
+/// changes first, one round trip and one transaction each; here one read
+/// serves every copy that one read of the log showed behind. A copy in use
+/// is left to its booking, which brings it up itself.
+async fn bring_up_noted(
+    connection: &mut sqlx::PgConnection,
+    noted: &HashMap<SlotId, Arc<SlotEntry>>,
+    metrics: &StorageMetrics,
+) -> Result<(), PgError> {
+    let mut behind = Vec::new();
+    for (id, entry) in noted {
+        let Ok(held) = entry.copy.try_lock() else {
+            continue;
+        };
+        if held
+            .as_ref()
+            .is_some_and(|copy| entry.lacks_noted(id, copy))
+        {
+            behind.push((id, held));
+        }
+    }
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let mut copies: Vec<(&SlotId, &mut db::SlotCopy)> = behind
+        .iter_mut()
+        .map(|(id, held)| (*id, held.as_mut().expect("held a copy above")))
+        .collect();
+    let read = db::refresh_slot_copies(connection, &mut copies, &[]).await;
+    drop(copies);
+    // A copy not brought up is dropped: it may be half brought up, and the
+    // changes it lacks are no longer noted.
+    let brought_up = read.as_deref().unwrap_or_default();
+    for (at, (_, held)) in behind.iter_mut().enumerate() {
+        if brought_up.get(at) != Some(&true) {
+            **held = None;
+        }
+    }
+    let count = brought_up.iter().filter(|up| **up).count();
+    metrics.follower_copy_refreshes.increment(count as u64);
+    read.map(|_| ())
 }
 
 fn is_retryable(error: &sqlx::Error) -> bool {

@@ -10,11 +10,13 @@
 //!
 //! The event log keeps copies from going stale unseen: every change any
 //! instance commits reaches this instance's follower, which notes it on
-//! the entry of its slot and of its doctor's day. A booking compares what
-//! was noted with its copy before deciding and, when the copy lacks a
-//! change, reads the slot's tokens changed since the copy's version, so
-//! that a change another instance made costs a small read instead of a
-//! call written in vain.
+//! the entry of its slot and of its doctor's day, and then brings the
+//! copies that lack a noted change up by reading their slots' tokens
+//! changed since, one read for all. A booking compares what was noted
+//! with its copy before deciding and, when the copy still lacks a change
+//! (the follower skips a copy in use), reads them itself, so that a change
+//! another instance made costs a small read instead of a call written in
+//! vain.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -170,10 +172,11 @@ impl SlotCopies {
         entry
     }
 
-    /// Notes committed changes on the entries of their slots and days.
-    /// Slots and days without an entry are not given one, nor moved in
-    /// the order of use.
-    pub fn note(&self, events: &[Event]) {
+    /// Notes committed changes on the entries of their slots and days, and
+    /// answers the entries of the slots noted on. Slots and days without
+    /// an entry are not given one, nor moved in the order of use.
+    pub fn note(&self, events: &[Event]) -> HashMap<SlotId, Arc<SlotEntry>> {
+        let mut noted = HashMap::new();
         for event in events {
             match &event.kind {
                 EventKind::Token {
@@ -188,6 +191,7 @@ impl SlotCopies {
                 } => {
                     if let Some(entry) = self.noted_slot(slot) {
                         entry.note_token(*token, *to);
+                        noted.entry(slot.clone()).or_insert(entry);
                     }
                     if from.is_none() {
                         let days = self.days.lock().expect("never poisoned");
@@ -199,10 +203,12 @@ impl SlotCopies {
                 EventKind::Slot { slot, .. } => {
                     if let Some(entry) = self.noted_slot(&slot.id) {
                         entry.note_slot(slot);
+                        noted.entry(slot.id.clone()).or_insert(entry);
                     }
                 }
             }
         }
+        noted
     }
 
     /// The entry of slot `id` if there is one, without moving it in the

@@ -133,8 +133,12 @@ pub struct StorageMetrics {
     /// PostgreSQL slots read whole for an instance's copy: read first, or
     /// again when the copy could not be brought up by its changes.
     pub copy_reads: metrics::Counter,
-    /// PostgreSQL copies brought up to date by reading what changed.
+    /// PostgreSQL copies brought up to date by reading what changed, by a
+    /// booking about to decide on one.
     pub copy_refreshes: metrics::Counter,
+    /// PostgreSQL copies brought up to date by the event follower, for
+    /// all the slots one read of the log showed changed at once.
+    pub follower_copy_refreshes: metrics::Counter,
 }
 
 impl Default for StorageMetrics {
@@ -146,6 +150,7 @@ impl Default for StorageMetrics {
             stale_copies: metrics::Counter::noop(),
             copy_reads: metrics::Counter::noop(),
             copy_refreshes: metrics::Counter::noop(),
+            follower_copy_refreshes: metrics::Counter::noop(),
         }
     }
 }

@@ -1276,24 +1276,76 @@ pub async fn refresh_slot_copy(
     copy: &mut SlotCopy,
     also: &[Uuid],
 ) -> PgResult<bool> {
+    let brought_up = refresh_slot_copies(connection, &mut [(id, copy)], also).await?;
+    Ok(brought_up == [true])
+}
+
+/// Brings several copies up as [`refresh_slot_copy`] does, in one
+/// statement for all; a token of `also` counts for its own slot's copy.
+/// Answers, in the order of `copies`, whether each was brought up; one
+/// that was not is to be dropped. The tokens `also` are read apart from
+/// the changed ones so that each read keeps its index: with the two
+/// conditions joined by OR, PostgreSQL read every token of each slot.
+pub async fn refresh_slot_copies(
+    connection: &mut PgConnection,
+    copies: &mut [(&SlotId, &mut SlotCopy)],
+    also: &[Uuid],
+) -> PgResult<Vec<bool>> {
+    let ids: Vec<&str> = copies.iter().map(|(id, _)| id.as_str()).collect();
+    let versions: Vec<i64> = copies.iter().map(|(_, copy)| copy.version).collect();
     let rows = sqlx::query(
         "SELECT s.version, d.numbers_issued, s.capacity,
                 coalesce(s.closed_at, s.closes_at), s.closed_at IS NOT NULL,
                 s.allocated_count, s.waitlist_count,
                 t.token_id, t.sequence, t.token_number, t.patient_id, t.source, t.status,
-                t.created_at, t.updated_at, t.checked_in_at, t.skips
-           FROM slots s
+                t.created_at, t.updated_at, t.checked_in_at, t.skips, c.at
+           FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS c(slot_id, version, at)
+           JOIN slots s ON s.slot_id = c.slot_id
            JOIN doctor_days d ON d.doctor_id = s.doctor_id AND d.date = s.date
-           LEFT JOIN tokens t ON t.slot_id = s.slot_id
-                              AND (t.changed > $2 OR t.token_id = ANY ($3))
-          WHERE s.slot_id = $1
-          ORDER BY t.sequence",
+           LEFT JOIN LATERAL (
+                SELECT * FROM tokens t WHERE t.slot_id = s.slot_id AND t.changed > c.version
+                UNION ALL
+                SELECT * FROM tokens t
+                 WHERE t.slot_id = s.slot_id AND t.changed <= c.version AND t.token_id = ANY ($3)
+           ) t ON true
+          ORDER BY c.at, t.sequence",
     )
-    .bind(id.as_str())
-    .bind(copy.version)
+    .bind(&ids)
+    .bind(&versions)
     .bind(also)
     .fetch_all(&mut *connection)
     .await?;
+    let mut ats = Vec::with_capacity(rows.len());
+    for row in &rows {
+        ats.push(row.try_get::<i64, _>(17)?);
+    }
+    let own = rows_of_each(&ats, copies.len());
+    let mut brought_up = Vec::with_capacity(copies.len());
+    for ((id, copy), own) in copies.iter_mut().zip(own) {
+        brought_up.push(bring_up(id, copy, &rows[own])?);
+    }
+    Ok(brought_up)
+}
+
+/// Where the rows of each of `count` copies are, given each row's copy
+/// (numbered from 1, as `WITH ORDINALITY` numbers them) in ascending
+/// order: a copy whose slot is gone has none.
+fn rows_of_each(ats: &[i64], count: usize) -> Vec<std::ops::Range<usize>> {
+    let mut start = 0;
+    (1..=count as i64)
+        .map(|at| {
+            let end = start + ats[start..].iter().take_while(|row| **row == at).count();
+            let own = start..end;
+            start = end;
+            own
+        })
+        .collect()
+}
+
+/// Brings `copy` of slot `id` up by its `rows` of
+/// [`refresh_slot_copies`]: the slot's row with each token changed since
+/// the copy's version.
+fn bring_up(id: &SlotId, copy: &mut SlotCopy, rows: &[PgRow]) -> PgResult<bool> {
     let Some(first) = rows.first() else {
         return Ok(false);
     };
@@ -1307,7 +1359,7 @@ pub async fn refresh_slot_copy(
         return Ok(false);
     }
     let mut records = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         if row.try_get::<Option<Uuid>, _>(7)?.is_some() {
             records.push(token_record_from(row, 7, id.clone())?);
         }
@@ -2120,7 +2172,17 @@ fn time(time: jiff::civil::Time) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Hosts, EVENT_COLUMNS, EVENT_FIELDS};
+    use super::{rows_of_each, Hosts, EVENT_COLUMNS, EVENT_FIELDS};
+
+    #[test]
+    fn each_copy_finds_its_own_rows_and_a_gone_slot_none() {
+        assert_eq!(
+            rows_of_each(&[1, 1, 3, 4, 4, 4], 5),
+            [0..2, 2..2, 2..3, 3..6, 6..6]
+        );
+        assert_eq!(rows_of_each(&[], 2), [0..0, 0..0]);
+        assert_eq!(rows_of_each(&[2], 2), [0..0, 0..1]);
+    }
 
     #[test]
     fn the_count_of_event_columns_is_the_count_named() {

@@ -1327,17 +1327,18 @@ impl Engine {
     pub fn refresh_tokens(&mut self, mut records: Vec<TokenRecord>) -> Result<(), RestoreError> {
         // What a change releases (a patient's active token, the doctor's
         // current patient) goes in before what another change takes, since
-        // the engine refuses two holders at any moment; new tokens go in
-        // sequence order. A held token takes only by going to the doctor
-        // (an ended token never comes back), and may release the doctor
-        // while it stays active, as a skip does; a new token takes by being
-        // active.
+        // the engine refuses two holders at any moment. A held token takes
+        // only by going to the doctor (an ended token never comes back),
+        // and may release the doctor while it stays active, as a skip
+        // does. New tokens release nothing the engine holds and go in
+        // sequence order, all after the releases, whatever they became: a
+        // token completed since may come after one still waiting.
         records.sort_by_cached_key(|record| {
             let takes = match self.find_token(&record.id) {
                 Some(key) => {
                     record.status.is_with_doctor() && !self.tokens[key].status.is_with_doctor()
                 }
-                None => record.status.is_active(),
+                None => true,
             };
             (takes, record.sequence)
         });

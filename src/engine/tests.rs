@@ -891,9 +891,20 @@ fn decided_on(engine: &Engine) -> (Queue, Queue) {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Book { patient: u8, source: usize },
-    Act { pick: usize, action: usize },
+    Book {
+        patient: u8,
+        source: usize,
+    },
+    Act {
+        pick: usize,
+        action: usize,
+    },
     CallNext,
+    /// A patient checked in, called, seen and done, one action after
+    /// another: a visit the random actions alone seldom complete.
+    SeeThrough {
+        pick: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -902,6 +913,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (any::<usize>(), 0usize..Action::ALL.len())
             .prop_map(|(pick, action)| Step::Act { pick, action }),
         1 => Just(Step::CallNext),
+        1 => any::<usize>().prop_map(|pick| Step::SeeThrough { pick }),
     ]
 }
 
@@ -920,7 +932,55 @@ fn take(f: &mut Fixture, step: &Step) {
             let ctx = f.ctx();
             let _ = f.engine.call_next(&DoctorId::parse("D").unwrap(), &ctx);
         }
+        Step::SeeThrough { pick } => {
+            let ids: Vec<Uuid> = f.engine.tokens.iter().map(|(_, t)| t.id).collect();
+            if !ids.is_empty() {
+                let id = ids[pick % ids.len()];
+                for action in [
+                    Action::CheckIn,
+                    Action::Call,
+                    Action::Start,
+                    Action::Complete,
+                ] {
+                    let _ = f.act(id, action);
+                }
+            }
+        }
     }
+}
+
+/// A copy brought up by new tokens restores them in sequence order, also
+/// when a later one has already been seen and completed while an earlier
+/// one still waits.
+#[test]
+fn a_copy_takes_new_tokens_in_their_order_whatever_they_became() {
+    let mut f = Fixture::with_slot(3);
+    f.book("P1", Source::WalkIn);
+    let mut copy = copy_of(&f.engine);
+    let waiting = f.book("P2", Source::WalkIn).token.id;
+    let seen = f.book("P3", Source::WalkIn).token.id;
+    for action in [
+        Action::CheckIn,
+        Action::Call,
+        Action::Start,
+        Action::Complete,
+    ] {
+        f.act(seen, action).unwrap();
+    }
+
+    let changed: Vec<TokenRecord> = [seen, waiting]
+        .iter()
+        .map(|id| {
+            stored(
+                &f.engine,
+                f.engine.tokens.iter().find(|(_, t)| t.id == *id).unwrap().1,
+            )
+        })
+        .collect();
+    copy.refresh_tokens(changed).unwrap();
+
+    copy.check_invariants().unwrap();
+    assert_eq!(decided_on(&copy), decided_on(&copy_of(&f.engine)));
 }
 
 proptest! {

@@ -917,15 +917,28 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The actions of one whole visit, in order.
+const VISIT: [Action; 4] = [
+    Action::CheckIn,
+    Action::Call,
+    Action::Start,
+    Action::Complete,
+];
+
+/// The token `pick` chooses among the engine's, if it holds any.
+fn picked(f: &Fixture, pick: usize) -> Option<Uuid> {
+    let ids: Vec<Uuid> = f.engine.tokens.iter().map(|(_, t)| t.id).collect();
+    (!ids.is_empty()).then(|| ids[pick % ids.len()])
+}
+
 fn take(f: &mut Fixture, step: &Step) {
     match step {
         Step::Book { patient, source } => {
             let _ = f.try_book_in("S", &format!("P{patient}"), Source::ALL[*source]);
         }
         Step::Act { pick, action } => {
-            let ids: Vec<Uuid> = f.engine.tokens.iter().map(|(_, t)| t.id).collect();
-            if !ids.is_empty() {
-                let _ = f.act(ids[pick % ids.len()], Action::ALL[*action]);
+            if let Some(id) = picked(f, *pick) {
+                let _ = f.act(id, Action::ALL[*action]);
             }
         }
         Step::CallNext => {
@@ -933,15 +946,8 @@ fn take(f: &mut Fixture, step: &Step) {
             let _ = f.engine.call_next(&DoctorId::parse("D").unwrap(), &ctx);
         }
         Step::SeeThrough { pick } => {
-            let ids: Vec<Uuid> = f.engine.tokens.iter().map(|(_, t)| t.id).collect();
-            if !ids.is_empty() {
-                let id = ids[pick % ids.len()];
-                for action in [
-                    Action::CheckIn,
-                    Action::Call,
-                    Action::Start,
-                    Action::Complete,
-                ] {
+            if let Some(id) = picked(f, *pick) {
+                for action in VISIT {
                     let _ = f.act(id, action);
                 }
             }
@@ -959,12 +965,7 @@ fn a_copy_takes_new_tokens_in_their_order_whatever_they_became() {
     let mut copy = copy_of(&f.engine);
     let waiting = f.book("P2", Source::WalkIn).token.id;
     let seen = f.book("P3", Source::WalkIn).token.id;
-    for action in [
-        Action::CheckIn,
-        Action::Call,
-        Action::Start,
-        Action::Complete,
-    ] {
+    for action in VISIT {
         f.act(seen, action).unwrap();
     }
 
@@ -973,7 +974,7 @@ fn a_copy_takes_new_tokens_in_their_order_whatever_they_became() {
         .map(|id| {
             stored(
                 &f.engine,
-                f.engine.tokens.iter().find(|(_, t)| t.id == *id).unwrap().1,
+                &f.engine.tokens[f.engine.find_token(id).unwrap()],
             )
         })
         .collect();
